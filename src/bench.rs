@@ -1,0 +1,261 @@
+//! A generated world for measuring the oracle: `polygraph bench oracle`.
+//!
+//! The generator is deterministic for a seed and exercises every feature the oracle indexes:
+//! empty and label selectors, matchExpressions, namespace selectors, AND peers, ipBlock with except,
+//! port ranges, named ports, both policy types. Policies are generated as API objects and go through
+//! the same validation and compilation as user input.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::input::{Document, Origin};
+use crate::model::{
+    Cluster, ClusterDescription, NamespaceDescription, PodDescription, PortDescription,
+    PortProtocol, Protocol,
+};
+use crate::policy::{Oracle, Policy, compile_document};
+
+#[derive(Debug, Clone, Copy)]
+pub struct WorldSize {
+    pub namespaces: usize,
+    pub pods: usize,
+    pub policies: usize,
+    pub seed: u64,
+}
+
+impl Default for WorldSize {
+    fn default() -> Self {
+        WorldSize {
+            namespaces: 50,
+            pods: 1000,
+            policies: 1000,
+            seed: 1,
+        }
+    }
+}
+
+const APPS: [&str; 8] = [
+    "web", "api", "db", "cache", "queue", "auth", "search", "batch",
+];
+const TIERS: [&str; 3] = ["frontend", "backend", "data"];
+const ENVS: [&str; 3] = ["prod", "staging", "dev"];
+/// (port, protocol, name) every generated pod serves.
+const PORTS: [(u16, Protocol, &str); 4] = [
+    (80, Protocol::Tcp, "http"),
+    (443, Protocol::Tcp, "https"),
+    (53, Protocol::Udp, "dns"),
+    (9090, Protocol::Tcp, "metrics"),
+];
+
+/// The (port, protocol) pairs the benchmark probes: 4, as the issue asks.
+pub fn bench_port_protocols() -> Vec<PortProtocol> {
+    PORTS
+        .iter()
+        .map(|&(p, proto, _)| PortProtocol::new(p, proto))
+        .collect()
+}
+
+pub fn generate_cluster(size: &WorldSize) -> Cluster {
+    let mut rng = fastrand::Rng::with_seed(size.seed);
+    let namespaces: Vec<NamespaceDescription> = (0..size.namespaces)
+        .map(|i| NamespaceDescription {
+            name: format!("ns-{i}"),
+            labels: BTreeMap::from([
+                ("team".to_string(), format!("t{}", i % 10)),
+                ("env".to_string(), ENVS[rng.usize(..ENVS.len())].to_string()),
+            ]),
+        })
+        .collect();
+    let pods = (0..size.pods)
+        .map(|i| PodDescription {
+            namespace: format!("ns-{}", i % size.namespaces.max(1)),
+            name: format!("pod-{i}"),
+            labels: BTreeMap::from([
+                ("app".to_string(), APPS[rng.usize(..APPS.len())].to_string()),
+                (
+                    "tier".to_string(),
+                    TIERS[rng.usize(..TIERS.len())].to_string(),
+                ),
+                ("version".to_string(), format!("v{}", rng.u8(1..=2))),
+            ]),
+            ip: None,
+            ports: PORTS
+                .iter()
+                .map(|&(port, protocol, name)| PortDescription {
+                    name: Some(name.to_string()),
+                    port: i64::from(port),
+                    protocol: Some(protocol.as_str().to_string()),
+                })
+                .collect(),
+        })
+        .collect();
+    let description = ClusterDescription { namespaces, pods };
+    // The generator only produces valid names, so this cannot fail.
+    description
+        .build("generated")
+        .unwrap_or_else(|e| panic!("generated cluster is invalid: {e}"))
+}
+
+fn selector(rng: &mut fastrand::Rng) -> Value {
+    match rng.u8(0..10) {
+        0 => json!({}),
+        1..=5 => json!({"matchLabels": {"app": APPS[rng.usize(..APPS.len())]}}),
+        6 | 7 => json!({"matchExpressions": [
+            {"key": "tier", "operator": "In", "values": [TIERS[rng.usize(..3)], TIERS[rng.usize(..3)]]}
+        ]}),
+        8 => {
+            json!({"matchExpressions": [{"key": "version", "operator": "NotIn", "values": ["v1"]}]})
+        }
+        _ => json!({"matchLabels": {"app": APPS[rng.usize(..APPS.len())]},
+                    "matchExpressions": [{"key": "version", "operator": "Exists"}]}),
+    }
+}
+
+fn peer(rng: &mut fastrand::Rng) -> Value {
+    match rng.u8(0..10) {
+        0..=3 => json!({"podSelector": selector(rng)}),
+        4 | 5 => {
+            json!({"namespaceSelector": {"matchLabels": {"team": format!("t{}", rng.u8(0..10))}}})
+        }
+        6 | 7 => json!({
+            "namespaceSelector": {"matchLabels": {"env": ENVS[rng.usize(..3)]}},
+            "podSelector": selector(rng),
+        }),
+        8 => json!({"namespaceSelector": {}}),
+        _ => json!({"ipBlock": {"cidr": "10.244.0.0/16",
+                                "except": [format!("10.244.{}.0/24", rng.u8(1..5))]}}),
+    }
+}
+
+fn port(rng: &mut fastrand::Rng) -> Value {
+    let (number, protocol, name) = PORTS[rng.usize(..PORTS.len())];
+    match rng.u8(0..10) {
+        0..=4 => json!({"protocol": protocol.as_str(), "port": number}),
+        5 | 6 => json!({"protocol": protocol.as_str(), "port": name}),
+        7 => json!({"port": 8000, "endPort": 9100}),
+        8 => json!({"protocol": "UDP"}),
+        _ => json!({"port": number}),
+    }
+}
+
+fn rules(rng: &mut fastrand::Rng, peers_key: &str) -> Value {
+    let rules: Vec<Value> = (0..rng.usize(0..=3))
+        .map(|_| {
+            let mut rule = serde_json::Map::new();
+            if rng.u8(0..5) > 0 {
+                rule.insert(
+                    peers_key.into(),
+                    (0..rng.usize(1..=3)).map(|_| peer(rng)).collect(),
+                );
+            }
+            if rng.u8(0..4) > 0 {
+                rule.insert(
+                    "ports".into(),
+                    (0..rng.usize(1..=2)).map(|_| port(rng)).collect(),
+                );
+            }
+            Value::Object(rule)
+        })
+        .collect();
+    Value::Array(rules)
+}
+
+/// Policy objects as a user would write them.
+pub fn generate_policy_objects(size: &WorldSize) -> Vec<Value> {
+    let mut rng = fastrand::Rng::with_seed(size.seed.wrapping_add(1));
+    (0..size.policies)
+        .map(|i| {
+            let types: &[&str] = match rng.u8(0..10) {
+                0..=4 => &["Ingress"],
+                5 | 6 => &["Egress"],
+                _ => &["Ingress", "Egress"],
+            };
+            let mut spec = serde_json::Map::new();
+            spec.insert("podSelector".into(), selector(&mut rng));
+            spec.insert("policyTypes".into(), json!(types));
+            if types.contains(&"Ingress") {
+                spec.insert("ingress".into(), rules(&mut rng, "from"));
+            }
+            if types.contains(&"Egress") {
+                spec.insert("egress".into(), rules(&mut rng, "to"));
+            }
+            json!({
+                "apiVersion": "networking.k8s.io/v1",
+                "kind": "NetworkPolicy",
+                "metadata": {"name": format!("policy-{i}"), "namespace": format!("ns-{}", i % size.namespaces.max(1))},
+                "spec": spec,
+            })
+        })
+        .collect()
+}
+
+pub fn generate_policies(size: &WorldSize) -> Vec<Policy> {
+    generate_policy_objects(size)
+        .into_iter()
+        .enumerate()
+        .flat_map(|(i, value)| {
+            let document = Document {
+                origin: Origin::file(format!("generated policy {i}")),
+                value,
+            };
+            compile_document(document, "default")
+                .unwrap_or_else(|e| panic!("generated policy is invalid: {e}"))
+        })
+        .collect()
+}
+
+/// One timed run.
+#[derive(Debug, Clone)]
+pub struct OracleTiming {
+    pub index: Duration,
+    pub table: Duration,
+    pub cells: usize,
+    pub allowed: usize,
+}
+
+impl OracleTiming {
+    pub fn total(&self) -> Duration {
+        self.index + self.table
+    }
+}
+
+/// Builds the index and the full truth table once, timing both.
+pub fn time_oracle(cluster: &Cluster, policies: &[Policy], pps: &[PortProtocol]) -> OracleTiming {
+    let start = Instant::now();
+    let oracle = Oracle::new(cluster, policies);
+    let index = start.elapsed();
+    let start = Instant::now();
+    let table = oracle.truth_table(pps);
+    let table_time = start.elapsed();
+    OracleTiming {
+        index,
+        table: table_time,
+        cells: table.len(),
+        allowed: table.allowed_count(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_world_is_valid_and_deterministic() {
+        let size = WorldSize {
+            namespaces: 5,
+            pods: 40,
+            policies: 60,
+            seed: 7,
+        };
+        let cluster = generate_cluster(&size);
+        assert_eq!(cluster.pods().len(), 40);
+        let policies = generate_policies(&size);
+        assert_eq!(policies.len(), 60);
+        assert_eq!(generate_policies(&size), policies);
+        let timing = time_oracle(&cluster, &policies, &bench_port_protocols());
+        assert_eq!(timing.cells, 40 * 40 * 4);
+        assert!(timing.allowed > 0 && timing.allowed < timing.cells);
+    }
+}

@@ -1,0 +1,12 @@
+//! polygraph tells the truth about Kubernetes NetworkPolicy enforcement.
+//!
+//! The pure core (`model`, `policy`, `matrix`) knows the spec and answers offline; `report` turns
+//! answers into tables and JSON. See DESIGN.md in the project's shared folder for the data flow.
+
+pub mod analyze;
+pub mod bench;
+pub mod input;
+pub mod matrix;
+pub mod model;
+pub mod policy;
+pub mod report;

@@ -1,0 +1,165 @@
+//! Cells and truth tables: the vocabulary the oracle and the runner share.
+//!
+//! A cell is (from pod, to pod, port/protocol). A truth table holds, for every cell, whether the
+//! source's egress and the destination's ingress allow it: 2 bits a cell, so the benchmark's
+//! 4 million cells fit in 4 MB.
+
+use crate::model::{PodId, PodRef, PortProtocol};
+
+/// The spec's answer for one cell, per direction. A connection needs both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdict {
+    /// The source pod's egress allows it (always true when the source isn't egress-isolated).
+    pub egress: bool,
+    /// The destination pod's ingress allows it.
+    pub ingress: bool,
+}
+
+impl Verdict {
+    pub fn allowed(self) -> bool {
+        self.egress && self.ingress
+    }
+
+    fn to_bits(self) -> u8 {
+        u8::from(self.egress) | (u8::from(self.ingress) << 1)
+    }
+
+    fn from_bits(bits: u8) -> Self {
+        Verdict {
+            egress: bits & 1 != 0,
+            ingress: bits & 2 != 0,
+        }
+    }
+}
+
+/// One cell's coordinates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Cell {
+    pub from: PodId,
+    pub to: PodId,
+    pub port_protocol: PortProtocol,
+}
+
+impl Cell {
+    /// A pod talking to itself: the spec leaves it undefined (CNIs differ; upstream skips it).
+    pub fn is_self(&self) -> bool {
+        self.from == self.to
+    }
+}
+
+/// Verdicts for every (from, to) pair on each (port, protocol).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TruthTable {
+    pods: Vec<PodRef>,
+    port_protocols: Vec<PortProtocol>,
+    bits: Vec<u8>,
+}
+
+impl TruthTable {
+    /// A table with every cell blocked in both directions, to be filled in.
+    pub fn new(pods: Vec<PodRef>, port_protocols: Vec<PortProtocol>) -> Self {
+        let size = pods.len() * pods.len() * port_protocols.len();
+        TruthTable {
+            pods,
+            port_protocols,
+            bits: vec![0; size],
+        }
+    }
+
+    pub fn pods(&self) -> &[PodRef] {
+        &self.pods
+    }
+
+    pub fn port_protocols(&self) -> &[PortProtocol] {
+        &self.port_protocols
+    }
+
+    fn index(&self, pp_index: usize, from: PodId, to: PodId) -> usize {
+        let n = self.pods.len();
+        (pp_index * n + from) * n + to
+    }
+
+    pub fn set(&mut self, pp_index: usize, from: PodId, to: PodId, verdict: Verdict) {
+        let i = self.index(pp_index, from, to);
+        self.bits[i] = verdict.to_bits();
+    }
+
+    pub fn get(&self, pp_index: usize, from: PodId, to: PodId) -> Verdict {
+        Verdict::from_bits(self.bits[self.index(pp_index, from, to)])
+    }
+
+    /// Every cell with its verdict, ordered by (port, protocol), then from, then to.
+    pub fn cells(&self) -> impl Iterator<Item = (Cell, Verdict)> + '_ {
+        let n = self.pods.len();
+        self.port_protocols
+            .iter()
+            .enumerate()
+            .flat_map(move |(k, &pp)| {
+                (0..n).flat_map(move |from| {
+                    (0..n).map(move |to| {
+                        let cell = Cell {
+                            from,
+                            to,
+                            port_protocol: pp,
+                        };
+                        (cell, self.get(k, from, to))
+                    })
+                })
+            })
+    }
+
+    pub fn len(&self) -> usize {
+        self.bits.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bits.is_empty()
+    }
+
+    pub fn allowed_count(&self) -> usize {
+        self.bits.iter().filter(|&&b| b == 3).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Protocol;
+
+    #[test]
+    fn set_and_get_round_trip() {
+        let pods: Vec<PodRef> = ["x/a", "x/b"].iter().map(|p| p.parse().unwrap()).collect();
+        let pps = vec![
+            PortProtocol::new(80, Protocol::Tcp),
+            PortProtocol::new(81, Protocol::Udp),
+        ];
+        let mut table = TruthTable::new(pods, pps);
+        let v = Verdict {
+            egress: true,
+            ingress: false,
+        };
+        table.set(1, 0, 1, v);
+        assert_eq!(table.get(1, 0, 1), v);
+        assert_eq!(
+            table.get(0, 0, 1),
+            Verdict {
+                egress: false,
+                ingress: false
+            }
+        );
+        assert_eq!(table.len(), 8);
+        table.set(
+            0,
+            1,
+            1,
+            Verdict {
+                egress: true,
+                ingress: true,
+            },
+        );
+        assert_eq!(table.allowed_count(), 1);
+        let (cell, _) = table.cells().find(|(_, v)| v.allowed()).unwrap();
+        assert!(cell.is_self());
+        assert_eq!(cell.port_protocol.port, 80);
+    }
+}

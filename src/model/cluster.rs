@@ -1,0 +1,154 @@
+//! The validated, indexed cluster the oracle and the backends work on.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::IpAddr;
+
+use super::{PortProtocol, Protocol};
+
+/// Labels of a namespace or pod. Ordered so that output is stable.
+pub type Labels = BTreeMap<String, String>;
+
+/// Index of a pod in `Cluster::pods()`. Truth tables are indexed by it.
+pub type PodId = usize;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Namespace {
+    pub name: String,
+    /// Includes `kubernetes.io/metadata.name`.
+    pub labels: Labels,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerPort {
+    pub name: Option<String>,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pod {
+    pub namespace: String,
+    pub name: String,
+    pub labels: Labels,
+    pub ip: IpAddr,
+    pub ports: Vec<ContainerPort>,
+}
+
+impl Pod {
+    pub fn key(&self) -> PodRef {
+        PodRef {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+        }
+    }
+
+    /// The port number a named port resolves to on this pod: name and protocol must both match.
+    pub fn named_port(&self, name: &str, protocol: Protocol) -> Option<u16> {
+        self.ports
+            .iter()
+            .find(|p| p.protocol == protocol && p.name.as_deref() == Some(name))
+            .map(|p| p.port)
+    }
+
+    pub fn serves(&self, pp: PortProtocol) -> bool {
+        self.ports
+            .iter()
+            .any(|p| p.port == pp.port && p.protocol == pp.protocol)
+    }
+}
+
+/// `namespace/name`, the way polygraph names pods everywhere (reports, `--explain`, JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PodRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl fmt::Display for PodRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+impl std::str::FromStr for PodRef {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.split_once('/') {
+            Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+                Ok(PodRef {
+                    namespace: ns.to_string(),
+                    name: name.to_string(),
+                })
+            }
+            _ => Err(format!(
+                "{s:?} is not a pod reference (expected NAMESPACE/POD)"
+            )),
+        }
+    }
+}
+
+/// A consistent cluster: every pod's namespace exists, names and IPs are unique. Built from a
+/// `ClusterDescription`, which does the checking.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    namespaces: Vec<Namespace>,
+    pods: Vec<Pod>,
+    namespace_index: HashMap<String, usize>,
+    pod_index: HashMap<PodRef, PodId>,
+}
+
+impl Cluster {
+    /// Callers guarantee consistency (see `ClusterDescription::build`).
+    pub(super) fn from_parts(namespaces: Vec<Namespace>, pods: Vec<Pod>) -> Self {
+        let namespace_index = namespaces
+            .iter()
+            .enumerate()
+            .map(|(i, ns)| (ns.name.clone(), i))
+            .collect();
+        let pod_index = pods.iter().enumerate().map(|(i, p)| (p.key(), i)).collect();
+        Cluster {
+            namespaces,
+            pods,
+            namespace_index,
+            pod_index,
+        }
+    }
+
+    pub fn namespaces(&self) -> &[Namespace] {
+        &self.namespaces
+    }
+
+    pub fn pods(&self) -> &[Pod] {
+        &self.pods
+    }
+
+    pub fn pod(&self, id: PodId) -> &Pod {
+        &self.pods[id]
+    }
+
+    pub fn namespace(&self, name: &str) -> Option<&Namespace> {
+        self.namespace_index.get(name).map(|&i| &self.namespaces[i])
+    }
+
+    pub fn find_pod(&self, pod: &PodRef) -> Option<PodId> {
+        self.pod_index.get(pod).copied()
+    }
+
+    /// Every (port, protocol) some pod serves, sorted: the default probe set.
+    pub fn served_port_protocols(&self) -> Vec<PortProtocol> {
+        let mut all: Vec<PortProtocol> = self
+            .pods
+            .iter()
+            .flat_map(|p| {
+                p.ports
+                    .iter()
+                    .map(|c| PortProtocol::new(c.port, c.protocol))
+            })
+            .collect();
+        all.sort();
+        all.dedup();
+        all
+    }
+}

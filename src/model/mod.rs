@@ -1,0 +1,20 @@
+//! The cluster model: namespaces, pods, their labels, IPs and (named) container ports.
+//!
+//! Pure data, no I/O beyond reading a description file: the oracle answers questions about a
+//! `Cluster`, and the backends build one for real.
+
+mod cluster;
+mod description;
+mod error;
+mod protocol;
+pub mod syntax;
+
+pub use cluster::{Cluster, ContainerPort, Labels, Namespace, Pod, PodId, PodRef};
+pub use description::{
+    ClusterDescription, NamespaceDescription, PodDescription, PortDescription, default_model,
+};
+pub use error::ModelError;
+pub use protocol::{PortProtocol, Protocol};
+
+/// The label every namespace carries with its own name (set by the API server since 1.21).
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";

@@ -1,0 +1,266 @@
+//! Why a cell is allowed or blocked: which policy and rule allowed it, or which policies isolated
+//! the pod and why none of their rules matched.
+
+use std::fmt::Write;
+
+use super::compiled::{Direction, NamespaceScope, Peer, Policy};
+use crate::matrix::Cell;
+use crate::model::{Cluster, Pod, PodRef};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CellExplanation {
+    pub cell: Cell,
+    pub from: PodRef,
+    pub to: PodRef,
+    pub egress: DirectionExplanation,
+    pub ingress: DirectionExplanation,
+}
+
+impl CellExplanation {
+    pub fn allowed(&self) -> bool {
+        self.egress.allowed() && self.ingress.allowed()
+    }
+
+    /// One line: the verdict and the deciding direction(s).
+    pub fn summary(&self) -> String {
+        let verdict = if self.allowed() { "allowed" } else { "blocked" };
+        let mut parts = Vec::new();
+        for d in [&self.egress, &self.ingress] {
+            // When blocked, only the blocking side(s) explain it.
+            if self.allowed() || !d.allowed() {
+                parts.push(d.summary());
+            }
+        }
+        let mut line = format!("{verdict}: {}", parts.join("; "));
+        if self.cell.is_self() {
+            line.push_str(" (self traffic: undefined by the spec, CNIs differ)");
+        }
+        line
+    }
+
+    /// Several lines: the verdict, then every isolating policy's rules and why they (don't) match.
+    pub fn detail(&self) -> String {
+        let mut text = format!(
+            "{} -> {} on {}: {}\n",
+            self.from,
+            self.to,
+            self.cell.port_protocol,
+            if self.allowed() { "ALLOWED" } else { "BLOCKED" }
+        );
+        if self.cell.is_self() {
+            text.push_str("  note: self traffic is undefined by the spec (CNIs differ)\n");
+        }
+        for d in [&self.egress, &self.ingress] {
+            let _ = writeln!(text, "  {}", d.summary());
+            for rule in &d.rules {
+                let _ = writeln!(text, "    {}", rule.describe());
+            }
+        }
+        text
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DirectionExplanation {
+    pub direction: Direction,
+    /// The pod whose isolation decides: the source for egress, the destination for ingress.
+    pub subject: PodRef,
+    /// The other end.
+    pub peer: PodRef,
+    /// Policies selecting `subject` with this direction in `policyTypes` (`namespace/name`).
+    pub isolated_by: Vec<String>,
+    /// Every rule of those policies, in order, with its result for this cell.
+    pub rules: Vec<RuleExplanation>,
+}
+
+impl DirectionExplanation {
+    pub fn isolated(&self) -> bool {
+        !self.isolated_by.is_empty()
+    }
+
+    pub fn allowed(&self) -> bool {
+        !self.isolated() || self.allowing_rules().next().is_some()
+    }
+
+    pub fn allowing_rules(&self) -> impl Iterator<Item = &RuleExplanation> {
+        self.rules
+            .iter()
+            .filter(|r| matches!(r.result, RuleResult::Allows { .. }))
+    }
+
+    fn label(&self) -> String {
+        match self.direction {
+            Direction::Egress => format!("egress of {}", self.subject),
+            Direction::Ingress => format!("ingress of {}", self.subject),
+        }
+    }
+
+    pub fn summary(&self) -> String {
+        if !self.isolated() {
+            return format!(
+                "{} allows: no policy selects {} for {}",
+                self.label(),
+                self.subject,
+                self.direction
+            );
+        }
+        let allowing: Vec<String> = self.allowing_rules().map(RuleExplanation::name).collect();
+        if allowing.is_empty() {
+            let what = match self.direction {
+                Direction::Egress => format!("to {}", self.peer),
+                Direction::Ingress => format!("from {}", self.peer),
+            };
+            format!(
+                "{} blocks: isolated by {} and no rule allows traffic {what} on this port",
+                self.label(),
+                self.isolated_by.join(", ")
+            )
+        } else {
+            format!("{} allows: {}", self.label(), allowing.join(", "))
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuleExplanation {
+    pub policy: String,
+    pub direction: Direction,
+    pub index: usize,
+    pub result: RuleResult,
+}
+
+impl RuleExplanation {
+    /// `x/allow-web ingress[0]`.
+    pub fn name(&self) -> String {
+        format!(
+            "{} {}[{}]",
+            self.policy,
+            self.direction.rules_field(),
+            self.index
+        )
+    }
+
+    /// `from[1]` / `to[0]` of the matching peer, `ports[2]` of the matching port.
+    pub fn location(&self) -> Option<String> {
+        let RuleResult::Allows { peer, port } = &self.result else {
+            return None;
+        };
+        let mut parts = Vec::new();
+        if let Some(p) = peer {
+            parts.push(format!("{}[{p}]", self.direction.peers_field()));
+        }
+        if let Some(p) = port {
+            parts.push(format!("ports[{p}]"));
+        }
+        Some(parts.join(", "))
+    }
+
+    pub fn describe(&self) -> String {
+        let peers = self.direction.peers_field();
+        match &self.result {
+            RuleResult::Allows { peer, port } => {
+                let peer = peer.map_or(format!("no {peers} list: every peer"), |p| {
+                    format!("{peers}[{p}] matches")
+                });
+                let port = port.map_or("no ports list: every port".into(), |p| {
+                    format!("ports[{p}] matches")
+                });
+                format!("{}: allows ({peer}; {port})", self.name())
+            }
+            RuleResult::PeerMismatch { reasons } if reasons.is_empty() => {
+                format!("{}: no {peers} entry matches", self.name())
+            }
+            RuleResult::PeerMismatch { reasons } => {
+                let reasons: Vec<String> = reasons
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| format!("{peers}[{i}]: {r}"))
+                    .collect();
+                format!(
+                    "{}: peer does not match ({})",
+                    self.name(),
+                    reasons.join("; ")
+                )
+            }
+            RuleResult::PortMismatch { peer, ports } => {
+                let peer = peer.map_or("every peer".into(), |p| format!("{peers}[{p}]"));
+                format!(
+                    "{}: peer matches ({peer}) but the port does not (ports: {})",
+                    self.name(),
+                    ports.join(", ")
+                )
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RuleResult {
+    /// The rule allows the cell: index of the matching peer and port (`None`: list absent).
+    Allows {
+        peer: Option<usize>,
+        port: Option<usize>,
+    },
+    /// No peer matches; why, for each peer in order.
+    PeerMismatch { reasons: Vec<String> },
+    /// A peer matches but no port entry does.
+    PortMismatch {
+        peer: Option<usize>,
+        ports: Vec<String>,
+    },
+}
+
+/// Why `peer` doesn't select `pod`, in words.
+pub fn peer_mismatch(cluster: &Cluster, policy: &Policy, peer: &Peer, pod: &Pod) -> String {
+    match peer {
+        Peer::Pods {
+            namespaces: NamespaceScope::PolicyNamespace,
+            pods,
+        } => {
+            if pod.namespace != policy.namespace {
+                format!(
+                    "{peer} only selects pods in the policy's namespace {}, not {}",
+                    policy.namespace, pod.namespace
+                )
+            } else {
+                format!("podSelector {pods} does not match {}", pod_labels(pod))
+            }
+        }
+        Peer::Pods {
+            namespaces: NamespaceScope::Selected(ns_selector),
+            pods,
+        } => {
+            if !peer.selects_namespace(cluster, &policy.namespace, &pod.namespace) {
+                let labels = cluster
+                    .namespace(&pod.namespace)
+                    .map(|ns| format_labels(&ns.labels))
+                    .unwrap_or_default();
+                format!(
+                    "namespaceSelector {ns_selector} does not match namespace {} {labels}",
+                    pod.namespace
+                )
+            } else {
+                format!("podSelector {pods} does not match {}", pod_labels(pod))
+            }
+        }
+        Peer::IpBlock { cidr, except } => match except.iter().find(|e| e.contains(&pod.ip)) {
+            Some(e) if cidr.contains(&pod.ip) => {
+                format!(
+                    "{} ({}) is in ipBlock {cidr} but excepted by {e}",
+                    pod.key(),
+                    pod.ip
+                )
+            }
+            _ => format!("ipBlock {cidr} does not contain {} ({})", pod.key(), pod.ip),
+        },
+    }
+}
+
+fn pod_labels(pod: &Pod) -> String {
+    format!("{} {}", pod.key(), format_labels(&pod.labels))
+}
+
+fn format_labels(labels: &crate::model::Labels) -> String {
+    let pairs: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    format!("{{{}}}", pairs.join(","))
+}

@@ -1,0 +1,4 @@
+//! What people and tools read: terminal matrices, explanations and JSON.
+
+pub mod analyze_json;
+pub mod matrix_table;
