@@ -1,0 +1,68 @@
+//! Helpers shared by the integration tests: run the real binary, expand cell patterns.
+#![allow(dead_code)]
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+/// Runs `polygraph` with `args`, feeding `stdin`.
+pub fn polygraph(args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_polygraph"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("polygraph binary runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin is piped")
+        .write_all(stdin.as_bytes())
+        .expect("stdin accepts input");
+    child.wait_with_output().expect("polygraph finishes")
+}
+
+/// Expands one side of a pattern: comma-separated `ns/pod`, `ns/*`, `*/pod`, `*/*`, each
+/// optionally prefixed with `!` to take pods away. Panics on a pattern that matches no pod,
+/// which is always a typo in a hand-written case.
+pub fn expand_side(side: &str, pods: &[String]) -> BTreeSet<String> {
+    let mut add = BTreeSet::new();
+    let mut remove = BTreeSet::new();
+    for term in side.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        let (negated, term) = match term.strip_prefix('!') {
+            Some(t) => (true, t),
+            None => (false, term),
+        };
+        let (ns, name) = term
+            .split_once('/')
+            .unwrap_or_else(|| panic!("bad pattern term {term:?}"));
+        let matched: Vec<&String> = pods
+            .iter()
+            .filter(|p| {
+                let (pns, pname) = p.split_once('/').unwrap();
+                (ns == "*" || ns == pns) && (name == "*" || name == pname)
+            })
+            .collect();
+        assert!(
+            !matched.is_empty(),
+            "pattern term {term:?} matches no pod of {pods:?}"
+        );
+        let target = if negated { &mut remove } else { &mut add };
+        target.extend(matched.into_iter().cloned());
+    }
+    add.difference(&remove).cloned().collect()
+}
+
+/// `FROM -> TO` into (from, to) pairs.
+pub fn expand_pattern(pattern: &str, pods: &[String]) -> BTreeSet<(String, String)> {
+    let (from, to) = pattern
+        .split_once("->")
+        .unwrap_or_else(|| panic!("pattern {pattern:?} lacks ->"));
+    let froms = expand_side(from, pods);
+    let tos = expand_side(to, pods);
+    froms
+        .iter()
+        .flat_map(|f| tos.iter().map(move |t| (f.clone(), t.clone())))
+        .collect()
+}
