@@ -142,11 +142,8 @@ pub fn parse_documents(source: &str, text: &str) -> Result<Vec<Document>, InputE
     // YAML 1.2 booleans only: `ns: y` and `enabled: on` are strings, as people who write label
     // values mean them (YAML 1.1 would turn them into booleans and the field into a type error).
     let options = serde_saphyr::options! { strict_booleans: true };
-    let values: Vec<Value> =
-        serde_saphyr::from_multiple_with_options(text, options).map_err(|e| InputError::Yaml {
-            origin: source.to_string(),
-            message: one_line(&e.to_string()),
-        })?;
+    let values: Vec<Value> = serde_saphyr::from_multiple_with_options(text, options)
+        .map_err(|e| yaml_error(source, &e))?;
     let numbered = values.len() > 1;
     Ok(values
         .into_iter()
@@ -161,6 +158,27 @@ pub fn parse_documents(source: &str, text: &str) -> Result<Vec<Document>, InputE
             value,
         })
         .collect())
+}
+
+/// `file:line:col: not valid YAML: message`, on one line, without the library's source snippet.
+fn yaml_error(source: &str, error: &serde_saphyr::Error) -> InputError {
+    let message = error.render_with_options(serde_saphyr::render_options! {
+        formatter: &serde_saphyr::UserMessageFormatter,
+        snippets: serde_saphyr::SnippetMode::Off,
+    });
+    let mut message = one_line(&message);
+    let origin = match error.location() {
+        Some(at) => {
+            // The location leads the line, so the message need not end with it too.
+            let suffix = format!(" at line {}, column {}", at.line(), at.column());
+            if let Some(stripped) = message.strip_suffix(&suffix) {
+                message = stripped.to_string();
+            }
+            format!("{source}:{}:{}", at.line(), at.column())
+        }
+        None => source.to_string(),
+    };
+    InputError::Yaml { origin, message }
 }
 
 /// Deserializes `value` into `T`, failing on the first unknown field or type error, with its path.
