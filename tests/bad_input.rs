@@ -123,7 +123,7 @@ fn cases() -> Vec<Case> {
         case("list items not a list", "apiVersion: v1\nkind: List\nitems: {a: b}\n".into(), &["List", "items"]),
         // where in a file
         case("second document", format!("{}---\n{}", policy("podSelector: {}"), ingress_port("{port: 0}")), &["(document 2)", np, "ports[0].port"]),
-        case("list item", format!("apiVersion: v1\nkind: List\nitems:\n- apiVersion: networking.k8s.io/v1\n  kind: NetworkPolicy\n  metadata: {{name: ok, namespace: x}}\n- apiVersion: networking.k8s.io/v1\n  kind: NetworkPolicy\n  metadata: {{name: web, namespace: x}}\n  spec: {{podSelector: {{}}, policyTypes: [Sideways]}}\n"), &["(items[1])", np, "spec.policyTypes[0]"]),
+        case("list item", "apiVersion: v1\nkind: List\nitems:\n- apiVersion: networking.k8s.io/v1\n  kind: NetworkPolicy\n  metadata: {name: ok, namespace: x}\n- apiVersion: networking.k8s.io/v1\n  kind: NetworkPolicy\n  metadata: {name: web, namespace: x}\n  spec: {podSelector: {}, policyTypes: [Sideways]}\n".into(), &["(items[1])", np, "spec.policyTypes[0]"]),
         // YAML itself
         case("broken yaml", "apiVersion: networking.k8s.io/v1\nkind: [NetworkPolicy\n".into(), &["not valid YAML"]),
         case("duplicate key", "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nkind: NetworkPolicy\n".into(), &["not valid YAML"]),
