@@ -41,12 +41,20 @@ const APPS: [&str; 8] = [
 ];
 const TIERS: [&str; 3] = ["frontend", "backend", "data"];
 const ENVS: [&str; 3] = ["prod", "staging", "dev"];
-/// (port, protocol, name) every generated pod serves.
+/// (port, protocol, name) most generated pods serve.
 const PORTS: [(u16, Protocol, &str); 4] = [
     (80, Protocol::Tcp, "http"),
     (443, Protocol::Tcp, "https"),
     (53, Protocol::Udp, "dns"),
     (9090, Protocol::Tcp, "metrics"),
+];
+/// The same numbers under other names, for a quarter of the pods: `http` resolves to 9090 there
+/// and `metrics` to nothing, so named ports must be resolved on the right pod.
+const ALT_PORTS: [(u16, Protocol, &str); 4] = [
+    (80, Protocol::Tcp, "web"),
+    (443, Protocol::Tcp, "https"),
+    (53, Protocol::Udp, "dns"),
+    (9090, Protocol::Tcp, "http"),
 ];
 
 /// The (port, protocol) pairs the benchmark probes: 4, as the issue asks.
@@ -81,7 +89,7 @@ pub fn generate_cluster(size: &WorldSize) -> Cluster {
                 ("version".to_string(), format!("v{}", rng.u8(1..=2))),
             ]),
             ip: None,
-            ports: PORTS
+            ports: if rng.u8(0..4) == 0 { ALT_PORTS } else { PORTS }
                 .iter()
                 .map(|&(port, protocol, name)| PortDescription {
                     name: Some(name.to_string()),
