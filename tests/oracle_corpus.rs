@@ -33,6 +33,9 @@ struct Case {
     /// ...as files of a directory applied together (`-f DIR`), name -> text.
     #[serde(default)]
     policy_files: BTreeMap<String, String>,
+    /// ...or as a directory of the repository (`-f DIR`), e.g. the examples.
+    #[serde(default)]
+    policy_dir: Option<String>,
     expect: Vec<Expectation>,
     /// Warnings polygraph must print (substring match).
     #[serde(default)]
@@ -88,6 +91,10 @@ fn run_case(case: &Case) -> Result<Vec<String>, String> {
             std::fs::write(sub.join(name), text).map_err(|e| e.to_string())?;
         }
         args.extend(["-f".into(), sub.display().to_string()]);
+    }
+    if let Some(policy_dir) = &case.policy_dir {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(policy_dir);
+        args.extend(["-f".into(), path.display().to_string()]);
     }
     if let Some(cluster) = &case.cluster {
         let path = corpus_dir().join("clusters").join(cluster);

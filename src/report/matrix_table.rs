@@ -4,6 +4,7 @@ use comfy_table::presets::UTF8_FULL_CONDENSED;
 use comfy_table::{Cell, CellAlignment, Color, Table};
 
 use crate::matrix::{TruthTable, Verdict};
+use crate::model::PodRef;
 
 /// Shown under the analyze matrices.
 pub const LEGEND: &str = "legend: ✓ allowed · ✗ blocked (e: by the source's egress, i: by the destination's ingress) · \
@@ -19,22 +20,43 @@ pub fn verdict_glyph(verdict: Verdict) -> &'static str {
     }
 }
 
-/// Renders the matrix of one (port, protocol) of a truth table.
+/// Width a matrix may take before its columns are numbered instead of named.
+const MAX_WIDTH: usize = 120;
+
+/// Whether pod names fit as column headers: each column is as wide as its name plus padding.
+fn names_fit(pods: &[PodRef]) -> bool {
+    let row_label = pods.iter().map(|p| p.to_string().len()).max().unwrap_or(0);
+    let columns: usize = pods.iter().map(|p| p.to_string().len() + 3).sum();
+    row_label + columns + 4 <= MAX_WIDTH
+}
+
+/// Renders the matrix of one (port, protocol) of a truth table. Columns carry pod names when they
+/// fit, numbers otherwise (each row then starts with its number, so the key is in the table).
 pub fn truth_matrix(table: &TruthTable, pp_index: usize, color: bool) -> Table {
     let pods = table.pods();
+    let numbered = !names_fit(pods);
     let mut out = Table::new();
     out.load_style(UTF8_FULL_CONDENSED);
     if !color {
         out.force_no_tty();
     }
     let mut header = vec![Cell::new("from \\ to")];
-    header.extend(
-        pods.iter()
-            .map(|p| Cell::new(p.to_string()).set_alignment(CellAlignment::Center)),
-    );
+    header.extend(pods.iter().enumerate().map(|(i, p)| {
+        let label = if numbered {
+            (i + 1).to_string()
+        } else {
+            p.to_string()
+        };
+        Cell::new(label).set_alignment(CellAlignment::Center)
+    }));
     out.set_header(header);
     for (from, from_pod) in pods.iter().enumerate() {
-        let mut row = vec![Cell::new(from_pod.to_string())];
+        let label = if numbered {
+            format!("{:>2} {from_pod}", from + 1)
+        } else {
+            from_pod.to_string()
+        };
+        let mut row = vec![Cell::new(label)];
         for to in 0..pods.len() {
             let verdict = table.get(pp_index, from, to);
             let glyph = verdict_glyph(verdict);
@@ -102,5 +124,19 @@ mod tests {
         assert!(text.contains("(✗ei)"));
         assert!(text.contains("✓"));
         assert!(text.contains("legend:"));
+    }
+
+    #[test]
+    fn wide_matrices_number_their_columns() {
+        let pods: Vec<PodRef> = (0..15)
+            .map(|i| format!("production/pod-number-{i}").parse().unwrap())
+            .collect();
+        let table = TruthTable::new(pods, vec![PortProtocol::new(80, Protocol::Tcp)]);
+        let text = truth_matrix(&table, 0, false).to_string();
+        assert!(text.contains(" 1 production/pod-number-0"));
+        assert!(text.contains("15 production/pod-number-14"));
+        // Each column is as wide as its number, not as its pod's name.
+        let widest = text.lines().map(|l| l.chars().count()).max().unwrap_or(0);
+        assert!(widest < 15 * 8 + 40, "{text}");
     }
 }
