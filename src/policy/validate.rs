@@ -11,6 +11,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::cidr;
+use super::compiled::Direction;
 use crate::input::FieldProblem;
 use crate::model::{Protocol, syntax};
 
@@ -58,22 +59,34 @@ fn validate_spec(spec: &NetworkPolicySpec, problems: &mut Problems) {
     if let Some(selector) = &spec.pod_selector {
         validate_selector(selector, "spec.podSelector", problems);
     }
-    for (i, rule) in spec.ingress.iter().flatten().enumerate() {
-        let path = format!("spec.ingress[{i}]");
-        for (j, port) in rule.ports.iter().flatten().enumerate() {
-            validate_port(port, &format!("{path}.ports[{j}]"), problems);
-        }
-        for (j, peer) in rule.from.iter().flatten().enumerate() {
-            validate_peer(peer, &format!("{path}.from[{j}]"), problems);
-        }
-    }
-    for (i, rule) in spec.egress.iter().flatten().enumerate() {
-        let path = format!("spec.egress[{i}]");
-        for (j, port) in rule.ports.iter().flatten().enumerate() {
-            validate_port(port, &format!("{path}.ports[{j}]"), problems);
-        }
-        for (j, peer) in rule.to.iter().flatten().enumerate() {
-            validate_peer(peer, &format!("{path}.to[{j}]"), problems);
+    // Ingress and egress rules differ only in the name of their peer list (`from` / `to`).
+    let ingress = spec
+        .ingress
+        .iter()
+        .flatten()
+        .map(|r| (r.ports.as_deref(), r.from.as_deref()));
+    let egress = spec
+        .egress
+        .iter()
+        .flatten()
+        .map(|r| (r.ports.as_deref(), r.to.as_deref()));
+    let rules: [(Direction, Vec<_>); 2] = [
+        (Direction::Ingress, ingress.collect()),
+        (Direction::Egress, egress.collect()),
+    ];
+    for (direction, rules) in rules {
+        for (i, (ports, peers)) in rules.into_iter().enumerate() {
+            let path = format!("spec.{}[{i}]", direction.rules_field());
+            for (j, port) in ports.into_iter().flatten().enumerate() {
+                validate_port(port, &format!("{path}.ports[{j}]"), problems);
+            }
+            for (j, peer) in peers.into_iter().flatten().enumerate() {
+                validate_peer(
+                    peer,
+                    &format!("{path}.{}[{j}]", direction.peers_field()),
+                    problems,
+                );
+            }
         }
     }
     if let Some(types) = &spec.policy_types {
