@@ -110,11 +110,7 @@ impl ClusterDescription {
 
     /// Parses one YAML document into a description (not yet checked: see `build`).
     pub fn parse(origin: &str, text: &str) -> Result<ClusterDescription, ModelError> {
-        let mut documents =
-            input::parse_documents(origin, text).map_err(|e| ModelError::Parse {
-                origin: origin.to_string(),
-                message: e.to_string(),
-            })?;
+        let mut documents = input::parse_documents(origin, text)?;
         if documents.len() != 1 {
             return Err(ModelError::Parse {
                 origin: origin.to_string(),
