@@ -236,6 +236,18 @@ fn bad_cluster_files_name_the_field() {
         let path = path.display().to_string();
         assert_rejected(field, &["analyze", "--cluster", &path], "", &[&path, field]);
     }
+    let path = dir.path().join("broken.yaml");
+    std::fs::write(&path, "namespaces: [{name: x}\n").expect("write");
+    let path = path.display().to_string();
+    let output = common::polygraph(&["analyze", "--cluster", &path], "");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr.contains(&format!("{path}:1:")), "{stderr}");
+    assert_eq!(
+        stderr.matches(&path).count(),
+        1,
+        "file named once: {stderr}"
+    );
 }
 
 #[test]
