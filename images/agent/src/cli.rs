@@ -1,0 +1,136 @@
+//! The agent's command line, shared by the `polygraph-agent` binary and `polygraph agent`.
+
+use std::ffi::OsString;
+use std::io::{Read, Write};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::wire::{Listen, ProbeRequest};
+
+#[derive(Debug, Parser)]
+#[command(name = "polygraph-agent", version, about = "polygraph's probe agent")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Listen on the given ports and answer with IDENTITY; prints one JSON "ready" line first.
+    Serve {
+        /// Who this pod is, `namespace/pod`.
+        #[arg(long)]
+        identity: String,
+        /// PORT/PROTOCOL to listen on, e.g. 80/TCP,81/UDP,80/SCTP. Repeatable.
+        #[arg(long, value_delimiter = ',', required = true)]
+        listen: Vec<Listen>,
+    },
+    /// Read {"timeout_ms":…, "targets":[{"host","port","protocol"}…]} on stdin; print one JSON
+    /// result per target.
+    Probe {
+        /// Overrides the request's timeout, e.g. 1s or 500ms.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<Duration>,
+    },
+}
+
+/// Runs the agent with `args` (the first is the program name).
+pub fn run<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("polygraph-agent: cannot start: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let code = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve { identity, listen } => serve(&identity, &listen).await,
+            Command::Probe { timeout } => probe(timeout).await,
+        }
+    });
+    // A probe that timed out may leave a blocking resolver or SCTP connect behind: don't wait for it.
+    runtime.shutdown_background();
+    code
+}
+
+async fn serve(identity: &str, listen: &[Listen]) -> ExitCode {
+    let (ready, serving) = match crate::serve::bind(identity, listen).await {
+        Ok(bound) => bound,
+        Err(e) => {
+            eprintln!("polygraph-agent: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let line = serde_json::to_string(&ready).unwrap_or_default();
+    let mut stdout = std::io::stdout().lock();
+    if writeln!(stdout, "{line}")
+        .and_then(|_| stdout.flush())
+        .is_err()
+    {
+        return ExitCode::from(1);
+    }
+    drop(stdout);
+    let mut terminate =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("polygraph-agent: cannot watch SIGTERM: {e}");
+                return ExitCode::from(1);
+            }
+        };
+    tokio::select! {
+        _ = serving => {}
+        _ = terminate.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    ExitCode::SUCCESS
+}
+
+async fn probe(timeout: Option<Duration>) -> ExitCode {
+    let mut input = String::new();
+    if let Err(e) = std::io::stdin().read_to_string(&mut input) {
+        eprintln!("polygraph-agent: reading the probe request: {e}");
+        return ExitCode::from(2);
+    }
+    let mut request: ProbeRequest = match serde_json::from_str(&input) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("polygraph-agent: bad probe request: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(t) = timeout {
+        request.timeout_ms = u64::try_from(t.as_millis()).unwrap_or(u64::MAX);
+    }
+    let results = crate::probe::run(&request).await;
+    let mut stdout = std::io::stdout().lock();
+    for result in results {
+        let line = serde_json::to_string(&result).unwrap_or_default();
+        if writeln!(stdout, "{line}").is_err() {
+            return ExitCode::from(1);
+        }
+    }
+    let _ = stdout.flush();
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,215 @@
+//! `probe`: run a batch of targets concurrently, each under the same timeout, and report how each
+//! ended. Blocked targets wait out their timeout in parallel, so a batch takes about one timeout.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use socket2::Protocol as SockProtocol;
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpStream, UdpSocket};
+
+use crate::sockets::{IPPROTO_SCTP, is_protocol_unavailable, stream_socket};
+use crate::wire::{Outcome, ProbeRequest, ProbeResult, Protocol, Target, parse_greeting};
+
+/// How often a UDP probe re-sends its datagram while waiting: one lost datagram must not read as
+/// "blocked".
+const UDP_RESEND: Duration = Duration::from_millis(200);
+/// Greetings are one short line.
+const GREETING_MAX: usize = 256;
+
+struct Finding {
+    outcome: Outcome,
+    peer: Option<String>,
+    detail: Option<String>,
+}
+
+impl Finding {
+    fn new(outcome: Outcome, detail: impl Into<String>) -> Self {
+        Finding {
+            outcome,
+            peer: None,
+            detail: Some(detail.into()),
+        }
+    }
+}
+
+/// Probes every target; results come back in request order.
+pub async fn run(request: &ProbeRequest) -> Vec<ProbeResult> {
+    let batch_start = Instant::now();
+    let timeout = Duration::from_millis(request.timeout_ms.max(1));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (index, target) in request.targets.iter().cloned().enumerate() {
+        tasks.spawn(async move { (index, probe_one(target, timeout, batch_start).await) });
+    }
+    let mut results = Vec::with_capacity(request.targets.len());
+    while let Some(joined) = tasks.join_next().await {
+        if let Ok(pair) = joined {
+            results.push(pair);
+        }
+    }
+    results.sort_by_key(|(index, _)| *index);
+    results.into_iter().map(|(_, result)| result).collect()
+}
+
+async fn probe_one(target: Target, timeout: Duration, batch_start: Instant) -> ProbeResult {
+    let started = Instant::now();
+    let finding = match resolve(&target.host, target.port, timeout).await {
+        Err(detail) => Finding::new(Outcome::Error, detail),
+        Ok(addr) => match target.protocol {
+            Protocol::Tcp => tcp(addr, timeout).await,
+            Protocol::Udp => udp(addr, timeout).await,
+            Protocol::Sctp => sctp(addr, timeout).await,
+        },
+    };
+    ProbeResult {
+        host: target.host,
+        port: target.port,
+        protocol: target.protocol,
+        outcome: finding.outcome,
+        started_ms: millis(started.duration_since(batch_start)),
+        elapsed_ms: millis(started.elapsed()),
+        peer: finding.peer,
+        detail: finding.detail,
+    }
+}
+
+fn millis(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+async fn resolve(host: &str, port: u16, timeout: Duration) -> Result<SocketAddr, String> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    match tokio::time::timeout(timeout, tokio::net::lookup_host((host, port))).await {
+        Err(_) => Err(format!("resolving {host} timed out")),
+        Ok(Err(e)) => Err(format!("cannot resolve {host}: {e}")),
+        Ok(Ok(mut addrs)) => addrs.next().ok_or_else(|| format!("{host} has no address")),
+    }
+}
+
+/// Maps a socket error to an outcome: what the network said, or a failure of the probe itself.
+fn classify(error: &io::Error) -> Finding {
+    match (error.kind(), error.raw_os_error()) {
+        (io::ErrorKind::ConnectionRefused, _) => {
+            Finding::new(Outcome::Refused, "connection refused")
+        }
+        (_, Some(113)) => Finding::new(Outcome::Refused, "host unreachable (ICMP)"),
+        (_, Some(101)) => Finding::new(Outcome::Refused, "network unreachable (ICMP or no route)"),
+        // A netfilter drop on the sender's own output path surfaces as EPERM.
+        (_, Some(1)) | (_, Some(13)) => {
+            Finding::new(Outcome::Refused, format!("rejected locally: {error}"))
+        }
+        (io::ErrorKind::TimedOut, _) => Finding::new(Outcome::Timeout, "timed out"),
+        _ if is_protocol_unavailable(error) => {
+            Finding::new(Outcome::Unsupported, error.to_string())
+        }
+        _ => Finding::new(Outcome::Error, error.to_string()),
+    }
+}
+
+fn connected(greeting: Option<String>) -> Finding {
+    let detail = greeting
+        .is_none()
+        .then(|| "connected, but the peer sent no polygraph greeting".to_string());
+    Finding {
+        outcome: Outcome::Connected,
+        peer: greeting,
+        detail,
+    }
+}
+
+async fn tcp(addr: SocketAddr, timeout: Duration) -> Finding {
+    let start = Instant::now();
+    let mut stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Err(_) => return Finding::new(Outcome::Timeout, "no answer to SYN"),
+        Ok(Err(e)) => return classify(&e),
+        Ok(Ok(stream)) => stream,
+    };
+    let remaining = timeout
+        .saturating_sub(start.elapsed())
+        .max(Duration::from_millis(50));
+    let mut buf = Vec::with_capacity(GREETING_MAX);
+    let read = tokio::time::timeout(remaining, async {
+        let mut chunk = [0u8; GREETING_MAX];
+        while buf.len() < GREETING_MAX && !buf.contains(&b'\n') {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    let _ = read;
+    connected(parse_greeting(&buf))
+}
+
+async fn udp(addr: SocketAddr, timeout: Duration) -> Finding {
+    let local: SocketAddr = if addr.is_ipv4() {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = match UdpSocket::bind(local).await {
+        Ok(s) => s,
+        Err(e) => return classify(&e),
+    };
+    if let Err(e) = socket.connect(addr).await {
+        return classify(&e);
+    }
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut buf = [0u8; GREETING_MAX];
+    let mut resend = tokio::time::interval(UDP_RESEND);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => {
+                return Finding::new(Outcome::Timeout, "no reply to datagrams");
+            }
+            _ = resend.tick() => {
+                if let Err(e) = socket.send(b"polygraph probe\n").await {
+                    return classify(&e);
+                }
+            }
+            received = socket.recv(&mut buf) => {
+                return match received {
+                    // An ICMP port unreachable arrives as ECONNREFUSED on a connected socket.
+                    Err(e) => classify(&e),
+                    Ok(n) => connected(parse_greeting(&buf[..n])),
+                };
+            }
+        }
+    }
+}
+
+async fn sctp(addr: SocketAddr, timeout: Duration) -> Finding {
+    let attempt = tokio::task::spawn_blocking(move || -> Finding {
+        let socket = match stream_socket(&addr, SockProtocol::from(IPPROTO_SCTP)) {
+            Ok(s) => s,
+            Err(e) if is_protocol_unavailable(&e) => {
+                return Finding::new(Outcome::Unsupported, "SCTP is not available in this kernel");
+            }
+            Err(e) => return Finding::new(Outcome::Error, e.to_string()),
+        };
+        let start = Instant::now();
+        if let Err(e) = socket.connect_timeout(&addr.into(), timeout) {
+            return match e.kind() {
+                io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => {
+                    Finding::new(Outcome::Timeout, "no answer to INIT")
+                }
+                _ => classify(&e),
+            };
+        }
+        let remaining = timeout
+            .saturating_sub(start.elapsed())
+            .max(Duration::from_millis(50));
+        let _ = socket.set_read_timeout(Some(remaining));
+        let mut stream: std::net::TcpStream = socket.into();
+        let mut buf = [0u8; GREETING_MAX];
+        let n = io::Read::read(&mut stream, &mut buf).unwrap_or(0);
+        connected(parse_greeting(&buf[..n]))
+    });
+    attempt
+        .await
+        .unwrap_or_else(|e| Finding::new(Outcome::Error, format!("SCTP probe failed: {e}")))
+}

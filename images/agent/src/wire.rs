@@ -1,0 +1,181 @@
+//! What the agent reads and writes: the contract between polygraph and every probe pod.
+//! JSON, one object per line on stdout, so that it travels through `kubectl exec` as well as pipes.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Protocol {
+    #[serde(rename = "TCP")]
+    Tcp,
+    #[serde(rename = "UDP")]
+    Udp,
+    #[serde(rename = "SCTP")]
+    Sctp,
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+            Protocol::Sctp => "SCTP",
+        })
+    }
+}
+
+/// A (port, protocol) to listen on, written `80/TCP`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Listen {
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+impl FromStr for Listen {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (port, protocol) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?}: expected PORT/PROTOCOL such as 80/TCP"))?;
+        let port: u16 = port
+            .parse()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| format!("{s:?}: port must be 1-65535"))?;
+        let protocol = match protocol.to_ascii_uppercase().as_str() {
+            "TCP" => Protocol::Tcp,
+            "UDP" => Protocol::Udp,
+            "SCTP" => Protocol::Sctp,
+            _ => return Err(format!("{s:?}: protocol must be TCP, UDP or SCTP")),
+        };
+        Ok(Listen { port, protocol })
+    }
+}
+
+/// The first line `serve` prints, once every listener is bound (or known to be impossible).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ready {
+    pub identity: String,
+    pub listening: Vec<Listen>,
+    /// Listeners that could not be opened because the kernel lacks the protocol.
+    pub unsupported: Vec<Listen>,
+}
+
+/// What `probe` reads on stdin.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProbeRequest {
+    pub timeout_ms: u64,
+    pub targets: Vec<Target>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Target {
+    /// An IP address or a name to resolve.
+    pub host: String,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+/// How one probe ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// The peer answered (for UDP: the echo came back).
+    Connected,
+    /// Actively rejected: TCP RST, ICMP unreachable, or a local firewall's EPERM.
+    Refused,
+    /// No answer within the timeout: the signature of a dropping firewall.
+    Timeout,
+    /// The protocol can't be used here (e.g. no SCTP in the kernel). Never "blocked".
+    Unsupported,
+    /// The probe itself could not run (bad target, resolver failure, ...).
+    Error,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Connected => "connected",
+            Outcome::Refused => "refused",
+            Outcome::Timeout => "timeout",
+            Outcome::Unsupported => "unsupported",
+            Outcome::Error => "error",
+        }
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One line of `probe` output per target, in the order of the request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProbeResult {
+    pub host: String,
+    pub port: u16,
+    pub protocol: Protocol,
+    pub outcome: Outcome,
+    /// When the attempt started, in ms since the batch started.
+    pub started_ms: f64,
+    /// How long the attempt took, in ms.
+    pub elapsed_ms: f64,
+    /// The identity the server answered with, when it answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// The first bytes a server sends (TCP, SCTP) or echoes (UDP): `polygraph <identity>\n`.
+pub const GREETING_PREFIX: &str = "polygraph ";
+
+pub fn greeting(identity: &str) -> String {
+    format!("{GREETING_PREFIX}{identity}\n")
+}
+
+/// The identity in a greeting, if it is one.
+pub fn parse_greeting(bytes: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let identity = text.strip_prefix(GREETING_PREFIX)?.trim_end();
+    (!identity.is_empty()).then(|| identity.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_parses() {
+        assert_eq!(
+            "80/tcp".parse::<Listen>(),
+            Ok(Listen {
+                port: 80,
+                protocol: Protocol::Tcp
+            })
+        );
+        assert!("0/TCP".parse::<Listen>().is_err());
+        assert!("80/ICMP".parse::<Listen>().is_err());
+        assert!("80".parse::<Listen>().is_err());
+    }
+
+    #[test]
+    fn greetings_round_trip() {
+        assert_eq!(
+            parse_greeting(greeting("x/a").as_bytes()),
+            Some("x/a".into())
+        );
+        assert_eq!(parse_greeting(b"HTTP/1.1 200 OK"), None);
+        assert_eq!(parse_greeting(b"polygraph \n"), None);
+    }
+
+    #[test]
+    fn outcome_words() {
+        let json = serde_json::to_string(&Outcome::Unsupported).unwrap();
+        assert_eq!(json, "\"unsupported\"");
+    }
+}
