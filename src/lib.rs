@@ -4,9 +4,11 @@
 //! answers into tables and JSON. See DESIGN.md in the project's shared folder for the data flow.
 
 pub mod analyze;
+pub mod backend;
 pub mod bench;
 pub mod input;
 pub mod matrix;
 pub mod model;
 pub mod policy;
 pub mod report;
+pub mod run;

@@ -10,7 +10,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error}");
-            ExitCode::from(cli::EXIT_USAGE)
+            ExitCode::from(error.exit_code())
         }
     }
 }

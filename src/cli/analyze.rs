@@ -1,36 +1,20 @@
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
 use serde::Serialize;
 
+use super::model_args::ModelArgs;
 use super::{CliError, OutputFormat, use_color};
-use polygraph::analyze::{Analysis, analyze};
+use polygraph::analyze::Analysis;
 use polygraph::matrix::Cell;
-use polygraph::model::{
-    Cluster, ClusterDescription, PodRef, PortProtocol, Protocol, default_model,
-};
-use polygraph::policy::load_policies;
+use polygraph::model::{Cluster, PodRef};
 use polygraph::report::{analyze_json, matrix_table};
 
 #[derive(Debug, Args)]
 pub struct AnalyzeArgs {
-    /// Cluster description file (default: the built-in model x,y,z × a,b,c; ports 80,81 × TCP,UDP,SCTP).
-    #[arg(long, value_name = "FILE")]
-    cluster: Option<PathBuf>,
-    /// NetworkPolicy manifests: a file, a directory, or - for stdin. Repeatable.
-    #[arg(short = 'f', long = "filename", value_name = "POLICIES")]
-    files: Vec<String>,
-    /// Namespace for policies that don't set metadata.namespace, as with kubectl.
-    #[arg(short = 'n', long, default_value = "default")]
-    namespace: String,
-    /// Only these ports (comma-separated or repeated). Default: every port a pod serves.
-    #[arg(long, value_delimiter = ',')]
-    port: Vec<u16>,
-    /// Only these protocols: TCP, UDP, SCTP. Default: every protocol a pod serves.
-    #[arg(long, value_delimiter = ',')]
-    protocol: Vec<Protocol>,
+    #[command(flatten)]
+    model: ModelArgs,
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value = "table")]
     output: OutputFormat,
@@ -40,22 +24,13 @@ pub struct AnalyzeArgs {
 }
 
 pub fn run(args: AnalyzeArgs) -> Result<ExitCode, CliError> {
-    let cluster = match &args.cluster {
-        Some(path) => ClusterDescription::load(path)?,
-        None => default_model().build("built-in model")?,
-    };
+    let cluster = args.model.cluster()?;
     let explain = args
         .explain
         .iter()
         .map(|pair| parse_pair(&cluster, pair))
         .collect::<Result<Vec<_>, _>>()?;
-    let policies = load_policies(&args.files, &args.namespace)?;
-    let (port_protocols, pp_warning) = select_port_protocols(&cluster, &args.port, &args.protocol)?;
-    let mut analysis = analyze(cluster, policies, &port_protocols);
-    analysis.warnings.extend(pp_warning);
-    for warning in &analysis.warnings {
-        eprintln!("warning: {warning}");
-    }
+    let analysis = args.model.analysis(cluster)?;
 
     let mut out = std::io::stdout().lock();
     match args.output {
@@ -121,50 +96,6 @@ fn parse_pair(cluster: &Cluster, pair: &str) -> Result<(usize, usize), CliError>
         })
     };
     Ok((find(from)?, find(to)?))
-}
-
-/// Served (port, protocol) pairs, narrowed by `--port` / `--protocol`. A port nobody serves can
-/// still be asked about: the oracle answers from the policies alone.
-fn select_port_protocols(
-    cluster: &Cluster,
-    ports: &[u16],
-    protocols: &[Protocol],
-) -> Result<(Vec<PortProtocol>, Option<String>), CliError> {
-    if ports.contains(&0) {
-        return Err(CliError::Usage(
-            "--port: must be between 1 and 65535".into(),
-        ));
-    }
-    let served = cluster.served_port_protocols();
-    let selected: Vec<PortProtocol> = served
-        .iter()
-        .copied()
-        .filter(|pp| ports.is_empty() || ports.contains(&pp.port))
-        .filter(|pp| protocols.is_empty() || protocols.contains(&pp.protocol))
-        .collect();
-    if !selected.is_empty() || ports.is_empty() {
-        if selected.is_empty() {
-            return Err(CliError::Usage(
-                "no pod serves the selected protocols: name ports with --port".into(),
-            ));
-        }
-        return Ok((selected, None));
-    }
-    let protocols: &[Protocol] = if protocols.is_empty() {
-        &Protocol::ALL
-    } else {
-        protocols
-    };
-    let asked: Vec<PortProtocol> = ports
-        .iter()
-        .flat_map(|&port| protocols.iter().map(move |&p| PortProtocol::new(port, p)))
-        .collect();
-    let names: Vec<String> = asked.iter().map(ToString::to_string).collect();
-    let warning = format!(
-        "no pod serves {}: answering from the policies alone",
-        names.join(", ")
-    );
-    Ok((asked, Some(warning)))
 }
 
 fn explanations(analysis: &Analysis, pairs: &[(usize, usize)]) -> Vec<String> {

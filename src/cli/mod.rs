@@ -2,14 +2,21 @@
 
 mod analyze;
 mod bench;
+mod gc;
+mod model_args;
+mod probe;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// Exit code for usage, input and setup errors (1 is reserved for "the cluster is wrong").
+/// Exit code when the cluster does not do what the spec says.
+pub const EXIT_WRONG: u8 = 1;
+/// Exit code for usage, input and setup errors.
 pub const EXIT_USAGE: u8 = 2;
+/// Exit code after SIGINT/SIGTERM, as shells report it (128 + SIGINT).
+pub const EXIT_INTERRUPTED: u8 = 130;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -26,9 +33,19 @@ pub struct Cli {
 enum Command {
     /// Offline truth tables: what the NetworkPolicy spec allows, cell by cell, and why.
     Analyze(analyze::AnalyzeArgs),
+    /// Real packets: build the cluster, apply the policies, probe every cell, compare with the spec.
+    Probe(probe::ProbeArgs),
+    /// Remove what killed runs left behind (local network namespaces and their agents).
+    Gc,
     /// Measure polygraph's own speed.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// The probe agent, as the local backend runs it inside each pod's network namespace.
+    #[command(hide = true)]
+    Agent {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
 /// What went wrong, on one line.
@@ -44,12 +61,47 @@ pub enum CliError {
     Output(#[from] std::io::Error),
     #[error("encoding JSON: {0}")]
     Json(#[from] serde_json::Error),
+    #[error(transparent)]
+    Backend(#[from] polygraph::backend::BackendError),
+    #[error("interrupted by {0}: the local cluster was removed")]
+    Interrupted(&'static str),
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Interrupted(_) => EXIT_INTERRUPTED,
+            _ => EXIT_USAGE,
+        }
+    }
+}
+
+/// Resolves when the process is asked to stop; names the signal.
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return "SIGINT";
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+        _ = hup.recv() => "SIGHUP",
+    }
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
     match cli.command {
         Command::Analyze(args) => analyze::run(args),
+        Command::Probe(args) => probe::run(args),
+        Command::Gc => gc::run(),
         Command::Bench(command) => bench::run(command),
+        Command::Agent { args } => Ok(polygraph_agent::cli::run(
+            std::iter::once(std::ffi::OsString::from("polygraph agent")).chain(args),
+        )),
     }
 }
 

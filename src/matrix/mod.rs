@@ -4,6 +4,10 @@
 //! source's egress and the destination's ingress allow it: 2 bits a cell, so the benchmark's
 //! 4 million cells fit in 4 MB.
 
+mod observed;
+
+pub use observed::{Judgement, Observation, ObservedTable};
+
 use crate::model::{PodId, PodRef, PortProtocol};
 
 /// The spec's answer for one cell, per direction. A connection needs both.

@@ -24,6 +24,11 @@ impl CellExplanation {
     /// One line: the verdict and the deciding direction(s).
     pub fn summary(&self) -> String {
         let verdict = if self.allowed() { "allowed" } else { "blocked" };
+        format!("{verdict}: {}", self.reason())
+    }
+
+    /// The deciding direction(s), without the verdict word.
+    pub fn reason(&self) -> String {
         let mut parts = Vec::new();
         for d in [&self.egress, &self.ingress] {
             // When blocked, only the blocking side(s) explain it.
@@ -31,7 +36,7 @@ impl CellExplanation {
                 parts.push(d.summary());
             }
         }
-        let mut line = format!("{verdict}: {}", parts.join("; "));
+        let mut line = parts.join("; ");
         if self.cell.is_self() {
             line.push_str(" (self traffic: undefined by the spec, CNIs differ)");
         }

@@ -30,10 +30,14 @@ fn names_fit(pods: &[PodRef]) -> bool {
     row_label + columns + 4 <= MAX_WIDTH
 }
 
-/// Renders the matrix of one (port, protocol) of a truth table. Columns carry pod names when they
-/// fit, numbers otherwise (each row then starts with its number, so the key is in the table).
-pub fn truth_matrix(table: &TruthTable, pp_index: usize, color: bool) -> Table {
-    let pods = table.pods();
+/// Renders a pods × pods matrix: `cell(from, to)` gives each cell's text and colour. Columns carry
+/// pod names when they fit, numbers otherwise (each row then starts with its number, so the key is
+/// in the table). A pod's cell to itself is wrapped in parentheses: the spec leaves it undefined.
+pub fn pod_matrix(
+    pods: &[PodRef],
+    color: bool,
+    cell: impl Fn(usize, usize) -> (String, Option<Color>),
+) -> Table {
     let numbered = !names_fit(pods);
     let mut out = Table::new();
     out.load_style(UTF8_FULL_CONDENSED);
@@ -58,26 +62,34 @@ pub fn truth_matrix(table: &TruthTable, pp_index: usize, color: bool) -> Table {
         };
         let mut row = vec![Cell::new(label)];
         for to in 0..pods.len() {
-            let verdict = table.get(pp_index, from, to);
-            let glyph = verdict_glyph(verdict);
+            let (glyph, fg) = cell(from, to);
             let text = if from == to {
                 format!("({glyph})")
             } else {
-                glyph.to_string()
+                glyph
             };
-            let mut cell = Cell::new(text).set_alignment(CellAlignment::Center);
-            if color {
-                cell = cell.fg(match (from == to, verdict.allowed()) {
-                    (true, _) => Color::DarkGrey,
-                    (false, true) => Color::Green,
-                    (false, false) => Color::Red,
-                });
+            let mut c = Cell::new(text).set_alignment(CellAlignment::Center);
+            if let (true, Some(fg)) = (color, fg) {
+                c = c.fg(fg);
             }
-            row.push(cell);
+            row.push(c);
         }
         out.add_row(row);
     }
     out
+}
+
+/// Renders the matrix of one (port, protocol) of a truth table.
+pub fn truth_matrix(table: &TruthTable, pp_index: usize, color: bool) -> Table {
+    pod_matrix(table.pods(), color, |from, to| {
+        let verdict = table.get(pp_index, from, to);
+        let fg = match (from == to, verdict.allowed()) {
+            (true, _) => Color::DarkGrey,
+            (false, true) => Color::Green,
+            (false, false) => Color::Red,
+        };
+        (verdict_glyph(verdict).to_string(), Some(fg))
+    })
 }
 
 /// Every matrix of the table, titled, followed by the legend.

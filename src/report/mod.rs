@@ -2,3 +2,4 @@
 
 pub mod analyze_json;
 pub mod matrix_table;
+pub mod probe;

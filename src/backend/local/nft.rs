@@ -1,0 +1,387 @@
+//! The reference dataplane: NetworkPolicy compiled to nftables, the way a CNI would.
+//!
+//! Everything lives in one table in the node namespace, where all pod traffic is routed:
+//!
+//! ```text
+//! table inet polygraph
+//!   chain forward            hook forward: conntrack first, then per-pod dispatch
+//!     ct state established,related accept      replies of allowed connections pass
+//!     iifname "pgv3" jump egress-3             only for pods isolated for egress
+//!     oifname "pgv5" jump ingress-5            only for pods isolated for ingress
+//!   chain egress-3           allowed destinations `return` (on to the ingress check), rest drop
+//!   chain ingress-5          allowed sources `accept`, rest drop
+//! ```
+//!
+//! Peers are compiled like a CNI's IP sets: selectors are evaluated against the current pods and
+//! namespaces (with the same `Peer`/`PortMatch` semantics as the oracle), never by asking the
+//! oracle what a cell should be. Named ports resolve on the destination pod: for ingress that is the
+//! chain's own pod; for egress each destination gets its own rule.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::net::IpAddr;
+
+use crate::model::{Cluster, Pod, PodId};
+use crate::policy::{Direction, Peer, Policy, PortMatch, Rule};
+
+pub const TABLE: &str = "inet polygraph";
+
+/// The chains polygraph wants, by name, and the dispatch rules of the forward chain.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ruleset {
+    pub chains: BTreeMap<String, Vec<String>>,
+    pub dispatch: Vec<String>,
+}
+
+/// How the dataplane names a pod's interface and chains: by its stable slot, not by its position
+/// in a cluster snapshot (which shifts when pods come and go).
+pub trait Slots {
+    fn slot(&self, pod: PodId) -> usize;
+}
+
+pub fn veth_name(slot: usize) -> String {
+    format!("pgv{slot}")
+}
+
+fn chain_name(direction: Direction, slot: usize) -> String {
+    match direction {
+        Direction::Ingress => format!("ingress-{slot}"),
+        Direction::Egress => format!("egress-{slot}"),
+    }
+}
+
+/// Compiles every pod's chains.
+pub fn compile(cluster: &Cluster, policies: &[Policy], slots: &dyn Slots) -> Ruleset {
+    let mut ruleset = Ruleset::default();
+    for (id, pod) in cluster.pods().iter().enumerate() {
+        let slot = slots.slot(id);
+        for direction in [Direction::Egress, Direction::Ingress] {
+            let selecting: Vec<&Policy> = policies
+                .iter()
+                .filter(|p| p.rules(direction).is_some() && p.selects(pod))
+                .collect();
+            if selecting.is_empty() {
+                continue;
+            }
+            let chain = chain_name(direction, slot);
+            let mut rules = Vec::new();
+            for policy in selecting {
+                for (index, rule) in policy
+                    .rules(direction)
+                    .unwrap_or_default()
+                    .iter()
+                    .enumerate()
+                {
+                    let comment = comment(&format!(
+                        "{} {}[{index}]",
+                        policy.key(),
+                        direction.rules_field()
+                    ));
+                    for matcher in rule_matchers(cluster, policy, rule, direction, pod) {
+                        let verdict = match direction {
+                            Direction::Egress => "return",
+                            Direction::Ingress => "accept",
+                        };
+                        rules.push(format!("{matcher} {verdict} comment {comment}"));
+                    }
+                }
+            }
+            rules.push(format!(
+                "counter drop comment {}",
+                comment(&format!("{} isolated", pod.key()))
+            ));
+            let (keyword, iface) = match direction {
+                Direction::Egress => ("iifname", veth_name(slot)),
+                Direction::Ingress => ("oifname", veth_name(slot)),
+            };
+            ruleset
+                .dispatch
+                .push(format!("{keyword} \"{iface}\" jump {chain}"));
+            ruleset.chains.insert(chain, rules);
+        }
+    }
+    // Egress checks must come before ingress checks: an egress chain `return`s into the rest.
+    ruleset.dispatch.sort_by_key(|r| !r.starts_with("iifname"));
+    ruleset
+}
+
+/// nft comments are quoted strings of at most 128 bytes.
+fn comment(text: &str) -> String {
+    let mut text: String = text.chars().filter(|c| *c != '"' && *c != '\\').collect();
+    if text.len() > 120 {
+        let mut cut = 120;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+    }
+    format!("\"{text}\"")
+}
+
+/// The match expressions of one rule for the chain of `subject`: the cross product of its peer and
+/// port expressions. An empty list means the rule allows nothing here.
+fn rule_matchers(
+    cluster: &Cluster,
+    policy: &Policy,
+    rule: &Rule,
+    direction: Direction,
+    subject: &Pod,
+) -> Vec<String> {
+    let side = match direction {
+        Direction::Ingress => "saddr",
+        Direction::Egress => "daddr",
+    };
+    let any_peer = || vec![String::new()];
+    let peer_exprs: Vec<String> = match &rule.peers {
+        None => any_peer(),
+        Some(peers) => peers
+            .iter()
+            .flat_map(|peer| peer_exprs(cluster, policy, peer, side))
+            .collect(),
+    };
+    let Some(ports) = &rule.ports else {
+        return peer_exprs;
+    };
+    let mut matchers = Vec::new();
+    for port in ports {
+        match port {
+            PortMatch::Named { name, protocol } if direction == Direction::Egress => {
+                // Resolve on each destination the rule's peers allow: one rule per destination.
+                for dst in cluster.pods() {
+                    let allowed_peer = match &rule.peers {
+                        None => true,
+                        Some(peers) => peers
+                            .iter()
+                            .any(|p| p.matches(cluster, &policy.namespace, dst)),
+                    };
+                    if let (true, Some(number)) = (allowed_peer, dst.named_port(name, *protocol)) {
+                        let proto = protocol.as_str().to_ascii_lowercase();
+                        matchers.push(format!(
+                            "{} {side} {} meta l4proto {proto} th dport {number}",
+                            family(dst.ip),
+                            dst.ip
+                        ));
+                    }
+                }
+            }
+            PortMatch::Named { name, protocol } => {
+                if let Some(number) = subject.named_port(name, *protocol) {
+                    let port = PortMatch::Range {
+                        protocol: *protocol,
+                        start: number,
+                        end: number,
+                    };
+                    matchers.extend(cross(&peer_exprs, &port_expr(&port)));
+                }
+            }
+            other => matchers.extend(cross(&peer_exprs, &port_expr(other))),
+        }
+    }
+    matchers
+}
+
+fn cross(peers: &[String], port: &str) -> Vec<String> {
+    peers
+        .iter()
+        .map(|peer| {
+            [peer.as_str(), port]
+                .iter()
+                .filter(|s| !s.is_empty())
+                .copied()
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect()
+}
+
+fn family(ip: IpAddr) -> &'static str {
+    if ip.is_ipv4() { "ip" } else { "ip6" }
+}
+
+fn port_expr(port: &PortMatch) -> String {
+    let proto = port.protocol().as_str().to_ascii_lowercase();
+    match port {
+        PortMatch::AllPorts { .. } => format!("meta l4proto {proto}"),
+        PortMatch::Range { start, end, .. } if start == end => {
+            format!("meta l4proto {proto} th dport {start}")
+        }
+        PortMatch::Range { start, end, .. } => {
+            format!("meta l4proto {proto} th dport {start}-{end}")
+        }
+        // Named ports are resolved before this point.
+        PortMatch::Named { .. } => String::new(),
+    }
+}
+
+/// Expressions matching the addresses a peer selects: one per address family present.
+fn peer_exprs(cluster: &Cluster, policy: &Policy, peer: &Peer, side: &str) -> Vec<String> {
+    match peer {
+        Peer::IpBlock { cidr, except } => {
+            let fam = family(cidr.addr());
+            let mut expr = format!("{fam} {side} {cidr}");
+            for e in except {
+                // Each `!=` is its own match so overlapping excepts need no interval merging.
+                let _ = write!(expr, " {fam} {side} != {e}");
+            }
+            vec![expr]
+        }
+        Peer::Pods { .. } => {
+            let (mut v4, mut v6) = (Vec::new(), Vec::new());
+            for pod in cluster.pods() {
+                if peer.matches(cluster, &policy.namespace, pod) {
+                    match pod.ip {
+                        IpAddr::V4(ip) => v4.push(ip.to_string()),
+                        IpAddr::V6(ip) => v6.push(ip.to_string()),
+                    }
+                }
+            }
+            let mut exprs = Vec::new();
+            if !v4.is_empty() {
+                exprs.push(format!("ip {side} {{ {} }}", v4.join(", ")));
+            }
+            if !v6.is_empty() {
+                exprs.push(format!("ip6 {side} {{ {} }}", v6.join(", ")));
+            }
+            exprs
+        }
+    }
+}
+
+const FORWARD_BASE: [&str; 2] = [
+    "ct state established,related accept",
+    "ct state invalid drop",
+];
+
+/// The transaction that creates the table from nothing.
+pub fn install(ruleset: &Ruleset) -> String {
+    let mut tx = format!(
+        "add table {TABLE}\nadd chain {TABLE} forward {{ type filter hook forward priority filter; policy accept; }}\n"
+    );
+    tx.push_str(&update(&Ruleset::default(), ruleset).unwrap_or_default());
+    if ruleset.dispatch.is_empty() {
+        // `update` writes the forward chain only when dispatch changes; a fresh table needs it.
+        tx.push_str(&forward_rules(ruleset));
+    }
+    tx
+}
+
+fn forward_rules(ruleset: &Ruleset) -> String {
+    let mut tx = format!("flush chain {TABLE} forward\n");
+    for rule in FORWARD_BASE
+        .iter()
+        .map(|r| r.to_string())
+        .chain(ruleset.dispatch.iter().cloned())
+    {
+        let _ = writeln!(tx, "add rule {TABLE} forward {rule}");
+    }
+    tx
+}
+
+/// The transaction that turns `old` into `new`, touching only chains that changed; `None` when
+/// nothing did. Applied with `nft -f`, it is atomic.
+pub fn update(old: &Ruleset, new: &Ruleset) -> Option<String> {
+    let mut tx = String::new();
+    for (name, rules) in &new.chains {
+        match old.chains.get(name) {
+            Some(previous) if previous == rules => continue,
+            Some(_) => {
+                let _ = writeln!(tx, "flush chain {TABLE} {name}");
+            }
+            None => {
+                let _ = writeln!(tx, "add chain {TABLE} {name}");
+            }
+        }
+        for rule in rules {
+            let _ = writeln!(tx, "add rule {TABLE} {name} {rule}");
+        }
+    }
+    if old.dispatch != new.dispatch {
+        tx.push_str(&forward_rules(new));
+    }
+    // Stale chains go last, once the forward chain no longer jumps to them.
+    for name in old
+        .chains
+        .keys()
+        .filter(|name| !new.chains.contains_key(*name))
+    {
+        let _ = writeln!(tx, "delete chain {TABLE} {name}");
+    }
+    (!tx.is_empty()).then_some(tx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::default_model;
+    use crate::policy::parse_policies;
+
+    struct Identity;
+    impl Slots for Identity {
+        fn slot(&self, pod: PodId) -> usize {
+            pod
+        }
+    }
+
+    fn ruleset(yaml: &str) -> Ruleset {
+        let cluster = default_model().build("model").unwrap();
+        let policies = parse_policies("p.yaml", yaml, "x").unwrap();
+        compile(&cluster, &policies, &Identity)
+    }
+
+    #[test]
+    fn no_policies_no_chains() {
+        assert_eq!(ruleset(""), Ruleset::default());
+    }
+
+    #[test]
+    fn ingress_rule_with_selector_and_named_port() {
+        let r = ruleset(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from: [{namespaceSelector: {matchLabels: {ns: y}}}]\n    ports: [{port: serve-81-udp, protocol: UDP}]\n",
+        );
+        assert_eq!(r.dispatch, vec!["oifname \"pgv0\" jump ingress-0"]);
+        let rules = &r.chains["ingress-0"];
+        assert_eq!(rules.len(), 2, "{rules:?}");
+        // y/a, y/b, y/c are pods 3, 4, 5 of the default model.
+        assert!(rules[0].starts_with("ip saddr { 10.244.1.4, 10.244.1.5, 10.244.1.6 } meta l4proto udp th dport 81 accept"), "{}", rules[0]);
+        assert!(rules[1].starts_with("counter drop"));
+    }
+
+    #[test]
+    fn egress_named_ports_resolve_per_destination_and_ip_blocks_keep_excepts() {
+        let r = ruleset(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: out}\nspec:\n  podSelector: {matchLabels: {pod: b}}\n  policyTypes: [Egress]\n  egress:\n  - to: [{podSelector: {matchLabels: {pod: c}}}]\n    ports: [{port: serve-80-tcp}]\n  - to: [{ipBlock: {cidr: 10.0.0.0/8, except: [10.244.1.0/30, 10.244.1.8/29]}}]\n",
+        );
+        assert_eq!(r.dispatch, vec!["iifname \"pgv1\" jump egress-1"]);
+        let rules = &r.chains["egress-1"];
+        assert!(
+            rules[0].starts_with("ip daddr 10.244.1.3 meta l4proto tcp th dport 80 return"),
+            "{}",
+            rules[0]
+        );
+        assert!(
+            rules[1].starts_with(
+                "ip daddr 10.0.0.0/8 ip daddr != 10.244.1.0/30 ip daddr != 10.244.1.8/29 return"
+            ),
+            "{}",
+            rules[1]
+        );
+    }
+
+    #[test]
+    fn updates_touch_only_changed_chains() {
+        let deny_x = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny}\nspec: {podSelector: {}}\n";
+        let old = ruleset(deny_x);
+        let new =
+            ruleset(&deny_x.replace("podSelector: {}", "podSelector: {matchLabels: {pod: a}}"));
+        let tx = update(&old, &new).unwrap();
+        assert!(tx.contains("delete chain inet polygraph ingress-1"));
+        assert!(tx.contains("delete chain inet polygraph ingress-2"));
+        assert!(
+            !tx.contains("ingress-0 "),
+            "unchanged chain rewritten: {tx}"
+        );
+        assert!(tx.find("flush chain inet polygraph forward") < tx.find("delete chain"));
+        assert_eq!(update(&new, &new), None);
+        assert!(install(&Ruleset::default()).contains("ct state established,related accept"));
+    }
+}

@@ -1,0 +1,67 @@
+//! Backends make the cluster model real: the embedded `local` cluster of network namespaces, and
+//! (later) `kube` for real clusters. The runner drives either through `Backend`.
+
+pub mod local;
+
+use std::time::Duration;
+
+use polygraph_agent::wire::{ProbeResult, Target};
+
+use crate::model::{Labels, Namespace, Pod, PodRef};
+use crate::policy::Policy;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error(
+        "the local cluster needs root (it creates network namespaces and nftables rules): run as root"
+    )]
+    NotRoot,
+    #[error("{tool} is not installed: {hint}")]
+    MissingTool {
+        tool: &'static str,
+        hint: &'static str,
+    },
+    #[error("`{command}` failed: {message}")]
+    Command { command: String, message: String },
+    #[error("pod {pod}: {message}")]
+    Pod { pod: PodRef, message: String },
+    #[error("namespace {namespace}: {message}")]
+    Namespace { namespace: String, message: String },
+    #[error("the local backend cannot do this: {0}")]
+    Unsupported(String),
+    #[error("probing from {pod}: {message}")]
+    Probe { pod: PodRef, message: String },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// What the runner needs from a cluster. Mutations mirror the scenario step actions; `probe` runs
+/// one batch from one pod (one agent process, all targets concurrently).
+// Backends are driven from a single task, so their futures need not be `Send`.
+#[allow(async_fn_in_trait)]
+pub trait Backend {
+    /// One line for report headers, e.g. `local (nftables dataplane)`.
+    fn describe(&self) -> String;
+    async fn create_namespace(&mut self, namespace: &Namespace) -> Result<(), BackendError>;
+    async fn delete_namespace(&mut self, name: &str) -> Result<(), BackendError>;
+    async fn set_namespace_labels(
+        &mut self,
+        name: &str,
+        labels: &Labels,
+    ) -> Result<(), BackendError>;
+    async fn create_pod(&mut self, pod: &Pod) -> Result<(), BackendError>;
+    async fn delete_pod(&mut self, pod: &PodRef) -> Result<(), BackendError>;
+    async fn set_pod_labels(&mut self, pod: &PodRef, labels: &Labels) -> Result<(), BackendError>;
+    async fn apply_policy(&mut self, policy: &Policy) -> Result<(), BackendError>;
+    async fn delete_policy(&mut self, namespace: &str, name: &str) -> Result<(), BackendError>;
+    /// Waits until every pod serves its ports, or names the pod that doesn't.
+    async fn wait_ready(&mut self, timeout: Duration) -> Result<(), BackendError>;
+    async fn probe(
+        &self,
+        from: &PodRef,
+        targets: &[Target],
+        timeout: Duration,
+    ) -> Result<Vec<ProbeResult>, BackendError>;
+    /// Removes everything the backend created. Idempotent.
+    async fn cleanup(&mut self) -> Result<(), BackendError>;
+}

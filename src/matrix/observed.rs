@@ -1,0 +1,199 @@
+//! What the packets said, cell by cell, and how that compares with the spec.
+
+use polygraph_agent::wire::Outcome;
+
+use super::{Cell, TruthTable, Verdict};
+use crate::model::{PodRef, PortProtocol};
+
+/// One probe's result as the runner keeps it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observation {
+    pub outcome: Outcome,
+    pub elapsed_ms: f64,
+    pub peer: Option<String>,
+    pub detail: Option<String>,
+}
+
+/// Observations for the cells that were probed. A cell is not probed when its destination serves
+/// nothing on that (port, protocol): with nobody listening, a refusal says nothing about policy.
+#[derive(Debug, Clone)]
+pub struct ObservedTable {
+    pods: Vec<PodRef>,
+    port_protocols: Vec<PortProtocol>,
+    cells: Vec<Option<Observation>>,
+}
+
+/// How a cell's observation relates to the spec's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Judgement {
+    /// Observed what the spec says.
+    Match,
+    /// Observed the opposite of what the spec says: an enforcement gap or over-blocking.
+    Wrong,
+    /// A pod to itself, differing from the computed answer: undefined by the spec, not a failure.
+    SelfDiffers,
+    /// The protocol is unavailable; never counted as blocked.
+    Unsupported,
+    /// The probe could not run, or reached the wrong pod.
+    Error,
+    /// Not probed: the destination doesn't serve this (port, protocol).
+    NotProbed,
+}
+
+impl Judgement {
+    /// Whether this cell makes a run fail.
+    pub fn fails(self) -> bool {
+        matches!(self, Judgement::Wrong | Judgement::Error)
+    }
+}
+
+impl ObservedTable {
+    pub fn new(pods: Vec<PodRef>, port_protocols: Vec<PortProtocol>) -> Self {
+        let size = pods.len() * pods.len() * port_protocols.len();
+        ObservedTable {
+            pods,
+            port_protocols,
+            cells: vec![None; size],
+        }
+    }
+
+    pub fn pods(&self) -> &[PodRef] {
+        &self.pods
+    }
+
+    pub fn port_protocols(&self) -> &[PortProtocol] {
+        &self.port_protocols
+    }
+
+    fn index(&self, pp_index: usize, from: usize, to: usize) -> usize {
+        let n = self.pods.len();
+        (pp_index * n + from) * n + to
+    }
+
+    pub fn set(&mut self, pp_index: usize, from: usize, to: usize, observation: Observation) {
+        let i = self.index(pp_index, from, to);
+        self.cells[i] = Some(observation);
+    }
+
+    pub fn get(&self, pp_index: usize, from: usize, to: usize) -> Option<&Observation> {
+        self.cells[self.index(pp_index, from, to)].as_ref()
+    }
+
+    /// Compares one cell with the spec's verdict.
+    pub fn judge(
+        &self,
+        expected: &TruthTable,
+        pp_index: usize,
+        from: usize,
+        to: usize,
+    ) -> Judgement {
+        let Some(observation) = self.get(pp_index, from, to) else {
+            return Judgement::NotProbed;
+        };
+        let allowed = match observation.outcome {
+            Outcome::Unsupported => return Judgement::Unsupported,
+            Outcome::Error => return Judgement::Error,
+            Outcome::Connected => {
+                // Reaching some other pod (or something that isn't an agent) proves nothing.
+                if observation.peer.as_deref() != Some(self.pods[to].to_string().as_str()) {
+                    return Judgement::Error;
+                }
+                true
+            }
+            Outcome::Refused | Outcome::Timeout => false,
+        };
+        let spec: Verdict = expected.get(pp_index, from, to);
+        match (allowed == spec.allowed(), from == to) {
+            (true, _) => Judgement::Match,
+            (false, true) => Judgement::SelfDiffers,
+            (false, false) => Judgement::Wrong,
+        }
+    }
+
+    /// Every cell with its coordinates, judgement and observation.
+    pub fn judged<'a>(
+        &'a self,
+        expected: &'a TruthTable,
+    ) -> impl Iterator<Item = (Cell, Judgement, Option<&'a Observation>)> + 'a {
+        let n = self.pods.len();
+        self.port_protocols
+            .iter()
+            .enumerate()
+            .flat_map(move |(k, &pp)| {
+                (0..n).flat_map(move |from| {
+                    (0..n).map(move |to| {
+                        let cell = Cell {
+                            from,
+                            to,
+                            port_protocol: pp,
+                        };
+                        (
+                            cell,
+                            self.judge(expected, k, from, to),
+                            self.get(k, from, to),
+                        )
+                    })
+                })
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Protocol;
+
+    fn observation(outcome: Outcome, peer: Option<&str>) -> Observation {
+        Observation {
+            outcome,
+            elapsed_ms: 1.0,
+            peer: peer.map(str::to_string),
+            detail: None,
+        }
+    }
+
+    #[test]
+    fn judgements() {
+        let pods: Vec<PodRef> = ["x/a", "x/b"].iter().map(|p| p.parse().unwrap()).collect();
+        let pps = vec![PortProtocol::new(80, Protocol::Tcp)];
+        let mut spec = TruthTable::new(pods.clone(), pps.clone());
+        spec.set(
+            0,
+            0,
+            1,
+            Verdict {
+                egress: true,
+                ingress: true,
+            },
+        );
+        let mut seen = ObservedTable::new(pods, pps);
+        seen.set(0, 0, 1, observation(Outcome::Connected, Some("x/b")));
+        assert_eq!(seen.judge(&spec, 0, 0, 1), Judgement::Match);
+        seen.set(0, 0, 1, observation(Outcome::Connected, Some("x/a")));
+        assert_eq!(seen.judge(&spec, 0, 0, 1), Judgement::Error, "wrong peer");
+        seen.set(0, 0, 1, observation(Outcome::Timeout, None));
+        assert_eq!(seen.judge(&spec, 0, 0, 1), Judgement::Wrong);
+        seen.set(0, 1, 0, observation(Outcome::Connected, Some("x/a")));
+        assert_eq!(
+            seen.judge(&spec, 0, 1, 0),
+            Judgement::Wrong,
+            "spec blocks x/b -> x/a"
+        );
+        seen.set(0, 1, 0, observation(Outcome::Refused, None));
+        assert_eq!(seen.judge(&spec, 0, 1, 0), Judgement::Match);
+        seen.set(0, 1, 1, observation(Outcome::Connected, Some("x/b")));
+        assert_eq!(seen.judge(&spec, 0, 1, 1), Judgement::SelfDiffers);
+        seen.set(0, 0, 0, observation(Outcome::Unsupported, None));
+        assert_eq!(seen.judge(&spec, 0, 0, 0), Judgement::Unsupported);
+        assert!(
+            !Judgement::Unsupported.fails() && Judgement::Wrong.fails() && Judgement::Error.fails()
+        );
+        let fresh = ObservedTable::new(
+            vec!["x/a".parse().unwrap()],
+            vec![PortProtocol::new(80, Protocol::Tcp)],
+        );
+        let spec1 = TruthTable::new(fresh.pods().to_vec(), fresh.port_protocols().to_vec());
+        assert_eq!(fresh.judge(&spec1, 0, 0, 0), Judgement::NotProbed);
+    }
+}

@@ -1,0 +1,256 @@
+//! `polygraph probe` output: observed matrices with wrong cells marked against the oracle, a summary,
+//! the wrong cells explained; and the JSON form (analyze's cells plus what was observed).
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use comfy_table::Color;
+use polygraph_agent::wire::Outcome;
+use serde::Serialize;
+
+use super::analyze_json::{self, AnalyzeReport, CellJson};
+use super::matrix_table::pod_matrix;
+use crate::analyze::Analysis;
+use crate::matrix::{Judgement, ObservedTable};
+
+pub const LEGEND: &str = "legend: ✓ connected · ✗ timed out (dropped) · ⊘ refused · ? unsupported here · ! probe error · \
+                          · not probed (nothing listens) · * differs from the spec · ( ) a pod to itself: undefined by the spec";
+
+/// Counts of each judgement.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct ProbeSummary {
+    pub cells: usize,
+    pub probed: usize,
+    pub matching: usize,
+    pub wrong: usize,
+    pub unsupported: usize,
+    pub errors: usize,
+    pub self_differs: usize,
+    pub not_probed: usize,
+    /// Unsupported cells per protocol, to say which protocol this node lacks.
+    pub unsupported_protocols: Vec<String>,
+}
+
+impl ProbeSummary {
+    pub fn failed(&self) -> bool {
+        self.wrong > 0 || self.errors > 0
+    }
+}
+
+pub fn summarize(analysis: &Analysis, observed: &ObservedTable) -> ProbeSummary {
+    let mut s = ProbeSummary::default();
+    let mut unsupported: BTreeMap<String, usize> = BTreeMap::new();
+    for (cell, judgement, _) in observed.judged(&analysis.table) {
+        s.cells += 1;
+        match judgement {
+            Judgement::Match => s.matching += 1,
+            Judgement::Wrong => s.wrong += 1,
+            Judgement::SelfDiffers => s.self_differs += 1,
+            Judgement::Unsupported => {
+                s.unsupported += 1;
+                *unsupported
+                    .entry(cell.port_protocol.protocol.to_string())
+                    .or_default() += 1;
+            }
+            Judgement::Error => s.errors += 1,
+            Judgement::NotProbed => s.not_probed += 1,
+        }
+    }
+    s.probed = s.cells - s.not_probed;
+    s.unsupported_protocols = unsupported.into_keys().collect();
+    s
+}
+
+fn glyph(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::Connected => "✓",
+        Outcome::Timeout => "✗",
+        Outcome::Refused => "⊘",
+        Outcome::Unsupported => "?",
+        Outcome::Error => "!",
+    }
+}
+
+/// Matrices, summary and explained wrong cells.
+pub fn render(
+    analysis: &Analysis,
+    observed: &ObservedTable,
+    summary: &ProbeSummary,
+    color: bool,
+    max_listed: usize,
+) -> String {
+    let mut text = String::new();
+    for (k, pp) in observed.port_protocols().iter().enumerate() {
+        let table = pod_matrix(observed.pods(), color, |from, to| {
+            let judgement = observed.judge(&analysis.table, k, from, to);
+            let Some(observation) = observed.get(k, from, to) else {
+                return ("·".into(), Some(Color::DarkGrey));
+            };
+            let base = glyph(observation.outcome);
+            match judgement {
+                Judgement::Match => (base.into(), Some(Color::Green)),
+                Judgement::Wrong => (format!("{base}*"), Some(Color::Red)),
+                Judgement::SelfDiffers => (format!("{base}*"), Some(Color::DarkGrey)),
+                Judgement::Unsupported => (base.into(), Some(Color::Yellow)),
+                Judgement::Error => ("!".into(), Some(Color::Red)),
+                Judgement::NotProbed => ("·".into(), Some(Color::DarkGrey)),
+            }
+        });
+        let _ = writeln!(text, "{pp}\n{table}\n");
+    }
+    let _ = writeln!(text, "{LEGEND}");
+    let _ = writeln!(text, "{}", summary_line(summary));
+
+    let oracle = analysis.oracle();
+    let notable: Vec<_> = observed
+        .judged(&analysis.table)
+        .filter(|(_, j, _)| j.fails())
+        .collect();
+    if !notable.is_empty() {
+        let _ = writeln!(text, "\ncells that differ from the spec:");
+    }
+    for (cell, judgement, observation) in notable.iter().take(max_listed) {
+        let pods = observed.pods();
+        let (from, to) = (&pods[cell.from], &pods[cell.to]);
+        let seen = observation.map_or("nothing".to_string(), |o| {
+            let mut s = o.outcome.to_string();
+            if let Some(d) = &o.detail {
+                let _ = write!(s, " ({d})");
+            }
+            s
+        });
+        let explanation = oracle.explain(*cell);
+        let expected = if explanation.allowed() {
+            "allowed"
+        } else {
+            "blocked"
+        };
+        match judgement {
+            Judgement::Error => {
+                let _ = writeln!(
+                    text,
+                    "  {from} -> {to} {}: probe error: {seen}",
+                    cell.port_protocol
+                );
+            }
+            _ => {
+                let _ = writeln!(
+                    text,
+                    "  {from} -> {to} {}: observed {seen}; the spec says {expected}: {}",
+                    cell.port_protocol,
+                    explanation.reason()
+                );
+            }
+        }
+    }
+    if notable.len() > max_listed {
+        let _ = writeln!(
+            text,
+            "  … and {} more (-o json lists every cell)",
+            notable.len() - max_listed
+        );
+    }
+    text
+}
+
+pub fn summary_line(s: &ProbeSummary) -> String {
+    let mut line = format!(
+        "{} cells probed: {} as the spec says, {} wrong",
+        s.probed, s.matching, s.wrong
+    );
+    if s.errors > 0 {
+        let _ = write!(line, ", {} probe errors", s.errors);
+    }
+    if s.unsupported > 0 {
+        let _ = write!(
+            line,
+            ", {} unsupported ({} not available on this node)",
+            s.unsupported,
+            s.unsupported_protocols.join(", ")
+        );
+    }
+    if s.self_differs > 0 {
+        let _ = write!(
+            line,
+            "; {} self-traffic cells differ (undefined by the spec)",
+            s.self_differs
+        );
+    }
+    if s.not_probed > 0 {
+        let _ = write!(line, "; {} not probed (nothing listens)", s.not_probed);
+    }
+    line
+}
+
+#[derive(Debug, Serialize)]
+pub struct ProbeReport {
+    pub backend: String,
+    pub cells: Vec<ProbeCellJson>,
+    #[serde(flatten)]
+    pub model: ModelJson,
+    pub probe_summary: ProbeSummary,
+}
+
+/// The analyze report's other parts, unchanged.
+#[derive(Debug, Serialize)]
+pub struct ModelJson {
+    pub port_protocols: Vec<analyze_json::PortProtocolJson>,
+    pub pods: Vec<analyze_json::PodJson>,
+    pub policies: Vec<analyze_json::PolicyJson>,
+    pub summary: analyze_json::SummaryJson,
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ProbeCellJson {
+    #[serde(flatten)]
+    pub spec: CellJson,
+    /// The outcome word (`connected`, `refused`, `timeout`, `unsupported`, `error`); null when not probed.
+    pub observed: Option<Outcome>,
+    /// Whether the observation matches the spec's `allowed`.
+    pub matches: bool,
+    pub judgement: Judgement,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub elapsed_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+pub fn report(analysis: &Analysis, observed: &ObservedTable, backend: String) -> ProbeReport {
+    let AnalyzeReport {
+        cells,
+        port_protocols,
+        pods,
+        policies,
+        summary,
+        warnings,
+    } = analyze_json::report(analysis);
+    // Both iterate (port/protocol, from, to) in the same order.
+    let cells = cells
+        .into_iter()
+        .zip(observed.judged(&analysis.table))
+        .map(|(spec, (_, judgement, observation))| ProbeCellJson {
+            spec,
+            observed: observation.map(|o| o.outcome),
+            matches: judgement == Judgement::Match,
+            judgement,
+            elapsed_ms: observation.map(|o| o.elapsed_ms),
+            peer: observation.and_then(|o| o.peer.clone()),
+            detail: observation.and_then(|o| o.detail.clone()),
+        })
+        .collect();
+    ProbeReport {
+        backend,
+        cells,
+        model: ModelJson {
+            port_protocols,
+            pods,
+            policies,
+            summary,
+            warnings,
+        },
+        probe_summary: summarize(analysis, observed),
+    }
+}

@@ -1,0 +1,96 @@
+//! The runner: deploy the cluster model through a backend, apply policies, probe the matrix.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use polygraph_agent::wire::{self, Target};
+
+use crate::backend::{Backend, BackendError};
+use crate::matrix::{Observation, ObservedTable};
+use crate::model::{Cluster, PortProtocol, Protocol};
+use crate::policy::Policy;
+
+/// How long pods may take to serve their ports.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub fn wire_protocol(protocol: Protocol) -> wire::Protocol {
+    match protocol {
+        Protocol::Tcp => wire::Protocol::Tcp,
+        Protocol::Udp => wire::Protocol::Udp,
+        Protocol::Sctp => wire::Protocol::Sctp,
+    }
+}
+
+/// Creates every namespace and pod of the model and waits until they serve.
+pub async fn deploy<B: Backend>(backend: &mut B, cluster: &Cluster) -> Result<(), BackendError> {
+    for namespace in cluster.namespaces() {
+        backend.create_namespace(namespace).await?;
+    }
+    for pod in cluster.pods() {
+        backend.create_pod(pod).await?;
+    }
+    backend.wait_ready(READY_TIMEOUT).await
+}
+
+pub async fn apply_policies<B: Backend>(
+    backend: &mut B,
+    policies: &[Policy],
+) -> Result<(), BackendError> {
+    for policy in policies {
+        backend.apply_policy(policy).await?;
+    }
+    Ok(())
+}
+
+/// Probes every (from, to, port/protocol) cell whose destination serves that port: one batch per
+/// source pod, sources in parallel up to `parallelism`.
+pub async fn probe_matrix<B: Backend>(
+    backend: &B,
+    cluster: &Cluster,
+    port_protocols: &[PortProtocol],
+    timeout: Duration,
+    parallelism: usize,
+) -> Result<ObservedTable, BackendError> {
+    let pods = cluster.pods();
+    // Per source, the targets and where each result goes: (pp index, destination).
+    let mut plan: Vec<(Target, usize, usize)> = Vec::new();
+    for (k, &pp) in port_protocols.iter().enumerate() {
+        for (to, dst) in pods.iter().enumerate() {
+            if dst.serves(pp) {
+                let target = Target {
+                    host: dst.ip.to_string(),
+                    port: pp.port,
+                    protocol: wire_protocol(pp.protocol),
+                };
+                plan.push((target, k, to));
+            }
+        }
+    }
+    let targets: Vec<Target> = plan.iter().map(|(t, _, _)| t.clone()).collect();
+    let mut batches = futures::stream::iter(pods.iter().enumerate().map(|(from, src)| {
+        let targets = &targets;
+        async move { (from, backend.probe(&src.key(), targets, timeout).await) }
+    }))
+    .buffer_unordered(parallelism.max(1));
+
+    let mut observed = ObservedTable::new(
+        pods.iter().map(|p| p.key()).collect(),
+        port_protocols.to_vec(),
+    );
+    while let Some((from, results)) = batches.next().await {
+        for (result, (_, k, to)) in results?.into_iter().zip(&plan) {
+            observed.set(
+                *k,
+                from,
+                *to,
+                Observation {
+                    outcome: result.outcome,
+                    elapsed_ms: result.elapsed_ms,
+                    peer: result.peer,
+                    detail: result.detail,
+                },
+            );
+        }
+    }
+    Ok(observed)
+}
