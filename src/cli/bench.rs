@@ -1,18 +1,37 @@
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
 
 use super::CliError;
+use polygraph::analyze::analyze;
+use polygraph::backend::Backend;
+use polygraph::backend::local::{AgentCommand, Dataplane, LocalBackend, LocalOptions};
 use polygraph::bench::{
     WorldSize, bench_port_protocols, generate_cluster, generate_policies, time_oracle,
 };
+use polygraph::model::default_model;
+use polygraph::policy::parse_policies;
+use polygraph::run::{apply_policies, deploy, probe_matrix};
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
     /// Time the oracle on a generated cluster (default: 1,000 pods, 50 namespaces, 1,000 policies,
     /// 4 port/protocol pairs = 4 million cells). Build with --release for real figures.
     Oracle(OracleArgs),
+    /// Time probing the full default matrix (9 pods × 9 pods × 6 port/protocols = 486 cells) on the
+    /// local cluster, with x isolated so blocked cells wait out the timeout. Needs root.
+    Probe(ProbeBenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ProbeBenchArgs {
+    /// Probe timeout.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    /// Timed rounds on the same cluster.
+    #[arg(long, default_value_t = 5)]
+    iterations: usize,
 }
 
 #[derive(Debug, Args)]
@@ -35,7 +54,82 @@ fn ms(d: Duration) -> String {
 }
 
 pub fn run(command: BenchCommand) -> Result<ExitCode, CliError> {
-    let BenchCommand::Oracle(args) = command;
+    match command {
+        BenchCommand::Oracle(args) => oracle(args),
+        BenchCommand::Probe(args) => probe(args),
+    }
+}
+
+const DENY_X: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: x}\nspec: {podSelector: {}, policyTypes: [Ingress]}\n";
+
+fn probe(args: ProbeBenchArgs) -> Result<ExitCode, CliError> {
+    if args.iterations == 0 || args.timeout.is_zero() {
+        return Err(CliError::Usage(
+            "--iterations and --timeout must be more than zero".into(),
+        ));
+    }
+    let cluster = default_model().build("built-in model")?;
+    let policies = parse_policies("bench", DENY_X, "x")?;
+    let analysis = analyze(cluster, policies, &[]);
+    let cells = analysis.table.len();
+    let options = LocalOptions {
+        dataplane: Dataplane::Nftables,
+        agent: AgentCommand::this_binary()?,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let started = Instant::now();
+        let mut backend = LocalBackend::start(options).await?;
+        let work = async {
+            deploy(&mut backend, &analysis.cluster).await?;
+            apply_policies(&mut backend, &analysis.policies).await?;
+            println!("local cluster up in {}", ms(started.elapsed()));
+            let mut rounds = Vec::new();
+            for _ in 0..args.iterations {
+                let round = Instant::now();
+                let observed = probe_matrix(
+                    &backend,
+                    &analysis.cluster,
+                    analysis.table.port_protocols(),
+                    args.timeout,
+                    64,
+                )
+                .await?;
+                rounds.push(round.elapsed());
+                let summary = polygraph::report::probe::summarize(&analysis, &observed);
+                if summary.failed() {
+                    return Err(CliError::Usage(format!(
+                        "the reference dataplane disagreed with the spec: {}",
+                        polygraph::report::probe::summary_line(&summary)
+                    )));
+                }
+            }
+            Ok::<_, CliError>(rounds)
+        };
+        let outcome = tokio::select! {
+            result = work => result,
+            signal = super::shutdown_signal() => Err(CliError::Interrupted(signal)),
+        };
+        let cleanup = Instant::now();
+        backend.cleanup().await?;
+        let mut rounds = outcome?;
+        println!("cleaned up in {}", ms(cleanup.elapsed()));
+        rounds.sort();
+        println!(
+            "{cells} cells, timeout {}: fastest round {}, median {}, slowest {} ({} rounds)",
+            humantime::format_duration(args.timeout),
+            ms(rounds[0]),
+            ms(rounds[rounds.len() / 2]),
+            ms(rounds[rounds.len() - 1]),
+            rounds.len()
+        );
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn oracle(args: OracleArgs) -> Result<ExitCode, CliError> {
     if args.namespaces == 0 || args.iterations == 0 {
         return Err(CliError::Usage(
             "--namespaces and --iterations must be at least 1".into(),

@@ -15,7 +15,8 @@ pub struct Observation {
 }
 
 /// Observations for the cells that were probed. A cell is not probed when its destination serves
-/// nothing on that (port, protocol): with nobody listening, a refusal says nothing about policy.
+/// nothing on that (port, protocol) (with nobody listening, a refusal says nothing about policy) or
+/// has another IP family than the source (there is no route between them).
 #[derive(Debug, Clone)]
 pub struct ObservedTable {
     pods: Vec<PodRef>,
@@ -37,7 +38,7 @@ pub enum Judgement {
     Unsupported,
     /// The probe could not run, or reached the wrong pod.
     Error,
-    /// Not probed: the destination doesn't serve this (port, protocol).
+    /// Not probed: nothing listens there, or source and destination have different IP families.
     NotProbed,
 }
 

@@ -14,7 +14,7 @@ use crate::analyze::Analysis;
 use crate::matrix::{Judgement, ObservedTable};
 
 pub const LEGEND: &str = "legend: ✓ connected · ✗ timed out (dropped) · ⊘ refused · ? unsupported here · ! probe error · \
-                          · not probed (nothing listens) · * differs from the spec · ( ) a pod to itself: undefined by the spec";
+                          · not probed (nothing listens, or another IP family) · * differs from the spec · ( ) a pod to itself: undefined by the spec";
 
 /// Counts of each judgement.
 #[derive(Debug, Default, Clone, Serialize)]
@@ -177,7 +177,11 @@ pub fn summary_line(s: &ProbeSummary) -> String {
         );
     }
     if s.not_probed > 0 {
-        let _ = write!(line, "; {} not probed (nothing listens)", s.not_probed);
+        let _ = write!(
+            line,
+            "; {} not probed (nothing listens, or another IP family)",
+            s.not_probed
+        );
     }
     line
 }

@@ -42,8 +42,9 @@ pub async fn apply_policies<B: Backend>(
     Ok(())
 }
 
-/// Probes every (from, to, port/protocol) cell whose destination serves that port: one batch per
-/// source pod, sources in parallel up to `parallelism`.
+/// Probes every (from, to, port/protocol) cell whose destination serves that port and shares the
+/// source's IP family (a single-stack IPv4 pod has no route to an IPv6 one, whatever the policies
+/// say): one batch per source pod, sources in parallel up to `parallelism`.
 pub async fn probe_matrix<B: Backend>(
     backend: &B,
     cluster: &Cluster,
@@ -66,10 +67,24 @@ pub async fn probe_matrix<B: Backend>(
             }
         }
     }
-    let targets: Vec<Target> = plan.iter().map(|(t, _, _)| t.clone()).collect();
+    // The plan per address family; each source uses its own family's.
+    let family_plan = |v4: bool| -> Vec<(Target, usize, usize)> {
+        plan.iter()
+            .filter(|(_, _, to)| pods[*to].ip.is_ipv4() == v4)
+            .cloned()
+            .collect()
+    };
+    let plans = [family_plan(true), family_plan(false)];
     let mut batches = futures::stream::iter(pods.iter().enumerate().map(|(from, src)| {
-        let targets = &targets;
-        async move { (from, backend.probe(&src.key(), targets, timeout).await) }
+        let plan = &plans[usize::from(!src.ip.is_ipv4())];
+        async move {
+            let targets: Vec<Target> = plan.iter().map(|(t, _, _)| t.clone()).collect();
+            (
+                from,
+                plan,
+                backend.probe(&src.key(), &targets, timeout).await,
+            )
+        }
     }))
     .buffer_unordered(parallelism.max(1));
 
@@ -77,8 +92,8 @@ pub async fn probe_matrix<B: Backend>(
         pods.iter().map(|p| p.key()).collect(),
         port_protocols.to_vec(),
     );
-    while let Some((from, results)) = batches.next().await {
-        for (result, (_, k, to)) in results?.into_iter().zip(&plan) {
+    while let Some((from, plan, results)) = batches.next().await {
+        for (result, (_, k, to)) in results?.into_iter().zip(plan) {
             observed.set(
                 *k,
                 from,

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: run the real binary, expand cell patterns.
 #![allow(dead_code)]
 
+pub mod corpus;
+
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
@@ -64,5 +66,53 @@ pub fn expand_pattern(pattern: &str, pods: &[String]) -> BTreeSet<(String, Strin
     froms
         .iter()
         .flat_map(|f| tos.iter().map(move |t| (f.clone(), t.clone())))
+        .collect()
+}
+
+/// Whether the local cluster can run here (root, iproute2, nftables). When it can't, the calling
+/// test says so loudly and passes without testing: CI runs as root and has the tools.
+pub fn local_cluster_or_skip(test: &str) -> bool {
+    let root = rustix::process::geteuid().is_root();
+    let tools = ["ip", "nft"].iter().all(|tool| {
+        std::env::var_os("PATH")
+            .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(tool).is_file()))
+    });
+    if root && tools {
+        return true;
+    }
+    let why = if root {
+        "iproute2 and nftables are not installed"
+    } else {
+        "not running as root"
+    };
+    let banner = format!(
+        "\n!!!!! SKIPPED {test}: {why}; the local cluster tests need both (CI has them) !!!!!\n"
+    );
+    eprintln!("{banner}");
+    println!("{banner}");
+    false
+}
+
+/// The run id in a backend description such as `local (nftables dataplane, run 0a1b2c)`.
+pub fn run_id_of(backend: &str) -> Option<String> {
+    let at = backend.find("run ")? + 4;
+    let id: String = backend[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_hexdigit())
+        .collect();
+    (id.len() == 6).then_some(id)
+}
+
+/// Network namespaces of a run that still exist.
+pub fn namespaces_of_run(run_id: &str) -> Vec<String> {
+    let output = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip netns list");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(&format!("pg-{run_id}-")))
+        .map(str::to_string)
         .collect()
 }
