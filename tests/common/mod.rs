@@ -81,15 +81,18 @@ pub fn local_cluster_or_skip(test: &str) -> bool {
         return true;
     }
     let why = if root {
-        "iproute2 and nftables are not installed"
+        "iproute2 or nftables is not installed"
     } else {
         "not running as root"
     };
     let banner = format!(
-        "\n!!!!! SKIPPED {test}: {why}; the local cluster tests need both (CI has them) !!!!!\n"
+        "\n!!!!! SKIPPED {test}: {why}; the local cluster tests need root, iproute2 and nftables (CI has them) !!!!!\n"
     );
-    eprintln!("{banner}");
-    println!("{banner}");
+    // Straight to file descriptor 2: the test harness captures print!, eprint! and io::stderr(),
+    // and a skip must show in every CI log.
+    // SAFETY: descriptor 2 stays open for the whole life of the process.
+    let stderr = unsafe { std::os::fd::BorrowedFd::borrow_raw(2) };
+    let _ = rustix::io::write(stderr, banner.as_bytes());
     false
 }
 
