@@ -4,8 +4,10 @@
 //! source's egress and the destination's ingress allow it: 2 bits a cell, so the benchmark's
 //! 4 million cells fit in 4 MB.
 
+mod grid;
 mod observed;
 
+pub use grid::Grid;
 pub use observed::{Judgement, Observation, ObservedTable};
 
 use crate::model::{PodId, PodRef, PortProtocol};
@@ -54,74 +56,50 @@ impl Cell {
 /// Verdicts for every (from, to) pair on each (port, protocol).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TruthTable {
-    pods: Vec<PodRef>,
-    port_protocols: Vec<PortProtocol>,
-    bits: Vec<u8>,
+    grid: Grid<u8>,
 }
 
 impl TruthTable {
     /// A table with every cell blocked in both directions, to be filled in.
     pub fn new(pods: Vec<PodRef>, port_protocols: Vec<PortProtocol>) -> Self {
-        let size = pods.len() * pods.len() * port_protocols.len();
         TruthTable {
-            pods,
-            port_protocols,
-            bits: vec![0; size],
+            grid: Grid::new(pods, port_protocols, 0),
         }
     }
 
     pub fn pods(&self) -> &[PodRef] {
-        &self.pods
+        self.grid.pods()
     }
 
     pub fn port_protocols(&self) -> &[PortProtocol] {
-        &self.port_protocols
-    }
-
-    fn index(&self, pp_index: usize, from: PodId, to: PodId) -> usize {
-        let n = self.pods.len();
-        (pp_index * n + from) * n + to
+        self.grid.port_protocols()
     }
 
     pub fn set(&mut self, pp_index: usize, from: PodId, to: PodId, verdict: Verdict) {
-        let i = self.index(pp_index, from, to);
-        self.bits[i] = verdict.to_bits();
+        self.grid.set(pp_index, from, to, verdict.to_bits());
     }
 
     pub fn get(&self, pp_index: usize, from: PodId, to: PodId) -> Verdict {
-        Verdict::from_bits(self.bits[self.index(pp_index, from, to)])
+        Verdict::from_bits(*self.grid.get(pp_index, from, to))
     }
 
     /// Every cell with its verdict, ordered by (port, protocol), then from, then to.
     pub fn cells(&self) -> impl Iterator<Item = (Cell, Verdict)> + '_ {
-        let n = self.pods.len();
-        self.port_protocols
-            .iter()
-            .enumerate()
-            .flat_map(move |(k, &pp)| {
-                (0..n).flat_map(move |from| {
-                    (0..n).map(move |to| {
-                        let cell = Cell {
-                            from,
-                            to,
-                            port_protocol: pp,
-                        };
-                        (cell, self.get(k, from, to))
-                    })
-                })
-            })
+        self.grid
+            .cells()
+            .map(|(_, cell, bits)| (cell, Verdict::from_bits(*bits)))
     }
 
     pub fn len(&self) -> usize {
-        self.bits.len()
+        self.grid.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.bits.is_empty()
+        self.grid.is_empty()
     }
 
     pub fn allowed_count(&self) -> usize {
-        self.bits.iter().filter(|&&b| b == 3).count()
+        self.grid.values().iter().filter(|&&b| b == 3).count()
     }
 }
 

@@ -2,7 +2,7 @@
 
 use polygraph_agent::wire::Outcome;
 
-use super::{Cell, TruthTable, Verdict};
+use super::{Cell, Grid, TruthTable, Verdict};
 use crate::model::{PodRef, PortProtocol};
 
 /// One probe's result as the runner keeps it.
@@ -19,9 +19,7 @@ pub struct Observation {
 /// has another IP family than the source (there is no route between them).
 #[derive(Debug, Clone)]
 pub struct ObservedTable {
-    pods: Vec<PodRef>,
-    port_protocols: Vec<PortProtocol>,
-    cells: Vec<Option<Observation>>,
+    grid: Grid<Option<Observation>>,
 }
 
 /// How a cell's observation relates to the spec's answer.
@@ -51,34 +49,25 @@ impl Judgement {
 
 impl ObservedTable {
     pub fn new(pods: Vec<PodRef>, port_protocols: Vec<PortProtocol>) -> Self {
-        let size = pods.len() * pods.len() * port_protocols.len();
         ObservedTable {
-            pods,
-            port_protocols,
-            cells: vec![None; size],
+            grid: Grid::new(pods, port_protocols, None),
         }
     }
 
     pub fn pods(&self) -> &[PodRef] {
-        &self.pods
+        self.grid.pods()
     }
 
     pub fn port_protocols(&self) -> &[PortProtocol] {
-        &self.port_protocols
-    }
-
-    fn index(&self, pp_index: usize, from: usize, to: usize) -> usize {
-        let n = self.pods.len();
-        (pp_index * n + from) * n + to
+        self.grid.port_protocols()
     }
 
     pub fn set(&mut self, pp_index: usize, from: usize, to: usize, observation: Observation) {
-        let i = self.index(pp_index, from, to);
-        self.cells[i] = Some(observation);
+        self.grid.set(pp_index, from, to, Some(observation));
     }
 
     pub fn get(&self, pp_index: usize, from: usize, to: usize) -> Option<&Observation> {
-        self.cells[self.index(pp_index, from, to)].as_ref()
+        self.grid.get(pp_index, from, to).as_ref()
     }
 
     /// Compares one cell with the spec's verdict.
@@ -97,7 +86,7 @@ impl ObservedTable {
             Outcome::Error => return Judgement::Error,
             Outcome::Connected => {
                 // Reaching some other pod (or something that isn't an agent) proves nothing.
-                if observation.peer.as_deref() != Some(self.pods[to].to_string().as_str()) {
+                if observation.peer.as_deref() != Some(self.pods()[to].to_string().as_str()) {
                     return Judgement::Error;
                 }
                 true
@@ -117,26 +106,13 @@ impl ObservedTable {
         &'a self,
         expected: &'a TruthTable,
     ) -> impl Iterator<Item = (Cell, Judgement, Option<&'a Observation>)> + 'a {
-        let n = self.pods.len();
-        self.port_protocols
-            .iter()
-            .enumerate()
-            .flat_map(move |(k, &pp)| {
-                (0..n).flat_map(move |from| {
-                    (0..n).map(move |to| {
-                        let cell = Cell {
-                            from,
-                            to,
-                            port_protocol: pp,
-                        };
-                        (
-                            cell,
-                            self.judge(expected, k, from, to),
-                            self.get(k, from, to),
-                        )
-                    })
-                })
-            })
+        self.grid.cells().map(move |(k, cell, observation)| {
+            (
+                cell,
+                self.judge(expected, k, cell.from, cell.to),
+                observation.as_ref(),
+            )
+        })
     }
 }
 

@@ -3,23 +3,15 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use polygraph_agent::wire::{self, Target};
+use polygraph_agent::wire::Target;
 
 use crate::backend::{Backend, BackendError};
 use crate::matrix::{Observation, ObservedTable};
-use crate::model::{Cluster, PortProtocol, Protocol};
+use crate::model::{Cluster, PortProtocol};
 use crate::policy::Policy;
 
 /// How long pods may take to serve their ports.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
-
-pub fn wire_protocol(protocol: Protocol) -> wire::Protocol {
-    match protocol {
-        Protocol::Tcp => wire::Protocol::Tcp,
-        Protocol::Udp => wire::Protocol::Udp,
-        Protocol::Sctp => wire::Protocol::Sctp,
-    }
-}
 
 /// Creates every namespace and pod of the model and waits until they serve.
 pub async fn deploy<B: Backend>(backend: &mut B, cluster: &Cluster) -> Result<(), BackendError> {
@@ -61,7 +53,7 @@ pub async fn probe_matrix<B: Backend>(
                 let target = Target {
                     host: dst.ip.to_string(),
                     port: pp.port,
-                    protocol: wire_protocol(pp.protocol),
+                    protocol: pp.protocol,
                 };
                 plan.push((target, k, to));
             }

@@ -16,13 +16,37 @@ pub enum Protocol {
     Sctp,
 }
 
-impl fmt::Display for Protocol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl Protocol {
+    pub const ALL: [Protocol; 3] = [Protocol::Tcp, Protocol::Udp, Protocol::Sctp];
+
+    /// The Kubernetes API's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
             Protocol::Tcp => "TCP",
             Protocol::Udp => "UDP",
             Protocol::Sctp => "SCTP",
-        })
+        }
+    }
+
+    /// Parses the API's exact spelling, as the API server does (`tcp` is rejected there).
+    pub fn from_api(value: &str) -> Option<Protocol> {
+        Protocol::ALL.into_iter().find(|p| p.as_str() == value)
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Lenient parsing for command lines: `tcp`, `Tcp` and `TCP` all work.
+impl FromStr for Protocol {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Protocol::from_api(&s.to_ascii_uppercase())
+            .ok_or_else(|| format!("unknown protocol {s:?} (expected TCP, UDP or SCTP)"))
     }
 }
 
@@ -45,12 +69,7 @@ impl FromStr for Listen {
             .ok()
             .filter(|p| *p > 0)
             .ok_or_else(|| format!("{s:?}: port must be 1-65535"))?;
-        let protocol = match protocol.to_ascii_uppercase().as_str() {
-            "TCP" => Protocol::Tcp,
-            "UDP" => Protocol::Udp,
-            "SCTP" => Protocol::Sctp,
-            _ => return Err(format!("{s:?}: protocol must be TCP, UDP or SCTP")),
-        };
+        let protocol: Protocol = protocol.parse().map_err(|e| format!("{s:?}: {e}"))?;
         Ok(Listen { port, protocol })
     }
 }
