@@ -7,6 +7,7 @@ use crate::model::{Cluster, PortProtocol};
 use crate::policy::{Oracle, Policy};
 
 /// The result of an analysis: the inputs as used, the table, and what the user should know.
+#[derive(Debug, Clone)]
 pub struct Analysis {
     pub cluster: Cluster,
     /// After de-duplication: a later policy with the same namespace/name replaces an earlier one,

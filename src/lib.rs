@@ -12,3 +12,4 @@ pub mod model;
 pub mod policy;
 pub mod report;
 pub mod run;
+pub mod scenario;

@@ -5,6 +5,8 @@ mod bench;
 mod gc;
 mod model_args;
 mod probe;
+mod run;
+mod scenarios;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -35,6 +37,11 @@ enum Command {
     Analyze(analyze::AnalyzeArgs),
     /// Real packets: build the cluster, apply the policies, probe every cell, compare with the spec.
     Probe(probe::ProbeArgs),
+    /// Run scenarios (default: the built-in library) and report verdicts, JUnit and JSON.
+    Run(run::RunArgs),
+    /// The built-in scenario library.
+    #[command(subcommand)]
+    Scenarios(scenarios::ScenariosCommand),
     /// Remove what killed runs left behind (local network namespaces and their agents).
     Gc,
     /// Measure polygraph's own speed.
@@ -63,6 +70,8 @@ pub enum CliError {
     Json(#[from] serde_json::Error),
     #[error(transparent)]
     Backend(#[from] polygraph::backend::BackendError),
+    #[error(transparent)]
+    Scenario(polygraph::scenario::ScenarioError),
     #[error("interrupted by {0}: the local cluster was removed")]
     Interrupted(&'static str),
 }
@@ -97,6 +106,8 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
     match cli.command {
         Command::Analyze(args) => analyze::run(args),
         Command::Probe(args) => probe::run(args),
+        Command::Run(args) => run::run(args),
+        Command::Scenarios(command) => scenarios::run(command),
         Command::Gc => gc::run(),
         Command::Bench(command) => bench::run(command),
         Command::Agent { args } => Ok(polygraph_agent::cli::run(

@@ -9,6 +9,8 @@ use crate::model::{PodRef, PortProtocol};
 #[derive(Debug, Clone, PartialEq)]
 pub struct Observation {
     pub outcome: Outcome,
+    /// When the attempt started, in ms after its batch started.
+    pub started_ms: f64,
     pub elapsed_ms: f64,
     pub peer: Option<String>,
     pub detail: Option<String>,
@@ -124,6 +126,7 @@ mod tests {
     fn observation(outcome: Outcome, peer: Option<&str>) -> Observation {
         Observation {
             outcome,
+            started_ms: 0.0,
             elapsed_ms: 1.0,
             peer: peer.map(str::to_string),
             detail: None,

@@ -4,14 +4,14 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use comfy_table::Color;
+use comfy_table::{Color, Table};
 use polygraph_agent::wire::Outcome;
 use serde::Serialize;
 
 use super::analyze_json::{self, AnalyzeReport, CellJson};
 use super::matrix_table::pod_matrix;
 use crate::analyze::Analysis;
-use crate::matrix::{Judgement, ObservedTable};
+use crate::matrix::{Judgement, ObservedTable, TruthTable};
 
 pub const LEGEND: &str = "legend: ✓ connected · ✗ timed out (dropped) · ⊘ refused · ? unsupported here · ! probe error · \
                           · not probed (nothing listens, or another IP family) · * differs from the spec · ( ) a pod to itself: undefined by the spec";
@@ -71,6 +71,72 @@ fn glyph(outcome: Outcome) -> &'static str {
     }
 }
 
+/// The observed matrix of one (port, protocol), cells that differ from the spec marked.
+pub fn observed_matrix(
+    expected: &TruthTable,
+    observed: &ObservedTable,
+    pp_index: usize,
+    color: bool,
+) -> Table {
+    pod_matrix(observed.pods(), color, |from, to| {
+        let judgement = observed.judge(expected, pp_index, from, to);
+        let Some(observation) = observed.get(pp_index, from, to) else {
+            return ("·".into(), Some(Color::DarkGrey));
+        };
+        let base = glyph(observation.outcome);
+        match judgement {
+            Judgement::Match => (base.into(), Some(Color::Green)),
+            Judgement::Wrong => (format!("{base}*"), Some(Color::Red)),
+            Judgement::SelfDiffers => (format!("{base}*"), Some(Color::DarkGrey)),
+            Judgement::Unsupported => (base.into(), Some(Color::Yellow)),
+            Judgement::Error => ("!".into(), Some(Color::Red)),
+            Judgement::NotProbed => ("·".into(), Some(Color::DarkGrey)),
+        }
+    })
+}
+
+/// One line per cell that fails (wrong or probe error), with the oracle's reason; at most `max`.
+pub fn wrong_cells(analysis: &Analysis, observed: &ObservedTable, max: usize) -> Vec<String> {
+    let oracle = analysis.oracle();
+    let pods = observed.pods();
+    let failing: Vec<_> = observed
+        .judged(&analysis.table)
+        .filter(|(_, j, _)| j.fails())
+        .collect();
+    let mut lines: Vec<String> = failing
+        .iter()
+        .take(max)
+        .map(|(cell, judgement, observation)| {
+            let (from, to) = (&pods[cell.from], &pods[cell.to]);
+            let seen = observation.map_or("nothing".to_string(), |o| match &o.detail {
+                Some(d) => format!("{} ({d})", o.outcome),
+                None => o.outcome.to_string(),
+            });
+            if *judgement == Judgement::Error {
+                return format!("{from} -> {to} {}: probe error: {seen}", cell.port_protocol);
+            }
+            let explanation = oracle.explain(*cell);
+            let expected = if explanation.allowed() {
+                "allowed"
+            } else {
+                "blocked"
+            };
+            format!(
+                "{from} -> {to} {}: observed {seen}; the spec says {expected}: {}",
+                cell.port_protocol,
+                explanation.reason()
+            )
+        })
+        .collect();
+    if failing.len() > max {
+        lines.push(format!(
+            "… and {} more (the JSON report lists every cell)",
+            failing.len() - max
+        ));
+    }
+    lines
+}
+
 /// Matrices, summary and explained wrong cells.
 pub fn render(
     analysis: &Analysis,
@@ -81,74 +147,20 @@ pub fn render(
 ) -> String {
     let mut text = String::new();
     for (k, pp) in observed.port_protocols().iter().enumerate() {
-        let table = pod_matrix(observed.pods(), color, |from, to| {
-            let judgement = observed.judge(&analysis.table, k, from, to);
-            let Some(observation) = observed.get(k, from, to) else {
-                return ("·".into(), Some(Color::DarkGrey));
-            };
-            let base = glyph(observation.outcome);
-            match judgement {
-                Judgement::Match => (base.into(), Some(Color::Green)),
-                Judgement::Wrong => (format!("{base}*"), Some(Color::Red)),
-                Judgement::SelfDiffers => (format!("{base}*"), Some(Color::DarkGrey)),
-                Judgement::Unsupported => (base.into(), Some(Color::Yellow)),
-                Judgement::Error => ("!".into(), Some(Color::Red)),
-                Judgement::NotProbed => ("·".into(), Some(Color::DarkGrey)),
-            }
-        });
-        let _ = writeln!(text, "{pp}\n{table}\n");
+        let _ = writeln!(
+            text,
+            "{pp}\n{}\n",
+            observed_matrix(&analysis.table, observed, k, color)
+        );
     }
     let _ = writeln!(text, "{LEGEND}");
     let _ = writeln!(text, "{}", summary_line(summary));
-
-    let oracle = analysis.oracle();
-    let notable: Vec<_> = observed
-        .judged(&analysis.table)
-        .filter(|(_, j, _)| j.fails())
-        .collect();
-    if !notable.is_empty() {
+    let lines = wrong_cells(analysis, observed, max_listed);
+    if !lines.is_empty() {
         let _ = writeln!(text, "\ncells that differ from the spec:");
     }
-    for (cell, judgement, observation) in notable.iter().take(max_listed) {
-        let pods = observed.pods();
-        let (from, to) = (&pods[cell.from], &pods[cell.to]);
-        let seen = observation.map_or("nothing".to_string(), |o| {
-            let mut s = o.outcome.to_string();
-            if let Some(d) = &o.detail {
-                let _ = write!(s, " ({d})");
-            }
-            s
-        });
-        let explanation = oracle.explain(*cell);
-        let expected = if explanation.allowed() {
-            "allowed"
-        } else {
-            "blocked"
-        };
-        match judgement {
-            Judgement::Error => {
-                let _ = writeln!(
-                    text,
-                    "  {from} -> {to} {}: probe error: {seen}",
-                    cell.port_protocol
-                );
-            }
-            _ => {
-                let _ = writeln!(
-                    text,
-                    "  {from} -> {to} {}: observed {seen}; the spec says {expected}: {}",
-                    cell.port_protocol,
-                    explanation.reason()
-                );
-            }
-        }
-    }
-    if notable.len() > max_listed {
-        let _ = writeln!(
-            text,
-            "  … and {} more (-o json lists every cell)",
-            notable.len() - max_listed
-        );
+    for line in lines {
+        let _ = writeln!(text, "  {line}");
     }
     text
 }

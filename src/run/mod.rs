@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+pub mod scenarios;
+
 use futures::StreamExt;
 use polygraph_agent::wire::Target;
 
@@ -92,6 +94,7 @@ pub async fn probe_matrix<B: Backend>(
                 *to,
                 Observation {
                     outcome: result.outcome,
+                    started_ms: result.started_ms,
                     elapsed_ms: result.elapsed_ms,
                     peer: result.peer,
                     detail: result.detail,

@@ -1,0 +1,186 @@
+use std::collections::BTreeSet;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::{CliError, EXIT_WRONG, use_color};
+use polygraph::backend::Backend;
+use polygraph::backend::local::{AgentCommand, Dataplane, LocalBackend, LocalOptions};
+use polygraph::report::{junit, run_json, run_terminal};
+use polygraph::run::scenarios::{Event, RunOptions, run_scenarios};
+use polygraph::scenario::{self, Scenario, library};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum BackendKind {
+    /// The embedded cluster of network namespaces (needs root).
+    Local,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Scenario files or built-in scenario names (default: the whole built-in library).
+    scenarios: Vec<String>,
+    #[arg(long, value_enum, default_value = "local")]
+    backend: BackendKind,
+    /// Only scenarios with one of these tags.
+    #[arg(long, value_delimiter = ',')]
+    tags: Vec<String>,
+    /// Leave out scenarios with any of these tags.
+    #[arg(long, value_delimiter = ',')]
+    exclude_tags: Vec<String>,
+    /// Write a JUnit XML report here.
+    #[arg(long, value_name = "FILE")]
+    junit: Option<PathBuf>,
+    /// Write the full JSON result here.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// How long a probe waits before it counts as dropped.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    probe_timeout: Duration,
+    /// How long a step may take to converge before unmatched cells fail.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    step_deadline: Duration,
+    /// Cells that match only after this long are reported late.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    allowed_latency: Duration,
+    /// Local backend: `nftables` enforces policies; `none` forwards everything, like Flannel.
+    #[arg(long, default_value = "nftables")]
+    dataplane: Dataplane,
+    /// How many source pods probe at once.
+    #[arg(long, default_value_t = 64)]
+    parallel: usize,
+    /// A line for every step even on a terminal.
+    #[arg(short, long)]
+    verbose: bool,
+}
+
+/// Files by path, everything else by built-in name. All are checked before anything is deployed.
+pub fn load(names: &[String]) -> Result<Vec<Scenario>, CliError> {
+    if names.is_empty() {
+        return library::load_all().map_err(CliError::Scenario);
+    }
+    names
+        .iter()
+        .map(|name| {
+            let path = Path::new(name);
+            if path.exists() {
+                scenario::load_file(path).map_err(CliError::Scenario)
+            } else if let Some(text) = library::text(name) {
+                scenario::parse(&format!("built-in:{name}"), text, None).map_err(CliError::Scenario)
+            } else {
+                Err(CliError::Usage(format!(
+                    "{name}: no such file, and no built-in scenario has that name (polygraph scenarios list)"
+                )))
+            }
+        })
+        .collect()
+}
+
+pub fn run(args: RunArgs) -> Result<ExitCode, CliError> {
+    let mut scenarios = load(&args.scenarios)?;
+    let wanted: BTreeSet<&str> = args.tags.iter().map(String::as_str).collect();
+    let unwanted: BTreeSet<&str> = args.exclude_tags.iter().map(String::as_str).collect();
+    scenarios.retain(|s| {
+        let tags: BTreeSet<&str> = s.tags.iter().map(String::as_str).collect();
+        (wanted.is_empty() || !wanted.is_disjoint(&tags)) && unwanted.is_disjoint(&tags)
+    });
+    if scenarios.is_empty() {
+        return Err(CliError::Usage(
+            "no scenario left to run after --tags/--exclude-tags".into(),
+        ));
+    }
+    if args.probe_timeout.is_zero() {
+        return Err(CliError::Usage(
+            "--probe-timeout must be more than zero".into(),
+        ));
+    }
+    let options = RunOptions {
+        probe_timeout: args.probe_timeout,
+        step_deadline: args.step_deadline,
+        allowed_latency: args.allowed_latency,
+        parallelism: args.parallel,
+        poll_interval: Duration::from_millis(250),
+    };
+    let local = LocalOptions {
+        dataplane: args.dataplane,
+        agent: AgentCommand::this_binary()?,
+    };
+    let color = use_color();
+    let steps: usize = scenarios.iter().map(|s| s.steps.len()).sum();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let result = runtime.block_on(async {
+        let BackendKind::Local = args.backend;
+        let mut backend = LocalBackend::start(local).await?;
+        println!(
+            "backend: {} — {} scenarios, {steps} steps",
+            backend.describe(),
+            scenarios.len()
+        );
+        let bar = (std::io::stderr().is_terminal()).then(|| {
+            let bar = ProgressBar::new(steps as u64);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps  {msg}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            bar
+        });
+        let mut on_event = |event: Event<'_>| match event {
+            Event::ScenarioStarted { scenario } => {
+                if let Some(bar) = &bar {
+                    bar.set_message(scenario.name.clone());
+                }
+            }
+            Event::StepFinished { scenario, step } => {
+                let line = run_terminal::step_line(scenario, step);
+                match &bar {
+                    Some(bar) => {
+                        bar.inc(1);
+                        if args.verbose || !step.passed() {
+                            bar.println(line);
+                        }
+                    }
+                    None => println!("{line}"),
+                }
+            }
+            Event::ScenarioFinished { .. } => {}
+        };
+        let work = run_scenarios(&mut backend, &scenarios, &options, &mut on_event);
+        let outcome = tokio::select! {
+            result = work => Ok(result),
+            signal = super::shutdown_signal() => Err(CliError::Interrupted(signal)),
+        };
+        if let Some(bar) = &bar {
+            bar.finish_and_clear();
+        }
+        backend.cleanup().await?;
+        outcome
+    })?;
+
+    let mut out = std::io::stdout().lock();
+    write!(out, "{}", run_terminal::render(&result, color))?;
+    if let Some(path) = &args.junit {
+        let xml = junit::report(&result)
+            .to_string()
+            .map_err(|e| CliError::Usage(format!("JUnit report: {e}")))?;
+        std::fs::write(path, xml)
+            .map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?;
+    }
+    if let Some(path) = &args.json {
+        let json = serde_json::to_string_pretty(&run_json::report(&result))?;
+        std::fs::write(path, json)
+            .map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?;
+    }
+    Ok(if result.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_WRONG)
+    })
+}

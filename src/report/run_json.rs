@@ -1,0 +1,189 @@
+//! The JSON form of a run: everything, every cell. Schema documented in README ("`run` JSON").
+
+use serde::Serialize;
+
+use crate::model::Protocol;
+use crate::run::scenarios::{RunResult, Verdict};
+use polygraph_agent::wire::Outcome;
+
+#[derive(Debug, Serialize)]
+pub struct RunJson {
+    pub polygraph: &'static str,
+    pub backend: String,
+    pub passed: bool,
+    pub elapsed_ms: f64,
+    pub options: OptionsJson,
+    pub summary: SummaryJson,
+    pub scenarios: Vec<ScenarioJson>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct OptionsJson {
+    pub probe_timeout_ms: f64,
+    pub step_deadline_ms: f64,
+    pub allowed_latency_ms: f64,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct CountsJson {
+    pub pass: usize,
+    pub fail: usize,
+    pub late: usize,
+    pub undefined: usize,
+    pub unsupported: usize,
+    pub error: usize,
+    pub not_probed: usize,
+}
+
+impl CountsJson {
+    fn add(&mut self, verdict: Verdict) {
+        match verdict {
+            Verdict::Pass => self.pass += 1,
+            Verdict::Fail => self.fail += 1,
+            Verdict::Late => self.late += 1,
+            Verdict::Undefined => self.undefined += 1,
+            Verdict::Unsupported => self.unsupported += 1,
+            Verdict::Error => self.error += 1,
+            Verdict::NotProbed => self.not_probed += 1,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct SummaryJson {
+    pub scenarios: usize,
+    pub passed: usize,
+    pub failed: usize,
+    pub steps: usize,
+    pub cells: CountsJson,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ScenarioJson {
+    pub name: String,
+    pub description: String,
+    pub tags: Vec<String>,
+    pub source: String,
+    pub passed: bool,
+    pub elapsed_ms: f64,
+    pub error: Option<String>,
+    pub steps: Vec<StepJson>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StepJson {
+    pub name: String,
+    pub origin: String,
+    pub passed: bool,
+    pub elapsed_ms: f64,
+    pub apply_ms: f64,
+    pub rounds: usize,
+    pub error: Option<String>,
+    pub counts: CountsJson,
+    pub cells: Vec<CellJson>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CellJson {
+    pub from: String,
+    pub to: String,
+    pub port: u16,
+    pub protocol: Protocol,
+    /// The spec's answer.
+    pub allowed: bool,
+    /// The last observation's outcome; null when not probed.
+    pub observed: Option<Outcome>,
+    pub verdict: Verdict,
+    /// Ms from the change to the first observation matching the spec; null if none did.
+    pub latency_ms: Option<f64>,
+    /// Why the spec decides as it does; given for failing cells.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+fn ms(d: std::time::Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+pub fn report(result: &RunResult) -> RunJson {
+    let mut total = CountsJson::default();
+    let scenarios = result
+        .scenarios
+        .iter()
+        .map(|scenario| ScenarioJson {
+            name: scenario.scenario.name.clone(),
+            description: scenario.scenario.description.clone(),
+            tags: scenario.scenario.tags.clone(),
+            source: scenario.scenario.source.clone(),
+            passed: scenario.passed(),
+            elapsed_ms: ms(scenario.elapsed),
+            error: scenario.error.clone(),
+            steps: scenario
+                .steps
+                .iter()
+                .enumerate()
+                .map(|(index, step)| {
+                    let analysis = &scenario.scenario.steps[index].analysis;
+                    let oracle = analysis.oracle();
+                    let mut counts = CountsJson::default();
+                    let cells = analysis
+                        .table
+                        .cells()
+                        .zip(step.verdicts.cells())
+                        .map(|((cell, spec), (k, _, verdict))| {
+                            counts.add(*verdict);
+                            total.add(*verdict);
+                            let observation = step
+                                .observed
+                                .as_ref()
+                                .and_then(|o| o.get(k, cell.from, cell.to));
+                            let pods = analysis.table.pods();
+                            CellJson {
+                                from: pods[cell.from].to_string(),
+                                to: pods[cell.to].to_string(),
+                                port: cell.port_protocol.port,
+                                protocol: cell.port_protocol.protocol,
+                                allowed: spec.allowed(),
+                                observed: observation.map(|o| o.outcome),
+                                verdict: *verdict,
+                                latency_ms: *step.converged_ms.get(k, cell.from, cell.to),
+                                reason: verdict.fails().then(|| oracle.explain(cell).reason()),
+                            }
+                        })
+                        .collect();
+                    StepJson {
+                        name: step.name.clone(),
+                        origin: step.origin.clone(),
+                        passed: step.passed(),
+                        elapsed_ms: ms(step.elapsed),
+                        apply_ms: ms(step.apply_time),
+                        rounds: step.rounds,
+                        error: step.error.clone(),
+                        counts,
+                        cells,
+                    }
+                })
+                .collect(),
+        })
+        .collect();
+    let passed = result.scenarios.iter().filter(|s| s.passed()).count();
+    RunJson {
+        polygraph: env!("CARGO_PKG_VERSION"),
+        backend: result.backend.clone(),
+        passed: result.passed(),
+        elapsed_ms: ms(result.elapsed),
+        options: OptionsJson {
+            probe_timeout_ms: ms(result.options.probe_timeout),
+            step_deadline_ms: ms(result.options.step_deadline),
+            allowed_latency_ms: ms(result.options.allowed_latency),
+        },
+        summary: SummaryJson {
+            scenarios: result.scenarios.len(),
+            passed,
+            failed: result.scenarios.len() - passed,
+            steps: result.scenarios.iter().map(|s| s.steps.len()).sum(),
+            cells: total,
+        },
+        scenarios,
+    }
+}

@@ -1,0 +1,71 @@
+//! Scenarios: a cluster model, a probe selection and ordered steps, each a change followed by a probe
+//! of the matrix. Loaded and checked entirely before anything is deployed.
+
+mod format;
+pub mod library;
+mod load;
+pub mod patterns;
+mod world;
+
+use std::fmt;
+use std::path::Path;
+
+pub use load::parse;
+pub use world::{Action, World};
+
+use crate::analyze::Analysis;
+use crate::model::PortProtocol;
+
+/// A scenario that can't be run, located: `file:line: message`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScenarioError {
+    /// `file:line`, or empty when the message locates itself.
+    pub origin: String,
+    pub message: String,
+}
+
+impl fmt::Display for ScenarioError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.origin.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.origin, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ScenarioError {}
+
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    pub name: String,
+    pub description: String,
+    pub tags: Vec<String>,
+    /// The file it came from, or `built-in`.
+    pub source: String,
+    /// Scenarios with the same key start from the same cluster and can share one deployment.
+    pub model_key: String,
+    pub initial: World,
+    pub port_protocols: Vec<PortProtocol>,
+    pub steps: Vec<Step>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub name: String,
+    /// `file:line` of the step.
+    pub origin: String,
+    pub action: Action,
+    /// The world after the action and the spec's answer for it.
+    pub analysis: Analysis,
+}
+
+/// Loads a scenario file.
+pub fn load_file(path: &Path) -> Result<Scenario, ScenarioError> {
+    let source = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ScenarioError {
+        origin: source.clone(),
+        message: e.to_string(),
+    })?;
+    parse(&source, &text, path.parent())
+}
