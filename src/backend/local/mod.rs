@@ -379,12 +379,13 @@ impl Backend for LocalBackend {
     }
 
     async fn delete_namespace(&mut self, name: &str) -> Result<(), BackendError> {
-        if self.namespaces.remove(name).is_none() {
+        if !self.namespaces.contains_key(name) {
             return Err(BackendError::Namespace {
                 namespace: name.into(),
                 message: "no such namespace".into(),
             });
         }
+        // Pods first: the namespace must exist while each deletion re-syncs the dataplane.
         let doomed: Vec<PodRef> = self
             .pods
             .keys()
@@ -395,6 +396,7 @@ impl Backend for LocalBackend {
             self.delete_pod(&pod).await?;
         }
         self.policies.retain(|(ns, _), _| ns != name);
+        self.namespaces.remove(name);
         self.sync().await
     }
 
