@@ -7,6 +7,7 @@ mod model_args;
 mod probe;
 mod run;
 mod scenarios;
+mod smoke;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -39,6 +40,8 @@ enum Command {
     Probe(probe::ProbeArgs),
     /// Run scenarios (default: the built-in library) and report verdicts, JUnit and JSON.
     Run(run::RunArgs),
+    /// Does this cluster enforce NetworkPolicy at all? ENFORCING, NOT ENFORCING or PARTIAL, in seconds.
+    Smoke(smoke::SmokeArgs),
     /// The built-in scenario library.
     #[command(subcommand)]
     Scenarios(scenarios::ScenariosCommand),
@@ -108,6 +111,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Probe(args) => probe::run(args),
         Command::Run(args) => run::run(args),
         Command::Scenarios(command) => scenarios::run(command),
+        Command::Smoke(args) => smoke::run(args),
         Command::Gc => gc::run(),
         Command::Bench(command) => bench::run(command),
         Command::Agent { args } => Ok(polygraph_agent::cli::run(

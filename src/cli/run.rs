@@ -11,7 +11,7 @@ use super::{CliError, EXIT_WRONG, use_color};
 use polygraph::backend::Backend;
 use polygraph::backend::local::{AgentCommand, Dataplane, LocalBackend, LocalOptions};
 use polygraph::report::{junit, run_json, run_terminal};
-use polygraph::run::scenarios::{Event, RunOptions, run_scenarios};
+use polygraph::run::scenarios::{Event, RunOptions, RunResult, run_scenarios};
 use polygraph::scenario::{self, Scenario, library};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -109,13 +109,45 @@ pub fn run(args: RunArgs) -> Result<ExitCode, CliError> {
         dataplane: args.dataplane,
         agent: AgentCommand::this_binary()?,
     };
+    // Only the local backend exists so far; the Kubernetes one plugs in here.
+    let BackendKind::Local = args.backend;
     let color = use_color();
+    let result = execute(&scenarios, &options, local, args.verbose)?;
+
+    let mut out = std::io::stdout().lock();
+    write!(out, "{}", run_terminal::render(&result, color))?;
+    if let Some(path) = &args.junit {
+        let xml = junit::report(&result)
+            .to_string()
+            .map_err(|e| CliError::Usage(format!("JUnit report: {e}")))?;
+        std::fs::write(path, xml)
+            .map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?;
+    }
+    if let Some(path) = &args.json {
+        let json = serde_json::to_string_pretty(&run_json::report(&result))?;
+        std::fs::write(path, json)
+            .map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?;
+    }
+    Ok(if result.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_WRONG)
+    })
+}
+
+/// Starts the local backend, runs the scenarios with progress on stderr (a bar on a terminal, a
+/// line per step otherwise), and removes the cluster whatever happens, Ctrl-C included.
+pub fn execute(
+    scenarios: &[Scenario],
+    options: &RunOptions,
+    local: LocalOptions,
+    verbose: bool,
+) -> Result<RunResult, CliError> {
     let steps: usize = scenarios.iter().map(|s| s.steps.len()).sum();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let result = runtime.block_on(async {
-        let BackendKind::Local = args.backend;
+    runtime.block_on(async {
         let mut backend = LocalBackend::start(local).await?;
         println!(
             "backend: {} — {} scenarios, {steps} steps",
@@ -143,7 +175,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode, CliError> {
                 match &bar {
                     Some(bar) => {
                         bar.inc(1);
-                        if args.verbose || !step.passed() {
+                        if verbose || !step.passed() {
                             bar.println(line);
                         }
                     }
@@ -152,7 +184,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode, CliError> {
             }
             Event::ScenarioFinished { .. } => {}
         };
-        let work = run_scenarios(&mut backend, &scenarios, &options, &mut on_event);
+        let work = run_scenarios(&mut backend, scenarios, options, &mut on_event);
         let outcome = tokio::select! {
             result = work => Ok(result),
             signal = super::shutdown_signal() => Err(CliError::Interrupted(signal)),
@@ -162,25 +194,5 @@ pub fn run(args: RunArgs) -> Result<ExitCode, CliError> {
         }
         backend.cleanup().await?;
         outcome
-    })?;
-
-    let mut out = std::io::stdout().lock();
-    write!(out, "{}", run_terminal::render(&result, color))?;
-    if let Some(path) = &args.junit {
-        let xml = junit::report(&result)
-            .to_string()
-            .map_err(|e| CliError::Usage(format!("JUnit report: {e}")))?;
-        std::fs::write(path, xml)
-            .map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?;
-    }
-    if let Some(path) = &args.json {
-        let json = serde_json::to_string_pretty(&run_json::report(&result))?;
-        std::fs::write(path, json)
-            .map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?;
-    }
-    Ok(if result.passed() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(EXIT_WRONG)
     })
 }

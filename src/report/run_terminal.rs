@@ -33,7 +33,12 @@ pub fn step_line(scenario: &Scenario, step: &StepResult) -> String {
     );
     let wrong = step.count(Verdict::Fail);
     if wrong > 0 {
-        let _ = write!(line, ": {wrong} cells differ from the spec");
+        let cells = if wrong == 1 {
+            "cell differs"
+        } else {
+            "cells differ"
+        };
+        let _ = write!(line, ": {wrong} {cells} from the spec");
     }
     let late = step.count(Verdict::Late);
     if late > 0 {

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 pub mod scenarios;
+pub mod smoke;
 
 use futures::StreamExt;
 use polygraph_agent::wire::Target;

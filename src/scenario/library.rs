@@ -35,3 +35,8 @@ pub fn load_all() -> Result<Vec<Scenario>, ScenarioError> {
         .map(|(name, text)| parse(&format!("built-in:{name}"), text, None))
         .collect()
 }
+
+/// The scenario behind `polygraph smoke`.
+pub fn smoke() -> Result<Scenario, ScenarioError> {
+    parse("built-in:smoke", include_str!("smoke.yaml"), None)
+}

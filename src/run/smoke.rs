@@ -1,0 +1,53 @@
+//! `polygraph smoke`: the quickest answer to "does this cluster enforce NetworkPolicy at all?"
+
+use std::fmt;
+
+use super::scenarios::{RunResult, Verdict};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmokeVerdict {
+    /// Every step did what the spec says.
+    Enforcing,
+    /// Policies were accepted, but nothing the spec blocks was ever blocked.
+    NotEnforcing,
+    /// Some enforcement, but not all of it.
+    Partial,
+}
+
+impl fmt::Display for SmokeVerdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SmokeVerdict::Enforcing => "ENFORCING",
+            SmokeVerdict::NotEnforcing => "NOT ENFORCING",
+            SmokeVerdict::Partial => "PARTIAL",
+        })
+    }
+}
+
+/// Judges a smoke run. Cells the spec blocks (self traffic aside) decide: all blocked and the rest
+/// as the spec says is enforcing; none blocked is not enforcing; anything else is partial.
+pub fn classify(result: &RunResult) -> SmokeVerdict {
+    if result.passed() {
+        return SmokeVerdict::Enforcing;
+    }
+    let mut blocked_as_spec = 0;
+    for scenario in &result.scenarios {
+        for (index, step) in scenario.steps.iter().enumerate() {
+            let expected = &scenario.scenario.steps[index].analysis.table;
+            for (k, cell, verdict) in step.verdicts.cells() {
+                let spec_blocks = !expected.get(k, cell.from, cell.to).allowed();
+                if spec_blocks
+                    && !cell.is_self()
+                    && matches!(verdict, Verdict::Pass | Verdict::Late)
+                {
+                    blocked_as_spec += 1;
+                }
+            }
+        }
+    }
+    if blocked_as_spec == 0 {
+        SmokeVerdict::NotEnforcing
+    } else {
+        SmokeVerdict::Partial
+    }
+}
