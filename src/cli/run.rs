@@ -117,9 +117,8 @@ pub fn run(args: RunArgs) -> Result<ExitCode, CliError> {
     let mut out = std::io::stdout().lock();
     write!(out, "{}", run_terminal::render(&result, color))?;
     if let Some(path) = &args.junit {
-        let xml = junit::report(&result)
-            .to_string()
-            .map_err(|e| CliError::Usage(format!("JUnit report: {e}")))?;
+        let xml =
+            junit::to_xml(&result).map_err(|e| CliError::Usage(format!("JUnit report: {e}")))?;
         std::fs::write(path, xml)
             .map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?;
     }

@@ -40,3 +40,52 @@ pub fn load_all() -> Result<Vec<Scenario>, ScenarioError> {
 pub fn smoke() -> Result<Scenario, ScenarioError> {
     parse("built-in:smoke", include_str!("smoke.yaml"), None)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    #[test]
+    fn every_built_in_scenario_loads_and_pins_every_step() {
+        let scenarios = load_all().unwrap_or_else(|e| panic!("{e}"));
+        assert!(scenarios.len() >= 30, "{} scenarios", scenarios.len());
+        let mut names = BTreeSet::new();
+        for ((file, text), scenario) in SCENARIOS.iter().zip(&scenarios) {
+            assert_eq!(*file, scenario.name, "file name and scenario name differ");
+            assert!(
+                names.insert(scenario.name.clone()),
+                "duplicate {}",
+                scenario.name
+            );
+            assert!(
+                !scenario.description.is_empty(),
+                "{} has no description",
+                scenario.name
+            );
+            assert!(
+                scenario.tags.iter().any(|t| t == "core" || t == "extended"),
+                "{} is neither core nor extended",
+                scenario.name
+            );
+            // Pinned expectations are checked against the oracle at load; every step must have one.
+            let pinned = text.matches("expect:").count();
+            assert_eq!(
+                pinned,
+                scenario.steps.len(),
+                "{}: every step needs a pinned expectation",
+                scenario.name
+            );
+        }
+        for tag in ["end-port", "named-ports", "sctp", "ip-block"] {
+            assert!(
+                scenarios
+                    .iter()
+                    .any(|s| s.tags.iter().any(|t| t == tag)
+                        && s.tags.iter().any(|t| t == "extended")),
+                "no extended scenario for {tag}"
+            );
+        }
+        smoke().unwrap_or_else(|e| panic!("{e}"));
+    }
+}

@@ -42,8 +42,14 @@ impl From<InputError> for ScenarioError {
 /// Parses and checks a scenario. `base_dir` resolves `apply-files` (none for built-ins).
 pub fn parse(source: &str, text: &str, base_dir: Option<&Path>) -> Result<Scenario, ScenarioError> {
     let options = serde_saphyr::options! { strict_booleans: true };
-    let doc: ScenarioDoc = serde_saphyr::from_str_with_options(text, options)
-        .map_err(|e| ScenarioError::from(input::yaml_error(source, &e)))?;
+    // Syntax and shape errors alike come from the YAML reader, located; say just what is wrong.
+    let doc: ScenarioDoc =
+        serde_saphyr::from_str_with_options(text, options).map_err(|e| match input::yaml_error(
+            source, &e,
+        ) {
+            InputError::Yaml { origin, message } => error(origin, message),
+            other => ScenarioError::from(other),
+        })?;
     if doc.name.trim().is_empty() {
         return Err(error(source, "name: must not be empty"));
     }
