@@ -25,47 +25,18 @@ pub fn polygraph(args: &[&str], stdin: &str) -> Output {
     child.wait_with_output().expect("polygraph finishes")
 }
 
-/// Expands one side of a pattern: comma-separated `ns/pod`, `ns/*`, `*/pod`, `*/*`, each
-/// optionally prefixed with `!` to take pods away. Panics on a pattern that matches no pod,
+/// `FROM -> TO` into (from, to) pod-name pairs, with the library's pattern syntax
+/// (`ns/pod`, `ns/*`, `*/pod`, `*/*`, `!` to exclude). Panics on a pattern that matches no pod,
 /// which is always a typo in a hand-written case.
-pub fn expand_side(side: &str, pods: &[String]) -> BTreeSet<String> {
-    let mut add = BTreeSet::new();
-    let mut remove = BTreeSet::new();
-    for term in side.split(',').map(str::trim).filter(|t| !t.is_empty()) {
-        let (negated, term) = match term.strip_prefix('!') {
-            Some(t) => (true, t),
-            None => (false, term),
-        };
-        let (ns, name) = term
-            .split_once('/')
-            .unwrap_or_else(|| panic!("bad pattern term {term:?}"));
-        let matched: Vec<&String> = pods
-            .iter()
-            .filter(|p| {
-                let (pns, pname) = p.split_once('/').unwrap();
-                (ns == "*" || ns == pns) && (name == "*" || name == pname)
-            })
-            .collect();
-        assert!(
-            !matched.is_empty(),
-            "pattern term {term:?} matches no pod of {pods:?}"
-        );
-        let target = if negated { &mut remove } else { &mut add };
-        target.extend(matched.into_iter().cloned());
-    }
-    add.difference(&remove).cloned().collect()
-}
-
-/// `FROM -> TO` into (from, to) pairs.
 pub fn expand_pattern(pattern: &str, pods: &[String]) -> BTreeSet<(String, String)> {
-    let (from, to) = pattern
-        .split_once("->")
-        .unwrap_or_else(|| panic!("pattern {pattern:?} lacks ->"));
-    let froms = expand_side(from, pods);
-    let tos = expand_side(to, pods);
-    froms
+    let refs: Vec<polygraph::model::PodRef> = pods
         .iter()
-        .flat_map(|f| tos.iter().map(move |t| (f.clone(), t.clone())))
+        .map(|p| p.parse().unwrap_or_else(|e| panic!("{e}")))
+        .collect();
+    polygraph::scenario::patterns::expand_pattern(pattern, &refs)
+        .unwrap_or_else(|e| panic!("pattern {pattern:?}: {e}"))
+        .into_iter()
+        .map(|(f, t)| (pods[f].clone(), pods[t].clone()))
         .collect()
 }
 
