@@ -77,3 +77,62 @@ fn the_library_can_be_listed_and_shown() {
     assert_eq!(show.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&show.stdout).starts_with("name: and-selector"));
 }
+
+#[test]
+fn apply_files_reads_policies_relative_to_the_scenario() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::create_dir(dir.path().join("policies")).expect("mkdir");
+    std::fs::write(
+        dir.path().join("policies/deny.yaml"),
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: x}\nspec: {podSelector: {}, policyTypes: [Ingress]}\n",
+    )
+    .expect("write policy");
+    let scenario = dir.path().join("from-files.yaml");
+    std::fs::write(
+        &scenario,
+        "name: from-files\nsteps:\n  - apply-files: [policies/deny.yaml]\n    expect:\n      - blocked: [\"*/* -> x/*\"]\n  - delete-policy: {namespace: x, name: deny}\n",
+    )
+    .expect("write scenario");
+    let output = common::polygraph(&["scenarios", "check", &scenario.display().to_string()], "");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("ok from-files"), "{stdout}");
+    assert!(
+        stdout.contains("2 steps, 1 with pinned expectations"),
+        "{stdout}"
+    );
+
+    // A wrong pin on a file-applied policy is caught the same way.
+    let text = std::fs::read_to_string(&scenario)
+        .expect("read")
+        .replace("-> x/*", "-> y/*");
+    std::fs::write(&scenario, text).expect("rewrite");
+    let output = common::polygraph(&["scenarios", "check", &scenario.display().to_string()], "");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&output.stderr)
+            .contains("from-files.yaml:5: the pinned expectation disagrees")
+    );
+}
+
+#[test]
+fn the_whole_library_checks() {
+    let output = common::polygraph(
+        &[
+            "scenarios",
+            "check",
+            "deny-all-ingress",
+            "seed-production-layered",
+        ],
+        "",
+    );
+    assert_eq!(output.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&output.stdout).contains(
+        "ok seed-production-layered (built-in:seed-production-layered): 5 steps, 5 with pinned"
+    ));
+}

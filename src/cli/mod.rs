@@ -5,7 +5,7 @@ mod bench;
 mod gc;
 mod model_args;
 mod probe;
-mod run;
+pub mod run;
 mod scenarios;
 mod smoke;
 

@@ -13,6 +13,12 @@ pub enum ScenariosCommand {
     List,
     /// Print a built-in scenario's YAML.
     Show { name: String },
+    /// Load and check scenario files (or built-in names) without deploying anything: every action,
+    /// policy and pinned expectation. A lint for CI.
+    Check {
+        #[arg(required = true)]
+        scenarios: Vec<String>,
+    },
 }
 
 pub fn run(command: ScenariosCommand) -> Result<ExitCode, CliError> {
@@ -32,6 +38,17 @@ pub fn run(command: ScenariosCommand) -> Result<ExitCode, CliError> {
             }
             println!("{table}");
             println!("{} built-in scenarios", scenarios.len());
+        }
+        ScenariosCommand::Check { scenarios } => {
+            for scenario in super::run::load(&scenarios)? {
+                let pinned = scenario.steps.iter().filter(|s| s.pinned).count();
+                println!(
+                    "ok {} ({}): {} steps, {pinned} with pinned expectations that agree with the spec",
+                    scenario.name,
+                    scenario.source,
+                    scenario.steps.len()
+                );
+            }
         }
         ScenariosCommand::Show { name } => {
             let text = library::text(&name).ok_or_else(|| {

@@ -103,6 +103,7 @@ pub fn parse(source: &str, text: &str, base_dir: Option<&Path>) -> Result<Scenar
                 .unwrap_or_else(|| action.describe()),
             origin,
             action,
+            pinned: spanned.value.expect.is_some(),
             analysis,
         });
     }

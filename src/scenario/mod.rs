@@ -56,6 +56,8 @@ pub struct Step {
     /// `file:line` of the step.
     pub origin: String,
     pub action: Action,
+    /// Whether the step pins its expectation (checked against the oracle when loading).
+    pub pinned: bool,
     /// The world after the action and the spec's answer for it.
     pub analysis: Analysis,
 }
