@@ -1,6 +1,7 @@
 //! Backends make the cluster model real: the embedded `local` cluster of network namespaces, and
 //! (later) `kube` for real clusters. The runner drives either through `Backend`.
 
+pub mod kube;
 pub mod local;
 
 use std::time::Duration;

@@ -3,6 +3,7 @@
 mod analyze;
 mod bench;
 mod gc;
+mod kube_args;
 mod model_args;
 mod probe;
 pub mod run;

@@ -4,9 +4,11 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 
+use super::kube_args::KubeArgs;
 use super::model_args::ModelArgs;
 use super::{CliError, EXIT_WRONG, OutputFormat, use_color};
 use polygraph::backend::Backend;
+use polygraph::backend::kube::dry_run;
 use polygraph::backend::local::{AgentCommand, Dataplane, LocalBackend, LocalOptions};
 use polygraph::report::probe;
 use polygraph::run::{apply_policies, deploy, probe_matrix};
@@ -36,6 +38,8 @@ pub struct ProbeArgs {
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value = "table")]
     output: OutputFormat,
+    #[command(flatten)]
+    kube: KubeArgs,
 }
 
 pub fn run(args: ProbeArgs) -> Result<ExitCode, CliError> {
@@ -44,6 +48,12 @@ pub fn run(args: ProbeArgs) -> Result<ExitCode, CliError> {
     }
     let cluster = args.model.cluster()?;
     let analysis = args.model.analysis(cluster)?;
+    if args.kube.dry_run {
+        let text = dry_run::probe(&analysis, &args.kube.options()?, &args.kube.names()?)
+            .map_err(CliError::Usage)?;
+        print!("{text}");
+        return Ok(ExitCode::SUCCESS);
+    }
     let options = LocalOptions {
         dataplane: args.dataplane,
         agent: AgentCommand::this_binary()?,

@@ -7,8 +7,10 @@ use std::time::Duration;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
+use super::kube_args::KubeArgs;
 use super::{CliError, EXIT_WRONG, use_color};
 use polygraph::backend::Backend;
+use polygraph::backend::kube::dry_run;
 use polygraph::backend::local::{AgentCommand, Dataplane, LocalBackend, LocalOptions};
 use polygraph::report::{junit, run_json, run_terminal};
 use polygraph::run::scenarios::{Event, RunOptions, RunResult, run_scenarios};
@@ -56,6 +58,8 @@ pub struct RunArgs {
     /// A line for every step even on a terminal.
     #[arg(short, long)]
     verbose: bool,
+    #[command(flatten)]
+    kube: KubeArgs,
 }
 
 /// Files by path, everything else by built-in name. All are checked before anything is deployed.
@@ -92,6 +96,12 @@ pub fn run(args: RunArgs) -> Result<ExitCode, CliError> {
         return Err(CliError::Usage(
             "no scenario left to run after --tags/--exclude-tags".into(),
         ));
+    }
+    if args.kube.dry_run {
+        let text = dry_run::scenarios(&scenarios, &args.kube.options()?, &args.kube.names()?)
+            .map_err(CliError::Usage)?;
+        print!("{text}");
+        return Ok(ExitCode::SUCCESS);
     }
     if args.probe_timeout.is_zero() {
         return Err(CliError::Usage(

@@ -3,8 +3,10 @@ use std::time::Duration;
 
 use clap::Args;
 
+use super::kube_args::KubeArgs;
 use super::run::execute;
 use super::{CliError, EXIT_WRONG};
+use polygraph::backend::kube::dry_run;
 use polygraph::backend::local::{AgentCommand, Dataplane, LocalOptions};
 use polygraph::run::scenarios::{RunOptions, Verdict};
 use polygraph::run::smoke::{SmokeVerdict, classify};
@@ -21,10 +23,22 @@ pub struct SmokeArgs {
     /// How long each step may take to take effect.
     #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
     step_deadline: Duration,
+    #[command(flatten)]
+    kube: KubeArgs,
 }
 
 pub fn run(args: SmokeArgs) -> Result<ExitCode, CliError> {
     let scenario = library::smoke().map_err(CliError::Scenario)?;
+    if args.kube.dry_run {
+        let text = dry_run::scenarios(
+            std::slice::from_ref(&scenario),
+            &args.kube.options()?,
+            &args.kube.names()?,
+        )
+        .map_err(CliError::Usage)?;
+        print!("{text}");
+        return Ok(ExitCode::SUCCESS);
+    }
     let options = RunOptions {
         probe_timeout: args.probe_timeout,
         step_deadline: args.step_deadline,

@@ -5,6 +5,7 @@
 use std::fmt;
 
 use ipnet::IpNet;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 
 use super::selector::Selector;
 use crate::input::Origin;
@@ -53,6 +54,8 @@ pub struct Policy {
     pub namespace: String,
     pub name: String,
     pub origin: Origin,
+    /// The validated API object as written (namespace filled in): what a real cluster is given.
+    pub object: NetworkPolicy,
     pub pod_selector: Selector,
     /// `Some` when `policyTypes` (after defaulting) has Ingress: selected pods are isolated for
     /// ingress and these rules are all that is allowed. `Some(vec![])` denies all ingress.

@@ -167,6 +167,7 @@ fn display_name(value: &Value, default_namespace: &str) -> String {
 
 /// Applies the API server's defaults and compiles. `object` is valid and has a namespace.
 fn compile(object: NetworkPolicy, origin: Origin) -> Policy {
+    let original = object.clone();
     let namespace = object.metadata.namespace.unwrap_or_default();
     let name = object.metadata.name.unwrap_or_default();
     let spec = object.spec.unwrap_or_default();
@@ -192,6 +193,7 @@ fn compile(object: NetworkPolicy, origin: Origin) -> Policy {
         namespace,
         name,
         origin,
+        object: original,
     }
 }
 

@@ -26,6 +26,15 @@ enum Command {
         /// PORT/PROTOCOL to listen on, e.g. 80/TCP,81/UDP,80/SCTP. Repeatable.
         #[arg(long, value_delimiter = ',', required = true)]
         listen: Vec<Listen>,
+        /// Also write the ready line to this file once every listener is bound (for `ready`).
+        #[arg(long)]
+        ready_file: Option<std::path::PathBuf>,
+    },
+    /// Exit 0 when `serve` has written its ready file: a readiness check that needs no network, so
+    /// the very policies under test can't fail it.
+    Ready {
+        #[arg(long)]
+        file: std::path::PathBuf,
     },
     /// Read {"timeout_ms":…, "targets":[{"host","port","protocol"}…]} on stdin; print one JSON
     /// result per target.
@@ -65,7 +74,22 @@ where
     };
     let code = runtime.block_on(async move {
         match cli.command {
-            Command::Serve { identity, listen } => serve(&identity, &listen).await,
+            Command::Serve {
+                identity,
+                listen,
+                ready_file,
+            } => serve(&identity, &listen, ready_file.as_deref()).await,
+            Command::Ready { file } => {
+                if file.is_file() {
+                    ExitCode::SUCCESS
+                } else {
+                    eprintln!(
+                        "polygraph-agent: not ready ({} does not exist)",
+                        file.display()
+                    );
+                    ExitCode::from(1)
+                }
+            }
             Command::Probe { timeout } => probe(timeout).await,
         }
     });
@@ -74,7 +98,11 @@ where
     code
 }
 
-async fn serve(identity: &str, listen: &[Listen]) -> ExitCode {
+async fn serve(
+    identity: &str,
+    listen: &[Listen],
+    ready_file: Option<&std::path::Path>,
+) -> ExitCode {
     let (ready, serving) = match crate::serve::bind(identity, listen).await {
         Ok(bound) => bound,
         Err(e) => {
@@ -83,6 +111,16 @@ async fn serve(identity: &str, listen: &[Listen]) -> ExitCode {
         }
     };
     let line = serde_json::to_string(&ready).unwrap_or_default();
+    if let Some(path) = ready_file {
+        let written = path
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::write(path, format!("{line}\n")));
+        if let Err(e) = written {
+            eprintln!("polygraph-agent: cannot write {}: {e}", path.display());
+            return ExitCode::from(1);
+        }
+    }
     let mut stdout = std::io::stdout().lock();
     if writeln!(stdout, "{line}")
         .and_then(|_| stdout.flush())

@@ -1,0 +1,331 @@
+//! The Kubernetes objects polygraph creates for a cluster model: namespaces, probe pods and the
+//! policies under test, with base names rewritten to the run's real names. Pure: `--dry-run` prints
+//! exactly these, and the backend applies exactly these.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, ExecAction,
+    Namespace as KubeNamespace, Pod as KubePod, PodSecurityContext, PodSpec, Probe, SeccompProfile,
+    SecurityContext, Sysctl, Volume, VolumeMount,
+};
+use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+
+use crate::model::{NAMESPACE_NAME_LABEL, Namespace, Pod, syntax};
+use crate::policy::Policy;
+
+/// Every object polygraph creates carries this label (`app.kubernetes.io/managed-by: polygraph`).
+pub const OWNER_LABEL: &str = "app.kubernetes.io/managed-by";
+pub const OWNER: &str = "polygraph";
+/// The run that created an object.
+pub const RUN_LABEL: &str = "polygraph.dev/run-id";
+/// A namespace's name in the model (`x`), its real name being `<prefix>-<run id>-x`.
+pub const BASE_NAME_LABEL: &str = "polygraph.dev/base-name";
+
+const READY_FILE: &str = "/run/polygraph/ready";
+const AGENT_PATH: &str = "/polygraph-agent";
+
+#[derive(Debug, Clone)]
+pub struct KubeOptions {
+    /// Real namespace names are `<prefix>-<run id>-<base name>`.
+    pub prefix: String,
+    pub image: String,
+    pub pull_policy: String,
+    pub node_selector: BTreeMap<String, String>,
+}
+
+impl Default for KubeOptions {
+    fn default() -> Self {
+        KubeOptions {
+            prefix: "polygraph".into(),
+            image: format!(
+                "ghcr.io/polygraph/polygraph-agent:v{}",
+                env!("CARGO_PKG_VERSION")
+            ),
+            pull_policy: "IfNotPresent".into(),
+            node_selector: BTreeMap::new(),
+        }
+    }
+}
+
+/// Names of one run.
+#[derive(Debug, Clone)]
+pub struct RunNames {
+    pub prefix: String,
+    pub run_id: String,
+}
+
+impl RunNames {
+    /// Checks that every real namespace name will be a valid DNS label.
+    pub fn new(prefix: &str, run_id: &str) -> Result<RunNames, String> {
+        syntax::dns1123_label(prefix).map_err(|m| format!("--prefix {prefix:?}: {m}"))?;
+        if prefix.len() > 40 {
+            return Err(format!(
+                "--prefix {prefix:?}: at most 40 characters, so namespace names fit in 63"
+            ));
+        }
+        Ok(RunNames {
+            prefix: prefix.into(),
+            run_id: run_id.into(),
+        })
+    }
+
+    pub fn namespace(&self, base: &str) -> String {
+        format!("{}-{}-{base}", self.prefix, self.run_id)
+    }
+
+    fn labels(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            (OWNER_LABEL.to_string(), OWNER.to_string()),
+            (RUN_LABEL.to_string(), self.run_id.clone()),
+        ])
+    }
+
+    /// The model's labels plus polygraph's own. The API server sets kubernetes.io/metadata.name.
+    fn with_own_labels(&self, labels: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+        let mut all: BTreeMap<String, String> = labels
+            .iter()
+            .filter(|(k, _)| k.as_str() != NAMESPACE_NAME_LABEL)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        all.extend(self.labels());
+        all
+    }
+}
+
+pub fn namespace(names: &RunNames, namespace: &Namespace) -> KubeNamespace {
+    let mut labels = names.with_own_labels(&namespace.labels);
+    labels.insert(BASE_NAME_LABEL.into(), namespace.name.clone());
+    KubeNamespace {
+        metadata: ObjectMeta {
+            name: Some(names.namespace(&namespace.name)),
+            labels: Some(labels),
+            ..ObjectMeta::default()
+        },
+        ..KubeNamespace::default()
+    }
+}
+
+/// A probe pod: the agent serving the model's ports, non-root, answering with its base identity.
+pub fn pod(names: &RunNames, options: &KubeOptions, pod: &Pod) -> KubePod {
+    let listen: Vec<String> = pod
+        .ports
+        .iter()
+        .map(|p| format!("{}/{}", p.port, p.protocol))
+        .collect();
+    let mut args = vec![
+        "serve".to_string(),
+        "--identity".into(),
+        pod.key().to_string(),
+    ];
+    if !listen.is_empty() {
+        args.extend(["--listen".into(), listen.join(",")]);
+    }
+    args.extend(["--ready-file".into(), READY_FILE.into()]);
+    let container = Container {
+        name: "agent".into(),
+        image: Some(options.image.clone()),
+        image_pull_policy: Some(options.pull_policy.clone()),
+        args: Some(args),
+        ports: Some(
+            pod.ports
+                .iter()
+                .map(|p| ContainerPort {
+                    name: p.name.clone(),
+                    container_port: i32::from(p.port),
+                    protocol: Some(p.protocol.as_str().into()),
+                    ..ContainerPort::default()
+                })
+                .collect(),
+        ),
+        // An exec probe needs no network, so the policies under test can't make the pod unready.
+        readiness_probe: Some(Probe {
+            exec: Some(ExecAction {
+                command: Some(vec![
+                    AGENT_PATH.into(),
+                    "ready".into(),
+                    "--file".into(),
+                    READY_FILE.into(),
+                ]),
+            }),
+            period_seconds: Some(1),
+            failure_threshold: Some(30),
+            ..Probe::default()
+        }),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "run".into(),
+            mount_path: "/run/polygraph".into(),
+            ..VolumeMount::default()
+        }]),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            run_as_user: Some(65534),
+            run_as_group: Some(65534),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Capabilities::default()
+            }),
+            ..SecurityContext::default()
+        }),
+        ..Container::default()
+    };
+    KubePod {
+        metadata: ObjectMeta {
+            name: Some(pod.name.clone()),
+            namespace: Some(names.namespace(&pod.namespace)),
+            labels: Some(names.with_own_labels(&pod.labels)),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PodSpec {
+            containers: vec![container],
+            volumes: Some(vec![Volume {
+                name: "run".into(),
+                empty_dir: Some(EmptyDirVolumeSource::default()),
+                ..Volume::default()
+            }]),
+            security_context: Some(PodSecurityContext {
+                // A safe sysctl: lets the non-root agent serve ports below 1024 (80, 81).
+                sysctls: Some(vec![Sysctl {
+                    name: "net.ipv4.ip_unprivileged_port_start".into(),
+                    value: "0".into(),
+                }]),
+                seccomp_profile: Some(SeccompProfile {
+                    type_: "RuntimeDefault".into(),
+                    ..SeccompProfile::default()
+                }),
+                ..PodSecurityContext::default()
+            }),
+            node_selector: (!options.node_selector.is_empty())
+                .then(|| options.node_selector.clone()),
+            automount_service_account_token: Some(false),
+            enable_service_links: Some(false),
+            termination_grace_period_seconds: Some(1),
+            restart_policy: Some("Always".into()),
+            ..PodSpec::default()
+        }),
+        ..KubePod::default()
+    }
+}
+
+/// The policy as the user wrote it, in the run's namespace, with `kubernetes.io/metadata.name`
+/// selector values naming model namespaces rewritten to real names.
+pub fn policy(
+    names: &RunNames,
+    policy: &Policy,
+    model_namespaces: &BTreeSet<String>,
+) -> NetworkPolicy {
+    let mut object = policy.object.clone();
+    object.metadata = ObjectMeta {
+        name: object.metadata.name.clone(),
+        namespace: Some(names.namespace(&policy.namespace)),
+        labels: Some({
+            let mut labels = object.metadata.labels.clone().unwrap_or_default();
+            labels.extend(names.labels());
+            labels
+        }),
+        annotations: object.metadata.annotations.clone(),
+        ..ObjectMeta::default()
+    };
+    let rewrite = |selector: &mut LabelSelector| {
+        if let Some(value) = selector
+            .match_labels
+            .as_mut()
+            .and_then(|m| m.get_mut(NAMESPACE_NAME_LABEL))
+            && model_namespaces.contains(value.as_str())
+        {
+            *value = names.namespace(value);
+        }
+        for requirement in selector.match_expressions.iter_mut().flatten() {
+            if requirement.key == NAMESPACE_NAME_LABEL {
+                for value in requirement.values.iter_mut().flatten() {
+                    if model_namespaces.contains(value.as_str()) {
+                        *value = names.namespace(value);
+                    }
+                }
+            }
+        }
+    };
+    let peers = |peers: &mut Option<Vec<NetworkPolicyPeer>>| {
+        for peer in peers.iter_mut().flatten() {
+            if let Some(selector) = peer.namespace_selector.as_mut() {
+                rewrite(selector);
+            }
+        }
+    };
+    if let Some(spec) = object.spec.as_mut() {
+        for rule in spec.ingress.iter_mut().flatten() {
+            peers(&mut rule.from);
+        }
+        for rule in spec.egress.iter_mut().flatten() {
+            peers(&mut rule.to);
+        }
+    }
+    object
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::default_model;
+    use crate::policy::parse_policies;
+
+    #[test]
+    fn names_and_rewriting() {
+        let names = RunNames::new("polygraph", "0a1b2c").unwrap();
+        assert!(RunNames::new("Bad", "0a1b2c").is_err());
+        assert!(RunNames::new(&"p".repeat(41), "0a1b2c").is_err());
+        let cluster = default_model().build("m").unwrap();
+        let ns = namespace(&names, &cluster.namespaces()[0]);
+        assert_eq!(ns.metadata.name.as_deref(), Some("polygraph-0a1b2c-x"));
+        let labels = ns.metadata.labels.unwrap();
+        assert_eq!(labels["ns"], "x");
+        assert_eq!(labels[BASE_NAME_LABEL], "x");
+        assert!(!labels.contains_key(NAMESPACE_NAME_LABEL));
+
+        let p = pod(&names, &KubeOptions::default(), &cluster.pods()[0]);
+        let args = p.spec.as_ref().unwrap().containers[0].args.clone().unwrap();
+        assert_eq!(args[..3], ["serve", "--identity", "x/a"]);
+        assert_eq!(p.metadata.namespace.as_deref(), Some("polygraph-0a1b2c-x"));
+
+        let yaml = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x, uid: abc}\nspec:\n  podSelector: {}\n  ingress:\n  - from:\n    - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: y}}\n    - namespaceSelector: {matchExpressions: [{key: kubernetes.io/metadata.name, operator: In, values: [z, elsewhere]}]}\n";
+        let policies = parse_policies("p.yaml", yaml, "x").unwrap();
+        let bases = BTreeSet::from(["x".to_string(), "y".into(), "z".into()]);
+        let object = policy(&names, &policies[0], &bases);
+        assert_eq!(
+            object.metadata.namespace.as_deref(),
+            Some("polygraph-0a1b2c-x")
+        );
+        assert_eq!(object.metadata.uid, None);
+        let from = object.spec.unwrap().ingress.unwrap()[0]
+            .from
+            .clone()
+            .unwrap();
+        assert_eq!(
+            from[0]
+                .namespace_selector
+                .as_ref()
+                .unwrap()
+                .match_labels
+                .as_ref()
+                .unwrap()[NAMESPACE_NAME_LABEL],
+            "polygraph-0a1b2c-y"
+        );
+        assert_eq!(
+            from[1]
+                .namespace_selector
+                .as_ref()
+                .unwrap()
+                .match_expressions
+                .as_ref()
+                .unwrap()[0]
+                .values,
+            Some(vec![
+                "polygraph-0a1b2c-z".to_string(),
+                "elsewhere".to_string()
+            ])
+        );
+    }
+}
