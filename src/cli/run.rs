@@ -137,6 +137,13 @@ pub fn run(args: RunArgs) -> Result<ExitCode, CliError> {
         std::fs::write(path, json)
             .map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?;
     }
+    if let Some(done) = &args.done_file {
+        let report = args.junit.as_ref().or(args.json.as_ref()).ok_or_else(|| {
+            CliError::Usage("--done-file names the report: give --junit or --json too".into())
+        })?;
+        std::fs::write(done, report.display().to_string())
+            .map_err(|e| CliError::Usage(format!("{}: {e}", done.display())))?;
+    }
     Ok(if result.passed() {
         ExitCode::SUCCESS
     } else {
