@@ -40,6 +40,10 @@ pub struct RunArgs {
     /// Write the full JSON result here.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+    /// After the reports are written, write the JUnit (or JSON) report's path here: Sonobuoy's
+    /// `done` file protocol.
+    #[arg(long, value_name = "FILE")]
+    done_file: Option<PathBuf>,
     /// How long a probe waits before it counts as dropped.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     probe_timeout: Duration,
