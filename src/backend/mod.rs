@@ -32,6 +32,8 @@ pub enum BackendError {
     Unsupported(String),
     #[error("probing from {pod}: {message}")]
     Probe { pod: PodRef, message: String },
+    #[error("Kubernetes API: {0}")]
+    Kube(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -43,6 +45,11 @@ pub enum BackendError {
 pub trait Backend {
     /// One line for report headers, e.g. `local (nftables dataplane)`.
     fn describe(&self) -> String;
+    /// The pod's real address when the backend assigns its own (a Kubernetes cluster does); `None`
+    /// means the model's address is the real one.
+    fn address(&self, _pod: &PodRef) -> Option<std::net::IpAddr> {
+        None
+    }
     async fn create_namespace(&mut self, namespace: &Namespace) -> Result<(), BackendError>;
     async fn delete_namespace(&mut self, name: &str) -> Result<(), BackendError>;
     async fn set_namespace_labels(

@@ -53,12 +53,8 @@ pub fn run(args: SmokeArgs) -> Result<ExitCode, CliError> {
     let result = execute(std::slice::from_ref(&scenario), &options, local, true)?;
     let verdict = classify(&result);
     println!();
-    for (index, step) in result
-        .scenarios
-        .iter()
-        .flat_map(|s| s.steps.iter().enumerate())
-    {
-        let table = &scenario.steps[index].analysis.table;
+    for step in result.scenarios.iter().flat_map(|s| s.steps.iter()) {
+        let table = &step.expected.table;
         let mut seen = Vec::new();
         for (k, cell, v) in step.verdicts.cells() {
             let pods = table.pods();

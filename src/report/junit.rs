@@ -25,7 +25,7 @@ pub fn report(result: &RunResult) -> Report {
             case.set_classname(scenario.scenario.name.as_str());
             suite.add_test_case(case);
         }
-        for (index, step) in scenario.steps.iter().enumerate() {
+        for step in &scenario.steps {
             let status = if step.passed() {
                 TestCaseStatus::success()
             } else if let Some(e) = &step.error {
@@ -41,11 +41,7 @@ pub fn report(result: &RunResult) -> Report {
                 ));
                 s.set_type("enforcement");
                 if let Some(observed) = &step.observed {
-                    let lines = wrong_cells(
-                        &scenario.scenario.steps[index].analysis,
-                        observed,
-                        usize::MAX,
-                    );
+                    let lines = wrong_cells(&step.expected, observed, usize::MAX);
                     s.set_description(lines.join("\n"));
                 }
                 s

@@ -121,9 +121,8 @@ pub fn report(result: &RunResult) -> RunJson {
             steps: scenario
                 .steps
                 .iter()
-                .enumerate()
-                .map(|(index, step)| {
-                    let analysis = &scenario.scenario.steps[index].analysis;
+                .map(|step| {
+                    let analysis = &step.expected;
                     let oracle = analysis.oracle();
                     let mut counts = CountsJson::default();
                     let cells = analysis

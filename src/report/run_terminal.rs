@@ -52,7 +52,7 @@ pub fn step_line(scenario: &Scenario, step: &StepResult) -> String {
 
 fn failing_step(text: &mut String, scenario: &ScenarioResult, index: usize, color: bool) {
     let step = &scenario.steps[index];
-    let spec = &scenario.scenario.steps[index];
+    let spec = &step.expected;
     let _ = writeln!(
         text,
         "\nFAIL {} › {} ({})",
@@ -64,7 +64,7 @@ fn failing_step(text: &mut String, scenario: &ScenarioResult, index: usize, colo
     let Some(observed) = &step.observed else {
         return;
     };
-    let expected = &spec.analysis.table;
+    let expected = &spec.table;
     for (k, pp) in expected.port_protocols().iter().enumerate() {
         let failing = (0..expected.pods().len())
             .any(|f| (0..expected.pods().len()).any(|t| step.verdicts.get(k, f, t).fails()));
@@ -83,7 +83,7 @@ fn failing_step(text: &mut String, scenario: &ScenarioResult, index: usize, colo
         );
     }
     let _ = writeln!(text, "  {}\n  {}", matrix_table::LEGEND, probe::LEGEND);
-    for line in wrong_cells(&spec.analysis, observed, LISTED) {
+    for line in wrong_cells(spec, observed, LISTED) {
         let _ = writeln!(text, "  {line}");
     }
 }

@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::analyze::Analysis;
 use crate::backend::{Backend, BackendError};
 use crate::matrix::{Grid, Judgement, ObservedTable};
 use crate::model::ClusterDescription;
@@ -56,6 +57,8 @@ pub struct StepResult {
     /// How long the action itself took (the backend accepting the change).
     pub apply_time: Duration,
     pub rounds: usize,
+    /// What the spec says for this step, at the pods' real addresses: the yardstick of `verdicts`.
+    pub expected: Analysis,
     /// Whether the backend accepted the step's action.
     pub applied: bool,
     /// The last round's observations.
@@ -225,10 +228,10 @@ async fn run_step<B: Backend>(
     options: &RunOptions,
 ) -> StepResult {
     let step = &scenario.steps[index];
-    let expected = &step.analysis.table;
-    let pods = expected.pods().to_vec();
-    let pps = expected.port_protocols().to_vec();
+    let pods = step.analysis.table.pods().to_vec();
+    let pps = step.analysis.table.port_protocols().to_vec();
     let mut result = StepResult {
+        expected: step.analysis.clone(),
         name: step.name.clone(),
         origin: step.origin.clone(),
         elapsed: Duration::ZERO,
@@ -249,12 +252,16 @@ async fn run_step<B: Backend>(
     let changed = Instant::now();
     result.applied = true;
     result.apply_time = changed - started;
+    // Judge against the pods' real addresses (a Kubernetes cluster assigns its own).
+    result.expected = super::at_real_addresses(&*backend, &step.analysis);
+    let analysis = result.expected.clone();
+    let expected = &analysis.table;
     loop {
         let round_start = changed.elapsed();
         let round_began = Instant::now();
         let observed = match probe_matrix(
             &*backend,
-            &step.analysis.cluster,
+            &analysis.cluster,
             expected.port_protocols(),
             options.probe_timeout,
             options.parallelism,

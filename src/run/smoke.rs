@@ -32,8 +32,8 @@ pub fn classify(result: &RunResult) -> SmokeVerdict {
     }
     let mut blocked_as_spec = 0;
     for scenario in &result.scenarios {
-        for (index, step) in scenario.steps.iter().enumerate() {
-            let expected = &scenario.scenario.steps[index].analysis.table;
+        for step in &scenario.steps {
+            let expected = &step.expected.table;
             for (k, cell, verdict) in step.verdicts.cells() {
                 let spec_blocks = !expected.get(k, cell.from, cell.to).allowed();
                 if spec_blocks

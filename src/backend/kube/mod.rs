@@ -1,5 +1,9 @@
-//! The Kubernetes backend's pieces that need no cluster: the manifests polygraph creates, and the
-//! dry run that prints them.
+//! The Kubernetes backend: the manifests polygraph creates, the dry run that prints them, the
+//! backend itself (kube-rs), and CNI recognition.
 
+mod cluster;
+pub mod cni;
 pub mod dry_run;
 pub mod manifests;
+
+pub use cluster::{Connection, KubeBackend, KubeGcReport, gc};

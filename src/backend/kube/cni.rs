@@ -1,0 +1,71 @@
+//! Recognising the CNI from the DaemonSets a cluster runs.
+
+/// (name fragment, CNI) in the order they are checked.
+const KNOWN: [(&str, &str); 13] = [
+    ("canal", "Canal"),
+    ("calico-node", "Calico"),
+    ("cilium", "Cilium"),
+    ("flannel", "Flannel"),
+    ("antrea-agent", "Antrea"),
+    ("weave-net", "Weave Net"),
+    ("kindnet", "kindnet"),
+    ("kube-router", "kube-router"),
+    ("ovnkube-node", "OVN-Kubernetes"),
+    ("kube-ovn-cni", "Kube-OVN"),
+    ("aws-node", "AWS VPC CNI"),
+    ("azure-npm", "Azure NPM"),
+    ("azure-cns", "Azure CNI"),
+];
+
+/// The CNI(s) a set of DaemonSet names points to, e.g. `Calico`, `Flannel`, or `Canal` for
+/// Flannel with Calico's policy engine. `None` when nothing is recognised.
+pub fn recognise<S: AsRef<str>>(daemonsets: &[S]) -> Option<String> {
+    let mut found: Vec<&str> = Vec::new();
+    for ds in daemonsets {
+        let name = ds.as_ref();
+        if let Some((_, cni)) = KNOWN.iter().find(|(fragment, _)| name.contains(fragment))
+            && !found.contains(cni)
+        {
+            found.push(cni);
+        }
+    }
+    // Flannel beside Calico is Canal: Flannel for networking, Calico for policy.
+    if found.contains(&"Flannel") && found.contains(&"Calico") {
+        found.retain(|c| *c != "Flannel" && *c != "Calico");
+        found.insert(0, "Canal");
+    }
+    found.dedup();
+    (!found.is_empty()).then(|| found.join(" + "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::recognise;
+
+    #[test]
+    fn common_clusters() {
+        assert_eq!(
+            recognise(&["kube-proxy", "kindnet"]).as_deref(),
+            Some("kindnet")
+        );
+        assert_eq!(
+            recognise(&["calico-node", "kube-proxy"]).as_deref(),
+            Some("Calico")
+        );
+        assert_eq!(recognise(&["kube-flannel-ds"]).as_deref(), Some("Flannel"));
+        assert_eq!(
+            recognise(&["kube-flannel-ds", "calico-node"]).as_deref(),
+            Some("Canal")
+        );
+        assert_eq!(recognise(&["canal"]).as_deref(), Some("Canal"));
+        assert_eq!(
+            recognise(&["cilium", "cilium-envoy"]).as_deref(),
+            Some("Cilium")
+        );
+        assert_eq!(
+            recognise(&["aws-node", "kube-proxy"]).as_deref(),
+            Some("AWS VPC CNI")
+        );
+        assert_eq!(recognise(&["kube-proxy"]), None);
+    }
+}
