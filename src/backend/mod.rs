@@ -73,3 +73,69 @@ pub trait Backend {
     /// Removes everything the backend created. Idempotent.
     async fn cleanup(&mut self) -> Result<(), BackendError>;
 }
+
+/// Either backend, chosen at run time (`Backend` has async methods, so it is not object-safe).
+pub enum AnyBackend {
+    Local(local::LocalBackend),
+    Kube(kube::KubeBackend),
+}
+
+macro_rules! delegate {
+    ($self:ident, $b:ident => $call:expr) => {
+        match $self {
+            AnyBackend::Local($b) => $call,
+            AnyBackend::Kube($b) => $call,
+        }
+    };
+}
+
+impl Backend for AnyBackend {
+    fn describe(&self) -> String {
+        delegate!(self, b => b.describe())
+    }
+    fn address(&self, pod: &PodRef) -> Option<std::net::IpAddr> {
+        delegate!(self, b => b.address(pod))
+    }
+    async fn create_namespace(&mut self, namespace: &Namespace) -> Result<(), BackendError> {
+        delegate!(self, b => b.create_namespace(namespace).await)
+    }
+    async fn delete_namespace(&mut self, name: &str) -> Result<(), BackendError> {
+        delegate!(self, b => b.delete_namespace(name).await)
+    }
+    async fn set_namespace_labels(
+        &mut self,
+        name: &str,
+        labels: &Labels,
+    ) -> Result<(), BackendError> {
+        delegate!(self, b => b.set_namespace_labels(name, labels).await)
+    }
+    async fn create_pod(&mut self, pod: &Pod) -> Result<(), BackendError> {
+        delegate!(self, b => b.create_pod(pod).await)
+    }
+    async fn delete_pod(&mut self, pod: &PodRef) -> Result<(), BackendError> {
+        delegate!(self, b => b.delete_pod(pod).await)
+    }
+    async fn set_pod_labels(&mut self, pod: &PodRef, labels: &Labels) -> Result<(), BackendError> {
+        delegate!(self, b => b.set_pod_labels(pod, labels).await)
+    }
+    async fn apply_policy(&mut self, policy: &Policy) -> Result<(), BackendError> {
+        delegate!(self, b => b.apply_policy(policy).await)
+    }
+    async fn delete_policy(&mut self, namespace: &str, name: &str) -> Result<(), BackendError> {
+        delegate!(self, b => b.delete_policy(namespace, name).await)
+    }
+    async fn wait_ready(&mut self, timeout: Duration) -> Result<(), BackendError> {
+        delegate!(self, b => b.wait_ready(timeout).await)
+    }
+    async fn probe(
+        &self,
+        from: &PodRef,
+        targets: &[Target],
+        timeout: Duration,
+    ) -> Result<Vec<ProbeResult>, BackendError> {
+        delegate!(self, b => b.probe(from, targets, timeout).await)
+    }
+    async fn cleanup(&mut self) -> Result<(), BackendError> {
+        delegate!(self, b => b.cleanup().await)
+    }
+}

@@ -1,11 +1,69 @@
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
 
 use super::CliError;
-use polygraph::backend::local::gc;
+use polygraph::backend::kube::{Connection, gc as kube_gc};
+use polygraph::backend::local::gc as local_gc;
 
-/// Removes what killed local runs left: their network namespaces and the agents inside.
-pub fn run() -> Result<ExitCode, CliError> {
-    let report = gc()?;
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum GcBackend {
+    /// Network namespaces and agents left by killed local runs.
+    Local,
+    /// Namespaces labelled app.kubernetes.io/managed-by=polygraph on the cluster.
+    Kube,
+}
+
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    #[arg(long, value_enum, default_value = "local")]
+    backend: GcBackend,
+    /// Kubernetes: only namespaces at least this old (runs in progress are younger).
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    older_than: Duration,
+    #[arg(long, value_name = "FILE")]
+    kubeconfig: Option<PathBuf>,
+    #[arg(long)]
+    context: Option<String>,
+}
+
+/// Removes what killed runs left behind.
+pub fn run(args: GcArgs) -> Result<ExitCode, CliError> {
+    match args.backend {
+        GcBackend::Local => local(),
+        GcBackend::Kube => {
+            let connection = Connection {
+                kubeconfig: args.kubeconfig,
+                context: args.context,
+            };
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            let report = runtime.block_on(async {
+                let client = connection.client().await?;
+                kube_gc(client, args.older_than).await
+            })?;
+            for name in &report.kept {
+                println!(
+                    "kept namespace {name}: younger than {}",
+                    humantime::format_duration(args.older_than)
+                );
+            }
+            for name in &report.removed {
+                println!("deleting namespace {name}");
+            }
+            if report.removed.is_empty() {
+                println!("nothing to clean up");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn local() -> Result<ExitCode, CliError> {
+    let report = local_gc()?;
     for (netns, pid) in &report.live {
         println!("kept {netns}: its run is still going (polygraph PID {pid})");
     }

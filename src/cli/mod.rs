@@ -1,9 +1,9 @@
 //! The command line: parse, call the library, print. No logic of its own.
 
 mod analyze;
+mod backend_args;
 mod bench;
 mod gc;
-mod kube_args;
 mod model_args;
 mod probe;
 pub mod run;
@@ -46,8 +46,8 @@ enum Command {
     /// The built-in scenario library.
     #[command(subcommand)]
     Scenarios(scenarios::ScenariosCommand),
-    /// Remove what killed runs left behind (local network namespaces and their agents).
-    Gc,
+    /// Remove what killed runs left behind (local network namespaces and agents, or namespaces on a cluster).
+    Gc(gc::GcArgs),
     /// Measure polygraph's own speed.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -113,7 +113,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Run(args) => run::run(args),
         Command::Scenarios(command) => scenarios::run(command),
         Command::Smoke(args) => smoke::run(args),
-        Command::Gc => gc::run(),
+        Command::Gc(args) => gc::run(args),
         Command::Bench(command) => bench::run(command),
         Command::Agent { args } => Ok(polygraph_agent::cli::run(
             std::iter::once(std::ffi::OsString::from("polygraph agent")).chain(args),

@@ -4,31 +4,18 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 
-use super::kube_args::KubeArgs;
+use super::backend_args::BackendArgs;
 use super::model_args::ModelArgs;
 use super::{CliError, EXIT_WRONG, OutputFormat, use_color};
 use polygraph::backend::Backend;
 use polygraph::backend::kube::dry_run;
-use polygraph::backend::local::{AgentCommand, Dataplane, LocalBackend, LocalOptions};
 use polygraph::report::probe;
 use polygraph::run::{apply_policies, deploy, probe_matrix};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum BackendKind {
-    /// The embedded cluster of network namespaces (needs root).
-    Local,
-}
 
 #[derive(Debug, Args)]
 pub struct ProbeArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// Where the pods run.
-    #[arg(long, value_enum, default_value = "local")]
-    backend: BackendKind,
-    /// Local backend: `nftables` enforces policies; `none` forwards everything, like Flannel.
-    #[arg(long, default_value = "nftables")]
-    dataplane: Dataplane,
     /// How long a probe waits for an answer before it counts as dropped.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     timeout: Duration,
@@ -39,7 +26,7 @@ pub struct ProbeArgs {
     #[arg(short = 'o', long, value_enum, default_value = "table")]
     output: OutputFormat,
     #[command(flatten)]
-    kube: KubeArgs,
+    target: BackendArgs,
 }
 
 pub fn run(args: ProbeArgs) -> Result<ExitCode, CliError> {
@@ -48,22 +35,17 @@ pub fn run(args: ProbeArgs) -> Result<ExitCode, CliError> {
     }
     let cluster = args.model.cluster()?;
     let analysis = args.model.analysis(cluster)?;
-    if args.kube.dry_run {
-        let text = dry_run::probe(&analysis, &args.kube.options()?, &args.kube.names()?)
+    if args.target.dry_run {
+        let text = dry_run::probe(&analysis, &args.target.options()?, &args.target.names()?)
             .map_err(CliError::Usage)?;
         print!("{text}");
         return Ok(ExitCode::SUCCESS);
     }
-    let options = LocalOptions {
-        dataplane: args.dataplane,
-        agent: AgentCommand::this_binary()?,
-    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     let (observed, elapsed, backend_name) = runtime.block_on(async {
-        let BackendKind::Local = args.backend;
-        let mut backend = LocalBackend::start(options).await?;
+        let mut backend = args.target.start().await?;
         let backend_name = backend.describe();
         if args.output == OutputFormat::Table {
             println!("backend: {backend_name}");
@@ -82,7 +64,7 @@ pub fn run(args: ProbeArgs) -> Result<ExitCode, CliError> {
             .await?;
             Ok::<_, CliError>((observed, started.elapsed()))
         };
-        // Whatever happens (done, failed, interrupted), the local cluster goes away before we return.
+        // Whatever happens (done, failed, interrupted), the cluster goes away before we return.
         let outcome = tokio::select! {
             result = work => result,
             signal = super::shutdown_signal() => Err(CliError::Interrupted(signal)),

@@ -7,27 +7,18 @@ use std::time::Duration;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::kube_args::KubeArgs;
+use super::backend_args::BackendArgs;
 use super::{CliError, EXIT_WRONG, use_color};
 use polygraph::backend::Backend;
 use polygraph::backend::kube::dry_run;
-use polygraph::backend::local::{AgentCommand, Dataplane, LocalBackend, LocalOptions};
 use polygraph::report::{junit, run_json, run_terminal};
 use polygraph::run::scenarios::{Event, RunOptions, RunResult, run_scenarios};
 use polygraph::scenario::{self, Scenario, library};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum BackendKind {
-    /// The embedded cluster of network namespaces (needs root).
-    Local,
-}
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Scenario files or built-in scenario names (default: the whole built-in library).
     scenarios: Vec<String>,
-    #[arg(long, value_enum, default_value = "local")]
-    backend: BackendKind,
     /// Only scenarios with one of these tags.
     #[arg(long, value_delimiter = ',')]
     tags: Vec<String>,
@@ -53,9 +44,6 @@ pub struct RunArgs {
     /// Cells that match only after this long are reported late.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     allowed_latency: Duration,
-    /// Local backend: `nftables` enforces policies; `none` forwards everything, like Flannel.
-    #[arg(long, default_value = "nftables")]
-    dataplane: Dataplane,
     /// How many source pods probe at once.
     #[arg(long, default_value_t = 64)]
     parallel: usize,
@@ -63,7 +51,7 @@ pub struct RunArgs {
     #[arg(short, long)]
     verbose: bool,
     #[command(flatten)]
-    kube: KubeArgs,
+    target: BackendArgs,
 }
 
 /// Files by path, everything else by built-in name. All are checked before anything is deployed.
@@ -101,8 +89,8 @@ pub fn run(args: RunArgs) -> Result<ExitCode, CliError> {
             "no scenario left to run after --tags/--exclude-tags".into(),
         ));
     }
-    if args.kube.dry_run {
-        let text = dry_run::scenarios(&scenarios, &args.kube.options()?, &args.kube.names()?)
+    if args.target.dry_run {
+        let text = dry_run::scenarios(&scenarios, &args.target.options()?, &args.target.names()?)
             .map_err(CliError::Usage)?;
         print!("{text}");
         return Ok(ExitCode::SUCCESS);
@@ -119,14 +107,8 @@ pub fn run(args: RunArgs) -> Result<ExitCode, CliError> {
         parallelism: args.parallel,
         poll_interval: Duration::from_millis(250),
     };
-    let local = LocalOptions {
-        dataplane: args.dataplane,
-        agent: AgentCommand::this_binary()?,
-    };
-    // Only the local backend exists so far; the Kubernetes one plugs in here.
-    let BackendKind::Local = args.backend;
     let color = use_color();
-    let result = execute(&scenarios, &options, local, args.verbose)?;
+    let result = execute(&scenarios, &options, &args.target, args.verbose)?;
 
     let mut out = std::io::stdout().lock();
     write!(out, "{}", run_terminal::render(&result, color))?;
@@ -155,12 +137,12 @@ pub fn run(args: RunArgs) -> Result<ExitCode, CliError> {
     })
 }
 
-/// Starts the local backend, runs the scenarios with progress on stderr (a bar on a terminal, a
+/// Starts the backend, runs the scenarios with progress on stderr (a bar on a terminal, a
 /// line per step otherwise), and removes the cluster whatever happens, Ctrl-C included.
 pub fn execute(
     scenarios: &[Scenario],
     options: &RunOptions,
-    local: LocalOptions,
+    target: &BackendArgs,
     verbose: bool,
 ) -> Result<RunResult, CliError> {
     let steps: usize = scenarios.iter().map(|s| s.steps.len()).sum();
@@ -168,7 +150,7 @@ pub fn execute(
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let mut backend = LocalBackend::start(local).await?;
+        let mut backend = target.start().await?;
         println!(
             "backend: {} — {} scenarios, {steps} steps",
             backend.describe(),

@@ -3,20 +3,16 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::kube_args::KubeArgs;
+use super::backend_args::BackendArgs;
 use super::run::execute;
 use super::{CliError, EXIT_WRONG};
 use polygraph::backend::kube::dry_run;
-use polygraph::backend::local::{AgentCommand, Dataplane, LocalOptions};
 use polygraph::run::scenarios::{RunOptions, Verdict};
 use polygraph::run::smoke::{SmokeVerdict, classify};
 use polygraph::scenario::library;
 
 #[derive(Debug, Args)]
 pub struct SmokeArgs {
-    /// Local backend: `nftables` enforces policies; `none` forwards everything, like Flannel.
-    #[arg(long, default_value = "nftables")]
-    dataplane: Dataplane,
     /// How long a probe waits before it counts as dropped.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     probe_timeout: Duration,
@@ -24,16 +20,16 @@ pub struct SmokeArgs {
     #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
     step_deadline: Duration,
     #[command(flatten)]
-    kube: KubeArgs,
+    target: BackendArgs,
 }
 
 pub fn run(args: SmokeArgs) -> Result<ExitCode, CliError> {
     let scenario = library::smoke().map_err(CliError::Scenario)?;
-    if args.kube.dry_run {
+    if args.target.dry_run {
         let text = dry_run::scenarios(
             std::slice::from_ref(&scenario),
-            &args.kube.options()?,
-            &args.kube.names()?,
+            &args.target.options()?,
+            &args.target.names()?,
         )
         .map_err(CliError::Usage)?;
         print!("{text}");
@@ -46,11 +42,12 @@ pub fn run(args: SmokeArgs) -> Result<ExitCode, CliError> {
         parallelism: 8,
         poll_interval: Duration::from_millis(250),
     };
-    let local = LocalOptions {
-        dataplane: args.dataplane,
-        agent: AgentCommand::this_binary()?,
-    };
-    let result = execute(std::slice::from_ref(&scenario), &options, local, true)?;
+    let result = execute(
+        std::slice::from_ref(&scenario),
+        &options,
+        &args.target,
+        true,
+    )?;
     let verdict = classify(&result);
     println!();
     for step in result.scenarios.iter().flat_map(|s| s.steps.iter()) {

@@ -1,0 +1,116 @@
+//! Where the pods run, shared by run, probe and smoke: the backend, the local dataplane, the
+//! Kubernetes connection and the objects polygraph creates there.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::CliError;
+use polygraph::backend::AnyBackend;
+use polygraph::backend::kube::manifests::{KubeOptions, RunNames};
+use polygraph::backend::kube::{Connection, KubeBackend};
+use polygraph::backend::local::{AgentCommand, Dataplane, LocalBackend, LocalOptions};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendKind {
+    /// kube when a kubeconfig (or in-cluster credentials) is found, local otherwise.
+    Auto,
+    /// The embedded cluster of network namespaces (needs root).
+    Local,
+    /// The cluster a kubeconfig reaches.
+    Kube,
+}
+
+#[derive(Debug, Args)]
+pub struct BackendArgs {
+    /// Where the pods run.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub backend: BackendKind,
+    /// Local backend: `nftables` enforces policies; `none` forwards everything, like Flannel.
+    #[arg(long, default_value = "nftables")]
+    pub dataplane: Dataplane,
+    /// Kubernetes: the kubeconfig file (default: $KUBECONFIG, ~/.kube/config, in-cluster).
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubernetes: the kubeconfig context (default: the current one).
+    #[arg(long)]
+    pub context: Option<String>,
+    /// Print every manifest polygraph would create on Kubernetes (as YAML) and exit, contacting no cluster.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Kubernetes: namespaces are named <prefix>-<run id>-<base name>.
+    #[arg(long, default_value = "polygraph")]
+    pub prefix: String,
+    /// Kubernetes: the probe agent image (images/agent/Dockerfile).
+    #[arg(long)]
+    pub image: Option<String>,
+    /// Kubernetes: pull policy for the agent image; IfNotPresent suits kind (kind load docker-image).
+    #[arg(long, default_value = "IfNotPresent", value_parser = ["Always", "IfNotPresent", "Never"])]
+    pub image_pull_policy: String,
+    /// Kubernetes: schedule probe pods on nodes with these labels, e.g. kubernetes.io/os=linux.
+    #[arg(long, value_delimiter = ',', value_name = "KEY=VALUE")]
+    pub node_selector: Vec<String>,
+}
+
+impl BackendArgs {
+    pub fn options(&self) -> Result<KubeOptions, CliError> {
+        let mut options = KubeOptions {
+            prefix: self.prefix.clone(),
+            pull_policy: self.image_pull_policy.clone(),
+            ..KubeOptions::default()
+        };
+        if let Some(image) = &self.image {
+            options.image = image.clone();
+        }
+        let mut selector = BTreeMap::new();
+        for pair in &self.node_selector {
+            let (key, value) = pair.split_once('=').ok_or_else(|| {
+                CliError::Usage(format!("--node-selector {pair:?}: expected KEY=VALUE"))
+            })?;
+            selector.insert(key.to_string(), value.to_string());
+        }
+        options.node_selector = selector;
+        Ok(options)
+    }
+
+    /// Names for a new run: a fresh six-hex-digit id under the prefix.
+    pub fn names(&self) -> Result<RunNames, CliError> {
+        let run_id = format!("{:06x}", fastrand::u32(..0x0100_0000));
+        RunNames::new(&self.prefix, &run_id).map_err(CliError::Usage)
+    }
+
+    pub fn connection(&self) -> Connection {
+        Connection {
+            kubeconfig: self.kubeconfig.clone(),
+            context: self.context.clone(),
+        }
+    }
+
+    /// Local unless asked for kube, or a cluster is configured and nothing was asked.
+    pub fn kind(&self) -> BackendKind {
+        match self.backend {
+            BackendKind::Auto if self.connection().configured() => BackendKind::Kube,
+            BackendKind::Auto => BackendKind::Local,
+            other => other,
+        }
+    }
+
+    pub async fn start(&self) -> Result<AnyBackend, CliError> {
+        Ok(match self.kind() {
+            BackendKind::Kube => {
+                let backend =
+                    KubeBackend::connect(&self.connection(), self.options()?, self.names()?)
+                        .await?;
+                AnyBackend::Kube(backend)
+            }
+            _ => AnyBackend::Local(
+                LocalBackend::start(LocalOptions {
+                    dataplane: self.dataplane,
+                    agent: AgentCommand::this_binary()?,
+                })
+                .await?,
+            ),
+        })
+    }
+}
