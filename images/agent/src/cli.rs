@@ -1,7 +1,7 @@
 //! The agent's command line, shared by the `polygraph-agent` binary and `polygraph agent`.
 
 use std::ffi::OsString;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -146,15 +146,20 @@ async fn serve(
 }
 
 async fn probe(timeout: Option<Duration>) -> ExitCode {
-    let mut input = String::new();
-    if let Err(e) = std::io::stdin().read_to_string(&mut input) {
-        eprintln!("polygraph-agent: reading the probe request: {e}");
-        return ExitCode::from(2);
-    }
-    let mut request: ProbeRequest = match serde_json::from_str(&input) {
-        Ok(r) => r,
-        Err(e) => {
+    // The first JSON value on stdin, without waiting for EOF: over `kubectl exec` with the v4
+    // protocol (clusters before 1.30) stdin cannot be closed.
+    let stdin = std::io::stdin().lock();
+    let first = serde_json::Deserializer::from_reader(stdin)
+        .into_iter::<ProbeRequest>()
+        .next();
+    let mut request: ProbeRequest = match first {
+        Some(Ok(r)) => r,
+        Some(Err(e)) => {
             eprintln!("polygraph-agent: bad probe request: {e}");
+            return ExitCode::from(2);
+        }
+        None => {
+            eprintln!("polygraph-agent: no probe request on stdin");
             return ExitCode::from(2);
         }
     };

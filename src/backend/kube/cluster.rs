@@ -564,7 +564,7 @@ impl Backend for KubeBackend {
                 .ok_or_else(|| fail("exec has no stderr".into()))?;
             let status = attached.take_status();
             stdin
-                .write_all(request.as_bytes())
+                .write_all(format!("{request}\n").as_bytes())
                 .await
                 .map_err(|e| fail(format!("writing the request: {e}")))?;
             stdin
