@@ -166,6 +166,13 @@ impl KubeBackend {
         backend
     }
 
+    /// How much longer than the probe timeout one exec may take (default 15 s: process start-up and
+    /// the API server's round trips).
+    pub fn with_exec_slack(mut self, slack: Duration) -> Self {
+        self.exec_slack = slack;
+        self
+    }
+
     pub fn cni(&self) -> Option<&str> {
         self.cni.as_deref()
     }
@@ -567,11 +574,9 @@ impl Backend for KubeBackend {
                 .write_all(format!("{request}\n").as_bytes())
                 .await
                 .map_err(|e| fail(format!("writing the request: {e}")))?;
-            stdin
-                .shutdown()
-                .await
-                .map_err(|e| fail(format!("closing stdin: {e}")))?;
-            drop(stdin);
+            // stdin stays open until the exec is over: the agent reads one JSON request and needs
+            // no EOF, and closing stdin over the v4 protocol would close the whole connection.
+            let _stdin_open = stdin;
             // Both streams are drained together: a full stderr pipe must not stall stdout.
             let (mut out, mut err) = (String::new(), String::new());
             let (o, e) = tokio::join!(
