@@ -38,6 +38,40 @@ pub enum BackendError {
     Io(#[from] std::io::Error),
 }
 
+/// The agent's probe request for a batch, as one JSON line (the agent needs no stdin EOF).
+pub fn probe_request(targets: &[Target], timeout: Duration) -> String {
+    let request = polygraph_agent::wire::ProbeRequest {
+        timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+        targets: targets.to_vec(),
+    };
+    // Plain data of strings and numbers: serialization cannot fail.
+    serde_json::to_string(&request).unwrap_or_default()
+}
+
+/// The agent's output (one JSON result per line, in request order), checked for completeness.
+pub fn parse_probe_output(
+    from: &PodRef,
+    output: &str,
+    expected: usize,
+) -> Result<Vec<ProbeResult>, BackendError> {
+    let fail = |message: String| BackendError::Probe {
+        pod: from.clone(),
+        message,
+    };
+    let results: Vec<ProbeResult> = output
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()
+        .map_err(|e| fail(format!("unreadable agent output: {e}")))?;
+    if results.len() != expected {
+        return Err(fail(format!(
+            "{} results for {expected} targets",
+            results.len()
+        )));
+    }
+    Ok(results)
+}
+
 /// What the runner needs from a cluster. Mutations mirror the scenario step actions; `probe` runs
 /// one batch from one pod (one agent process, all targets concurrently).
 // Backends are driven from a single task, so their futures need not be `Send`.

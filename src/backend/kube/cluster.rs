@@ -17,7 +17,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{AttachParams, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
-use polygraph_agent::wire::{ProbeRequest, ProbeResult, Target};
+use polygraph_agent::wire::{ProbeResult, Target};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::cni;
@@ -543,11 +543,7 @@ impl Backend for KubeBackend {
             pod: from.clone(),
             message,
         };
-        let request = serde_json::to_string(&ProbeRequest {
-            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
-            targets: targets.to_vec(),
-        })
-        .map_err(|e| fail(e.to_string()))?;
+        let request = crate::backend::probe_request(targets, timeout);
         let api = self.pods_api(&from.namespace);
         let params = AttachParams::default()
             .container("agent")
@@ -611,19 +607,7 @@ impl Backend for KubeBackend {
                 humantime::format_duration(limit)
             ))
         })??;
-        let results: Vec<ProbeResult> = out
-            .lines()
-            .map(serde_json::from_str)
-            .collect::<Result<_, _>>()
-            .map_err(|e| fail(format!("unreadable agent output: {e}")))?;
-        if results.len() != targets.len() {
-            return Err(fail(format!(
-                "{} results for {} targets",
-                results.len(),
-                targets.len()
-            )));
-        }
-        Ok(results)
+        crate::backend::parse_probe_output(from, &out, targets.len())
     }
 
     async fn cleanup(&mut self) -> Result<(), BackendError> {

@@ -18,7 +18,7 @@ use std::process::Stdio;
 use std::str::FromStr;
 use std::time::Duration;
 
-use polygraph_agent::wire::{ProbeRequest, ProbeResult, Ready, Target};
+use polygraph_agent::wire::{ProbeResult, Ready, Target};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
@@ -561,14 +561,7 @@ impl Backend for LocalBackend {
             pod: from.clone(),
             message: "no such pod".into(),
         })?;
-        let request = ProbeRequest {
-            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
-            targets: targets.to_vec(),
-        };
-        let request = serde_json::to_string(&request).map_err(|e| BackendError::Probe {
-            pod: from.clone(),
-            message: e.to_string(),
-        })?;
+        let request = super::probe_request(targets, timeout);
         let program = self.options.agent.program.to_string_lossy().into_owned();
         let mut args: Vec<&str> = self.options.agent.args.iter().map(String::as_str).collect();
         args.push("probe");
@@ -586,21 +579,7 @@ impl Backend for LocalBackend {
                 humantime::format_duration(limit)
             ),
         })??;
-        let results: Vec<ProbeResult> = output
-            .lines()
-            .map(serde_json::from_str)
-            .collect::<Result<_, _>>()
-            .map_err(|e| BackendError::Probe {
-                pod: from.clone(),
-                message: format!("unreadable agent output: {e}"),
-            })?;
-        if results.len() != targets.len() {
-            return Err(BackendError::Probe {
-                pod: from.clone(),
-                message: format!("{} results for {} targets", results.len(), targets.len()),
-            });
-        }
-        Ok(results)
+        super::parse_probe_output(from, &output, targets.len())
     }
 
     async fn cleanup(&mut self) -> Result<(), BackendError> {
