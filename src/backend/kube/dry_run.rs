@@ -18,6 +18,16 @@ struct Documents {
 }
 
 impl Documents {
+    /// Starts the output with the line that says what it is.
+    fn new(names: &RunNames) -> Self {
+        let mut docs = Documents::default();
+        docs.comment(&format!(
+            "polygraph dry run {}: every object polygraph would create, in order; nothing was contacted",
+            names.run_id
+        ));
+        docs
+    }
+
     fn comment(&mut self, line: &str) {
         let _ = writeln!(self.text, "# {line}");
     }
@@ -74,11 +84,7 @@ pub fn scenarios(
     options: &KubeOptions,
     names: &RunNames,
 ) -> Result<String, String> {
-    let mut docs = Documents::default();
-    docs.comment(&format!(
-        "polygraph dry run {}: every object polygraph would create, in order; nothing was contacted",
-        names.run_id
-    ));
+    let mut docs = Documents::new(names);
     for scenario in scenarios {
         docs.comment(&format!("scenario {} ({})", scenario.name, scenario.source));
         docs.cluster(names, options, scenario.initial.cluster())?;
@@ -135,11 +141,7 @@ pub fn probe(
     options: &KubeOptions,
     names: &RunNames,
 ) -> Result<String, String> {
-    let mut docs = Documents::default();
-    docs.comment(&format!(
-        "polygraph dry run {}: every object polygraph would create, in order; nothing was contacted",
-        names.run_id
-    ));
+    let mut docs = Documents::new(names);
     docs.cluster(names, options, &analysis.cluster)?;
     docs.policies(names, &analysis.cluster, &analysis.policies)?;
     Ok(docs.text)
