@@ -139,33 +139,8 @@ impl Cluster {
     /// The cluster as a description again, every pod with its IP: to rebuild it with changes.
     pub fn description(&self) -> super::ClusterDescription {
         super::ClusterDescription {
-            namespaces: self
-                .namespaces
-                .iter()
-                .map(|ns| super::NamespaceDescription {
-                    name: ns.name.clone(),
-                    labels: ns.labels.clone(),
-                })
-                .collect(),
-            pods: self
-                .pods
-                .iter()
-                .map(|p| super::PodDescription {
-                    namespace: p.namespace.clone(),
-                    name: p.name.clone(),
-                    labels: p.labels.clone(),
-                    ip: Some(p.ip.to_string()),
-                    ports: p
-                        .ports
-                        .iter()
-                        .map(|c| super::PortDescription {
-                            name: c.name.clone(),
-                            port: i64::from(c.port),
-                            protocol: Some(c.protocol.as_str().to_string()),
-                        })
-                        .collect(),
-                })
-                .collect(),
+            namespaces: self.namespaces.iter().map(Into::into).collect(),
+            pods: self.pods.iter().map(Into::into).collect(),
         }
     }
 

@@ -49,6 +49,36 @@ pub struct PortDescription {
     pub protocol: Option<String>,
 }
 
+/// A pod as a description again, IP pinned: to rebuild a cluster with changes.
+impl From<&Pod> for PodDescription {
+    fn from(pod: &Pod) -> Self {
+        PodDescription {
+            namespace: pod.namespace.clone(),
+            name: pod.name.clone(),
+            labels: pod.labels.clone(),
+            ip: Some(pod.ip.to_string()),
+            ports: pod
+                .ports
+                .iter()
+                .map(|c| PortDescription {
+                    name: c.name.clone(),
+                    port: i64::from(c.port),
+                    protocol: Some(c.protocol.as_str().to_string()),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<&Namespace> for NamespaceDescription {
+    fn from(namespace: &Namespace) -> Self {
+        NamespaceDescription {
+            name: namespace.name.clone(),
+            labels: namespace.labels.clone(),
+        }
+    }
+}
+
 /// Pods without an `ip` get one from here, in order, skipping addresses already taken.
 /// It is the pod CIDR of the embedded local cluster too.
 const POD_CIDR_BASE: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 1);

@@ -158,21 +158,7 @@ impl World {
                 p.labels = labels.clone();
             }
             Action::CreatePod(pod) => {
-                self.description.pods.push(PodDescription {
-                    namespace: pod.namespace.clone(),
-                    name: pod.name.clone(),
-                    labels: pod.labels.clone(),
-                    ip: Some(pod.ip.to_string()),
-                    ports: pod
-                        .ports
-                        .iter()
-                        .map(|c| crate::model::PortDescription {
-                            name: c.name.clone(),
-                            port: i64::from(c.port),
-                            protocol: Some(c.protocol.as_str().to_string()),
-                        })
-                        .collect(),
-                });
+                self.description.pods.push(PodDescription::from(pod));
             }
             Action::DeletePod(pod) => {
                 let before = self.description.pods.len();

@@ -29,7 +29,7 @@ use host::Names;
 use super::{Backend, BackendError};
 use crate::model::{
     Cluster, ClusterDescription, Labels, NAMESPACE_NAME_LABEL, Namespace, NamespaceDescription,
-    Pod, PodDescription, PodId, PodRef, PortDescription,
+    Pod, PodDescription, PodId, PodRef,
 };
 use crate::policy::Policy;
 
@@ -206,22 +206,7 @@ impl LocalBackend {
             pods: self
                 .pods
                 .values()
-                .map(|p| PodDescription {
-                    namespace: p.pod.namespace.clone(),
-                    name: p.pod.name.clone(),
-                    labels: p.pod.labels.clone(),
-                    ip: Some(p.pod.ip.to_string()),
-                    ports: p
-                        .pod
-                        .ports
-                        .iter()
-                        .map(|c| PortDescription {
-                            name: c.name.clone(),
-                            port: i64::from(c.port),
-                            protocol: Some(c.protocol.as_str().to_string()),
-                        })
-                        .collect(),
-                })
+                .map(|p| PodDescription::from(&p.pod))
                 .collect(),
         };
         let cluster = description
