@@ -103,13 +103,14 @@ impl ObservedTable {
         }
     }
 
-    /// Every cell with its coordinates, judgement and observation.
+    /// Every cell with its (port, protocol) index, coordinates, judgement and observation.
     pub fn judged<'a>(
         &'a self,
         expected: &'a TruthTable,
-    ) -> impl Iterator<Item = (Cell, Judgement, Option<&'a Observation>)> + 'a {
+    ) -> impl Iterator<Item = (usize, Cell, Judgement, Option<&'a Observation>)> + 'a {
         self.grid.cells().map(move |(k, cell, observation)| {
             (
+                k,
                 cell,
                 self.judge(expected, k, cell.from, cell.to),
                 observation.as_ref(),

@@ -40,7 +40,7 @@ impl ProbeSummary {
 pub fn summarize(analysis: &Analysis, observed: &ObservedTable) -> ProbeSummary {
     let mut s = ProbeSummary::default();
     let mut unsupported: BTreeMap<String, usize> = BTreeMap::new();
-    for (cell, judgement, _) in observed.judged(&analysis.table) {
+    for (_, cell, judgement, _) in observed.judged(&analysis.table) {
         s.cells += 1;
         match judgement {
             Judgement::Match => s.matching += 1,
@@ -101,12 +101,12 @@ pub fn wrong_cells(analysis: &Analysis, observed: &ObservedTable, max: usize) ->
     let pods = observed.pods();
     let failing: Vec<_> = observed
         .judged(&analysis.table)
-        .filter(|(_, j, _)| j.fails())
+        .filter(|(_, _, j, _)| j.fails())
         .collect();
     let mut lines: Vec<String> = failing
         .iter()
         .take(max)
-        .map(|(cell, judgement, observation)| {
+        .map(|(_, cell, judgement, observation)| {
             let (from, to) = (&pods[cell.from], &pods[cell.to]);
             let seen = observation.map_or("nothing".to_string(), |o| match &o.detail {
                 Some(d) => format!("{} ({d})", o.outcome),
@@ -247,7 +247,7 @@ pub fn report(analysis: &Analysis, observed: &ObservedTable, backend: String) ->
     let cells = cells
         .into_iter()
         .zip(observed.judged(&analysis.table))
-        .map(|(spec, (_, judgement, observation))| ProbeCellJson {
+        .map(|(spec, (_, _, judgement, observation))| ProbeCellJson {
             spec,
             observed: observation.map(|o| o.outcome),
             matches: judgement == Judgement::Match,

@@ -166,18 +166,13 @@ pub async fn reconcile<B: Backend>(
             }
             continue;
         };
-        let target = new.pod(id);
-        if (target.ip, &target.ports) != (pod.ip, &pod.ports) {
+        if !same_pod(new.pod(id), pod) {
             backend.delete_pod(&pod.key()).await?;
         }
     }
     for pod in new.pods() {
         match old.find_pod(&pod.key()).map(|id| old.pod(id)) {
-            Some(before)
-                if old.namespace(&pod.namespace).is_some()
-                    && new.namespace(&pod.namespace).is_some()
-                    && (before.ip, &before.ports) == (pod.ip, &pod.ports) =>
-            {
+            Some(before) if same_pod(before, pod) => {
                 if before.labels != pod.labels {
                     backend.set_pod_labels(&pod.key(), &pod.labels).await?;
                 }
@@ -189,6 +184,12 @@ pub async fn reconcile<B: Backend>(
         backend.apply_policy(policy).await?;
     }
     backend.wait_ready(READY_TIMEOUT).await
+}
+
+/// Whether a pod can stay as it is (relabelled at most) or must be recreated: its address and ports
+/// are fixed at creation.
+fn same_pod(a: &crate::model::Pod, b: &crate::model::Pod) -> bool {
+    (a.ip, &a.ports) == (b.ip, &b.ports)
 }
 
 pub fn empty_world() -> World {
@@ -276,8 +277,7 @@ async fn run_step<B: Backend>(
         };
         result.rounds += 1;
         let mut settled = true;
-        for (cell, judgement, observation) in observed.judged(expected) {
-            let k = pps_index(expected.port_protocols(), cell.port_protocol);
+        for (k, cell, judgement, observation) in observed.judged(expected) {
             match judgement {
                 // First match: the moment this round's probe of the cell started.
                 Judgement::Match if result.converged_ms.get(k, cell.from, cell.to).is_none() => {
@@ -304,10 +304,9 @@ async fn run_step<B: Backend>(
         let allowed_ms = options.allowed_latency.as_secs_f64() * 1e3;
         let cells: Vec<_> = observed
             .judged(expected)
-            .map(|(cell, j, _)| (cell, j))
+            .map(|(k, cell, j, _)| (k, cell, j))
             .collect();
-        for (cell, judgement) in cells {
-            let k = pps_index(expected.port_protocols(), cell.port_protocol);
+        for (k, cell, judgement) in cells {
             let verdict = match judgement {
                 Judgement::Match => match result.converged_ms.get(k, cell.from, cell.to) {
                     Some(ms) if *ms > allowed_ms => Verdict::Late,
@@ -323,10 +322,6 @@ async fn run_step<B: Backend>(
         }
     }
     result
-}
-
-fn pps_index(pps: &[crate::model::PortProtocol], pp: crate::model::PortProtocol) -> usize {
-    pps.iter().position(|p| *p == pp).unwrap_or_default()
 }
 
 /// Runs scenarios in order; those sharing a cluster model run on one deployment, reset in between.
