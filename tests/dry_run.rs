@@ -87,8 +87,14 @@ fn probe_and_smoke_dry_runs_are_valid_kubernetes() {
         "registry.example/agent:test",
         "--node-selector",
         "kubernetes.io/os=linux",
+        "--toleration",
+        "node-role.kubernetes.io/control-plane:NoSchedule",
+        "--toleration",
+        "dedicated=probes",
     ]);
     assert!(probe.contains("image: registry.example/agent:test"));
+    assert!(probe.contains("key: node-role.kubernetes.io/control-plane"));
+    assert!(probe.contains("operator: Equal"));
     assert!(probe.contains("kubernetes.io/os: linux"));
     validate("probe", &probe);
     let smoke = dry_run(&["smoke", "--dry-run", "--prefix", "ci"]);
@@ -102,4 +108,11 @@ fn bad_flags_are_usage_errors() {
     assert_eq!(output.status.code(), Some(2));
     let output = common::polygraph(&["smoke", "--dry-run", "--node-selector", "novalue"], "");
     assert_eq!(output.status.code(), Some(2));
+    let output = common::polygraph(&["smoke", "--dry-run", "--toleration", "gpu:Sometimes"], "");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--toleration") && stderr.lines().count() == 1,
+        "{stderr}"
+    );
 }

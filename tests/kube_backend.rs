@@ -14,6 +14,7 @@ use kube::Client;
 use polygraph::backend::Backend;
 use polygraph::backend::kube::KubeBackend;
 use polygraph::backend::kube::manifests::{KubeOptions, RunNames};
+use polygraph::backend::kube::placement::parse_toleration;
 use polygraph::model::default_model;
 use polygraph::policy::parse_policies;
 use serde_json::{Value, json};
@@ -32,6 +33,8 @@ struct State {
     broken: BTreeMap<String, String>,
     /// Namespace creations to refuse with 403.
     forbid_namespace: Option<String>,
+    /// What `GET /api/v1/nodes` lists.
+    nodes: Vec<Value>,
 }
 
 fn json_response(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
@@ -79,6 +82,7 @@ fn handle(
                 json!({"metadata": {"name": "kube-proxy", "namespace": "kube-system"}}),
             ],
         ),
+        ("GET", ["api", "v1", "nodes"]) => list("NodeList", s.nodes.clone()),
         ("POST", ["api", "v1", "namespaces"]) => {
             let name = body["metadata"]["name"]
                 .as_str()
@@ -112,6 +116,10 @@ fn handle(
                 .unwrap_or_default()
                 .to_string();
             let mut pod = body.clone();
+            // The scheduler's part: honour a hostname affinity, else pick "solo".
+            let pinned = &body["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+                ["nodeSelectorTerms"][0]["matchExpressions"][0]["values"][0];
+            pod["spec"]["nodeName"] = json!(pinned.as_str().unwrap_or("solo"));
             let index = s.pods.len() + 10;
             pod["status"] = match s.broken.get(&name) {
                 Some(reason) => {
@@ -182,14 +190,127 @@ fn fake_cluster(state: Arc<Mutex<State>>) -> Client {
 }
 
 async fn backend(state: &Arc<Mutex<State>>) -> KubeBackend {
+    backend_with(state, KubeOptions::default()).await
+}
+
+async fn backend_with(state: &Arc<Mutex<State>>, options: KubeOptions) -> KubeBackend {
     let names = RunNames::new("polygraph", "abc123").expect("names");
-    KubeBackend::with_client(
-        fake_cluster(state.clone()),
-        KubeOptions::default(),
-        names,
-        "fake".into(),
-    )
-    .await
+    KubeBackend::with_client(fake_cluster(state.clone()), options, names, "fake".into()).await
+}
+
+fn node(name: &str, taint: Option<&str>, cordoned: bool) -> Value {
+    let taints: Vec<Value> = taint
+        .map(|key| json!({"key": key, "effect": "NoSchedule"}))
+        .into_iter()
+        .collect();
+    json!({"metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
+           "spec": {"taints": taints, "unschedulable": cordoned},
+           "status": {"conditions": [{"type": "Ready", "status": "True"}]}})
+}
+
+/// A kind-like cluster: a tainted control plane, two workers and a cordoned node.
+fn kind_nodes() -> Vec<Value> {
+    vec![
+        node(
+            "kind-control-plane",
+            Some("node-role.kubernetes.io/control-plane"),
+            false,
+        ),
+        node("kind-worker", None, false),
+        node("kind-worker2", None, false),
+        node("kind-worker3", None, true),
+    ]
+}
+
+async fn deploy_default_model(backend: &mut KubeBackend) -> Vec<polygraph::model::PodRef> {
+    let cluster = default_model().build("model").expect("model");
+    for namespace in cluster.namespaces() {
+        backend
+            .create_namespace(namespace)
+            .await
+            .expect("namespace");
+    }
+    for pod in cluster.pods() {
+        backend.create_pod(pod).await.expect("pod");
+    }
+    backend
+        .wait_ready(Duration::from_secs(5))
+        .await
+        .expect("ready");
+    cluster.pods().iter().map(|p| p.key()).collect()
+}
+
+#[tokio::test]
+async fn pods_are_spread_over_schedulable_nodes_in_turn() {
+    let state = Arc::new(Mutex::new(State {
+        nodes: kind_nodes(),
+        ..State::default()
+    }));
+    let mut backend = backend(&state).await;
+    assert!(
+        backend.describe().contains("spread over 2 nodes"),
+        "{}",
+        backend.describe()
+    );
+    let pods = deploy_default_model(&mut backend).await;
+    let nodes: Vec<&str> = pods
+        .iter()
+        .map(|p| backend.node(p).expect("a node"))
+        .collect();
+    assert_eq!(
+        nodes,
+        [
+            "kind-worker",
+            "kind-worker2",
+            "kind-worker",
+            "kind-worker2",
+            "kind-worker",
+            "kind-worker2",
+            "kind-worker",
+            "kind-worker2",
+            "kind-worker"
+        ]
+    );
+    backend.cleanup().await.expect("cleanup");
+
+    // Tolerating the control plane's taint adds it to the rotation.
+    let state = Arc::new(Mutex::new(State {
+        nodes: kind_nodes(),
+        ..State::default()
+    }));
+    let options = KubeOptions {
+        tolerations: vec![
+            parse_toleration("node-role.kubernetes.io/control-plane:NoSchedule").expect("valid"),
+        ],
+        ..KubeOptions::default()
+    };
+    let mut backend = backend_with(&state, options).await;
+    assert!(backend.describe().contains("spread over 3 nodes"));
+    let pods = deploy_default_model(&mut backend).await;
+    assert_eq!(backend.node(&pods[0]), Some("kind-control-plane"));
+    let s = state.lock().expect("state");
+    let first = s.pods.values().next().expect("a pod");
+    assert_eq!(
+        first["spec"]["tolerations"][0]["key"],
+        "node-role.kubernetes.io/control-plane"
+    );
+}
+
+#[tokio::test]
+async fn one_node_leaves_placement_to_the_scheduler() {
+    let state = Arc::new(Mutex::new(State {
+        nodes: vec![node("solo", None, false)],
+        ..State::default()
+    }));
+    let mut backend = backend(&state).await;
+    assert!(backend.describe().contains("one schedulable node"));
+    let pods = deploy_default_model(&mut backend).await;
+    assert_eq!(backend.node(&pods[4]), Some("solo"));
+    let s = state.lock().expect("state");
+    assert!(
+        s.pods.values().all(|p| p["spec"].get("affinity").is_none()),
+        "no affinity without two nodes"
+    );
 }
 
 #[tokio::test]

@@ -96,6 +96,9 @@ struct CellJson {
     observed: Option<String>,
     verdict: String,
     latency_ms: Option<f64>,
+    /// Only where the backend knows nodes; the local cluster is one host.
+    #[serde(default)]
+    placement: Option<String>,
     #[serde(default)]
     reason: Option<String>,
 }

@@ -84,6 +84,10 @@ pub trait Backend {
     fn address(&self, _pod: &PodRef) -> Option<std::net::IpAddr> {
         None
     }
+    /// The node the pod runs on, when the backend knows: cells are same-node or cross-node.
+    fn node(&self, _pod: &PodRef) -> Option<&str> {
+        None
+    }
     async fn create_namespace(&mut self, namespace: &Namespace) -> Result<(), BackendError>;
     async fn delete_namespace(&mut self, name: &str) -> Result<(), BackendError>;
     async fn set_namespace_labels(
@@ -129,6 +133,9 @@ impl Backend for AnyBackend {
     }
     fn address(&self, pod: &PodRef) -> Option<std::net::IpAddr> {
         delegate!(self, b => b.address(pod))
+    }
+    fn node(&self, pod: &PodRef) -> Option<&str> {
+        delegate!(self, b => b.node(pod))
     }
     async fn create_namespace(&mut self, namespace: &Namespace) -> Result<(), BackendError> {
         delegate!(self, b => b.create_namespace(namespace).await)

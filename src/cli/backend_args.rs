@@ -9,6 +9,7 @@ use clap::Args;
 use super::CliError;
 use polygraph::backend::AnyBackend;
 use polygraph::backend::kube::manifests::{KubeOptions, RunNames};
+use polygraph::backend::kube::placement;
 use polygraph::backend::kube::{Connection, KubeBackend};
 use polygraph::backend::local::{AgentCommand, Dataplane, LocalBackend, LocalOptions};
 
@@ -51,6 +52,10 @@ pub struct BackendArgs {
     /// Kubernetes: schedule probe pods on nodes with these labels, e.g. kubernetes.io/os=linux.
     #[arg(long, value_delimiter = ',', value_name = "KEY=VALUE")]
     pub node_selector: Vec<String>,
+    /// Kubernetes: taints probe pods tolerate, as KEY[=VALUE][:EFFECT] or * (repeatable), e.g.
+    /// node-role.kubernetes.io/control-plane:NoSchedule to use a kind control plane as well.
+    #[arg(long = "toleration", value_name = "TAINT")]
+    pub tolerations: Vec<String>,
 }
 
 impl BackendArgs {
@@ -71,6 +76,12 @@ impl BackendArgs {
             selector.insert(key.to_string(), value.to_string());
         }
         options.node_selector = selector;
+        options.tolerations = self
+            .tolerations
+            .iter()
+            .map(|t| placement::parse_toleration(t))
+            .collect::<Result<_, _>>()
+            .map_err(CliError::Usage)?;
         Ok(options)
     }
 

@@ -8,7 +8,7 @@ mod grid;
 mod observed;
 
 pub use grid::Grid;
-pub use observed::{Judgement, Observation, ObservedTable};
+pub use observed::{Judgement, Observation, ObservedTable, Placement};
 
 use crate::model::{PodId, PodRef, PortProtocol};
 

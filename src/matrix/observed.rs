@@ -22,6 +22,26 @@ pub struct Observation {
 #[derive(Debug, Clone)]
 pub struct ObservedTable {
     grid: Grid<Option<Observation>>,
+    /// The node each pod ran on, where the backend knows (Kubernetes does).
+    nodes: Vec<Option<String>>,
+}
+
+/// Whether a cell's traffic stayed on one node or crossed between nodes: CNIs enforce the two
+/// paths differently (veth to veth on one host; overlay or underlay between hosts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Placement {
+    SameNode,
+    CrossNode,
+}
+
+impl std::fmt::Display for Placement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Placement::SameNode => "same-node",
+            Placement::CrossNode => "cross-node",
+        })
+    }
 }
 
 /// How a cell's observation relates to the spec's answer.
@@ -52,7 +72,24 @@ impl Judgement {
 impl ObservedTable {
     pub fn new(pods: Vec<PodRef>, port_protocols: Vec<PortProtocol>) -> Self {
         ObservedTable {
+            nodes: vec![None; pods.len()],
             grid: Grid::new(pods, port_protocols, None),
+        }
+    }
+
+    /// Records the node of the pod at `index`.
+    pub fn set_node(&mut self, index: usize, node: Option<String>) {
+        if let Some(slot) = self.nodes.get_mut(index) {
+            *slot = node;
+        }
+    }
+
+    /// Same-node or cross-node, when both pods' nodes are known.
+    pub fn placement(&self, from: usize, to: usize) -> Option<Placement> {
+        match (self.nodes.get(from)?, self.nodes.get(to)?) {
+            (Some(a), Some(b)) if a == b => Some(Placement::SameNode),
+            (Some(_), Some(_)) => Some(Placement::CrossNode),
+            _ => None,
         }
     }
 
@@ -176,5 +213,23 @@ mod tests {
         );
         let spec1 = TruthTable::new(fresh.pods().to_vec(), fresh.port_protocols().to_vec());
         assert_eq!(fresh.judge(&spec1, 0, 0, 0), Judgement::NotProbed);
+    }
+
+    #[test]
+    fn placement_needs_both_nodes() {
+        let pods: Vec<PodRef> = ["x/a", "x/b", "x/c"]
+            .iter()
+            .map(|p| p.parse().unwrap())
+            .collect();
+        let mut seen = ObservedTable::new(pods, vec![PortProtocol::new(80, Protocol::Tcp)]);
+        assert_eq!(seen.placement(0, 1), None);
+        seen.set_node(0, Some("n1".into()));
+        seen.set_node(1, Some("n2".into()));
+        seen.set_node(2, Some("n1".into()));
+        seen.set_node(7, Some("n9".into()));
+        assert_eq!(seen.placement(0, 1), Some(Placement::CrossNode));
+        assert_eq!(seen.placement(0, 2), Some(Placement::SameNode));
+        assert_eq!(seen.placement(0, 0), Some(Placement::SameNode));
+        assert_eq!(seen.placement(0, 5), None);
     }
 }

@@ -11,7 +11,7 @@ use serde::Serialize;
 use super::analyze_json::{self, AnalyzeReport, CellJson};
 use super::matrix_table::pod_matrix;
 use crate::analyze::Analysis;
-use crate::matrix::{Judgement, ObservedTable, TruthTable};
+use crate::matrix::{Judgement, ObservedTable, Placement, TruthTable};
 
 pub const LEGEND: &str = "legend: ✓ connected · ✗ timed out (dropped) · ⊘ refused · ? unsupported here · ! probe error · \
                           · not probed (nothing listens, or another IP family) · * differs from the spec · ( ) a pod to itself: undefined by the spec";
@@ -121,8 +121,11 @@ pub fn wrong_cells(analysis: &Analysis, observed: &ObservedTable, max: usize) ->
             } else {
                 "blocked"
             };
+            let placement = observed
+                .placement(cell.from, cell.to)
+                .map_or(String::new(), |p| format!(" [{p}]"));
             format!(
-                "{from} -> {to} {}: observed {seen}; the spec says {expected}: {}",
+                "{from} -> {to} {}{placement}: observed {seen}; the spec says {expected}: {}",
                 cell.port_protocol,
                 explanation.reason()
             )
@@ -135,6 +138,25 @@ pub fn wrong_cells(analysis: &Analysis, observed: &ObservedTable, max: usize) ->
         ));
     }
     lines
+}
+
+/// How the wrong cells split between same-node and cross-node pairs, when the backend knows nodes:
+/// failures on one path only point at how the CNI enforces that path.
+pub fn placement_line(analysis: &Analysis, observed: &ObservedTable) -> Option<String> {
+    let (mut same, mut cross, mut known) = (0, 0, false);
+    for (_, cell, judgement, _) in observed.judged(&analysis.table) {
+        let placement = observed.placement(cell.from, cell.to);
+        known |= placement.is_some();
+        if judgement.fails() {
+            match placement {
+                Some(Placement::SameNode) => same += 1,
+                Some(Placement::CrossNode) => cross += 1,
+                None => {}
+            }
+        }
+    }
+    (known && same + cross > 0)
+        .then(|| format!("wrong cells by placement: {same} same-node, {cross} cross-node"))
 }
 
 /// Matrices, summary and explained wrong cells.
@@ -160,6 +182,9 @@ pub fn render(
         let _ = writeln!(text, "\ncells that differ from the spec:");
     }
     for line in lines {
+        let _ = writeln!(text, "  {line}");
+    }
+    if let Some(line) = placement_line(analysis, observed) {
         let _ = writeln!(text, "  {line}");
     }
     text
@@ -226,6 +251,9 @@ pub struct ProbeCellJson {
     /// Whether the observation matches the spec's `allowed`.
     pub matches: bool,
     pub judgement: Judgement,
+    /// `same-node` or `cross-node`, when the backend knows where pods run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub placement: Option<Placement>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub elapsed_ms: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -247,8 +275,9 @@ pub fn report(analysis: &Analysis, observed: &ObservedTable, backend: String) ->
     let cells = cells
         .into_iter()
         .zip(observed.judged(&analysis.table))
-        .map(|(spec, (_, _, judgement, observation))| ProbeCellJson {
+        .map(|(spec, (_, cell, judgement, observation))| ProbeCellJson {
             spec,
+            placement: observed.placement(cell.from, cell.to),
             observed: observation.map(|o| o.outcome),
             matches: judgement == Judgement::Match,
             judgement,

@@ -2,6 +2,7 @@
 
 use serde::Serialize;
 
+use crate::matrix::Placement;
 use crate::model::Protocol;
 use crate::run::scenarios::{RunResult, Verdict};
 use polygraph_agent::wire::Outcome;
@@ -96,6 +97,9 @@ pub struct CellJson {
     pub verdict: Verdict,
     /// Ms from the change to the first observation matching the spec; null if none did.
     pub latency_ms: Option<f64>,
+    /// `same-node` or `cross-node`, when the backend knows where pods run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub placement: Option<Placement>,
     /// Why the spec decides as it does; given for failing cells.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -146,6 +150,10 @@ pub fn report(result: &RunResult) -> RunJson {
                                 observed: observation.map(|o| o.outcome),
                                 verdict: *verdict,
                                 latency_ms: *step.converged_ms.get(k, cell.from, cell.to),
+                                placement: step
+                                    .observed
+                                    .as_ref()
+                                    .and_then(|o| o.placement(cell.from, cell.to)),
                                 reason: verdict.fails().then(|| oracle.explain(cell).reason()),
                             }
                         })

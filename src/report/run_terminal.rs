@@ -86,6 +86,9 @@ fn failing_step(text: &mut String, scenario: &ScenarioResult, index: usize, colo
     for line in wrong_cells(spec, observed, LISTED) {
         let _ = writeln!(text, "  {line}");
     }
+    if let Some(line) = probe::placement_line(spec, observed) {
+        let _ = writeln!(text, "  {line}");
+    }
 }
 
 fn table(color: bool) -> Table {

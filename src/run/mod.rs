@@ -121,6 +121,9 @@ pub async fn probe_matrix<B: Backend>(
         pods.iter().map(|p| p.key()).collect(),
         port_protocols.to_vec(),
     );
+    for (index, pod) in pods.iter().enumerate() {
+        observed.set_node(index, backend.node(&pod.key()).map(str::to_string));
+    }
     while let Some((from, plan, results)) = batches.next().await {
         for (result, (_, k, to)) in results?.into_iter().zip(plan) {
             observed.set(

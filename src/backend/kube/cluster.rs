@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{Event, Namespace as KubeNamespace, Pod as KubePod};
+use k8s_openapi::api::core::v1::{Event, Namespace as KubeNamespace, Node, Pod as KubePod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{AttachParams, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -24,6 +24,7 @@ use super::cni;
 use super::manifests::{
     self, BASE_NAME_LABEL, KubeOptions, OWNER, OWNER_LABEL, RUN_LABEL, RunNames,
 };
+use super::placement::{self, Spread};
 use crate::backend::{Backend, BackendError};
 use crate::model::{Labels, NAMESPACE_NAME_LABEL, Namespace, Pod, PodRef};
 use crate::policy::Policy;
@@ -119,6 +120,9 @@ pub struct KubeBackend {
     namespaces: BTreeSet<String>,
     pods: BTreeSet<PodRef>,
     addresses: BTreeMap<PodRef, IpAddr>,
+    /// The node each ready pod runs on.
+    nodes: BTreeMap<PodRef, String>,
+    spread: Spread,
     /// Time allowed for one exec (on top of the probe timeout).
     exec_slack: Duration,
     cleaned: bool,
@@ -159,10 +163,13 @@ impl KubeBackend {
             namespaces: BTreeSet::new(),
             pods: BTreeSet::new(),
             addresses: BTreeMap::new(),
+            nodes: BTreeMap::new(),
+            spread: Spread::default(),
             exec_slack: Duration::from_secs(15),
             cleaned: false,
         };
         backend.cni = backend.detect_cni().await;
+        backend.spread = Spread::new(backend.schedulable_nodes().await);
         backend
     }
 
@@ -190,6 +197,24 @@ impl KubeBackend {
             .filter_map(|d| d.metadata.name.clone())
             .collect();
         cni::recognise(&names)
+    }
+
+    /// The nodes pods can be spread over; none (the scheduler decides) when nodes can't be listed.
+    async fn schedulable_nodes(&self) -> Vec<String> {
+        let api: Api<Node> = Api::all(self.client.clone());
+        match call("listing nodes", || async {
+            api.list(&ListParams::default()).await
+        })
+        .await
+        {
+            Ok(list) => placement::schedulable(
+                &list.items,
+                &self.options.node_selector,
+                &self.options.tolerations,
+            ),
+            // Without node access (RBAC) the scheduler places pods; the header says so.
+            Err(_) => Vec::new(),
+        }
     }
 
     fn pods_api(&self, base_namespace: &str) -> Api<KubePod> {
@@ -321,6 +346,7 @@ impl KubeBackend {
         self.namespaces.clear();
         self.pods.clear();
         self.addresses.clear();
+        self.nodes.clear();
         self.cleaned = true;
         Ok(())
     }
@@ -328,8 +354,13 @@ impl KubeBackend {
 
 impl Backend for KubeBackend {
     fn describe(&self) -> String {
+        let placement = match self.spread.nodes().len() {
+            0 => "no schedulable node listed: placed by the scheduler".to_string(),
+            1 => "one schedulable node".to_string(),
+            n => format!("spread over {n} nodes"),
+        };
         format!(
-            "kube ({}, CNI: {}, run {})",
+            "kube ({}, CNI: {}, {placement}, run {})",
             self.context,
             self.cni.as_deref().unwrap_or("not recognised"),
             self.names.run_id
@@ -338,6 +369,10 @@ impl Backend for KubeBackend {
 
     fn address(&self, pod: &PodRef) -> Option<IpAddr> {
         self.addresses.get(pod).copied()
+    }
+
+    fn node(&self, pod: &PodRef) -> Option<&str> {
+        self.nodes.get(pod).map(String::as_str)
     }
 
     async fn create_namespace(&mut self, namespace: &Namespace) -> Result<(), BackendError> {
@@ -369,6 +404,7 @@ impl Backend for KubeBackend {
         self.namespaces.remove(name);
         self.pods.retain(|p| p.namespace != name);
         self.addresses.retain(|p, _| p.namespace != name);
+        self.nodes.retain(|p, _| p.namespace != name);
         Ok(())
     }
 
@@ -399,7 +435,8 @@ impl Backend for KubeBackend {
 
     async fn create_pod(&mut self, pod: &Pod) -> Result<(), BackendError> {
         let api = self.pods_api(&pod.namespace);
-        let manifest = manifests::pod(&self.names, &self.options, pod);
+        let affinity = self.spread.next_affinity();
+        let manifest = manifests::pod(&self.names, &self.options, pod, affinity);
         call(&format!("creating pod {}", pod.key()), || async {
             api.create(&PostParams::default(), &manifest).await
         })
@@ -419,6 +456,7 @@ impl Backend for KubeBackend {
             .await?;
         self.pods.remove(pod);
         self.addresses.remove(pod);
+        self.nodes.remove(pod);
         Ok(())
     }
 
@@ -489,6 +527,7 @@ impl Backend for KubeBackend {
                     api.get(&pod.name).await
                 })
                 .await?;
+                let node = current.spec.as_ref().and_then(|s| s.node_name.clone());
                 let status = current.status.unwrap_or_default();
                 let ready = status
                     .conditions
@@ -518,6 +557,9 @@ impl Backend for KubeBackend {
                 match (ready, ip) {
                     (true, Some(ip)) => {
                         self.addresses.insert(pod.clone(), ip);
+                        if let Some(node) = node {
+                            self.nodes.insert(pod.clone(), node);
+                        }
                         break;
                     }
                     _ if failing || tokio::time::Instant::now() > deadline => {

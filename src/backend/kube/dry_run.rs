@@ -51,7 +51,7 @@ impl Documents {
             self.object(&manifests::namespace(names, ns))?;
         }
         for pod in cluster.pods() {
-            self.object(&manifests::pod(names, options, pod))?;
+            self.object(&manifests::pod(names, options, pod, None))?;
         }
         Ok(())
     }
@@ -98,7 +98,9 @@ pub fn scenarios(
             ));
             match &step.action {
                 Action::Apply(policies) => docs.policies(names, after, policies)?,
-                Action::CreatePod(pod) => docs.object(&manifests::pod(names, options, pod))?,
+                Action::CreatePod(pod) => {
+                    docs.object(&manifests::pod(names, options, pod, None))?
+                }
                 Action::CreateNamespace(ns) => docs.object(&manifests::namespace(names, ns))?,
                 Action::SetNamespaceLabels { namespace, .. } => {
                     if let Some(ns) = after.namespace(namespace) {
@@ -109,7 +111,7 @@ pub fn scenarios(
                 Action::SetPodLabels { pod, .. } => {
                     if let Some(pod) = find_pod(after, pod) {
                         docs.comment("the pod's labels become:");
-                        docs.object(&manifests::pod(names, options, pod))?;
+                        docs.object(&manifests::pod(names, options, pod, None))?;
                     }
                 }
                 Action::DeletePolicy { namespace, name } => {

@@ -5,9 +5,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, ExecAction,
+    Affinity, Capabilities, Container, ContainerPort, EmptyDirVolumeSource, ExecAction,
     Namespace as KubeNamespace, Pod as KubePod, PodSecurityContext, PodSpec, Probe, SeccompProfile,
-    SecurityContext, Sysctl, Volume, VolumeMount,
+    SecurityContext, Sysctl, Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -33,6 +33,8 @@ pub struct KubeOptions {
     pub image: String,
     pub pull_policy: String,
     pub node_selector: BTreeMap<String, String>,
+    /// Taints probe pods tolerate (`--toleration`), e.g. a kind control plane's.
+    pub tolerations: Vec<Toleration>,
 }
 
 impl Default for KubeOptions {
@@ -45,6 +47,7 @@ impl Default for KubeOptions {
             ),
             pull_policy: "IfNotPresent".into(),
             node_selector: BTreeMap::new(),
+            tolerations: Vec::new(),
         }
     }
 }
@@ -107,8 +110,14 @@ pub fn namespace(names: &RunNames, namespace: &Namespace) -> KubeNamespace {
     }
 }
 
-/// A probe pod: the agent serving the model's ports, non-root, answering with its base identity.
-pub fn pod(names: &RunNames, options: &KubeOptions, pod: &Pod) -> KubePod {
+/// A probe pod: the agent serving the model's ports, non-root, answering with its base identity;
+/// `affinity` pins it to a node when the backend spreads pods (see `placement`).
+pub fn pod(
+    names: &RunNames,
+    options: &KubeOptions,
+    pod: &Pod,
+    affinity: Option<Affinity>,
+) -> KubePod {
     let listen: Vec<String> = pod
         .ports
         .iter()
@@ -200,6 +209,8 @@ pub fn pod(names: &RunNames, options: &KubeOptions, pod: &Pod) -> KubePod {
             }),
             node_selector: (!options.node_selector.is_empty())
                 .then(|| options.node_selector.clone()),
+            tolerations: (!options.tolerations.is_empty()).then(|| options.tolerations.clone()),
+            affinity,
             automount_service_account_token: Some(false),
             enable_service_links: Some(false),
             termination_grace_period_seconds: Some(1),
@@ -285,7 +296,7 @@ mod tests {
         assert_eq!(labels[BASE_NAME_LABEL], "x");
         assert!(!labels.contains_key(NAMESPACE_NAME_LABEL));
 
-        let p = pod(&names, &KubeOptions::default(), &cluster.pods()[0]);
+        let p = pod(&names, &KubeOptions::default(), &cluster.pods()[0], None);
         let args = p.spec.as_ref().unwrap().containers[0].args.clone().unwrap();
         assert_eq!(args[..3], ["serve", "--identity", "x/a"]);
         assert_eq!(p.metadata.namespace.as_deref(), Some("polygraph-0a1b2c-x"));

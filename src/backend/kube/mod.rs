@@ -5,5 +5,6 @@ mod cluster;
 pub mod cni;
 pub mod dry_run;
 pub mod manifests;
+pub mod placement;
 
 pub use cluster::{Connection, KubeBackend, KubeGcReport, gc};
