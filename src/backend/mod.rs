@@ -113,6 +113,8 @@ pub trait Backend {
 }
 
 /// Either backend, chosen at run time (`Backend` has async methods, so it is not object-safe).
+// One per run, never moved in a hot path: the variants' sizes don't matter.
+#[allow(clippy::large_enum_variant)]
 pub enum AnyBackend {
     Local(local::LocalBackend),
     Kube(kube::KubeBackend),
