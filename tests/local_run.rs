@@ -28,7 +28,8 @@ struct RunJson {
 struct Options {
     probe_timeout_ms: f64,
     step_deadline_ms: f64,
-    allowed_latency_ms: f64,
+    max_latency_ms: Option<f64>,
+    stability_ms: f64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -38,6 +39,7 @@ struct Counts {
     pass: usize,
     fail: usize,
     late: usize,
+    flapping: usize,
     undefined: usize,
     unsupported: usize,
     error: usize,
@@ -81,7 +83,37 @@ struct StepJson {
     rounds: usize,
     error: Option<String>,
     counts: Counts,
+    timing: Timing,
     cells: Vec<CellJson>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct Stats {
+    cells: usize,
+    p50_ms: Option<f64>,
+    p90_ms: Option<f64>,
+    max_ms: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct Timing {
+    allow_to_deny: Stats,
+    deny_to_allow: Stats,
+    new_pod: Stats,
+    late_deny: usize,
+    late_allow: usize,
+    never_converged: usize,
+    flapping: usize,
+    max_leak_ms: Option<f64>,
+    new_pod_leak_ms: Option<f64>,
+    new_pod_first_probe_ms: Option<f64>,
+    round_interval_ms: Option<f64>,
+    #[serde(default)]
+    per_node: std::collections::BTreeMap<String, Stats>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -96,6 +128,10 @@ struct CellJson {
     observed: Option<String>,
     verdict: String,
     latency_ms: Option<f64>,
+    change: String,
+    race: Option<String>,
+    #[serde(default)]
+    last_wrong_ms: Option<f64>,
     /// Only where the backend knows nodes; the local cluster is one host.
     #[serde(default)]
     placement: Option<String>,
@@ -103,10 +139,11 @@ struct CellJson {
     reason: Option<String>,
 }
 
-const VERDICTS: [&str; 7] = [
+const VERDICTS: [&str; 8] = [
     "pass",
     "fail",
     "late",
+    "flapping",
     "undefined",
     "unsupported",
     "error",
@@ -149,7 +186,28 @@ fn the_whole_library_passes_with_valid_junit_and_json() {
     assert!(report.summary.scenarios >= 30);
     for scenario in &report.scenarios {
         for step in &scenario.steps {
+            // The reference dataplane installs every change before the backend call returns:
+            // without injected faults there is no race to report.
+            let t = &step.timing;
+            assert_eq!(
+                (
+                    t.late_deny,
+                    t.late_allow,
+                    t.never_converged,
+                    t.flapping,
+                    t.max_leak_ms
+                ),
+                (0, 0, 0, 0, None),
+                "{} › {}",
+                scenario.name,
+                step.name
+            );
             for cell in &step.cells {
+                assert!(
+                    ["unchanged", "allow_to_deny", "deny_to_allow", "new_pod"]
+                        .contains(&cell.change.as_str())
+                );
+                assert_eq!(cell.race, None, "{cell:?}");
                 assert!(
                     VERDICTS.contains(&cell.verdict.as_str()),
                     "{}",

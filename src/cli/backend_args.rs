@@ -11,7 +11,7 @@ use polygraph::backend::AnyBackend;
 use polygraph::backend::kube::manifests::{KubeOptions, RunNames};
 use polygraph::backend::kube::placement;
 use polygraph::backend::kube::{Connection, KubeBackend};
-use polygraph::backend::local::{AgentCommand, Dataplane, LocalBackend, LocalOptions};
+use polygraph::backend::local::{AgentCommand, Dataplane, Faults, LocalBackend, LocalOptions};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum BackendKind {
@@ -56,6 +56,10 @@ pub struct BackendArgs {
     /// node-role.kubernetes.io/control-plane:NoSchedule to use a kind control plane as well.
     #[arg(long = "toleration", value_name = "TAINT")]
     pub tolerations: Vec<String>,
+    /// Local backend: imitate CNI bugs, e.g. `--inject endport-ignored,delay=2s`
+    /// (`polygraph run --list-faults` lists them).
+    #[arg(long, value_delimiter = ',', value_name = "FAULT")]
+    pub inject: Vec<String>,
 }
 
 impl BackendArgs {
@@ -83,6 +87,23 @@ impl BackendArgs {
             .collect::<Result<_, _>>()
             .map_err(CliError::Usage)?;
         Ok(options)
+    }
+
+    pub fn faults(&self) -> Result<Faults, CliError> {
+        let faults = Faults::parse(&self.inject).map_err(CliError::Usage)?;
+        if !faults.is_empty() && self.dataplane == Dataplane::None {
+            return Err(CliError::Usage(
+                "--inject changes the nftables dataplane; --dataplane none has nothing to break"
+                    .into(),
+            ));
+        }
+        if !faults.is_empty() && self.kind() == BackendKind::Kube {
+            return Err(CliError::Usage(
+                "--inject works on the local backend only (it changes polygraph's own dataplane)"
+                    .into(),
+            ));
+        }
+        Ok(faults)
     }
 
     /// Names for a new run: a fresh six-hex-digit id under the prefix.
@@ -119,6 +140,7 @@ impl BackendArgs {
                 LocalBackend::start(LocalOptions {
                     dataplane: self.dataplane,
                     agent: AgentCommand::this_binary()?,
+                    faults: self.faults()?,
                 })
                 .await?,
             ),

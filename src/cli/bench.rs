@@ -6,7 +6,7 @@ use clap::{Args, Subcommand};
 use super::CliError;
 use polygraph::analyze::analyze;
 use polygraph::backend::Backend;
-use polygraph::backend::local::{AgentCommand, Dataplane, LocalBackend, LocalOptions};
+use polygraph::backend::local::{AgentCommand, Dataplane, Faults, LocalBackend, LocalOptions};
 use polygraph::bench::{
     WorldSize, bench_port_protocols, generate_cluster, generate_policies, time_oracle,
 };
@@ -75,6 +75,7 @@ fn probe(args: ProbeBenchArgs) -> Result<ExitCode, CliError> {
     let options = LocalOptions {
         dataplane: Dataplane::Nftables,
         agent: AgentCommand::this_binary()?,
+        faults: Faults::default(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

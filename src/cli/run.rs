@@ -11,6 +11,7 @@ use super::backend_args::BackendArgs;
 use super::{CliError, EXIT_WRONG, use_color};
 use polygraph::backend::Backend;
 use polygraph::backend::kube::dry_run;
+use polygraph::backend::local::faults;
 use polygraph::report::{junit, run_json, run_terminal};
 use polygraph::run::scenarios::{Event, RunOptions, RunResult, run_scenarios};
 use polygraph::scenario::{self, Scenario, library};
@@ -41,9 +42,19 @@ pub struct RunArgs {
     /// How long a step may take to converge before unmatched cells fail.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     step_deadline: Duration,
-    /// Cells that match only after this long are reported late.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
-    allowed_latency: Duration,
+    /// Fail cells that matched the spec only after this long (late denies and late allows);
+    /// without it, late cells are reported but never fail the run.
+    #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
+    max_latency: Option<Duration>,
+    /// After a step converges, keep probing this long and fail cells that change (flapping).
+    #[arg(long, default_value = "0s", value_name = "DUR", value_parser = humantime::parse_duration)]
+    stability: Duration,
+    /// The least time between the starts of two probe rounds while a step converges.
+    #[arg(long, default_value = "250ms", value_name = "DUR", value_parser = humantime::parse_duration)]
+    poll_interval: Duration,
+    /// Print the faults `--inject` can imitate in the local dataplane, one per line, and exit.
+    #[arg(long)]
+    list_faults: bool,
     /// How many source pods probe at once.
     #[arg(long, default_value_t = 64)]
     parallel: usize,
@@ -77,6 +88,12 @@ pub fn load(names: &[String]) -> Result<Vec<Scenario>, CliError> {
 }
 
 pub fn run(args: RunArgs) -> Result<ExitCode, CliError> {
+    if args.list_faults {
+        for fault in faults::CATALOGUE {
+            println!("{:<28}{}", fault.name, fault.imitates);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut scenarios = load(&args.scenarios)?;
     let wanted: BTreeSet<&str> = args.tags.iter().map(String::as_str).collect();
     let unwanted: BTreeSet<&str> = args.exclude_tags.iter().map(String::as_str).collect();
@@ -103,9 +120,10 @@ pub fn run(args: RunArgs) -> Result<ExitCode, CliError> {
     let options = RunOptions {
         probe_timeout: args.probe_timeout,
         step_deadline: args.step_deadline,
-        allowed_latency: args.allowed_latency,
+        max_latency: args.max_latency,
+        stability: args.stability,
         parallelism: args.parallel,
-        poll_interval: Duration::from_millis(250),
+        poll_interval: args.poll_interval,
     };
     let color = use_color();
     let result = execute(&scenarios, &options, &args.target, args.verbose)?;

@@ -38,7 +38,8 @@ pub fn run(args: SmokeArgs) -> Result<ExitCode, CliError> {
     let options = RunOptions {
         probe_timeout: args.probe_timeout,
         step_deadline: args.step_deadline,
-        allowed_latency: args.step_deadline,
+        max_latency: None,
+        stability: Duration::ZERO,
         parallelism: 8,
         poll_interval: Duration::from_millis(250),
     };

@@ -84,6 +84,11 @@ impl ObservedTable {
         }
     }
 
+    /// The node of the pod at `index`, when the backend knows it.
+    pub fn node(&self, index: usize) -> Option<&str> {
+        self.nodes.get(index)?.as_deref()
+    }
+
     /// Same-node or cross-node, when both pods' nodes are known.
     pub fn placement(&self, from: usize, to: usize) -> Option<Placement> {
         match (self.nodes.get(from)?, self.nodes.get(to)?) {

@@ -7,6 +7,7 @@
 use quick_junit::{NonSuccessKind, Property, Report, TestCase, TestCaseStatus, TestSuite};
 
 use super::probe::wrong_cells;
+use super::run_terminal;
 use crate::run::scenarios::{RunResult, Verdict};
 
 pub fn report(result: &RunResult) -> Report {
@@ -36,8 +37,11 @@ pub fn report(result: &RunResult) -> Report {
                 let wrong = step.count(Verdict::Fail);
                 let errors = step.count(Verdict::Error);
                 let mut s = TestCaseStatus::non_success(NonSuccessKind::Failure);
+                let timing = run_terminal::timing_line(step);
                 s.set_message(format!(
-                    "{wrong} cells differ from the spec, {errors} probe errors"
+                    "{wrong} cells differ from the spec, {errors} probe errors, {} flapping{}{timing}",
+                    step.count(Verdict::Flapping),
+                    if timing.is_empty() { "" } else { "; " }
                 ));
                 s.set_type("enforcement");
                 if let Some(observed) = &step.observed {
@@ -51,14 +55,16 @@ pub fn report(result: &RunResult) -> Report {
             case.set_time(step.elapsed);
             // The Surefire schema has no properties on a testcase: details go to its output.
             case.set_system_out(format!(
-                "step: {}\nprobe rounds: {}\ncells: {} pass, {} fail, {} late, {} unsupported, {} errors",
+                "step: {}\nprobe rounds: {}\ncells: {} pass, {} fail, {} late, {} flapping, {} unsupported, {} errors\ntiming: {}",
                 step.origin,
                 step.rounds,
                 step.count(Verdict::Pass),
                 step.count(Verdict::Fail),
                 step.count(Verdict::Late),
+                step.count(Verdict::Flapping),
                 step.count(Verdict::Unsupported),
                 step.count(Verdict::Error),
+                run_terminal::timing_line(step),
             ));
             suite.add_test_case(case);
         }

@@ -5,6 +5,7 @@ use serde::Serialize;
 use crate::matrix::Placement;
 use crate::model::Protocol;
 use crate::run::scenarios::{RunResult, Verdict};
+use crate::run::timing::{Change, Race, StepTiming};
 use polygraph_agent::wire::Outcome;
 
 #[derive(Debug, Serialize)]
@@ -22,7 +23,9 @@ pub struct RunJson {
 pub struct OptionsJson {
     pub probe_timeout_ms: f64,
     pub step_deadline_ms: f64,
-    pub allowed_latency_ms: f64,
+    /// Null when late cells never fail.
+    pub max_latency_ms: Option<f64>,
+    pub stability_ms: f64,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -30,6 +33,7 @@ pub struct CountsJson {
     pub pass: usize,
     pub fail: usize,
     pub late: usize,
+    pub flapping: usize,
     pub undefined: usize,
     pub unsupported: usize,
     pub error: usize,
@@ -42,6 +46,7 @@ impl CountsJson {
             Verdict::Pass => self.pass += 1,
             Verdict::Fail => self.fail += 1,
             Verdict::Late => self.late += 1,
+            Verdict::Flapping => self.flapping += 1,
             Verdict::Undefined => self.undefined += 1,
             Verdict::Unsupported => self.unsupported += 1,
             Verdict::Error => self.error += 1,
@@ -81,6 +86,7 @@ pub struct StepJson {
     pub rounds: usize,
     pub error: Option<String>,
     pub counts: CountsJson,
+    pub timing: StepTiming,
     pub cells: Vec<CellJson>,
 }
 
@@ -95,8 +101,16 @@ pub struct CellJson {
     /// The last observation's outcome; null when not probed.
     pub observed: Option<Outcome>,
     pub verdict: Verdict,
-    /// Ms from the change to the first observation matching the spec; null if none did.
+    /// Ms from the change to the first observation matching the spec (and matching from then
+    /// on); null if none did.
     pub latency_ms: Option<f64>,
+    /// How the spec's answer changed at this step.
+    pub change: Change,
+    /// The timing race the cell showed, if any.
+    pub race: Option<Race>,
+    /// Ms from the change to the last observation that differed from the spec.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_wrong_ms: Option<f64>,
     /// `same-node` or `cross-node`, when the backend knows where pods run.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub placement: Option<Placement>,
@@ -141,6 +155,7 @@ pub fn report(result: &RunResult) -> RunJson {
                                 .as_ref()
                                 .and_then(|o| o.get(k, cell.from, cell.to));
                             let pods = analysis.table.pods();
+                            let timing = step.timing.get(k, cell.from, cell.to);
                             CellJson {
                                 from: pods[cell.from].to_string(),
                                 to: pods[cell.to].to_string(),
@@ -149,7 +164,10 @@ pub fn report(result: &RunResult) -> RunJson {
                                 allowed: spec.allowed(),
                                 observed: observation.map(|o| o.outcome),
                                 verdict: *verdict,
-                                latency_ms: *step.converged_ms.get(k, cell.from, cell.to),
+                                latency_ms: timing.converged_ms,
+                                change: *step.changes.get(k, cell.from, cell.to),
+                                race: timing.race(spec.allowed()),
+                                last_wrong_ms: timing.last_wrong_ms,
                                 placement: step
                                     .observed
                                     .as_ref()
@@ -167,6 +185,7 @@ pub fn report(result: &RunResult) -> RunJson {
                         rounds: step.rounds,
                         error: step.error.clone(),
                         counts,
+                        timing: step.summary.clone(),
                         cells,
                     }
                 })
@@ -182,7 +201,8 @@ pub fn report(result: &RunResult) -> RunJson {
         options: OptionsJson {
             probe_timeout_ms: ms(result.options.probe_timeout),
             step_deadline_ms: ms(result.options.step_deadline),
-            allowed_latency_ms: ms(result.options.allowed_latency),
+            max_latency_ms: result.options.max_latency.map(ms),
+            stability_ms: ms(result.options.stability),
         },
         summary: SummaryJson {
             scenarios: result.scenarios.len(),

@@ -11,6 +11,7 @@ use comfy_table::{Cell, Color, Table};
 use super::matrix_table::{self, truth_matrix};
 use super::probe::{self, observed_matrix, wrong_cells};
 use crate::run::scenarios::{RunResult, ScenarioResult, StepResult, Verdict};
+use crate::run::timing::{Change, LatencyStats};
 use crate::scenario::Scenario;
 
 /// Wrong cells listed per failing step; the JSON report has all.
@@ -18,6 +19,71 @@ const LISTED: usize = 20;
 
 fn seconds(d: std::time::Duration) -> String {
     format!("{:.2} s", d.as_secs_f64())
+}
+
+fn ms(value: f64) -> String {
+    if value >= 1000.0 {
+        format!("{:.2} s", value / 1e3)
+    } else {
+        format!("{value:.0} ms")
+    }
+}
+
+fn stats(label: &str, s: &LatencyStats) -> Option<String> {
+    let (p50, p90, max) = (s.p50_ms?, s.p90_ms?, s.max_ms?);
+    Some(format!(
+        "{label} p50 {} p90 {} max {} ({} cells)",
+        ms(p50),
+        ms(p90),
+        ms(max),
+        s.cells
+    ))
+}
+
+/// The step's timing in one line: latency per kind of change, races, leak windows, resolution.
+/// Empty when nothing changed and nothing raced.
+pub fn timing_line(step: &StepResult) -> String {
+    let t = &step.summary;
+    let mut parts: Vec<String> = [
+        stats("allow→deny", &t.allow_to_deny),
+        stats("deny→allow", &t.deny_to_allow),
+        stats("new pod", &t.new_pod),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if t.late_deny > 0 {
+        parts.push(format!(
+            "{} late deny (leak window up to {})",
+            t.late_deny,
+            t.max_leak_ms.map_or("?".into(), ms)
+        ));
+    }
+    if t.late_allow > 0 {
+        parts.push(format!("{} late allow", t.late_allow));
+    }
+    if t.never_converged > 0 {
+        parts.push(format!("{} never converged", t.never_converged));
+    }
+    if t.flapping > 0 {
+        parts.push(format!("{} flapping", t.flapping));
+    }
+    if t.new_pod.cells > 0 {
+        parts.push(match t.new_pod_leak_ms {
+            Some(leak) => format!("new pod leaked for up to {} after creation", ms(leak)),
+            None => format!(
+                "new pod: nothing forbidden got through (first probed {} after creation)",
+                t.new_pod_first_probe_ms.map_or("?".into(), ms)
+            ),
+        });
+    }
+    if parts.is_empty() {
+        return String::new();
+    }
+    if let Some(interval) = t.round_interval_ms {
+        parts.push(format!("resolution {}", ms(interval)));
+    }
+    parts.join("; ")
 }
 
 /// One line per finished step, for plain (non-terminal) progress output.
@@ -44,6 +110,10 @@ pub fn step_line(scenario: &Scenario, step: &StepResult) -> String {
     if late > 0 {
         let _ = write!(line, ", {late} late");
     }
+    let t = &step.summary;
+    if t.late_deny + t.late_allow + t.flapping > 0 || t.new_pod.cells > 0 {
+        let _ = write!(line, " [{}]", timing_line(step));
+    }
     if let Some(e) = &step.error {
         let _ = write!(line, ": {e}");
     }
@@ -60,6 +130,10 @@ fn failing_step(text: &mut String, scenario: &ScenarioResult, index: usize, colo
     );
     if let Some(e) = &step.error {
         let _ = writeln!(text, "  error: {e}");
+    }
+    let timing = timing_line(step);
+    if !timing.is_empty() {
+        let _ = writeln!(text, "  timing: {timing}");
     }
     let Some(observed) = &step.observed else {
         return;
@@ -106,6 +180,80 @@ fn result_cell(passed: bool, color: bool) -> Cell {
         cell.fg(if passed { Color::Green } else { Color::Red })
     } else {
         cell
+    }
+}
+
+/// Enforcement timing over the whole run, then every step that showed a race.
+fn timing_section(text: &mut String, result: &RunResult, color: bool) {
+    let mut by_change: [Vec<f64>; 3] = Default::default();
+    let (mut late_deny, mut max_leak) = (0, None::<f64>);
+    let mut racing = table(color);
+    racing.set_header(vec![
+        "step with races",
+        "late deny",
+        "longest leak",
+        "late allow",
+        "never converged",
+        "flapping",
+        "resolution",
+    ]);
+    let mut any_race = false;
+    for scenario in &result.scenarios {
+        for step in &scenario.steps {
+            for (k, cell, timing) in step.timing.cells() {
+                let slot = match step.changes.get(k, cell.from, cell.to) {
+                    Change::AllowToDeny => 0,
+                    Change::DenyToAllow => 1,
+                    Change::NewPod => 2,
+                    Change::Unchanged => continue,
+                };
+                by_change[slot].extend(timing.converged_ms);
+            }
+            let t = &step.summary;
+            late_deny += t.late_deny;
+            if let Some(leak) = t.max_leak_ms {
+                max_leak = Some(max_leak.map_or(leak, |m| m.max(leak)));
+            }
+            if t.late_deny + t.late_allow + t.never_converged + t.flapping > 0 {
+                any_race = true;
+                racing.add_row(vec![
+                    Cell::new(format!("{} › {}", scenario.scenario.name, step.name)),
+                    Cell::new(t.late_deny),
+                    Cell::new(t.max_leak_ms.map_or("-".into(), ms)),
+                    Cell::new(t.late_allow),
+                    Cell::new(t.never_converged),
+                    Cell::new(t.flapping),
+                    Cell::new(t.round_interval_ms.map_or("-".into(), ms)),
+                ]);
+            }
+        }
+    }
+    let [deny, allow, new] = by_change.map(LatencyStats::of);
+    let parts: Vec<String> = [
+        stats("allow→deny", &deny),
+        stats("deny→allow", &allow),
+        stats("new pod", &new),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if parts.is_empty() {
+        return;
+    }
+    let _ = writeln!(text, "enforcement latency: {}", parts.join("; "));
+    let _ = match max_leak {
+        Some(leak) => writeln!(
+            text,
+            "leaks: {late_deny} late-deny cells let forbidden traffic through, the longest for up to {}",
+            ms(leak)
+        ),
+        None => writeln!(
+            text,
+            "leaks: none (no forbidden connection got through after a change)"
+        ),
+    };
+    if any_race {
+        let _ = writeln!(text, "{racing}");
     }
 }
 
@@ -185,6 +333,7 @@ pub fn render(result: &RunResult, color: bool) -> String {
         }
         let _ = writeln!(text, "{tags}");
     }
+    timing_section(&mut text, result, color);
     let passed = result.scenarios.iter().filter(|s| s.passed()).count();
     let steps: usize = result.scenarios.iter().map(|s| s.steps.len()).sum();
     let _ = writeln!(

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 pub mod scenarios;
 pub mod smoke;
+pub mod timing;
 
 use futures::StreamExt;
 use polygraph_agent::wire::Target;

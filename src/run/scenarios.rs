@@ -1,11 +1,13 @@
 //! Running scenarios: deploy each cluster model once, run its scenarios' steps, reset in between,
 //! and after every step poll the matrix until it matches the spec or the step deadline passes.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use super::timing::{CellTiming, Change, LatencyStats, Race, StepTiming, changes};
 use crate::analyze::Analysis;
 use crate::backend::{Backend, BackendError};
-use crate::matrix::{Grid, Judgement, ObservedTable};
+use crate::matrix::{Grid, Judgement, ObservedTable, TruthTable};
 use crate::model::ClusterDescription;
 use crate::scenario::{Action, Scenario, World};
 
@@ -17,8 +19,10 @@ pub struct RunOptions {
     pub probe_timeout: Duration,
     /// How long a step may take to converge before unmatched cells fail.
     pub step_deadline: Duration,
-    /// A cell that matches only after this long is `late`.
-    pub allowed_latency: Duration,
+    /// A late cell (one that matched only after differing) fails when it took longer than this.
+    pub max_latency: Option<Duration>,
+    /// After a step converges, keep probing this long and flag cells that change (flapping).
+    pub stability: Duration,
     pub parallelism: usize,
     /// The least time between the starts of two probe rounds of a step: rounds that finish fast
     /// (everything connects) must not spin.
@@ -33,8 +37,11 @@ pub enum Verdict {
     Pass,
     /// Never matched: an enforcement gap (or over-blocking).
     Fail,
-    /// Matched, but only after the allowed latency.
+    /// Matched, but only after differing first: a late deny (leak) or late allow; fails only
+    /// beyond `--max-latency`.
     Late,
+    /// Matched, then changed during the stability window.
+    Flapping,
     /// A pod to itself, differing from the computed answer: undefined by the spec.
     Undefined,
     Unsupported,
@@ -44,7 +51,7 @@ pub enum Verdict {
 
 impl Verdict {
     pub fn fails(self) -> bool {
-        matches!(self, Verdict::Fail | Verdict::Error)
+        matches!(self, Verdict::Fail | Verdict::Error | Verdict::Flapping)
     }
 }
 
@@ -63,9 +70,13 @@ pub struct StepResult {
     pub applied: bool,
     /// The last round's observations.
     pub observed: Option<ObservedTable>,
-    /// Per cell: ms from the change to the first observation matching the spec.
-    pub converged_ms: Grid<Option<f64>>,
+    /// Per cell: how the spec's answer changed at this step.
+    pub changes: Grid<Change>,
+    /// Per cell: its timeline (convergence, last wrong observation, flapping).
+    pub timing: Grid<CellTiming>,
     pub verdicts: Grid<Verdict>,
+    /// Latency percentiles, races and leak windows of the step.
+    pub summary: StepTiming,
     /// A backend failure that stopped the step.
     pub error: Option<String>,
 }
@@ -198,7 +209,9 @@ pub fn empty_world() -> World {
         .unwrap_or_else(|e| unreachable!("empty world: {e}"))
 }
 
-async fn perform<B: Backend>(backend: &mut B, action: &Action) -> Result<(), BackendError> {
+/// Carries out a step's action; returns the moment of the change (for a new pod: when the backend
+/// created it, before it was ready, so the new-pod race counts from its first instant).
+async fn perform<B: Backend>(backend: &mut B, action: &Action) -> Result<Instant, BackendError> {
     match action {
         Action::Apply(policies) => {
             for policy in policies {
@@ -212,14 +225,70 @@ async fn perform<B: Backend>(backend: &mut B, action: &Action) -> Result<(), Bac
         Action::SetPodLabels { pod, labels } => backend.set_pod_labels(pod, labels).await?,
         Action::CreatePod(pod) => {
             backend.create_pod(pod).await?;
+            let created = Instant::now();
             backend.wait_ready(READY_TIMEOUT).await?;
+            return Ok(created);
         }
         Action::DeletePod(pod) => backend.delete_pod(pod).await?,
         Action::CreateNamespace(ns) => backend.create_namespace(ns).await?,
         Action::DeleteNamespace(name) => backend.delete_namespace(name).await?,
         Action::Probe => {}
     }
-    Ok(())
+    Ok(Instant::now())
+}
+
+/// The spec's answer for the scenario's initial world.
+fn initial_analysis(scenario: &Scenario) -> Analysis {
+    crate::analyze::analyze(
+        scenario.initial.cluster().clone(),
+        scenario.initial.policies().to_vec(),
+        &scenario.port_protocols,
+    )
+}
+
+/// What the spec said before step `index`: the previous step's answer, or the initial world's.
+fn expected_before(scenario: &Scenario, index: usize) -> TruthTable {
+    match index.checked_sub(1).and_then(|i| scenario.steps.get(i)) {
+        Some(previous) => previous.analysis.table.clone(),
+        None => initial_analysis(scenario).table,
+    }
+}
+
+/// Probes until the cluster enforces the scenario's initial world: a lagging dataplane may still
+/// enforce the previous scenario, and the first step's timing must start from a clean baseline.
+async fn await_baseline<B: Backend>(
+    backend: &B,
+    scenario: &Scenario,
+    options: &RunOptions,
+) -> Result<(), String> {
+    let analysis = super::at_real_addresses(backend, &initial_analysis(scenario));
+    let started = Instant::now();
+    loop {
+        let round_began = Instant::now();
+        let observed = probe_matrix(
+            backend,
+            &analysis.cluster,
+            analysis.table.port_protocols(),
+            options.probe_timeout,
+            options.parallelism,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let wrong = observed
+            .judged(&analysis.table)
+            .filter(|(_, _, j, _)| *j == Judgement::Wrong)
+            .count();
+        if wrong == 0 {
+            return Ok(());
+        }
+        if started.elapsed() + options.probe_timeout > options.step_deadline {
+            return Err(format!(
+                "the cluster did not return to the scenario's initial state: {wrong} cells still differ after {:.1} s",
+                started.elapsed().as_secs_f64()
+            ));
+        }
+        tokio::time::sleep(options.poll_interval.saturating_sub(round_began.elapsed())).await;
+    }
 }
 
 async fn run_step<B: Backend>(
@@ -240,23 +309,30 @@ async fn run_step<B: Backend>(
         rounds: 0,
         applied: false,
         observed: None,
-        converged_ms: Grid::new(pods.clone(), pps.clone(), None),
+        changes: changes(&expected_before(scenario, index), &step.analysis.table),
+        timing: Grid::new(pods.clone(), pps.clone(), CellTiming::default()),
         verdicts: Grid::new(pods, pps, Verdict::NotProbed),
+        summary: StepTiming::default(),
         error: None,
     };
     let started = Instant::now();
-    if let Err(e) = perform(backend, &step.action).await {
-        result.error = Some(e.to_string());
-        result.elapsed = started.elapsed();
-        return result;
-    }
-    let changed = Instant::now();
+    let changed = match perform(backend, &step.action).await {
+        Ok(at) => at,
+        Err(e) => {
+            result.error = Some(e.to_string());
+            result.elapsed = started.elapsed();
+            return result;
+        }
+    };
     result.applied = true;
-    result.apply_time = changed - started;
+    result.apply_time = changed.saturating_duration_since(started);
     // Judge against the pods' real addresses (a Kubernetes cluster assigns its own).
     result.expected = super::at_real_addresses(&*backend, &step.analysis);
     let analysis = result.expected.clone();
     let expected = &analysis.table;
+    let mut round_starts: Vec<f64> = Vec::new();
+    // Set once every cell matches: from then on, only the stability window remains.
+    let mut settled_at: Option<Duration> = None;
     loop {
         let round_start = changed.elapsed();
         let round_began = Instant::now();
@@ -276,52 +352,126 @@ async fn run_step<B: Backend>(
             }
         };
         result.rounds += 1;
-        let mut settled = true;
+        let round_ms = round_start.as_secs_f64() * 1e3;
+        round_starts.push(round_ms);
+        let mut all_match = true;
         for (k, cell, judgement, observation) in observed.judged(expected) {
-            match judgement {
-                // First match: the moment this round's probe of the cell started.
-                Judgement::Match if result.converged_ms.get(k, cell.from, cell.to).is_none() => {
-                    let offset = observation.map_or(0.0, |o| o.started_ms);
-                    let at = round_start.as_secs_f64() * 1e3 + offset;
-                    result.converged_ms.set(k, cell.from, cell.to, Some(at));
-                }
-                Judgement::Wrong => {
-                    settled = false;
-                    // A cell that matched and no longer does has not converged.
-                    result.converged_ms.set(k, cell.from, cell.to, None);
-                }
-                _ => {}
+            let matches = match judgement {
+                Judgement::Match => true,
+                Judgement::Wrong => false,
+                _ => continue,
+            };
+            all_match &= matches;
+            let at = round_ms + observation.map_or(0.0, |o| o.started_ms);
+            let mut timing = *result.timing.get(k, cell.from, cell.to);
+            if settled_at.is_some() {
+                timing.observe_settled(at, matches);
+            } else {
+                timing.observe(at, matches);
             }
+            result.timing.set(k, cell.from, cell.to, timing);
         }
         result.observed = Some(observed);
-        if settled || changed.elapsed() + options.probe_timeout > options.step_deadline {
+        if all_match && settled_at.is_none() {
+            settled_at = Some(changed.elapsed());
+        }
+        let done = match settled_at {
+            Some(at) => changed.elapsed() >= at + options.stability,
+            None => changed.elapsed() + options.probe_timeout > options.step_deadline,
+        };
+        if done {
             break;
         }
         tokio::time::sleep(options.poll_interval.saturating_sub(round_began.elapsed())).await;
     }
     result.elapsed = started.elapsed();
     if let Some(observed) = &result.observed {
-        let allowed_ms = options.allowed_latency.as_secs_f64() * 1e3;
+        let max_ms = options.max_latency.map(|d| d.as_secs_f64() * 1e3);
         let cells: Vec<_> = observed
             .judged(expected)
             .map(|(k, cell, j, _)| (k, cell, j))
             .collect();
         for (k, cell, judgement) in cells {
-            let verdict = match judgement {
-                Judgement::Match => match result.converged_ms.get(k, cell.from, cell.to) {
-                    Some(ms) if *ms > allowed_ms => Verdict::Late,
-                    _ => Verdict::Pass,
+            let timing = result.timing.get(k, cell.from, cell.to);
+            let allowed = expected.get(k, cell.from, cell.to).allowed();
+            let verdict = match (judgement, timing.race(allowed)) {
+                (Judgement::Match | Judgement::Wrong, Some(Race::Flapping)) => Verdict::Flapping,
+                (Judgement::Match, None) => Verdict::Pass,
+                (Judgement::Match, Some(_)) => match (timing.converged_ms, max_ms) {
+                    (Some(ms), Some(max)) if ms > max => Verdict::Fail,
+                    _ => Verdict::Late,
                 },
-                Judgement::Wrong => Verdict::Fail,
-                Judgement::SelfDiffers => Verdict::Undefined,
-                Judgement::Unsupported => Verdict::Unsupported,
-                Judgement::Error => Verdict::Error,
-                Judgement::NotProbed => Verdict::NotProbed,
+                (Judgement::Wrong, _) => Verdict::Fail,
+                (Judgement::SelfDiffers, _) => Verdict::Undefined,
+                (Judgement::Unsupported, _) => Verdict::Unsupported,
+                (Judgement::Error, _) => Verdict::Error,
+                (Judgement::NotProbed, _) => Verdict::NotProbed,
             };
             result.verdicts.set(k, cell.from, cell.to, verdict);
         }
+        result.summary = summarize(&result, observed, &round_starts);
     }
     result
+}
+
+/// The step's timing figures from its cells' timelines.
+fn summarize(result: &StepResult, observed: &ObservedTable, round_starts: &[f64]) -> StepTiming {
+    let expected = &result.expected.table;
+    let mut by_change: BTreeMap<Change, Vec<f64>> = BTreeMap::new();
+    let mut per_node: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let mut summary = StepTiming::default();
+    let max =
+        |slot: &mut Option<f64>, value: f64| *slot = Some(slot.map_or(value, |v| v.max(value)));
+    for (k, cell, timing) in result.timing.cells() {
+        let change = *result.changes.get(k, cell.from, cell.to);
+        let allowed = expected.get(k, cell.from, cell.to).allowed();
+        if change == Change::NewPod
+            && let Some(first) = timing.first_seen_ms
+        {
+            summary.new_pod_first_probe_ms = Some(
+                summary
+                    .new_pod_first_probe_ms
+                    .map_or(first, |v: f64| v.min(first)),
+            );
+        }
+        if let (Some(ms), true) = (timing.converged_ms, change != Change::Unchanged) {
+            by_change.entry(change).or_default().push(ms);
+            if let Some(node) = observed.node(cell.to) {
+                per_node.entry(node.to_string()).or_default().push(ms);
+            }
+        }
+        match timing.race(allowed) {
+            Some(Race::LateDeny) => {
+                summary.late_deny += 1;
+                if let Some(ms) = timing.converged_ms {
+                    max(&mut summary.max_leak_ms, ms);
+                    if change == Change::NewPod {
+                        max(&mut summary.new_pod_leak_ms, ms);
+                    }
+                }
+            }
+            Some(Race::LateAllow) => summary.late_allow += 1,
+            Some(Race::NeverConverged) => summary.never_converged += 1,
+            Some(Race::Flapping) => summary.flapping += 1,
+            None => {}
+        }
+    }
+    let mut stats = |change| LatencyStats::of(by_change.remove(&change).unwrap_or_default());
+    summary.allow_to_deny = stats(Change::AllowToDeny);
+    summary.deny_to_allow = stats(Change::DenyToAllow);
+    summary.new_pod = stats(Change::NewPod);
+    if let (Some(first), Some(last), true) = (
+        round_starts.first(),
+        round_starts.last(),
+        round_starts.len() > 1,
+    ) {
+        summary.round_interval_ms = Some((last - first) / (round_starts.len() - 1) as f64);
+    }
+    summary.per_node = per_node
+        .into_iter()
+        .map(|(node, values)| (node, LatencyStats::of(values)))
+        .collect();
+    summary
 }
 
 /// Runs scenarios in order; those sharing a cluster model run on one deployment, reset in between.
@@ -351,7 +501,11 @@ pub async fn run_scenarios<B: Backend>(
                 elapsed: Duration::ZERO,
                 error: None,
             };
-            match reconcile(backend, &deployed, &scenario.initial).await {
+            let set_up = match reconcile(backend, &deployed, &scenario.initial).await {
+                Ok(()) => await_baseline(&*backend, scenario, options).await,
+                Err(e) => Err(e.to_string()),
+            };
+            match set_up {
                 Err(e) => {
                     result.error = Some(format!("setting up the cluster: {e}"));
                     // The deployment is in an unknown state: start the next scenario from scratch.

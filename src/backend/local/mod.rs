@@ -7,9 +7,11 @@
 //! Filtering bridged traffic with conntrack would need `br_netfilter`, a host-wide module; routing
 //! needs nothing outside our own namespaces. Nothing is linked to the host's interfaces.
 
+pub mod faults;
 mod gc;
 mod host;
 pub mod nft;
+mod programmer;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -22,9 +24,11 @@ use polygraph_agent::wire::{ProbeResult, Ready, Target};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
+pub use faults::{Fault, Faults};
 pub use gc::{GcReport, gc};
 pub use host::NETNS_PREFIX;
 use host::Names;
+use programmer::Programmer;
 
 use super::{Backend, BackendError};
 use crate::model::{
@@ -83,6 +87,8 @@ impl AgentCommand {
 pub struct LocalOptions {
     pub dataplane: Dataplane,
     pub agent: AgentCommand,
+    /// Bugs to imitate (`--inject`); none by default.
+    pub faults: Faults,
 }
 
 struct Agent {
@@ -94,6 +100,7 @@ struct Agent {
 struct LocalPod {
     slot: usize,
     pod: Pod,
+    created: tokio::time::Instant,
     agent: Option<Agent>,
 }
 
@@ -103,8 +110,11 @@ pub struct LocalBackend {
     namespaces: BTreeMap<String, Labels>,
     pods: BTreeMap<PodRef, LocalPod>,
     policies: BTreeMap<(String, String), Policy>,
+    /// Deleted policies the `policy-deletion-ignored` fault keeps enforcing.
+    ghosts: BTreeMap<(String, String), Policy>,
     next_slot: usize,
-    installed: nft::Ruleset,
+    /// `None` without a dataplane.
+    programmer: Option<Programmer>,
     owner_file: Option<PathBuf>,
     cleaned: bool,
 }
@@ -151,8 +161,9 @@ impl LocalBackend {
             namespaces: BTreeMap::new(),
             pods: BTreeMap::new(),
             policies: BTreeMap::new(),
+            ghosts: BTreeMap::new(),
             next_slot: 0,
-            installed: nft::Ruleset::default(),
+            programmer: None,
             owner_file: None,
             cleaned: false,
         };
@@ -187,7 +198,7 @@ impl LocalBackend {
         )
         .await?;
         if self.options.dataplane == Dataplane::Nftables {
-            host::nft(&node, &nft::install(&nft::Ruleset::default())).await?;
+            self.programmer = Some(Programmer::start(node, self.options.faults.clone()).await?);
         }
         Ok(())
     }
@@ -219,17 +230,29 @@ impl LocalBackend {
     /// Brings the dataplane in line with the current pods, labels and policies: one atomic
     /// transaction touching only the chains that changed.
     async fn sync(&mut self) -> Result<(), BackendError> {
-        if self.options.dataplane == Dataplane::None {
+        let at = tokio::time::Instant::now();
+        if self.programmer.is_none() {
             return Ok(());
         }
         let (cluster, slots) = self.snapshot()?;
-        let policies: Vec<Policy> = self.policies.values().cloned().collect();
-        let ruleset = nft::compile(&cluster, &policies, &SlotTable(slots));
-        if let Some(transaction) = nft::update(&self.installed, &ruleset) {
-            host::nft(&self.names.node(), &transaction).await?;
-            self.installed = ruleset;
+        let enforced: Vec<Policy> = self
+            .ghosts
+            .iter()
+            .filter(|(key, _)| !self.policies.contains_key(*key))
+            .chain(&self.policies)
+            .map(|(_, p)| p.clone())
+            .collect();
+        let state = programmer::State {
+            at,
+            policies: self.options.faults.distort(&enforced),
+            created: self.pods.values().map(|p| p.created).collect(),
+            cluster,
+            slots,
+        };
+        match &mut self.programmer {
+            Some(programmer) => programmer.program(state).await,
+            None => Ok(()),
         }
-        Ok(())
     }
 
     fn pod_network_lines(ip: IpAddr) -> Vec<String> {
@@ -312,6 +335,9 @@ impl LocalBackend {
 
     /// Kills agents and deletes every namespace of this run. Safe to call more than once.
     async fn remove_everything(&mut self) {
+        if let Some(programmer) = &mut self.programmer {
+            programmer.stop().await;
+        }
         for local in self.pods.values_mut() {
             if let Some(agent) = &mut local.agent {
                 let _ = agent.child.start_kill();
@@ -347,7 +373,15 @@ impl Backend for LocalBackend {
             Dataplane::Nftables => "nftables dataplane",
             Dataplane::None => "no dataplane: policies are ignored",
         };
-        format!("local ({dataplane}, run {})", self.names.run_id)
+        let faults = &self.options.faults;
+        if faults.is_empty() {
+            format!("local ({dataplane}, run {})", self.names.run_id)
+        } else {
+            format!(
+                "local ({dataplane}, injected faults: {faults}, run {})",
+                self.names.run_id
+            )
+        }
     }
 
     async fn create_namespace(&mut self, namespace: &Namespace) -> Result<(), BackendError> {
@@ -381,6 +415,7 @@ impl Backend for LocalBackend {
             self.delete_pod(&pod).await?;
         }
         self.policies.retain(|(ns, _), _| ns != name);
+        self.ghosts.retain(|(ns, _), _| ns != name);
         self.namespaces.remove(name);
         self.sync().await
     }
@@ -428,6 +463,7 @@ impl Backend for LocalBackend {
             LocalPod {
                 slot,
                 pod: pod.clone(),
+                created: tokio::time::Instant::now(),
                 agent: None,
             },
         );
@@ -469,6 +505,8 @@ impl Backend for LocalBackend {
     }
 
     async fn apply_policy(&mut self, policy: &Policy) -> Result<(), BackendError> {
+        self.ghosts
+            .remove(&(policy.namespace.clone(), policy.name.clone()));
         self.policies.insert(
             (policy.namespace.clone(), policy.name.clone()),
             policy.clone(),
@@ -477,15 +515,15 @@ impl Backend for LocalBackend {
     }
 
     async fn delete_policy(&mut self, namespace: &str, name: &str) -> Result<(), BackendError> {
-        if self
-            .policies
-            .remove(&(namespace.to_string(), name.to_string()))
-            .is_none()
-        {
+        let key = (namespace.to_string(), name.to_string());
+        let Some(deleted) = self.policies.remove(&key) else {
             return Err(BackendError::Namespace {
                 namespace: namespace.into(),
                 message: format!("no NetworkPolicy {name}"),
             });
+        };
+        if self.options.faults.has(Fault::PolicyDeletionIgnored) {
+            self.ghosts.insert(key, deleted);
         }
         self.sync().await
     }

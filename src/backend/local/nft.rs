@@ -31,6 +31,21 @@ pub const TABLE: &str = "inet polygraph";
 pub struct Ruleset {
     pub chains: BTreeMap<String, Vec<String>>,
     pub dispatch: Vec<String>,
+    /// The `stateless` fault: no conntrack shortcut for replies (see `faults`).
+    pub stateless: bool,
+}
+
+impl Ruleset {
+    /// This ruleset minus one pod's own chains: the pod is not isolated at all (the
+    /// `new-pod-unprotected` fault).
+    pub fn without_pod(mut self, slot: usize) -> Ruleset {
+        for direction in [Direction::Ingress, Direction::Egress] {
+            self.chains.remove(&chain_name(direction, slot));
+        }
+        let iface = format!("\"{}\"", veth_name(slot));
+        self.dispatch.retain(|rule| !rule.contains(&iface));
+        self
+    }
 }
 
 /// How the dataplane names a pod's interface and chains: by its stable slot, not by its position
@@ -267,8 +282,10 @@ pub fn install(ruleset: &Ruleset) -> String {
 
 fn forward_rules(ruleset: &Ruleset) -> String {
     let mut tx = format!("flush chain {TABLE} forward\n");
-    for rule in FORWARD_BASE
+    let base = FORWARD_BASE
         .iter()
+        .filter(|r| !(ruleset.stateless && r.starts_with("ct state established")));
+    for rule in base
         .map(|r| r.to_string())
         .chain(ruleset.dispatch.iter().cloned())
     {
@@ -295,7 +312,7 @@ pub fn update(old: &Ruleset, new: &Ruleset) -> Option<String> {
             let _ = writeln!(tx, "add rule {TABLE} {name} {rule}");
         }
     }
-    if old.dispatch != new.dispatch {
+    if (&old.dispatch, old.stateless) != (&new.dispatch, new.stateless) {
         tx.push_str(&forward_rules(new));
     }
     // Stale chains go last, once the forward chain no longer jumps to them.
@@ -383,5 +400,24 @@ mod tests {
         assert!(tx.find("flush chain inet polygraph forward") < tx.find("delete chain"));
         assert_eq!(update(&new, &new), None);
         assert!(install(&Ruleset::default()).contains("ct state established,related accept"));
+        let stateless = Ruleset {
+            stateless: true,
+            ..Ruleset::default()
+        };
+        assert!(!install(&stateless).contains("ct state established"));
+    }
+
+    #[test]
+    fn a_pod_can_be_left_without_its_own_rules() {
+        let r = ruleset(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny}\nspec: {podSelector: {}, policyTypes: [Ingress, Egress]}\n",
+        );
+        let without = r.clone().without_pod(1);
+        assert!(
+            !without.chains.contains_key("ingress-1") && !without.chains.contains_key("egress-1")
+        );
+        assert!(without.chains.contains_key("ingress-2"));
+        assert!(without.dispatch.iter().all(|d| !d.contains("\"pgv1\"")));
+        assert_eq!(without.dispatch.len(), r.dispatch.len() - 2);
     }
 }

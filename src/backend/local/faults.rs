@@ -1,0 +1,447 @@
+//! Fault injection for the local dataplane (`--inject`): each fault reproduces a class of bug real
+//! CNIs have shipped, so polygraph can prove it catches them (see `tests/self_validation.rs`).
+//!
+//! Most faults distort the compiled policies before the dataplane compiles them, exactly as a CNI
+//! agent that misreads the API object would; `stateless` changes the dataplane's base rules,
+//! `policy-deletion-ignored` the backend's bookkeeping, and the two timed faults (`delay`,
+//! `new-pod-unprotected`) when rules take effect (see `lag`).
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::time::Duration;
+
+use crate::model::Protocol;
+use crate::policy::{NamespaceScope, Peer, Policy, PortMatch, Rule, Selector};
+
+/// A fault without a parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Fault {
+    IpBlockExceptIgnored,
+    EndPortIgnored,
+    NamedPortsUnresolved,
+    UdpAsTcp,
+    SctpAsTcp,
+    ProtocolNotDefaulted,
+    PeerSelectorsOred,
+    NamespaceSelectorIgnored,
+    EgressIgnored,
+    IngressIgnored,
+    Stateless,
+    PolicyDeletionIgnored,
+}
+
+/// Every fault: its name, the scenario tags whose failure names it, and what it imitates.
+pub struct FaultInfo {
+    pub name: &'static str,
+    pub fault: Option<Fault>,
+    /// The feature tags of the scenarios expected to catch it.
+    pub features: &'static [&'static str],
+    pub imitates: &'static str,
+}
+
+pub const CATALOGUE: &[FaultInfo] = &[
+    FaultInfo {
+        name: "delay=DUR",
+        fault: None,
+        features: &[],
+        imitates: "every policy, label and namespace change reaches the dataplane DUR late (a slow or backlogged CNI agent): denies leak, allows lag",
+    },
+    FaultInfo {
+        name: "new-pod-unprotected=DUR",
+        fault: None,
+        features: &["new-pod"],
+        imitates: "a new pod's own rules arrive DUR after it gets its IP: it sends and receives unprotected meanwhile (the new-pod race)",
+    },
+    FaultInfo {
+        name: "ipblock-except-ignored",
+        fault: Some(Fault::IpBlockExceptIgnored),
+        features: &["ip-block"],
+        imitates: "ipBlock.except is dropped: the whole CIDR is allowed",
+    },
+    FaultInfo {
+        name: "endport-ignored",
+        fault: Some(Fault::EndPortIgnored),
+        features: &["end-port"],
+        imitates: "endPort is ignored: only the first port of a range is allowed",
+    },
+    FaultInfo {
+        name: "named-ports-unresolved",
+        fault: Some(Fault::NamedPortsUnresolved),
+        features: &["named-ports"],
+        imitates: "named ports are never resolved against the pod's container ports: they allow nothing",
+    },
+    FaultInfo {
+        name: "udp-as-tcp",
+        fault: Some(Fault::UdpAsTcp),
+        features: &["udp"],
+        imitates: "UDP port entries are programmed as TCP",
+    },
+    FaultInfo {
+        name: "sctp-as-tcp",
+        fault: Some(Fault::SctpAsTcp),
+        features: &["sctp"],
+        imitates: "SCTP port entries are programmed as TCP",
+    },
+    FaultInfo {
+        name: "protocol-not-defaulted",
+        fault: Some(Fault::ProtocolNotDefaulted),
+        features: &["protocol-default"],
+        imitates: "a port entry without protocol is not defaulted to TCP: it matches every protocol",
+    },
+    FaultInfo {
+        name: "peer-selectors-ored",
+        fault: Some(Fault::PeerSelectorsOred),
+        features: &["and-or"],
+        imitates: "a peer with both namespaceSelector and podSelector is treated as two peers (OR, not AND)",
+    },
+    FaultInfo {
+        name: "namespace-selector-ignored",
+        fault: Some(Fault::NamespaceSelectorIgnored),
+        features: &["namespace-selector"],
+        imitates: "namespaceSelector is ignored: peers are looked up in the policy's own namespace only",
+    },
+    FaultInfo {
+        name: "egress-ignored",
+        fault: Some(Fault::EgressIgnored),
+        features: &["egress"],
+        imitates: "egress rules are never enforced (ingress-only CNIs and modes)",
+    },
+    FaultInfo {
+        name: "ingress-ignored",
+        fault: Some(Fault::IngressIgnored),
+        features: &["ingress"],
+        imitates: "ingress rules are never enforced",
+    },
+    FaultInfo {
+        name: "stateless",
+        fault: Some(Fault::Stateless),
+        features: &["stateful"],
+        imitates: "stateless filtering: replies of allowed connections meet the reverse direction's rules and are dropped",
+    },
+    FaultInfo {
+        name: "policy-deletion-ignored",
+        fault: Some(Fault::PolicyDeletionIgnored),
+        features: &["delete"],
+        imitates: "a deleted policy stays enforced (a missed delete event)",
+    },
+];
+
+/// The faults of one run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Faults {
+    pub set: BTreeSet<Fault>,
+    /// Changes reach the dataplane this late.
+    pub delay: Duration,
+    /// New pods stay without their own rules this long.
+    pub new_pod_unprotected: Duration,
+}
+
+impl Faults {
+    /// Parses `--inject` values: `NAME` or `NAME=DUR`, any number of them.
+    pub fn parse<S: AsRef<str>>(specs: &[S]) -> Result<Faults, String> {
+        let mut faults = Faults::default();
+        for spec in specs {
+            let spec = spec.as_ref().trim();
+            let (name, value) = match spec.split_once('=') {
+                Some((name, value)) => (name, Some(value)),
+                None => (spec, None),
+            };
+            let duration = |value: Option<&str>| -> Result<Duration, String> {
+                let value = value
+                    .ok_or_else(|| format!("--inject {name}: needs a duration: {name}=DUR"))?;
+                humantime::parse_duration(value)
+                    .map_err(|e| format!("--inject {spec:?}: duration: {e}"))
+            };
+            match name {
+                "delay" => faults.delay = duration(value)?,
+                "new-pod-unprotected" => faults.new_pod_unprotected = duration(value)?,
+                _ => {
+                    let info = CATALOGUE
+                        .iter()
+                        .find(|f| f.name == name && f.fault.is_some())
+                        .ok_or_else(|| {
+                            format!(
+                                "--inject {spec:?}: unknown fault (`polygraph run --list-faults` lists them)"
+                            )
+                        })?;
+                    if value.is_some() {
+                        return Err(format!("--inject {spec:?}: {name} takes no value"));
+                    }
+                    faults.set.extend(info.fault);
+                }
+            }
+        }
+        Ok(faults)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == Faults::default()
+    }
+
+    pub fn has(&self, fault: Fault) -> bool {
+        self.set.contains(&fault)
+    }
+
+    /// Whether rules take effect later than the backend accepts changes.
+    pub fn lags(&self) -> bool {
+        !self.delay.is_zero() || !self.new_pod_unprotected.is_zero()
+    }
+
+    /// The policies as the faulty CNI understands them.
+    pub fn distort(&self, policies: &[Policy]) -> Vec<Policy> {
+        policies.iter().map(|p| self.distort_policy(p)).collect()
+    }
+
+    fn distort_policy(&self, policy: &Policy) -> Policy {
+        let mut policy = policy.clone();
+        if self.has(Fault::EgressIgnored) {
+            policy.egress = None;
+        }
+        if self.has(Fault::IngressIgnored) {
+            policy.ingress = None;
+        }
+        let object_rules = |ingress: bool| -> Vec<Vec<bool>> {
+            // Per rule, per port entry: whether the object gave no protocol.
+            let spec = policy.object.spec.clone().unwrap_or_default();
+            let unset =
+                |ports: Option<&Vec<k8s_openapi::api::networking::v1::NetworkPolicyPort>>| {
+                    ports
+                        .map(|ps| ps.iter().map(|p| p.protocol.is_none()).collect())
+                        .unwrap_or_default()
+                };
+            if ingress {
+                spec.ingress
+                    .iter()
+                    .flatten()
+                    .map(|r| unset(r.ports.as_ref()))
+                    .collect()
+            } else {
+                spec.egress
+                    .iter()
+                    .flatten()
+                    .map(|r| unset(r.ports.as_ref()))
+                    .collect()
+            }
+        };
+        let unset_in = [object_rules(true), object_rules(false)];
+        for (which, rules) in [policy.ingress.as_mut(), policy.egress.as_mut()]
+            .into_iter()
+            .enumerate()
+        {
+            let Some(rules) = rules else { continue };
+            for (index, rule) in rules.iter_mut().enumerate() {
+                let unset = unset_in[which].get(index).cloned().unwrap_or_default();
+                self.distort_rule(rule, &unset);
+            }
+        }
+        policy
+    }
+
+    fn distort_rule(&self, rule: &mut Rule, protocol_unset: &[bool]) {
+        if let Some(peers) = &mut rule.peers {
+            let mut distorted = Vec::new();
+            for peer in peers.drain(..) {
+                distorted.extend(self.distort_peer(peer));
+            }
+            *peers = distorted;
+        }
+        if let Some(ports) = &mut rule.ports {
+            let mut distorted = Vec::new();
+            for (index, port) in ports.drain(..).enumerate() {
+                let unset = protocol_unset.get(index).copied().unwrap_or(false);
+                distorted.extend(self.distort_port(port, unset));
+            }
+            *ports = distorted;
+        }
+    }
+
+    fn distort_peer(&self, peer: Peer) -> Vec<Peer> {
+        match peer {
+            Peer::IpBlock { cidr, .. } if self.has(Fault::IpBlockExceptIgnored) => {
+                vec![Peer::IpBlock {
+                    cidr,
+                    except: Vec::new(),
+                }]
+            }
+            Peer::Pods {
+                namespaces: NamespaceScope::Selected(_),
+                pods,
+            } if self.has(Fault::NamespaceSelectorIgnored) => vec![Peer::Pods {
+                namespaces: NamespaceScope::PolicyNamespace,
+                pods,
+            }],
+            Peer::Pods {
+                namespaces: NamespaceScope::Selected(namespaces),
+                pods,
+            } if self.has(Fault::PeerSelectorsOred) && !pods.is_everything() => vec![
+                Peer::Pods {
+                    namespaces: NamespaceScope::Selected(namespaces),
+                    pods: Selector::default(),
+                },
+                Peer::Pods {
+                    namespaces: NamespaceScope::PolicyNamespace,
+                    pods,
+                },
+            ],
+            other => vec![other],
+        }
+    }
+
+    fn distort_port(&self, port: PortMatch, protocol_unset: bool) -> Vec<PortMatch> {
+        let mut port = port;
+        if self.has(Fault::EndPortIgnored)
+            && let PortMatch::Range {
+                protocol, start, ..
+            } = port
+        {
+            port = PortMatch::Range {
+                protocol,
+                start,
+                end: start,
+            };
+        }
+        let retarget = |from: Protocol| match from {
+            Protocol::Udp if self.has(Fault::UdpAsTcp) => Protocol::Tcp,
+            Protocol::Sctp if self.has(Fault::SctpAsTcp) => Protocol::Tcp,
+            other => other,
+        };
+        port = with_protocol(&port, retarget(port.protocol()));
+        if self.has(Fault::NamedPortsUnresolved) && matches!(port, PortMatch::Named { .. }) {
+            return Vec::new();
+        }
+        if self.has(Fault::ProtocolNotDefaulted) && protocol_unset {
+            return [Protocol::Tcp, Protocol::Udp, Protocol::Sctp]
+                .into_iter()
+                .map(|p| with_protocol(&port, p))
+                .collect();
+        }
+        vec![port]
+    }
+}
+
+fn with_protocol(port: &PortMatch, protocol: Protocol) -> PortMatch {
+    match port.clone() {
+        PortMatch::AllPorts { .. } => PortMatch::AllPorts { protocol },
+        PortMatch::Range { start, end, .. } => PortMatch::Range {
+            protocol,
+            start,
+            end,
+        },
+        PortMatch::Named { name, .. } => PortMatch::Named { protocol, name },
+    }
+}
+
+impl fmt::Display for Faults {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut names: Vec<String> = CATALOGUE
+            .iter()
+            .filter(|info| info.fault.is_some_and(|fault| self.has(fault)))
+            .map(|info| info.name.to_string())
+            .collect();
+        if !self.delay.is_zero() {
+            names.push(format!("delay={}", humantime::format_duration(self.delay)));
+        }
+        if !self.new_pod_unprotected.is_zero() {
+            names.push(format!(
+                "new-pod-unprotected={}",
+                humantime::format_duration(self.new_pod_unprotected)
+            ));
+        }
+        f.write_str(&names.join(","))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{PortProtocol, default_model};
+    use crate::policy::parse_policies;
+
+    fn policy(yaml: &str) -> Policy {
+        parse_policies("p.yaml", yaml, "x").unwrap().remove(0)
+    }
+
+    fn allows(policy: &Policy, from: &str, to: &str, pp: PortProtocol) -> bool {
+        let cluster = default_model().build("m").unwrap();
+        let find = |r: &str| cluster.pod(cluster.find_pod(&r.parse().unwrap()).unwrap());
+        let (src, dst) = (find(from), find(to));
+        policy.ingress.iter().flatten().any(|rule| {
+            rule.matching_peer(&cluster, &policy.namespace, src)
+                .is_some()
+                && rule.matching_port(dst, pp).is_some()
+        })
+    }
+
+    #[test]
+    fn parses_names_and_durations_and_rejects_the_rest() {
+        let f = Faults::parse(&["stateless", "delay=2s", "new-pod-unprotected=500ms"]).unwrap();
+        assert!(f.has(Fault::Stateless) && f.lags());
+        assert_eq!(f.delay, Duration::from_secs(2));
+        assert_eq!(
+            f.to_string(),
+            "stateless,delay=2s,new-pod-unprotected=500ms"
+        );
+        for bad in ["nonsense", "delay", "delay=soon", "stateless=1s"] {
+            assert!(Faults::parse(&[bad]).is_err(), "{bad} accepted");
+        }
+        assert!(Faults::parse::<&str>(&[]).unwrap().is_empty());
+        assert!(CATALOGUE.len() >= 12);
+    }
+
+    #[test]
+    fn each_port_fault_changes_what_a_rule_allows() {
+        let tcp = |port| PortProtocol::new(port, Protocol::Tcp);
+        let udp = |port| PortProtocol::new(port, Protocol::Udp);
+        let range = policy(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p}\nspec:\n  podSelector: {}\n  ingress:\n  - ports: [{port: 80, endPort: 81}, {port: 53, protocol: UDP}]\n",
+        );
+        let faulty = |names: &[&str]| {
+            Faults::parse(names)
+                .unwrap()
+                .distort(std::slice::from_ref(&range))[0]
+                .clone()
+        };
+        assert!(allows(&range, "y/a", "x/a", tcp(81)));
+        assert!(!allows(
+            &faulty(&["endport-ignored"]),
+            "y/a",
+            "x/a",
+            tcp(81)
+        ));
+        assert!(allows(
+            &faulty(&["protocol-not-defaulted"]),
+            "y/a",
+            "x/a",
+            udp(80)
+        ));
+        assert!(!allows(&range, "y/a", "x/a", udp(80)));
+        assert!(!allows(&range, "y/a", "x/a", tcp(53)));
+        assert!(allows(&faulty(&["udp-as-tcp"]), "y/a", "x/a", tcp(53)));
+        assert!(!allows(&faulty(&["udp-as-tcp"]), "y/a", "x/a", udp(53)));
+    }
+
+    #[test]
+    fn peer_faults_widen_or_narrow_the_peers() {
+        let and = policy(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p}\nspec:\n  podSelector: {}\n  ingress:\n  - from: [{namespaceSelector: {matchLabels: {ns: y}}, podSelector: {matchLabels: {pod: a}}}]\n",
+        );
+        let tcp80 = PortProtocol::new(80, Protocol::Tcp);
+        assert!(allows(&and, "y/a", "x/b", tcp80) && !allows(&and, "y/b", "x/b", tcp80));
+        let ored = Faults::parse(&["peer-selectors-ored"])
+            .unwrap()
+            .distort(std::slice::from_ref(&and));
+        assert!(
+            allows(&ored[0], "y/b", "x/b", tcp80),
+            "namespace alone now enough"
+        );
+        assert!(
+            allows(&ored[0], "x/a", "x/b", tcp80),
+            "pod alone now enough"
+        );
+        let local = Faults::parse(&["namespace-selector-ignored"])
+            .unwrap()
+            .distort(&[and]);
+        assert!(!allows(&local[0], "y/a", "x/b", tcp80));
+        assert!(allows(&local[0], "x/a", "x/b", tcp80));
+    }
+}

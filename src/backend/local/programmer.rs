@@ -1,0 +1,193 @@
+//! Programs the reference dataplane: turns the cluster's state into nftables rules and installs
+//! them, now, or (with the timed faults) late, the way a lagging CNI agent would.
+//!
+//! Without timed faults every change is installed before the backend call returns. With
+//! `delay=D`, each state is installed D after it was reached; with `new-pod-unprotected=D`, a pod's
+//! own chains are left out until D after it was created. A worker task does the lagged part: it
+//! wakes when a state becomes due or a pod's grace ends, and installs what a CNI that far behind
+//! would have installed by then.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::faults::{Fault, Faults};
+use super::{SlotTable, host, nft};
+use crate::backend::BackendError;
+use crate::model::Cluster;
+use crate::policy::Policy;
+
+/// The cluster's state at one instant, as the dataplane must see it.
+pub(super) struct State {
+    pub at: Instant,
+    pub cluster: Cluster,
+    /// Policies as enforced (already distorted by the policy faults).
+    pub policies: Vec<Policy>,
+    /// Per pod of `cluster`: its slot and when it was created.
+    pub slots: Vec<usize>,
+    pub created: Vec<Instant>,
+}
+
+struct Installer {
+    node: String,
+    faults: Faults,
+    installed: nft::Ruleset,
+}
+
+impl Installer {
+    /// The rules for `state` as they stand at `now`, with the pods still in their unprotected
+    /// grace left out.
+    fn target(&self, state: &State, now: Instant) -> nft::Ruleset {
+        let mut ruleset = nft::compile(
+            &state.cluster,
+            &state.policies,
+            &SlotTable(state.slots.clone()),
+        );
+        ruleset.stateless = self.faults.has(Fault::Stateless);
+        for (slot, created) in state.slots.iter().zip(&state.created) {
+            if *created + self.faults.new_pod_unprotected > now {
+                ruleset = ruleset.without_pod(*slot);
+            }
+        }
+        ruleset
+    }
+
+    async fn install(&mut self, target: nft::Ruleset) -> Result<(), BackendError> {
+        if let Some(transaction) = nft::update(&self.installed, &target) {
+            host::nft(&self.node, &transaction).await?;
+            self.installed = target;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct Queue {
+    /// States not yet superseded, oldest first.
+    states: VecDeque<State>,
+    /// The worker's last failure, reported by the next `program` call.
+    error: Option<String>,
+}
+
+/// Installs states now, or through the lagging worker.
+pub(super) struct Programmer(Mode);
+
+enum Mode {
+    Now(Installer),
+    Lagged {
+        queue: Arc<Mutex<Queue>>,
+        wake: Arc<Notify>,
+        worker: JoinHandle<()>,
+    },
+}
+
+impl Programmer {
+    /// Installs the empty table's rules, then programs now or through a worker.
+    pub(super) async fn start(node: String, faults: Faults) -> Result<Programmer, BackendError> {
+        let empty = nft::Ruleset {
+            stateless: faults.has(Fault::Stateless),
+            ..nft::Ruleset::default()
+        };
+        host::nft(&node, &nft::install(&empty)).await?;
+        let lags = faults.lags();
+        let installer = Installer {
+            node,
+            faults,
+            installed: empty,
+        };
+        if !lags {
+            return Ok(Programmer(Mode::Now(installer)));
+        }
+        let queue = Arc::new(Mutex::new(Queue::default()));
+        let wake = Arc::new(Notify::new());
+        let worker = tokio::spawn(lagging(installer, queue.clone(), wake.clone()));
+        Ok(Programmer(Mode::Lagged {
+            queue,
+            wake,
+            worker,
+        }))
+    }
+
+    /// The cluster reached `state`: install it now, or hand it to the worker.
+    pub(super) async fn program(&mut self, state: State) -> Result<(), BackendError> {
+        match &mut self.0 {
+            Mode::Now(installer) => {
+                let target = installer.target(&state, state.at);
+                installer.install(target).await
+            }
+            Mode::Lagged { queue, wake, .. } => {
+                let error = {
+                    let mut queue = queue.lock().unwrap_or_else(|e| e.into_inner());
+                    queue.states.push_back(state);
+                    queue.error.take()
+                };
+                wake.notify_one();
+                match error {
+                    Some(message) => Err(BackendError::Command {
+                        command: "nft -f - (lagged dataplane)".into(),
+                        message,
+                    }),
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+
+    /// Stops the worker, so nothing is installed into a namespace being deleted.
+    pub(super) async fn stop(&mut self) {
+        if let Mode::Lagged { worker, .. } = &mut self.0 {
+            worker.abort();
+            let _ = worker.await;
+        }
+    }
+}
+
+impl Drop for Programmer {
+    fn drop(&mut self) {
+        if let Mode::Lagged { worker, .. } = &mut self.0 {
+            worker.abort();
+        }
+    }
+}
+
+/// The worker: installs, at every moment, the newest state that is at least `delay` old.
+async fn lagging(mut installer: Installer, queue: Arc<Mutex<Queue>>, wake: Arc<Notify>) {
+    let delay = installer.faults.delay;
+    let grace = installer.faults.new_pod_unprotected;
+    loop {
+        let now = Instant::now();
+        let (target, next) = {
+            let mut queue = queue.lock().unwrap_or_else(|e| e.into_inner());
+            while queue.states.len() > 1 && queue.states[1].at + delay <= now {
+                queue.states.pop_front();
+            }
+            let due = queue.states.front().filter(|s| s.at + delay <= now);
+            let target = due.map(|state| installer.target(state, now));
+            // Next wake-up: the next state falling due, or a pod's grace ending.
+            let pending = queue
+                .states
+                .iter()
+                .map(|s| s.at + delay)
+                .filter(|at| *at > now);
+            let graces = due
+                .into_iter()
+                .flat_map(|s| s.created.iter().map(|c| *c + grace))
+                .filter(|at| *at > now);
+            (target, pending.chain(graces).min())
+        };
+        if let Some(target) = target
+            && let Err(e) = installer.install(target).await
+        {
+            queue.lock().unwrap_or_else(|e| e.into_inner()).error = Some(e.to_string());
+        }
+        let next = next.unwrap_or(now + Duration::from_secs(3600));
+        tokio::select! {
+            () = tokio::time::sleep_until(next) => {}
+            () = wake.notified() => {}
+        }
+    }
+}

@@ -1,0 +1,243 @@
+//! Self-validation: polygraph must catch every bug it can inject into its own local dataplane.
+//!
+//! Each policy fault runs the whole built-in library and must fail it, with at least one failing
+//! scenario tagged with the feature the fault breaks. The timed faults must be measured: an
+//! injected delay D comes back as a latency within 20% of D plus the probe interval (the interval
+//! between probe rounds, the measurement's resolution), a new pod left unprotected for D as a leak
+//! of about D, and with `--max-latency` below D both fail the run. Without faults, no leak at all
+//! (checked on the whole library by `local_run.rs`). Needs root; otherwise says SKIPPED and passes.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use polygraph::backend::local::faults::CATALOGUE;
+use serde_json::Value;
+
+use common::local_cluster_or_skip;
+
+/// The timing tests measure latencies: they must not share the machine with the fault runs.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Fast settings: detection needs no long deadlines, and the whole suite runs once per fault.
+const FAST: [&str; 4] = ["--probe-timeout", "500ms", "--step-deadline", "2s"];
+/// Faults run this many at a time (each on its own cluster; probing mostly waits on timeouts).
+const CONCURRENCY: usize = 3;
+
+fn run_json(args: &[&str]) -> (Option<i32>, Value, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let json = dir.path().join("run.json");
+    let json_arg = json.display().to_string();
+    let mut all: Vec<&str> = vec!["run"];
+    all.extend_from_slice(args);
+    all.extend(["--json", &json_arg]);
+    let output = common::polygraph(&all, "");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let report = std::fs::read_to_string(&json)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or(Value::Null);
+    (output.status.code(), report, stdout)
+}
+
+/// Failing scenarios of a run report, with their tags.
+fn failing(report: &Value) -> BTreeMap<String, Vec<String>> {
+    report["scenarios"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| s["passed"] == false)
+        .map(|s| {
+            let tags = s["tags"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|t| t.as_str().map(str::to_string))
+                .collect();
+            (s["name"].as_str().unwrap_or_default().to_string(), tags)
+        })
+        .collect()
+}
+
+#[test]
+fn every_injected_policy_fault_is_caught_by_the_right_feature() {
+    if !local_cluster_or_skip("every_injected_policy_fault_is_caught_by_the_right_feature") {
+        return;
+    }
+    let _serial = serial();
+    let faults: Vec<_> = CATALOGUE.iter().filter(|f| f.fault.is_some()).collect();
+    assert!(faults.len() >= 10);
+    let mut table: Vec<(String, Vec<String>)> = Vec::new();
+    let mut problems = Vec::new();
+    for chunk in faults.chunks(CONCURRENCY) {
+        let results: Vec<_> = std::thread::scope(|scope| {
+            let handles: Vec<_> = chunk
+                .iter()
+                .map(|fault| {
+                    scope.spawn(move || {
+                        let mut args = vec!["--inject", fault.name];
+                        args.extend(FAST);
+                        (fault, run_json(&args))
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("run thread"))
+                .collect()
+        });
+        for (fault, (code, report, stdout)) in results {
+            let caught = failing(&report);
+            if code != Some(1) {
+                problems.push(format!(
+                    "{}: exit {code:?}, expected 1 (detected)\n{stdout}",
+                    fault.name
+                ));
+            }
+            let named = caught
+                .values()
+                .any(|tags| tags.iter().any(|t| fault.features.contains(&t.as_str())));
+            if !named {
+                problems.push(format!(
+                    "{}: no failing scenario is tagged {:?}; failing: {:?}",
+                    fault.name,
+                    fault.features,
+                    caught.keys().collect::<Vec<_>>()
+                ));
+            }
+            table.push((fault.name.to_string(), caught.into_keys().collect()));
+        }
+    }
+    // The detection table, as README shows it.
+    println!("| injected fault | scenarios that caught it |\n|---|---|");
+    for (fault, scenarios) in &table {
+        println!("| `{fault}` | {} |", scenarios.join(", "));
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// The step of `scenario` named `step` in a run report.
+fn step<'a>(report: &'a Value, scenario: &str, step: &str) -> &'a Value {
+    report["scenarios"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == scenario))
+        .and_then(|s| s["steps"].as_array())
+        .and_then(|steps| steps.iter().find(|s| s["name"] == step))
+        .unwrap_or_else(|| panic!("no step {scenario} › {step} in {report}"))
+}
+
+fn within_tolerance(what: &str, measured: f64, injected_ms: f64, interval_ms: f64) {
+    let tolerance = 0.2 * injected_ms + interval_ms;
+    assert!(
+        (measured - injected_ms).abs() <= tolerance,
+        "{what}: measured {measured:.0} ms for an injected {injected_ms:.0} ms (tolerance {tolerance:.0} ms)"
+    );
+    println!(
+        "{what}: injected {injected_ms:.0} ms, measured {measured:.0} ms (tolerance ±{tolerance:.0} ms)"
+    );
+}
+
+#[test]
+fn injected_delays_are_measured_within_tolerance_and_fail_beyond_max_latency() {
+    if !local_cluster_or_skip(
+        "injected_delays_are_measured_within_tolerance_and_fail_beyond_max_latency",
+    ) {
+        return;
+    }
+    let _serial = serial();
+    let injected_ms = 2000.0;
+    let (code, report, stdout) = run_json(&[
+        "--inject",
+        "delay=2s",
+        "--step-deadline",
+        "6s",
+        "deny-all-ingress",
+        "policy-deleted",
+    ]);
+    assert_eq!(
+        code,
+        Some(0),
+        "late cells only fail with --max-latency\n{stdout}"
+    );
+    let deny = &step(&report, "deny-all-ingress", "deny all ingress in x")["timing"];
+    let interval = deny["round_interval_ms"].as_f64().expect("several rounds");
+    assert!(deny["late_deny"].as_u64().unwrap_or(0) > 0, "{deny}");
+    for q in ["p50_ms", "max_ms"] {
+        let measured = deny["allow_to_deny"][q].as_f64().expect("latency");
+        within_tolerance(&format!("allow→deny {q}"), measured, injected_ms, interval);
+    }
+    // The leak window is the late denies' latency: about D.
+    let leak = deny["max_leak_ms"].as_f64().expect("a leak");
+    within_tolerance("leak window", leak, injected_ms, interval);
+
+    let allow = &step(&report, "policy-deleted", "delete policy x/deny")["timing"];
+    let interval = allow["round_interval_ms"].as_f64().expect("several rounds");
+    assert!(allow["late_allow"].as_u64().unwrap_or(0) > 0, "{allow}");
+    let measured = allow["deny_to_allow"]["max_ms"].as_f64().expect("latency");
+    within_tolerance("deny→allow max", measured, injected_ms, interval);
+    assert!(stdout.contains("late deny (leak window up to"), "{stdout}");
+
+    let (code, report, stdout) = run_json(&[
+        "--inject",
+        "delay=2s",
+        "--max-latency",
+        "1s",
+        "deny-all-ingress",
+    ]);
+    assert_eq!(code, Some(1), "late beyond --max-latency fails\n{stdout}");
+    assert!(failing(&report).contains_key("deny-all-ingress"));
+}
+
+#[test]
+fn the_new_pod_race_is_measured_and_zero_without_the_fault() {
+    if !local_cluster_or_skip("the_new_pod_race_is_measured_and_zero_without_the_fault") {
+        return;
+    }
+    let _serial = serial();
+    let created = "create pod x/d";
+    let (code, report, stdout) = run_json(&["new-pod-under-policy"]);
+    assert_eq!(code, Some(0), "{stdout}");
+    let clean = &step(&report, "new-pod-under-policy", created)["timing"];
+    assert_eq!(clean["new_pod_leak_ms"], Value::Null, "{clean}");
+    assert_eq!(clean["late_deny"], 0, "{clean}");
+    assert!(clean["new_pod"]["cells"].as_u64().unwrap_or(0) > 0);
+    assert!(
+        stdout.contains("new pod: nothing forbidden got through"),
+        "{stdout}"
+    );
+
+    let injected_ms = 2000.0;
+    let (code, report, stdout) = run_json(&[
+        "--inject",
+        "new-pod-unprotected=2s",
+        "--step-deadline",
+        "6s",
+        "new-pod-under-policy",
+    ]);
+    assert_eq!(code, Some(0), "{stdout}");
+    let raced = &step(&report, "new-pod-under-policy", created)["timing"];
+    let leak = raced["new_pod_leak_ms"].as_f64().expect("a new-pod leak");
+    let interval = raced["round_interval_ms"].as_f64().expect("several rounds");
+    within_tolerance("new-pod leak", leak, injected_ms, interval);
+    assert!(stdout.contains("new pod leaked for up to"), "{stdout}");
+
+    let (code, report, stdout) = run_json(&[
+        "--inject",
+        "new-pod-unprotected=2s",
+        "--max-latency",
+        "1s",
+        "new-pod-under-policy",
+    ]);
+    assert_eq!(code, Some(1), "{stdout}");
+    let caught = failing(&report);
+    assert!(
+        caught
+            .get("new-pod-under-policy")
+            .is_some_and(|tags| tags.iter().any(|t| t == "new-pod")),
+        "{caught:?}"
+    );
+}
