@@ -100,6 +100,17 @@ struct Stats {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[allow(dead_code)]
+struct Flows {
+    held: usize,
+    survived: usize,
+    cut: usize,
+    tcp_survived: usize,
+    udp_survived: usize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
 struct Timing {
     allow_to_deny: Stats,
     deny_to_allow: Stats,
@@ -112,6 +123,7 @@ struct Timing {
     new_pod_leak_ms: Option<f64>,
     new_pod_first_probe_ms: Option<f64>,
     round_interval_ms: Option<f64>,
+    established: Flows,
     #[serde(default)]
     per_node: std::collections::BTreeMap<String, Stats>,
 }
@@ -132,6 +144,8 @@ struct CellJson {
     race: Option<String>,
     #[serde(default)]
     last_wrong_ms: Option<f64>,
+    #[serde(default)]
+    established: Option<String>,
     /// Only where the backend knows nodes; the local cluster is one host.
     #[serde(default)]
     placement: Option<String>,
@@ -184,6 +198,21 @@ fn the_whole_library_passes_with_valid_junit_and_json() {
     assert!(report.passed);
     assert_eq!(report.summary.failed, 0);
     assert!(report.summary.scenarios >= 30);
+    // The reference dataplane is stateful: connections established before a deny live on.
+    let held: usize = report
+        .scenarios
+        .iter()
+        .flat_map(|s| &s.steps)
+        .map(|s| s.timing.established.held)
+        .sum();
+    let cut: usize = report
+        .scenarios
+        .iter()
+        .flat_map(|s| &s.steps)
+        .map(|s| s.timing.established.cut)
+        .sum();
+    assert!(held > 500, "{held} connections held across denies");
+    assert_eq!(cut, 0, "conntrack keeps established connections");
     for scenario in &report.scenarios {
         for step in &scenario.steps {
             // The reference dataplane installs every change before the backend call returns:

@@ -241,3 +241,64 @@ fn the_new_pod_race_is_measured_and_zero_without_the_fault() {
         "{caught:?}"
     );
 }
+
+#[test]
+fn established_connections_are_reported_as_surviving_or_cut() {
+    if !local_cluster_or_skip("established_connections_are_reported_as_surviving_or_cut") {
+        return;
+    }
+    let _serial = serial();
+    let flows = |report: &Value| -> (u64, u64, u64) {
+        let f = &step(report, "deny-all-ingress", "deny all ingress in x")["timing"]["established"];
+        let n = |k: &str| f[k].as_u64().unwrap_or(0);
+        (n("held"), n("survived"), n("cut"))
+    };
+    // Conntrack lets established connections through a new deny: reported, and the run passes.
+    let (code, report, stdout) = run_json(&["deny-all-ingress"]);
+    assert_eq!(code, Some(0), "{stdout}");
+    let (held, survived, cut) = flows(&report);
+    assert!(
+        held > 0 && survived == held && cut == 0,
+        "{held} {survived} {cut}"
+    );
+    assert!(stdout.contains("survived the deny"), "{stdout}");
+    // Without conntrack (the stateless fault) the same connections are cut.
+    let (_, report, stdout) = run_json(&[
+        "--inject",
+        "stateless",
+        "--step-deadline",
+        "2s",
+        "deny-all-ingress",
+    ]);
+    let (held, survived, cut) = flows(&report);
+    assert!(
+        held > 0 && cut == held && survived == 0,
+        "{held} {survived} {cut}\n{stdout}"
+    );
+}
+
+#[test]
+fn a_dataplane_that_flaps_is_caught_and_a_stable_one_is_not() {
+    if !local_cluster_or_skip("a_dataplane_that_flaps_is_caught_and_a_stable_one_is_not") {
+        return;
+    }
+    let _serial = serial();
+    let flapping = |report: &Value| {
+        step(report, "deny-all-ingress", "deny all ingress in x")["timing"]["flapping"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let (code, report, stdout) = run_json(&["--stability", "3s", "deny-all-ingress"]);
+    assert_eq!(code, Some(0), "{stdout}");
+    assert_eq!(flapping(&report), 0);
+    let (code, report, stdout) = run_json(&[
+        "--inject",
+        "resync-gap=2s",
+        "--stability",
+        "3s",
+        "deny-all-ingress",
+    ]);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(flapping(&report) > 0, "{stdout}");
+    assert!(stdout.contains("flapping"), "{stdout}");
+}

@@ -72,6 +72,80 @@ pub fn parse_probe_output(
     Ok(results)
 }
 
+/// Long-lived connections held open by an agent `hold` process in one pod (see the agent's
+/// `hold`): established once, then re-tested on demand.
+pub struct Held {
+    from: PodRef,
+    targets: usize,
+    stdin: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
+    stdout:
+        tokio::io::Lines<tokio::io::BufReader<std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>>>>,
+    /// The process or exec session; ending it closes the connections.
+    _session: Box<dyn Send>,
+}
+
+impl Held {
+    /// Sends the request; `establish` then reads how each connection opened.
+    pub async fn start(
+        from: PodRef,
+        targets: &[Target],
+        timeout: Duration,
+        mut stdin: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
+        stdout: std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>>,
+        session: Box<dyn Send>,
+    ) -> Result<Held, BackendError> {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        let line = format!("{}\n", probe_request(targets, timeout));
+        stdin
+            .write_all(line.as_bytes())
+            .await
+            .map_err(|e| BackendError::Probe {
+                pod: from.clone(),
+                message: format!("holding connections: {e}"),
+            })?;
+        stdin.flush().await?;
+        Ok(Held {
+            from,
+            targets: targets.len(),
+            stdin,
+            stdout: tokio::io::BufReader::new(stdout).lines(),
+            _session: session,
+        })
+    }
+
+    async fn read_results(&mut self, timeout: Duration) -> Result<Vec<ProbeResult>, BackendError> {
+        let mut text = String::new();
+        let limit = timeout + Duration::from_secs(10);
+        for _ in 0..self.targets {
+            let line = tokio::time::timeout(limit, self.stdout.next_line()).await;
+            match line {
+                Ok(Ok(Some(line))) => {
+                    text.push_str(&line);
+                    text.push('\n');
+                }
+                _ => break,
+            }
+        }
+        parse_probe_output(&self.from, &text, self.targets)
+    }
+
+    /// How each connection opened (`connected` = established).
+    pub async fn established(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<Vec<ProbeResult>, BackendError> {
+        self.read_results(timeout).await
+    }
+
+    /// Re-tests every connection: `connected` means it still carries traffic.
+    pub async fn check(&mut self, timeout: Duration) -> Result<Vec<ProbeResult>, BackendError> {
+        use tokio::io::AsyncWriteExt;
+        self.stdin.write_all(b"check\n").await?;
+        self.stdin.flush().await?;
+        self.read_results(timeout).await
+    }
+}
+
 /// What the runner needs from a cluster. Mutations mirror the scenario step actions; `probe` runs
 /// one batch from one pod (one agent process, all targets concurrently).
 // Backends are driven from a single task, so their futures need not be `Send`.
@@ -108,6 +182,13 @@ pub trait Backend {
         targets: &[Target],
         timeout: Duration,
     ) -> Result<Vec<ProbeResult>, BackendError>;
+    /// Opens long-lived connections from `from` to `targets` and keeps them for `Held::check`.
+    async fn hold(
+        &self,
+        from: &PodRef,
+        targets: &[Target],
+        timeout: Duration,
+    ) -> Result<Held, BackendError>;
     /// Removes everything the backend created. Idempotent.
     async fn cleanup(&mut self) -> Result<(), BackendError>;
 }
@@ -177,6 +258,14 @@ impl Backend for AnyBackend {
         timeout: Duration,
     ) -> Result<Vec<ProbeResult>, BackendError> {
         delegate!(self, b => b.probe(from, targets, timeout).await)
+    }
+    async fn hold(
+        &self,
+        from: &PodRef,
+        targets: &[Target],
+        timeout: Duration,
+    ) -> Result<Held, BackendError> {
+        delegate!(self, b => b.hold(from, targets, timeout).await)
     }
     async fn cleanup(&mut self) -> Result<(), BackendError> {
         delegate!(self, b => b.cleanup().await)

@@ -52,6 +52,10 @@ pub struct RunArgs {
     /// The least time between the starts of two probe rounds while a step converges.
     #[arg(long, default_value = "250ms", value_name = "DUR", value_parser = humantime::parse_duration)]
     poll_interval: Duration,
+    /// Don't hold connections open across allow→deny steps (by default polygraph reports whether a
+    /// deny cuts connections established before it).
+    #[arg(long)]
+    skip_established: bool,
     /// Print the faults `--inject` can imitate in the local dataplane, one per line, and exit.
     #[arg(long)]
     list_faults: bool,
@@ -122,6 +126,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode, CliError> {
         step_deadline: args.step_deadline,
         max_latency: args.max_latency,
         stability: args.stability,
+        established: !args.skip_established,
         parallelism: args.parallel,
         poll_interval: args.poll_interval,
     };

@@ -40,6 +40,7 @@ pub fn run(args: SmokeArgs) -> Result<ExitCode, CliError> {
         step_deadline: args.step_deadline,
         max_latency: None,
         stability: Duration::ZERO,
+        established: false,
         parallelism: 8,
         poll_interval: Duration::from_millis(250),
     };

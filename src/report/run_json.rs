@@ -5,7 +5,7 @@ use serde::Serialize;
 use crate::matrix::Placement;
 use crate::model::Protocol;
 use crate::run::scenarios::{RunResult, Verdict};
-use crate::run::timing::{Change, Race, StepTiming};
+use crate::run::timing::{Change, FlowFate, Race, StepTiming};
 use polygraph_agent::wire::Outcome;
 
 #[derive(Debug, Serialize)]
@@ -108,6 +108,9 @@ pub struct CellJson {
     pub change: Change,
     /// The timing race the cell showed, if any.
     pub race: Option<Race>,
+    /// For a connection held open across an allow→deny change: `survived` or `cut`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub established: Option<FlowFate>,
     /// Ms from the change to the last observation that differed from the spec.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_wrong_ms: Option<f64>,
@@ -168,6 +171,7 @@ pub fn report(result: &RunResult) -> RunJson {
                                 change: *step.changes.get(k, cell.from, cell.to),
                                 race: timing.race(spec.allowed()),
                                 last_wrong_ms: timing.last_wrong_ms,
+                                established: *step.established.get(k, cell.from, cell.to),
                                 placement: step
                                     .observed
                                     .as_ref()

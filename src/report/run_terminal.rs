@@ -77,6 +77,13 @@ pub fn timing_line(step: &StepResult) -> String {
             ),
         });
     }
+    let flows = &t.established;
+    if flows.held > 0 {
+        parts.push(format!(
+            "established connections: {} of {} survived the deny (TCP {}, UDP {})",
+            flows.survived, flows.held, flows.tcp_survived, flows.udp_survived
+        ));
+    }
     if parts.is_empty() {
         return String::new();
     }
@@ -111,7 +118,8 @@ pub fn step_line(scenario: &Scenario, step: &StepResult) -> String {
         let _ = write!(line, ", {late} late");
     }
     let t = &step.summary;
-    if t.late_deny + t.late_allow + t.flapping > 0 || t.new_pod.cells > 0 {
+    if t.late_deny + t.late_allow + t.flapping > 0 || t.new_pod.cells > 0 || t.established.held > 0
+    {
         let _ = write!(line, " [{}]", timing_line(step));
     }
     if let Some(e) = &step.error {
@@ -198,6 +206,7 @@ fn timing_section(text: &mut String, result: &RunResult, color: bool) {
         "resolution",
     ]);
     let mut any_race = false;
+    let mut flows = crate::run::timing::FlowSummary::default();
     for scenario in &result.scenarios {
         for step in &scenario.steps {
             for (k, cell, timing) in step.timing.cells() {
@@ -211,6 +220,10 @@ fn timing_section(text: &mut String, result: &RunResult, color: bool) {
             }
             let t = &step.summary;
             late_deny += t.late_deny;
+            flows.held += t.established.held;
+            flows.survived += t.established.survived;
+            flows.tcp_survived += t.established.tcp_survived;
+            flows.udp_survived += t.established.udp_survived;
             if let Some(leak) = t.max_leak_ms {
                 max_leak = Some(max_leak.map_or(leak, |m| m.max(leak)));
             }
@@ -252,6 +265,13 @@ fn timing_section(text: &mut String, result: &RunResult, color: bool) {
             "leaks: none (no forbidden connection got through after a change)"
         ),
     };
+    if flows.held > 0 {
+        let _ = writeln!(
+            text,
+            "established connections: {} of {} held across a deny survived it (TCP {}, UDP {}); the spec leaves this open, so it is reported, never failed",
+            flows.survived, flows.held, flows.tcp_survived, flows.udp_survived
+        );
+    }
     if any_race {
         let _ = writeln!(text, "{racing}");
     }

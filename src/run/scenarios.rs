@@ -4,11 +4,15 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use super::timing::{CellTiming, Change, LatencyStats, Race, StepTiming, changes};
+use polygraph_agent::wire::{Outcome, Target};
+
+use super::timing::{
+    CellTiming, Change, FlowFate, FlowSummary, LatencyStats, Race, StepTiming, changes,
+};
 use crate::analyze::Analysis;
-use crate::backend::{Backend, BackendError};
+use crate::backend::{Backend, BackendError, Held};
 use crate::matrix::{Grid, Judgement, ObservedTable, TruthTable};
-use crate::model::ClusterDescription;
+use crate::model::{ClusterDescription, Protocol};
 use crate::scenario::{Action, Scenario, World};
 
 use super::{READY_TIMEOUT, probe_matrix};
@@ -23,6 +27,8 @@ pub struct RunOptions {
     pub max_latency: Option<Duration>,
     /// After a step converges, keep probing this long and flag cells that change (flapping).
     pub stability: Duration,
+    /// Hold connections open across allow→deny steps and report whether the deny cuts them.
+    pub established: bool,
     pub parallelism: usize,
     /// The least time between the starts of two probe rounds of a step: rounds that finish fast
     /// (everything connects) must not spin.
@@ -77,6 +83,8 @@ pub struct StepResult {
     pub verdicts: Grid<Verdict>,
     /// Latency percentiles, races and leak windows of the step.
     pub summary: StepTiming,
+    /// Per allow→deny cell whose connection was held across the step: what the deny did to it.
+    pub established: Grid<Option<FlowFate>>,
     /// A backend failure that stopped the step.
     pub error: Option<String>,
 }
@@ -311,9 +319,15 @@ async fn run_step<B: Backend>(
         observed: None,
         changes: changes(&expected_before(scenario, index), &step.analysis.table),
         timing: Grid::new(pods.clone(), pps.clone(), CellTiming::default()),
+        established: Grid::new(pods.clone(), pps.clone(), None),
         verdicts: Grid::new(pods, pps, Verdict::NotProbed),
         summary: StepTiming::default(),
         error: None,
+    };
+    let mut flows = if options.established {
+        hold_flows(&*backend, &step.analysis, &result.changes, options).await
+    } else {
+        Vec::new()
     };
     let started = Instant::now();
     let changed = match perform(backend, &step.action).await {
@@ -364,11 +378,7 @@ async fn run_step<B: Backend>(
             all_match &= matches;
             let at = round_ms + observation.map_or(0.0, |o| o.started_ms);
             let mut timing = *result.timing.get(k, cell.from, cell.to);
-            if settled_at.is_some() {
-                timing.observe_settled(at, matches);
-            } else {
-                timing.observe(at, matches);
-            }
+            timing.observe(at, matches);
             result.timing.set(k, cell.from, cell.to, timing);
         }
         result.observed = Some(observed);
@@ -411,7 +421,109 @@ async fn run_step<B: Backend>(
         }
         result.summary = summarize(&result, observed, &round_starts);
     }
+    check_flows(&mut flows, &mut result, options).await;
     result
+}
+
+/// Connections one source holds across a step: the agent session and, per target, its cell.
+struct HeldFlows {
+    held: Held,
+    from: usize,
+    /// Per target: (port/protocol index, destination).
+    cells: Vec<(usize, usize)>,
+    established: Vec<bool>,
+}
+
+/// Before an allow→deny step: opens a long-lived connection (TCP) or flow (UDP) for every cell
+/// that goes from allowed to blocked, one agent session per source pod.
+async fn hold_flows<B: Backend>(
+    backend: &B,
+    analysis: &Analysis,
+    changes: &Grid<Change>,
+    options: &RunOptions,
+) -> Vec<HeldFlows> {
+    let pods = analysis.cluster.pods();
+    let pps = analysis.table.port_protocols();
+    let address = |id: usize| backend.address(&pods[id].key()).unwrap_or(pods[id].ip);
+    // Per source: the targets, and each one's (port/protocol index, destination).
+    type Plan = (Vec<Target>, Vec<(usize, usize)>);
+    let mut per_source: BTreeMap<usize, Plan> = BTreeMap::new();
+    for (k, cell, change) in changes.cells() {
+        let pp = pps[k];
+        let (src, dst) = (&pods[cell.from], &pods[cell.to]);
+        if *change != Change::AllowToDeny
+            || pp.protocol == Protocol::Sctp
+            || cell.from == cell.to
+            || !dst.serves(pp)
+            || src.ip.is_ipv4() != dst.ip.is_ipv4()
+        {
+            continue;
+        }
+        let entry = per_source.entry(cell.from).or_default();
+        entry.0.push(Target {
+            host: address(cell.to).to_string(),
+            port: pp.port,
+            protocol: pp.protocol,
+        });
+        entry.1.push((k, cell.to));
+    }
+    let opened = per_source
+        .into_iter()
+        .map(|(from, (targets, cells))| async move {
+            let mut held = backend
+                .hold(&pods[from].key(), &targets, options.probe_timeout)
+                .await
+                .ok()?;
+            let results = held.established(options.probe_timeout).await.ok()?;
+            let established = results
+                .iter()
+                .map(|r| r.outcome == Outcome::Connected)
+                .collect();
+            Some(HeldFlows {
+                held,
+                from,
+                cells,
+                established,
+            })
+        });
+    futures::future::join_all(opened)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// After the step: re-tests every held connection and records what the deny did to it.
+async fn check_flows(flows: &mut [HeldFlows], result: &mut StepResult, options: &RunOptions) {
+    let checks = flows.iter_mut().map(|flows| async {
+        let results = flows.held.check(options.probe_timeout).await;
+        (&*flows, results)
+    });
+    let mut summary = FlowSummary::default();
+    for (flows, results) in futures::future::join_all(checks).await {
+        let Ok(results) = results else { continue };
+        for ((&(k, to), established), checked) in
+            flows.cells.iter().zip(&flows.established).zip(results)
+        {
+            if !established {
+                continue;
+            }
+            summary.held += 1;
+            let fate = if checked.outcome == Outcome::Connected {
+                summary.survived += 1;
+                match checked.protocol {
+                    Protocol::Tcp => summary.tcp_survived += 1,
+                    _ => summary.udp_survived += 1,
+                }
+                FlowFate::Survived
+            } else {
+                summary.cut += 1;
+                FlowFate::Cut
+            };
+            result.established.set(k, flows.from, to, Some(fate));
+        }
+    }
+    result.summary.established = summary;
 }
 
 /// The step's timing figures from its cells' timelines.

@@ -6,7 +6,8 @@
 //! and kept matching; its last wrong observation bounds the race from below. A cell that was wrong
 //! and later matched is a *late deny* (traffic the new state forbids got through: a leak window of
 //! about its latency) or a *late allow*; one never matched is *never converged*; one that matched
-//! and later changed during the stability window is *flapping*. The resolution of every figure is
+//! and later differed again (while converging, or in the window `--stability` adds after
+//! convergence) is *flapping*. The resolution of every figure is
 //! the interval between probe rounds, which the step reports.
 
 use std::collections::{BTreeMap, HashMap};
@@ -41,6 +42,29 @@ pub enum Race {
     Flapping,
 }
 
+/// What a deny did to a connection established before it. The spec leaves this open: reported,
+/// never failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FlowFate {
+    /// Still carried traffic after the step converged.
+    Survived,
+    /// Stopped answering (dropped or reset).
+    Cut,
+}
+
+/// Connections held open across a step whose cells went from allowed to blocked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct FlowSummary {
+    /// Established before the change (TCP connections and UDP flows).
+    pub held: usize,
+    pub survived: usize,
+    pub cut: usize,
+    /// Of the held ones, TCP / UDP that survived.
+    pub tcp_survived: usize,
+    pub udp_survived: usize,
+}
+
 /// One cell's timeline within a step, in ms from the change.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct CellTiming {
@@ -50,26 +74,24 @@ pub struct CellTiming {
     pub last_wrong_ms: Option<f64>,
     /// First observation of the cell at all.
     pub first_seen_ms: Option<f64>,
+    /// Matched at least once.
+    pub matched: bool,
+    /// Differed again after matching.
     pub flapped: bool,
 }
 
 impl CellTiming {
-    /// Records one observation at `at_ms`, matching the spec or not.
+    /// Records one observation at `at_ms`, matching the spec or not. A mismatch after a match is
+    /// flapping: enforcement that was in place went away again.
     pub fn observe(&mut self, at_ms: f64, matches: bool) {
         self.first_seen_ms.get_or_insert(at_ms);
         if matches {
             self.converged_ms.get_or_insert(at_ms);
+            self.matched = true;
         } else {
+            self.flapped |= self.matched;
             self.last_wrong_ms = Some(at_ms);
             self.converged_ms = None;
-        }
-    }
-
-    /// An observation during the stability window: a mismatch after convergence is flapping.
-    pub fn observe_settled(&mut self, at_ms: f64, matches: bool) {
-        if !matches {
-            self.flapped = true;
-            self.last_wrong_ms = Some(at_ms);
         }
     }
 
@@ -176,6 +198,8 @@ pub struct StepTiming {
     pub new_pod_first_probe_ms: Option<f64>,
     /// Mean time between the starts of probe rounds: the resolution of every figure here.
     pub round_interval_ms: Option<f64>,
+    /// Connections established before an allow→deny change, and whether the deny cut them.
+    pub established: FlowSummary,
     /// Latency of changed cells by the node of their destination, where the backend knows nodes.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub per_node: BTreeMap<String, LatencyStats>,
@@ -222,7 +246,8 @@ mod tests {
         assert_eq!(CellTiming::default().race(false), None, "never probed");
 
         let mut flap = clean;
-        flap.observe_settled(3000.0, false);
+        flap.observe(3000.0, false);
+        flap.observe(4000.0, true);
         assert_eq!(flap.race(true), Some(Race::Flapping));
     }
 

@@ -43,6 +43,9 @@ enum Command {
         #[arg(long, value_parser = humantime::parse_duration)]
         timeout: Option<Duration>,
     },
+    /// Read a probe request line on stdin, open and keep those connections (TCP) and flows (UDP),
+    /// print one result per target; then re-test every one on each `check` line, until EOF.
+    Hold,
 }
 
 /// Runs the agent with `args` (the first is the program name).
@@ -91,6 +94,13 @@ where
                 }
             }
             Command::Probe { timeout } => probe(timeout).await,
+            Command::Hold => match crate::hold::run(tokio::io::stdin(), std::io::stdout()).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("polygraph-agent: hold: {e}");
+                    ExitCode::from(2)
+                }
+            },
         }
     });
     // A probe that timed out may leave a blocking resolver or SCTP connect behind: don't wait for it.

@@ -1,10 +1,12 @@
 //! polygraph's probe agent.
 //!
 //! `serve` listens on the pod's ports and answers with the pod's identity; `probe` reads a batch of
-//! targets as JSON on stdin and prints one JSON result per target. One `probe` process per source
+//! targets as JSON on stdin and prints one JSON result per target; `hold` keeps connections open
+//! and re-tests them on request. One `probe` process per source
 //! pod per matrix round, never one process per probe.
 
 pub mod cli;
+pub mod hold;
 pub mod probe;
 pub mod serve;
 mod sockets;

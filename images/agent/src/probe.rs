@@ -14,18 +14,18 @@ use crate::wire::{Outcome, ProbeRequest, ProbeResult, Protocol, Target, parse_gr
 
 /// How often a UDP probe re-sends its datagram while waiting: one lost datagram must not read as
 /// "blocked".
-const UDP_RESEND: Duration = Duration::from_millis(200);
+pub(crate) const UDP_RESEND: Duration = Duration::from_millis(200);
 /// Greetings are one short line.
-const GREETING_MAX: usize = 256;
+pub(crate) const GREETING_MAX: usize = 256;
 
-struct Finding {
-    outcome: Outcome,
-    peer: Option<String>,
-    detail: Option<String>,
+pub(crate) struct Finding {
+    pub(crate) outcome: Outcome,
+    pub(crate) peer: Option<String>,
+    pub(crate) detail: Option<String>,
 }
 
 impl Finding {
-    fn new(outcome: Outcome, detail: impl Into<String>) -> Self {
+    pub(crate) fn new(outcome: Outcome, detail: impl Into<String>) -> Self {
         Finding {
             outcome,
             peer: None,
@@ -74,11 +74,15 @@ async fn probe_one(target: Target, timeout: Duration, batch_start: Instant) -> P
     }
 }
 
-fn millis(d: Duration) -> f64 {
+pub(crate) fn millis(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
-async fn resolve(host: &str, port: u16, timeout: Duration) -> Result<SocketAddr, String> {
+pub(crate) async fn resolve(
+    host: &str,
+    port: u16,
+    timeout: Duration,
+) -> Result<SocketAddr, String> {
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Ok(SocketAddr::new(ip, port));
     }
@@ -90,7 +94,7 @@ async fn resolve(host: &str, port: u16, timeout: Duration) -> Result<SocketAddr,
 }
 
 /// Maps a socket error to an outcome: what the network said, or a failure of the probe itself.
-fn classify(error: &io::Error) -> Finding {
+pub(crate) fn classify(error: &io::Error) -> Finding {
     match (error.kind(), error.raw_os_error()) {
         (io::ErrorKind::ConnectionRefused, _) => {
             Finding::new(Outcome::Refused, "connection refused")
@@ -109,7 +113,7 @@ fn classify(error: &io::Error) -> Finding {
     }
 }
 
-fn connected(greeting: Option<String>) -> Finding {
+pub(crate) fn connected(greeting: Option<String>) -> Finding {
     let detail = greeting
         .is_none()
         .then(|| "connected, but the peer sent no polygraph greeting".to_string());

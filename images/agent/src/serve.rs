@@ -1,11 +1,12 @@
 //! `serve`: listen on every requested (port, protocol) and answer with the pod's identity.
-//! TCP and SCTP send the greeting and close; UDP echoes it to whoever sent a datagram.
+//! TCP and SCTP send the greeting, then echo whatever the client sends until it closes (so `hold`
+//! can tell a live long-lived connection from a cut one); UDP answers every datagram with it.
 
 use std::io;
 use std::sync::Arc;
 
 use socket2::{Protocol as SockProtocol, Type};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 
 use crate::sockets::{IPPROTO_SCTP, bind_any, is_protocol_unavailable};
@@ -103,7 +104,15 @@ async fn serve_stream(listener: TcpListener, greeting: Arc<[u8]>) {
         };
         let greeting = greeting.clone();
         tokio::spawn(async move {
-            let _ = stream.write_all(&greeting).await;
+            if stream.write_all(&greeting).await.is_err() {
+                return;
+            }
+            let mut buf = [0u8; 512];
+            while let Ok(n) = stream.read(&mut buf).await {
+                if n == 0 || stream.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
             let _ = stream.shutdown().await;
         });
     }

@@ -25,7 +25,7 @@ use super::manifests::{
     self, BASE_NAME_LABEL, KubeOptions, OWNER, OWNER_LABEL, RUN_LABEL, RunNames,
 };
 use super::placement::{self, Spread};
-use crate::backend::{Backend, BackendError};
+use crate::backend::{Backend, BackendError, Held};
 use crate::model::{Labels, NAMESPACE_NAME_LABEL, Namespace, Pod, PodRef};
 use crate::policy::Policy;
 
@@ -573,6 +573,43 @@ impl Backend for KubeBackend {
             }
         }
         Ok(())
+    }
+
+    async fn hold(
+        &self,
+        from: &PodRef,
+        targets: &[Target],
+        timeout: Duration,
+    ) -> Result<Held, BackendError> {
+        let fail = |message: &str| BackendError::Probe {
+            pod: from.clone(),
+            message: message.into(),
+        };
+        let api = self.pods_api(&from.namespace);
+        let params = AttachParams::default()
+            .container("agent")
+            .stdin(true)
+            .stdout(true)
+            .stderr(false);
+        let mut attached = call(&format!("exec into {from}"), || async {
+            api.exec(&from.name, ["/polygraph-agent", "hold"], &params)
+                .await
+        })
+        .await?;
+        let stdin = attached.stdin().ok_or_else(|| fail("exec has no stdin"))?;
+        let stdout = attached
+            .stdout()
+            .ok_or_else(|| fail("exec has no stdout"))?;
+        // The exec session lives as long as the connections it holds.
+        Held::start(
+            from.clone(),
+            targets,
+            timeout,
+            Box::pin(stdin),
+            Box::pin(stdout),
+            Box::new(attached),
+        )
+        .await
     }
 
     async fn probe(

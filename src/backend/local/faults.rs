@@ -53,6 +53,12 @@ pub const CATALOGUE: &[FaultInfo] = &[
         imitates: "a new pod's own rules arrive DUR after it gets its IP: it sends and receives unprotected meanwhile (the new-pod race)",
     },
     FaultInfo {
+        name: "resync-gap=DUR",
+        fault: None,
+        features: &[],
+        imitates: "every DUR the agent flushes and rebuilds its rules, enforcing nothing for half of DUR (a full resync): cells flap; `--stability` catches it",
+    },
+    FaultInfo {
         name: "ipblock-except-ignored",
         fault: Some(Fault::IpBlockExceptIgnored),
         features: &["ip-block"],
@@ -134,6 +140,8 @@ pub struct Faults {
     pub delay: Duration,
     /// New pods stay without their own rules this long.
     pub new_pod_unprotected: Duration,
+    /// Every this long, rules vanish for half of it.
+    pub resync_gap: Duration,
 }
 
 impl Faults {
@@ -155,6 +163,7 @@ impl Faults {
             match name {
                 "delay" => faults.delay = duration(value)?,
                 "new-pod-unprotected" => faults.new_pod_unprotected = duration(value)?,
+                "resync-gap" => faults.resync_gap = duration(value)?,
                 _ => {
                     let info = CATALOGUE
                         .iter()
@@ -184,7 +193,7 @@ impl Faults {
 
     /// Whether rules take effect later than the backend accepts changes.
     pub fn lags(&self) -> bool {
-        !self.delay.is_zero() || !self.new_pod_unprotected.is_zero()
+        !self.delay.is_zero() || !self.new_pod_unprotected.is_zero() || !self.resync_gap.is_zero()
     }
 
     /// The policies as the faulty CNI understands them.
@@ -345,6 +354,12 @@ impl fmt::Display for Faults {
             names.push(format!(
                 "new-pod-unprotected={}",
                 humantime::format_duration(self.new_pod_unprotected)
+            ));
+        }
+        if !self.resync_gap.is_zero() {
+            names.push(format!(
+                "resync-gap={}",
+                humantime::format_duration(self.resync_gap)
             ));
         }
         f.write_str(&names.join(","))

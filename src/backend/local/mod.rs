@@ -30,7 +30,7 @@ pub use host::NETNS_PREFIX;
 use host::Names;
 use programmer::Programmer;
 
-use super::{Backend, BackendError};
+use super::{Backend, BackendError, Held};
 use crate::model::{
     Cluster, ClusterDescription, Labels, NAMESPACE_NAME_LABEL, Namespace, NamespaceDescription,
     Pod, PodDescription, PodId, PodRef,
@@ -603,6 +603,47 @@ impl Backend for LocalBackend {
             ),
         })??;
         super::parse_probe_output(from, &output, targets.len())
+    }
+
+    async fn hold(
+        &self,
+        from: &PodRef,
+        targets: &[Target],
+        timeout: Duration,
+    ) -> Result<Held, BackendError> {
+        let local = self.pods.get(from).ok_or_else(|| BackendError::Probe {
+            pod: from.clone(),
+            message: "no such pod".into(),
+        })?;
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.names.pod(local.slot)])
+            .arg(&self.options.agent.program)
+            .args(&self.options.agent.args)
+            .arg("hold")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| BackendError::Probe {
+                pod: from.clone(),
+                message: format!("cannot start the agent: {e}"),
+            })?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            return Err(BackendError::Probe {
+                pod: from.clone(),
+                message: "agent without pipes".into(),
+            });
+        };
+        Held::start(
+            from.clone(),
+            targets,
+            timeout,
+            Box::pin(stdin),
+            Box::pin(stdout),
+            Box::new(child),
+        )
+        .await
     }
 
     async fn cleanup(&mut self) -> Result<(), BackendError> {

@@ -3,7 +3,8 @@
 //!
 //! Without timed faults every change is installed before the backend call returns. With
 //! `delay=D`, each state is installed D after it was reached; with `new-pod-unprotected=D`, a pod's
-//! own chains are left out until D after it was created. A worker task does the lagged part: it
+//! own chains are left out until D after it was created; with `resync-gap=P`, the rules vanish for
+//! the first half of every period P. A worker task does the lagged part: it
 //! wakes when a state becomes due or a pod's grace ends, and installs what a CNI that far behind
 //! would have installed by then.
 
@@ -36,12 +37,20 @@ struct Installer {
     node: String,
     faults: Faults,
     installed: nft::Ruleset,
+    /// Where the `resync-gap` cycle starts.
+    epoch: Instant,
 }
 
 impl Installer {
     /// The rules for `state` as they stand at `now`, with the pods still in their unprotected
     /// grace left out.
     fn target(&self, state: &State, now: Instant) -> nft::Ruleset {
+        if self.in_gap(now) {
+            return nft::Ruleset {
+                stateless: self.faults.has(Fault::Stateless),
+                ..nft::Ruleset::default()
+            };
+        }
         let mut ruleset = nft::compile(
             &state.cluster,
             &state.policies,
@@ -54,6 +63,29 @@ impl Installer {
             }
         }
         ruleset
+    }
+
+    /// Whether `now` falls in the first half of a `resync-gap` period.
+    fn in_gap(&self, now: Instant) -> bool {
+        let period = self.faults.resync_gap;
+        !period.is_zero()
+            && now.duration_since(self.epoch).as_nanos() % period.as_nanos() < period.as_nanos() / 2
+    }
+
+    /// The next moment the `resync-gap` cycle flips, if there is one.
+    fn next_flip(&self, now: Instant) -> Option<Instant> {
+        let period = self.faults.resync_gap.as_nanos();
+        if period == 0 {
+            return None;
+        }
+        let into = now.duration_since(self.epoch).as_nanos() % period;
+        let half = period / 2;
+        let wait = if into < half {
+            half - into
+        } else {
+            period - into
+        };
+        Some(now + Duration::from_nanos(u64::try_from(wait).unwrap_or(u64::MAX)))
     }
 
     async fn install(&mut self, target: nft::Ruleset) -> Result<(), BackendError> {
@@ -98,6 +130,7 @@ impl Programmer {
             node,
             faults,
             installed: empty,
+            epoch: Instant::now(),
         };
         if !lags {
             return Ok(Programmer(Mode::Now(installer)));
@@ -177,7 +210,8 @@ async fn lagging(mut installer: Installer, queue: Arc<Mutex<Queue>>, wake: Arc<N
                 .into_iter()
                 .flat_map(|s| s.created.iter().map(|c| *c + grace))
                 .filter(|at| *at > now);
-            (target, pending.chain(graces).min())
+            let flip = installer.next_flip(now);
+            (target, pending.chain(graces).chain(flip).min())
         };
         if let Some(target) = target
             && let Err(e) = installer.install(target).await

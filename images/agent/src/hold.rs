@@ -1,0 +1,229 @@
+//! `hold`: open long-lived TCP connections and UDP flows, keep them, and on every `check` line on
+//! stdin test each one again: does it still carry traffic? This is how polygraph sees whether a
+//! deny cuts connections that were established before it (the spec leaves that open; conntrack
+//! based dataplanes usually let them live).
+//!
+//! Protocol: the first stdin line is a probe request (`timeout_ms`, `targets`); the agent prints one
+//! result per target (`connected` = established), in request order. Then each `check` line gets one
+//! result per target again: `connected` (the flow still answers), `timeout` (cut by a drop),
+//! `refused` (reset or ICMP), `error` (never established). EOF on stdin ends the process.
+
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpStream, UdpSocket};
+
+use crate::probe::{Finding, GREETING_MAX, UDP_RESEND, classify, connected, millis, resolve};
+use crate::wire::{Outcome, ProbeRequest, ProbeResult, Protocol, Target, parse_greeting};
+
+const PING: &[u8] = b"polygraph ping\n";
+
+enum Flow {
+    Tcp(TcpStream),
+    Udp(UdpSocket),
+    /// Stopped answering at an earlier check (a TCP stream may still hold a late echo).
+    Cut,
+    None,
+}
+
+/// Reads lines of `input` and writes results to `output` until `input` ends.
+pub async fn run<R, W>(input: R, mut output: W) -> std::io::Result<()>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: std::io::Write,
+{
+    let mut lines = BufReader::new(input).lines();
+    let Some(first) = lines.next_line().await? else {
+        return Ok(());
+    };
+    let request: ProbeRequest = serde_json::from_str(&first)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    let timeout = Duration::from_millis(request.timeout_ms.max(1));
+    let started = Instant::now();
+    let opened = futures_util::future::join_all(
+        request
+            .targets
+            .iter()
+            .map(|target| open(target, timeout, started)),
+    )
+    .await;
+    let mut flows = Vec::with_capacity(opened.len());
+    for (flow, result) in opened {
+        writeln!(
+            output,
+            "{}",
+            serde_json::to_string(&result).unwrap_or_default()
+        )?;
+        flows.push(flow);
+    }
+    output.flush()?;
+    while let Some(line) = lines.next_line().await? {
+        if line.trim() != "check" {
+            continue;
+        }
+        let started = Instant::now();
+        let checked = futures_util::future::join_all(
+            flows
+                .iter_mut()
+                .zip(&request.targets)
+                .map(|(flow, target)| check(flow, target, timeout, started)),
+        )
+        .await;
+        for result in checked {
+            writeln!(
+                output,
+                "{}",
+                serde_json::to_string(&result).unwrap_or_default()
+            )?;
+        }
+        output.flush()?;
+    }
+    Ok(())
+}
+
+fn result(target: &Target, finding: Finding, started: Instant, batch: Instant) -> ProbeResult {
+    ProbeResult {
+        host: target.host.clone(),
+        port: target.port,
+        protocol: target.protocol,
+        outcome: finding.outcome,
+        started_ms: millis(started.duration_since(batch)),
+        elapsed_ms: millis(started.elapsed()),
+        peer: finding.peer,
+        detail: finding.detail,
+    }
+}
+
+async fn open(target: &Target, timeout: Duration, batch: Instant) -> (Flow, ProbeResult) {
+    let started = Instant::now();
+    let (flow, finding) = match resolve(&target.host, target.port, timeout).await {
+        Err(detail) => (Flow::None, Finding::new(Outcome::Error, detail)),
+        Ok(addr) => match target.protocol {
+            Protocol::Tcp => open_tcp(addr, timeout).await,
+            Protocol::Udp => open_udp(addr, timeout).await,
+            Protocol::Sctp => (
+                Flow::None,
+                Finding::new(Outcome::Unsupported, "held flows are TCP and UDP"),
+            ),
+        },
+    };
+    (flow, result(target, finding, started, batch))
+}
+
+/// Reads up to one line from `stream` within `timeout`.
+async fn read_line(stream: &mut TcpStream, timeout: Duration) -> Result<Vec<u8>, Finding> {
+    let mut buf = Vec::with_capacity(GREETING_MAX);
+    let read = tokio::time::timeout(timeout, async {
+        let mut chunk = [0u8; GREETING_MAX];
+        while buf.len() < GREETING_MAX && !buf.contains(&b'\n') {
+            match stream.read(&mut chunk).await {
+                Ok(0) => return Err(Finding::new(Outcome::Refused, "closed by the peer")),
+                Err(e) => return Err(classify(&e)),
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        Ok(())
+    })
+    .await;
+    match read {
+        Err(_) => Err(Finding::new(
+            Outcome::Timeout,
+            "no answer on the connection",
+        )),
+        Ok(Err(finding)) => Err(finding),
+        Ok(Ok(())) => Ok(buf),
+    }
+}
+
+async fn open_tcp(addr: SocketAddr, timeout: Duration) -> (Flow, Finding) {
+    let mut stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Err(_) => {
+            return (
+                Flow::None,
+                Finding::new(Outcome::Timeout, "no answer to SYN"),
+            );
+        }
+        Ok(Err(e)) => return (Flow::None, classify(&e)),
+        Ok(Ok(stream)) => stream,
+    };
+    match read_line(&mut stream, timeout).await {
+        Ok(greeting) => (Flow::Tcp(stream), connected(parse_greeting(&greeting))),
+        Err(finding) => (Flow::None, finding),
+    }
+}
+
+async fn udp_exchange(socket: &UdpSocket, timeout: Duration) -> Finding {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut buf = [0u8; GREETING_MAX];
+    let mut resend = tokio::time::interval(UDP_RESEND);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => {
+                return Finding::new(Outcome::Timeout, "no reply to datagrams");
+            }
+            _ = resend.tick() => {
+                if let Err(e) = socket.send(PING).await {
+                    return classify(&e);
+                }
+            }
+            received = socket.recv(&mut buf) => {
+                return match received {
+                    Err(e) => classify(&e),
+                    Ok(n) => connected(parse_greeting(&buf[..n])),
+                };
+            }
+        }
+    }
+}
+
+async fn open_udp(addr: SocketAddr, timeout: Duration) -> (Flow, Finding) {
+    let local: SocketAddr = if addr.is_ipv4() {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = match UdpSocket::bind(local).await {
+        Ok(s) => s,
+        Err(e) => return (Flow::None, classify(&e)),
+    };
+    if let Err(e) = socket.connect(addr).await {
+        return (Flow::None, classify(&e));
+    }
+    let finding = udp_exchange(&socket, timeout).await;
+    let flow = if finding.outcome == Outcome::Connected {
+        Flow::Udp(socket)
+    } else {
+        Flow::None
+    };
+    (flow, finding)
+}
+
+async fn check(flow: &mut Flow, target: &Target, timeout: Duration, batch: Instant) -> ProbeResult {
+    let started = Instant::now();
+    let finding = match flow {
+        Flow::None => Finding::new(Outcome::Error, "not established"),
+        Flow::Cut => Finding::new(Outcome::Timeout, "cut at an earlier check"),
+        // The same socket, so the same 5-tuple: conntrack sees the old flow, not a new one.
+        Flow::Udp(socket) => udp_exchange(socket, timeout).await,
+        Flow::Tcp(stream) => match stream.write_all(PING).await {
+            Err(e) => classify(&e),
+            Ok(()) => match read_line(stream, timeout).await {
+                Ok(echo) if echo == PING => Finding {
+                    outcome: Outcome::Connected,
+                    peer: None,
+                    detail: Some("the connection still carries traffic".into()),
+                },
+                Ok(other) => Finding::new(
+                    Outcome::Error,
+                    format!("unexpected answer {:?}", String::from_utf8_lossy(&other)),
+                ),
+                Err(finding) => finding,
+            },
+        },
+    };
+    if finding.outcome != Outcome::Connected && matches!(flow, Flow::Tcp(_) | Flow::Udp(_)) {
+        *flow = Flow::Cut;
+    }
+    result(target, finding, started, batch)
+}
