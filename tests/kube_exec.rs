@@ -23,6 +23,8 @@ enum Reply {
     Finish(String, String, serde_json::Value),
     /// Accept the exec, then never answer.
     Hang,
+    /// An interactive session (the agent's `hold`): answer the n-th stdin line with the n-th text.
+    Script(Vec<String>),
 }
 
 /// A fake API server on localhost. Returns its URL and what the exec received on stdin.
@@ -75,34 +77,43 @@ async fn fake_server(reply: Reply) -> (String, Arc<Mutex<Vec<u8>>>) {
                 let (mut write, mut read) = ws.split();
                 // Like the API server and the agent: read client frames all along, answer once a
                 // whole request line has arrived (the agent needs no stdin EOF).
-                let (line_tx, line_rx) = tokio::sync::oneshot::channel::<()>();
+                let (line_tx, mut line_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
                 tokio::spawn(async move {
-                    let mut line_tx = Some(line_tx);
+                    let mut lines = 0;
                     while let Some(Ok(message)) = read.next().await {
                         if let Message::Binary(frame) = message
                             && frame.first() == Some(&0)
                         {
                             let mut got = captured.lock().expect("stdin");
                             got.extend_from_slice(&frame[1..]);
-                            if got.contains(&b'\n')
-                                && let Some(tx) = line_tx.take()
-                            {
-                                let _ = tx.send(());
+                            let complete = got.iter().filter(|b| **b == b'\n').count();
+                            while lines < complete {
+                                lines += 1;
+                                let _ = line_tx.send(());
                             }
                         }
                     }
                 });
-                if line_rx.await.is_err() {
+                if line_rx.recv().await.is_none() {
                     return;
                 }
+                let frame = |channel: u8, data: &[u8]| {
+                    let mut bytes = vec![channel];
+                    bytes.extend_from_slice(data);
+                    Message::Binary(Bytes::from(bytes))
+                };
                 match reply {
+                    Reply::Script(answers) => {
+                        for (index, answer) in answers.iter().enumerate() {
+                            if index > 0 && line_rx.recv().await.is_none() {
+                                return;
+                            }
+                            let _ = write.send(frame(1, answer.as_bytes())).await;
+                        }
+                        std::future::pending::<()>().await
+                    }
                     Reply::Hang => std::future::pending::<()>().await,
                     Reply::Finish(stdout, stderr, status) => {
-                        let frame = |channel: u8, data: &[u8]| {
-                            let mut bytes = vec![channel];
-                            bytes.extend_from_slice(data);
-                            Message::Binary(Bytes::from(bytes))
-                        };
                         let _ = write.send(frame(1, stdout.as_bytes())).await;
                         let _ = write.send(frame(2, stderr.as_bytes())).await;
                         let _ = write.send(frame(3, status.to_string().as_bytes())).await;
@@ -234,4 +245,37 @@ async fn missing_results_are_an_error() {
         .expect_err("short")
         .to_string();
     assert!(error.contains("1 results for 2 targets"), "{error}");
+}
+
+#[tokio::test]
+async fn held_connections_are_established_then_checked_over_one_exec() {
+    let line = |outcome: &str, protocol: &str, host: &str| {
+        format!(
+            r#"{{"host":"{host}","port":80,"protocol":"{protocol}","outcome":"{outcome}","started_ms":0.1,"elapsed_ms":1.0}}"#
+        ) + "\n"
+    };
+    let established =
+        line("connected", "TCP", "10.9.0.11") + &line("connected", "UDP", "10.9.0.12");
+    let checked = line("connected", "TCP", "10.9.0.11") + &line("timeout", "UDP", "10.9.0.12");
+    let (url, stdin) = fake_server(Reply::Script(vec![established, checked])).await;
+    let backend = backend(&url, Duration::from_secs(5)).await;
+    let timeout = Duration::from_millis(500);
+    let mut held = backend
+        .hold(&from(), &targets(), timeout)
+        .await
+        .expect("hold");
+    let opened = held.established(timeout).await.expect("established");
+    assert!(opened.iter().all(|r| r.outcome.as_str() == "connected"));
+    let checked = held.check(timeout).await.expect("checked");
+    assert_eq!(checked[0].outcome.as_str(), "connected");
+    assert_eq!(
+        checked[1].outcome.as_str(),
+        "timeout",
+        "the UDP flow was cut"
+    );
+    let sent = String::from_utf8(stdin.lock().expect("stdin").clone()).expect("UTF-8");
+    let lines: Vec<&str> = sent.lines().collect();
+    assert_eq!(lines.len(), 2, "{sent}");
+    assert!(lines[0].contains("\"targets\""), "{sent}");
+    assert_eq!(lines[1], "check");
 }

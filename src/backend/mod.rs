@@ -38,11 +38,37 @@ pub enum BackendError {
     Io(#[from] std::io::Error),
 }
 
+/// Per source pod, where its next batch's UDP source ports start: each batch takes the next block,
+/// so no UDP 5-tuple repeats until the agent's port range wraps (see
+/// `polygraph_agent::wire::udp_source_port`).
+#[derive(Debug, Default)]
+pub struct UdpSourcePorts(std::sync::Mutex<std::collections::BTreeMap<PodRef, u32>>);
+
+impl UdpSourcePorts {
+    /// The base for a batch of `targets` from `from`, advancing the pod's cursor past it.
+    pub fn next(&self, from: &PodRef, targets: &[Target]) -> u32 {
+        let udp = targets
+            .iter()
+            .filter(|t| t.protocol == polygraph_agent::wire::Protocol::Udp)
+            .count();
+        let mut cursors = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let cursor = cursors.entry(from.clone()).or_insert(0);
+        let base = *cursor;
+        *cursor = cursor.wrapping_add(u32::try_from(udp).unwrap_or(u32::MAX));
+        base
+    }
+}
+
 /// The agent's probe request for a batch, as one JSON line (the agent needs no stdin EOF).
-pub fn probe_request(targets: &[Target], timeout: Duration) -> String {
+pub fn probe_request(
+    targets: &[Target],
+    timeout: Duration,
+    udp_source_base: Option<u32>,
+) -> String {
     let request = polygraph_agent::wire::ProbeRequest {
         timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
         targets: targets.to_vec(),
+        udp_source_base,
     };
     // Plain data of strings and numbers: serialization cannot fail.
     serde_json::to_string(&request).unwrap_or_default()
@@ -95,7 +121,8 @@ impl Held {
         session: Box<dyn Send>,
     ) -> Result<Held, BackendError> {
         use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-        let line = format!("{}\n", probe_request(targets, timeout));
+        // Held flows keep their sockets: kernel-chosen ports, outside the probes' range.
+        let line = format!("{}\n", probe_request(targets, timeout, None));
         stdin
             .write_all(line.as_bytes())
             .await

@@ -227,3 +227,95 @@ async fn check(flow: &mut Flow, target: &Target, timeout: Duration, batch: Insta
     }
     result(target, finding, started, batch)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// A TCP server like `serve`'s: greeting, then echo. Returns its port and a switch that makes
+    /// it stop echoing (a cut connection, as a drop would leave it).
+    async fn echo_server() -> (u16, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mute = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let muted = mute.clone();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            stream.write_all(b"polygraph x/b\n").await.unwrap();
+            let mut buf = [0u8; 64];
+            while let Ok(n) = stream.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                if !muted.load(std::sync::atomic::Ordering::SeqCst) {
+                    stream.write_all(&buf[..n]).await.unwrap();
+                }
+            }
+        });
+        (port, mute)
+    }
+
+    #[tokio::test]
+    async fn holds_a_connection_and_reports_when_it_stops_answering() {
+        let (port, mute) = echo_server().await;
+        let request = ProbeRequest {
+            timeout_ms: 300,
+            targets: vec![
+                Target {
+                    host: "127.0.0.1".into(),
+                    port,
+                    protocol: Protocol::Tcp,
+                },
+                Target {
+                    host: "127.0.0.1".into(),
+                    port,
+                    protocol: Protocol::Sctp,
+                },
+            ],
+            udp_source_base: None,
+        };
+        let (mut to_agent, agent_in) = tokio::io::duplex(4096);
+        let output = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        struct Sink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Sink {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let agent = tokio::spawn(run(agent_in, Sink(output.clone())));
+        let lines = |n: usize| {
+            let output = output.clone();
+            async move {
+                loop {
+                    let text = String::from_utf8(output.lock().unwrap().clone()).unwrap();
+                    let results: Vec<ProbeResult> = text
+                        .lines()
+                        .map(|l| serde_json::from_str(l).unwrap())
+                        .collect();
+                    if results.len() >= n {
+                        return results;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        };
+        let line = serde_json::to_string(&request).unwrap() + "\n";
+        to_agent.write_all(line.as_bytes()).await.unwrap();
+        let opened = lines(2).await;
+        assert_eq!(opened[0].outcome, Outcome::Connected);
+        assert_eq!(opened[0].peer.as_deref(), Some("x/b"));
+        assert_eq!(opened[1].outcome, Outcome::Unsupported, "SCTP is not held");
+        to_agent.write_all(b"check\n").await.unwrap();
+        assert_eq!(lines(4).await[2].outcome, Outcome::Connected);
+        mute.store(true, std::sync::atomic::Ordering::SeqCst);
+        to_agent.write_all(b"check\n").await.unwrap();
+        assert_eq!(lines(6).await[4].outcome, Outcome::Timeout, "no echo: cut");
+        drop(to_agent);
+        agent.await.unwrap().unwrap();
+    }
+}

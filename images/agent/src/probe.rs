@@ -10,7 +10,9 @@ use tokio::io::AsyncReadExt;
 use tokio::net::{TcpStream, UdpSocket};
 
 use crate::sockets::{IPPROTO_SCTP, is_protocol_unavailable, stream_socket};
-use crate::wire::{Outcome, ProbeRequest, ProbeResult, Protocol, Target, parse_greeting};
+use crate::wire::{
+    Outcome, ProbeRequest, ProbeResult, Protocol, Target, parse_greeting, udp_source_port,
+};
 
 /// How often a UDP probe re-sends its datagram while waiting: one lost datagram must not read as
 /// "blocked".
@@ -39,8 +41,21 @@ pub async fn run(request: &ProbeRequest) -> Vec<ProbeResult> {
     let batch_start = Instant::now();
     let timeout = Duration::from_millis(request.timeout_ms.max(1));
     let mut tasks = tokio::task::JoinSet::new();
+    let mut udp_count = 0;
     for (index, target) in request.targets.iter().cloned().enumerate() {
-        tasks.spawn(async move { (index, probe_one(target, timeout, batch_start).await) });
+        let source_port = match (target.protocol, request.udp_source_base) {
+            (Protocol::Udp, Some(base)) => {
+                udp_count += 1;
+                Some(udp_source_port(base, udp_count - 1))
+            }
+            _ => None,
+        };
+        tasks.spawn(async move {
+            (
+                index,
+                probe_one(target, timeout, batch_start, source_port).await,
+            )
+        });
     }
     let mut results = Vec::with_capacity(request.targets.len());
     while let Some(joined) = tasks.join_next().await {
@@ -52,13 +67,18 @@ pub async fn run(request: &ProbeRequest) -> Vec<ProbeResult> {
     results.into_iter().map(|(_, result)| result).collect()
 }
 
-async fn probe_one(target: Target, timeout: Duration, batch_start: Instant) -> ProbeResult {
+async fn probe_one(
+    target: Target,
+    timeout: Duration,
+    batch_start: Instant,
+    source_port: Option<u16>,
+) -> ProbeResult {
     let started = Instant::now();
     let finding = match resolve(&target.host, target.port, timeout).await {
         Err(detail) => Finding::new(Outcome::Error, detail),
         Ok(addr) => match target.protocol {
             Protocol::Tcp => tcp(addr, timeout).await,
-            Protocol::Udp => udp(addr, timeout).await,
+            Protocol::Udp => udp(addr, timeout, source_port).await,
             Protocol::Sctp => sctp(addr, timeout).await,
         },
     };
@@ -149,15 +169,25 @@ async fn tcp(addr: SocketAddr, timeout: Duration) -> Finding {
     connected(parse_greeting(&buf))
 }
 
-async fn udp(addr: SocketAddr, timeout: Duration) -> Finding {
-    let local: SocketAddr = if addr.is_ipv4() {
-        (Ipv4Addr::UNSPECIFIED, 0).into()
-    } else {
-        (Ipv6Addr::UNSPECIFIED, 0).into()
+async fn udp(addr: SocketAddr, timeout: Duration, source_port: Option<u16>) -> Finding {
+    let local = |port: u16| -> SocketAddr {
+        if addr.is_ipv4() {
+            (Ipv4Addr::UNSPECIFIED, port).into()
+        } else {
+            (Ipv6Addr::UNSPECIFIED, port).into()
+        }
     };
-    let socket = match UdpSocket::bind(local).await {
-        Ok(s) => s,
-        Err(e) => return classify(&e),
+    // The assigned port, or (taken, e.g. by another process) one the kernel picks.
+    let bound = match source_port {
+        Some(port) => UdpSocket::bind(local(port)).await.ok(),
+        None => None,
+    };
+    let socket = match bound {
+        Some(s) => s,
+        None => match UdpSocket::bind(local(0)).await {
+            Ok(s) => s,
+            Err(e) => return classify(&e),
+        },
     };
     if let Err(e) = socket.connect(addr).await {
         return classify(&e);

@@ -88,6 +88,24 @@ pub struct Ready {
 pub struct ProbeRequest {
     pub timeout_ms: u64,
     pub targets: Vec<Target>,
+    /// Where this batch's UDP source ports start in the agent's own range (see
+    /// `udp_source_port`); absent, the kernel picks ephemeral ports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub udp_source_base: Option<u32>,
+}
+
+/// UDP probes bind source ports from this range, below Linux's ephemeral range (32768 and up), so
+/// they never collide with ports the kernel hands out.
+pub const UDP_SOURCE_FIRST: u16 = 10000;
+pub const UDP_SOURCE_SPAN: u32 = 20000;
+
+/// The source port of the `nth` UDP target of a batch starting at `base`. A runner that advances
+/// `base` by each batch's UDP count never reuses a 5-tuple until the range wraps, long after
+/// conntrack has forgotten it: a stale conntrack entry (which a reused tuple would hit, and which
+/// lets packets through as "established" whatever the policy) can't make a blocked cell look open.
+pub fn udp_source_port(base: u32, nth: u32) -> u16 {
+    let offset = base.wrapping_add(nth) % UDP_SOURCE_SPAN;
+    UDP_SOURCE_FIRST + u16::try_from(offset).unwrap_or(0)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -180,6 +198,21 @@ mod tests {
         assert!("0/TCP".parse::<Listen>().is_err());
         assert!("80/ICMP".parse::<Listen>().is_err());
         assert!("80".parse::<Listen>().is_err());
+    }
+
+    #[test]
+    fn udp_source_ports_stay_in_range_and_do_not_repeat_until_it_wraps() {
+        let ports: std::collections::BTreeSet<u16> = (0..UDP_SOURCE_SPAN)
+            .map(|n| udp_source_port(7, n))
+            .collect();
+        assert_eq!(ports.len(), UDP_SOURCE_SPAN as usize);
+        assert_eq!(*ports.first().unwrap(), UDP_SOURCE_FIRST);
+        assert!(
+            *ports.last().unwrap() < 32768,
+            "below the kernel's ephemeral range"
+        );
+        assert_eq!(udp_source_port(0, 0), udp_source_port(UDP_SOURCE_SPAN, 0));
+        assert_eq!(udp_source_port(u32::MAX, 1), udp_source_port(0, 0));
     }
 
     #[test]

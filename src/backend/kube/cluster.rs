@@ -126,6 +126,7 @@ pub struct KubeBackend {
     /// Time allowed for one exec (on top of the probe timeout).
     exec_slack: Duration,
     cleaned: bool,
+    udp_ports: crate::backend::UdpSourcePorts,
 }
 
 impl KubeBackend {
@@ -167,6 +168,7 @@ impl KubeBackend {
             spread: Spread::default(),
             exec_slack: Duration::from_secs(15),
             cleaned: false,
+            udp_ports: Default::default(),
         };
         backend.cni = backend.detect_cni().await;
         backend.spread = Spread::new(backend.schedulable_nodes().await);
@@ -622,7 +624,11 @@ impl Backend for KubeBackend {
             pod: from.clone(),
             message,
         };
-        let request = crate::backend::probe_request(targets, timeout);
+        let request = crate::backend::probe_request(
+            targets,
+            timeout,
+            Some(self.udp_ports.next(from, targets)),
+        );
         let api = self.pods_api(&from.namespace);
         let params = AttachParams::default()
             .container("agent")

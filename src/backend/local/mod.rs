@@ -117,6 +117,7 @@ pub struct LocalBackend {
     programmer: Option<Programmer>,
     owner_file: Option<PathBuf>,
     cleaned: bool,
+    udp_ports: crate::backend::UdpSourcePorts,
 }
 
 struct SlotTable(Vec<usize>);
@@ -166,6 +167,7 @@ impl LocalBackend {
             programmer: None,
             owner_file: None,
             cleaned: false,
+            udp_ports: Default::default(),
         };
         if let Err(e) = backend.create_node().await {
             backend.remove_everything().await;
@@ -584,7 +586,8 @@ impl Backend for LocalBackend {
             pod: from.clone(),
             message: "no such pod".into(),
         })?;
-        let request = super::probe_request(targets, timeout);
+        let request =
+            super::probe_request(targets, timeout, Some(self.udp_ports.next(from, targets)));
         let program = self.options.agent.program.to_string_lossy().into_owned();
         let mut args: Vec<&str> = self.options.agent.args.iter().map(String::as_str).collect();
         args.push("probe");
