@@ -19,6 +19,22 @@ pub fn report(result: &RunResult) -> Report {
         suite.add_property(Property::new("backend", result.backend.as_str()));
         suite.add_property(Property::new("source", scenario.scenario.source.as_str()));
         suite.add_property(Property::new("tags", scenario.scenario.tags.join(",")));
+        // Timing over the scenario's steps, for dashboards that read properties.
+        let steps = &scenario.steps;
+        let late_deny: usize = steps.iter().map(|s| s.summary.late_deny).sum();
+        let late_allow: usize = steps.iter().map(|s| s.summary.late_allow).sum();
+        let flapping: usize = steps.iter().map(|s| s.summary.flapping).sum();
+        let max_leak = steps
+            .iter()
+            .filter_map(|s| s.summary.max_leak_ms)
+            .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
+        suite.add_property(Property::new("late_deny_cells", late_deny.to_string()));
+        suite.add_property(Property::new("late_allow_cells", late_allow.to_string()));
+        suite.add_property(Property::new("flapping_cells", flapping.to_string()));
+        suite.add_property(Property::new(
+            "max_leak_ms",
+            max_leak.map_or("none".to_string(), |ms| format!("{ms:.0}")),
+        ));
         if let (Some(e), true) = (&scenario.error, scenario.steps.is_empty()) {
             let mut status = TestCaseStatus::non_success(NonSuccessKind::Error);
             status.set_message(e.as_str());
