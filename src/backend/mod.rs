@@ -116,11 +116,13 @@ impl Held {
         from: PodRef,
         targets: &[Target],
         timeout: Duration,
-        mut stdin: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
-        stdout: std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>>,
-        session: Box<dyn Send>,
+        stdin: impl tokio::io::AsyncWrite + Send + 'static,
+        stdout: impl tokio::io::AsyncRead + Send + 'static,
+        session: impl Send + 'static,
     ) -> Result<Held, BackendError> {
         use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        let mut stdin: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>> = Box::pin(stdin);
+        let stdout: std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>> = Box::pin(stdout);
         // Held flows keep their sockets: kernel-chosen ports, outside the probes' range.
         let line = format!("{}\n", probe_request(targets, timeout, None));
         stdin
@@ -136,7 +138,7 @@ impl Held {
             targets: targets.len(),
             stdin,
             stdout: tokio::io::BufReader::new(stdout).lines(),
-            _session: session,
+            _session: Box::new(session),
         })
     }
 

@@ -8,13 +8,15 @@
 //! result per target again: `connected` (the flow still answers), `timeout` (cut by a drop),
 //! `refused` (reset or ICMP), `error` (never established). EOF on stdin ends the process.
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpStream, UdpSocket};
 
-use crate::probe::{Finding, GREETING_MAX, UDP_RESEND, classify, connected, millis, resolve};
+use crate::probe::{
+    Finding, GREETING_MAX, classify, connected, millis, resolve, udp_exchange, udp_socket,
+};
 use crate::wire::{Outcome, ProbeRequest, ProbeResult, Protocol, Target, parse_greeting};
 
 const PING: &[u8] = b"polygraph ping\n";
@@ -153,44 +155,13 @@ async fn open_tcp(addr: SocketAddr, timeout: Duration) -> (Flow, Finding) {
     }
 }
 
-async fn udp_exchange(socket: &UdpSocket, timeout: Duration) -> Finding {
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut buf = [0u8; GREETING_MAX];
-    let mut resend = tokio::time::interval(UDP_RESEND);
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep_until(deadline) => {
-                return Finding::new(Outcome::Timeout, "no reply to datagrams");
-            }
-            _ = resend.tick() => {
-                if let Err(e) = socket.send(PING).await {
-                    return classify(&e);
-                }
-            }
-            received = socket.recv(&mut buf) => {
-                return match received {
-                    Err(e) => classify(&e),
-                    Ok(n) => connected(parse_greeting(&buf[..n])),
-                };
-            }
-        }
-    }
-}
-
 async fn open_udp(addr: SocketAddr, timeout: Duration) -> (Flow, Finding) {
-    let local: SocketAddr = if addr.is_ipv4() {
-        (Ipv4Addr::UNSPECIFIED, 0).into()
-    } else {
-        (Ipv6Addr::UNSPECIFIED, 0).into()
+    // Kernel-chosen source port: the probes' assigned range stays theirs.
+    let socket = match udp_socket(addr, None).await {
+        Ok(socket) => socket,
+        Err(finding) => return (Flow::None, finding),
     };
-    let socket = match UdpSocket::bind(local).await {
-        Ok(s) => s,
-        Err(e) => return (Flow::None, classify(&e)),
-    };
-    if let Err(e) = socket.connect(addr).await {
-        return (Flow::None, classify(&e));
-    }
-    let finding = udp_exchange(&socket, timeout).await;
+    let finding = udp_exchange(&socket, PING, timeout).await;
     let flow = if finding.outcome == Outcome::Connected {
         Flow::Udp(socket)
     } else {
@@ -205,7 +176,7 @@ async fn check(flow: &mut Flow, target: &Target, timeout: Duration, batch: Insta
         Flow::None => Finding::new(Outcome::Error, "not established"),
         Flow::Cut => Finding::new(Outcome::Timeout, "cut at an earlier check"),
         // The same socket, so the same 5-tuple: conntrack sees the old flow, not a new one.
-        Flow::Udp(socket) => udp_exchange(socket, timeout).await,
+        Flow::Udp(socket) => udp_exchange(socket, PING, timeout).await,
         Flow::Tcp(stream) => match stream.write_all(PING).await {
             Err(e) => classify(&e),
             Ok(()) => match read_line(stream, timeout).await {

@@ -169,7 +169,12 @@ async fn tcp(addr: SocketAddr, timeout: Duration) -> Finding {
     connected(parse_greeting(&buf))
 }
 
-async fn udp(addr: SocketAddr, timeout: Duration, source_port: Option<u16>) -> Finding {
+/// A UDP socket connected to `addr`, bound to `source_port` when given and free (otherwise to one
+/// the kernel picks).
+pub(crate) async fn udp_socket(
+    addr: SocketAddr,
+    source_port: Option<u16>,
+) -> Result<UdpSocket, Finding> {
     let local = |port: u16| -> SocketAddr {
         if addr.is_ipv4() {
             (Ipv4Addr::UNSPECIFIED, port).into()
@@ -177,21 +182,20 @@ async fn udp(addr: SocketAddr, timeout: Duration, source_port: Option<u16>) -> F
             (Ipv6Addr::UNSPECIFIED, port).into()
         }
     };
-    // The assigned port, or (taken, e.g. by another process) one the kernel picks.
     let bound = match source_port {
         Some(port) => UdpSocket::bind(local(port)).await.ok(),
         None => None,
     };
     let socket = match bound {
         Some(s) => s,
-        None => match UdpSocket::bind(local(0)).await {
-            Ok(s) => s,
-            Err(e) => return classify(&e),
-        },
+        None => UdpSocket::bind(local(0)).await.map_err(|e| classify(&e))?,
     };
-    if let Err(e) = socket.connect(addr).await {
-        return classify(&e);
-    }
+    socket.connect(addr).await.map_err(|e| classify(&e))?;
+    Ok(socket)
+}
+
+/// Sends `payload` (again every `UDP_RESEND`) until a reply arrives or `timeout` passes.
+pub(crate) async fn udp_exchange(socket: &UdpSocket, payload: &[u8], timeout: Duration) -> Finding {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut buf = [0u8; GREETING_MAX];
     let mut resend = tokio::time::interval(UDP_RESEND);
@@ -201,7 +205,7 @@ async fn udp(addr: SocketAddr, timeout: Duration, source_port: Option<u16>) -> F
                 return Finding::new(Outcome::Timeout, "no reply to datagrams");
             }
             _ = resend.tick() => {
-                if let Err(e) = socket.send(b"polygraph probe\n").await {
+                if let Err(e) = socket.send(payload).await {
                     return classify(&e);
                 }
             }
@@ -213,6 +217,13 @@ async fn udp(addr: SocketAddr, timeout: Duration, source_port: Option<u16>) -> F
                 };
             }
         }
+    }
+}
+
+async fn udp(addr: SocketAddr, timeout: Duration, source_port: Option<u16>) -> Finding {
+    match udp_socket(addr, source_port).await {
+        Ok(socket) => udp_exchange(&socket, b"polygraph probe\n", timeout).await,
+        Err(finding) => finding,
     }
 }
 

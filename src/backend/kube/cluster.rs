@@ -603,15 +603,7 @@ impl Backend for KubeBackend {
             .stdout()
             .ok_or_else(|| fail("exec has no stdout"))?;
         // The exec session lives as long as the connections it holds.
-        Held::start(
-            from.clone(),
-            targets,
-            timeout,
-            Box::pin(stdin),
-            Box::pin(stdout),
-            Box::new(attached),
-        )
-        .await
+        Held::start(from.clone(), targets, timeout, stdin, stdout, attached).await
     }
 
     async fn probe(

@@ -638,15 +638,7 @@ impl Backend for LocalBackend {
                 message: "agent without pipes".into(),
             });
         };
-        Held::start(
-            from.clone(),
-            targets,
-            timeout,
-            Box::pin(stdin),
-            Box::pin(stdout),
-            Box::new(child),
-        )
-        .await
+        Held::start(from.clone(), targets, timeout, stdin, stdout, child).await
     }
 
     async fn cleanup(&mut self) -> Result<(), BackendError> {
