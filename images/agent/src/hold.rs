@@ -14,9 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpStream, UdpSocket};
 
-use crate::probe::{
-    Finding, GREETING_MAX, classify, connected, millis, resolve, udp_exchange, udp_socket,
-};
+use crate::probe::{Finding, GREETING_MAX, classify, connected, resolve, udp_exchange, udp_socket};
 use crate::wire::{Outcome, ProbeRequest, ProbeResult, Protocol, Target, parse_greeting};
 
 const PING: &[u8] = b"polygraph ping\n";
@@ -84,19 +82,6 @@ where
     Ok(())
 }
 
-fn result(target: &Target, finding: Finding, started: Instant, batch: Instant) -> ProbeResult {
-    ProbeResult {
-        host: target.host.clone(),
-        port: target.port,
-        protocol: target.protocol,
-        outcome: finding.outcome,
-        started_ms: millis(started.duration_since(batch)),
-        elapsed_ms: millis(started.elapsed()),
-        peer: finding.peer,
-        detail: finding.detail,
-    }
-}
-
 async fn open(target: &Target, timeout: Duration, batch: Instant) -> (Flow, ProbeResult) {
     let started = Instant::now();
     let (flow, finding) = match resolve(&target.host, target.port, timeout).await {
@@ -110,7 +95,7 @@ async fn open(target: &Target, timeout: Duration, batch: Instant) -> (Flow, Prob
             ),
         },
     };
-    (flow, result(target, finding, started, batch))
+    (flow, finding.result(target, started, batch))
 }
 
 /// Reads up to one line from `stream` within `timeout`.
@@ -196,7 +181,7 @@ async fn check(flow: &mut Flow, target: &Target, timeout: Duration, batch: Insta
     if finding.outcome != Outcome::Connected && matches!(flow, Flow::Tcp(_) | Flow::Udp(_)) {
         *flow = Flow::Cut;
     }
-    result(target, finding, started, batch)
+    finding.result(target, started, batch)
 }
 
 #[cfg(test)]

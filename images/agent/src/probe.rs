@@ -27,6 +27,20 @@ pub(crate) struct Finding {
 }
 
 impl Finding {
+    /// The result line for `target`, attempted at `started` within a batch begun at `batch`.
+    pub(crate) fn result(self, target: &Target, started: Instant, batch: Instant) -> ProbeResult {
+        ProbeResult {
+            host: target.host.clone(),
+            port: target.port,
+            protocol: target.protocol,
+            outcome: self.outcome,
+            started_ms: millis(started.duration_since(batch)),
+            elapsed_ms: millis(started.elapsed()),
+            peer: self.peer,
+            detail: self.detail,
+        }
+    }
+
     pub(crate) fn new(outcome: Outcome, detail: impl Into<String>) -> Self {
         Finding {
             outcome,
@@ -82,19 +96,10 @@ async fn probe_one(
             Protocol::Sctp => sctp(addr, timeout).await,
         },
     };
-    ProbeResult {
-        host: target.host,
-        port: target.port,
-        protocol: target.protocol,
-        outcome: finding.outcome,
-        started_ms: millis(started.duration_since(batch_start)),
-        elapsed_ms: millis(started.elapsed()),
-        peer: finding.peer,
-        detail: finding.detail,
-    }
+    finding.result(&target, started, batch_start)
 }
 
-pub(crate) fn millis(d: Duration) -> f64 {
+fn millis(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
