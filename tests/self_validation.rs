@@ -71,7 +71,8 @@ fn every_injected_policy_fault_is_caught_by_the_right_feature() {
     let _serial = serial();
     let faults: Vec<_> = CATALOGUE.iter().filter(|f| f.fault.is_some()).collect();
     assert!(faults.len() >= 10);
-    let mut table: Vec<(String, Vec<String>)> = Vec::new();
+    // Per fault: its feature, the failing scenarios with that feature, how many others failed.
+    let mut table: Vec<(String, String, Vec<String>, usize)> = Vec::new();
     let mut problems = Vec::new();
     for chunk in faults.chunks(CONCURRENCY) {
         let results: Vec<_> = std::thread::scope(|scope| {
@@ -109,13 +110,26 @@ fn every_injected_policy_fault_is_caught_by_the_right_feature() {
                     caught.keys().collect::<Vec<_>>()
                 ));
             }
-            table.push((fault.name.to_string(), caught.into_keys().collect()));
+            let (right, other): (Vec<_>, Vec<_>) = caught
+                .iter()
+                .partition(|(_, tags)| tags.iter().any(|t| fault.features.contains(&t.as_str())));
+            table.push((
+                fault.name.to_string(),
+                fault.features.join(", "),
+                right.into_iter().map(|(name, _)| name.clone()).collect(),
+                other.len(),
+            ));
         }
     }
     // The detection table, as README shows it.
-    println!("| injected fault | scenarios that caught it |\n|---|---|");
-    for (fault, scenarios) in &table {
-        println!("| `{fault}` | {} |", scenarios.join(", "));
+    println!(
+        "| injected fault | feature | caught by (scenarios with that feature) | other failing scenarios |\n|---|---|---|---|"
+    );
+    for (fault, feature, right, others) in &table {
+        println!(
+            "| `{fault}` | {feature} | {} | {others} |",
+            right.join(", ")
+        );
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
