@@ -277,6 +277,7 @@ fn ignored_policies_fail_the_deny_scenarios() {
     }
     let dir = tempfile::tempdir().expect("temp dir");
     let junit = dir.path().join("junit.xml");
+    let json = dir.path().join("run.json");
     let output = common::polygraph(
         &[
             "run",
@@ -288,11 +289,23 @@ fn ignored_policies_fail_the_deny_scenarios() {
             "1s",
             "--junit",
             &junit.display().to_string(),
+            "--json",
+            &json.display().to_string(),
+            "--json-cells",
+            "notable",
         ],
         "",
     );
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(1), "{stdout}");
+    // Only the cells with something to say are listed; the counts still cover all of them.
+    let report: RunJson =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("json")).expect("schema");
+    for step in report.scenarios.iter().flat_map(|s| &s.steps) {
+        let c = &step.counts;
+        assert_eq!(step.cells.len(), c.fail + c.error + c.late + c.flapping);
+        assert!(step.cells.iter().all(|cell| cell.verdict != "pass"));
+    }
     for name in ["deny-all-ingress", "deny-all-egress", "deny-all-both"] {
         assert!(
             stdout.contains(&format!("FAIL {name} › ")),

@@ -12,6 +12,7 @@ use super::{CliError, EXIT_WRONG, use_color};
 use polygraph::backend::Backend;
 use polygraph::backend::kube::dry_run;
 use polygraph::backend::local::faults;
+use polygraph::report::run_json::CellSelection;
 use polygraph::report::{junit, run_json, run_terminal};
 use polygraph::run::scenarios::{Event, RunOptions, RunResult, run_scenarios};
 use polygraph::scenario::{self, Scenario, library};
@@ -32,6 +33,10 @@ pub struct RunArgs {
     /// Write the full JSON result here.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+    /// Which cells the JSON lists: all (the default), notable (failing, late, flapping, errors, cut
+    /// connections) or none; counts and timing always cover every cell.
+    #[arg(long, value_enum, default_value = "all")]
+    json_cells: CellSelection,
     /// After the reports are written, write the JUnit (or JSON) report's path here: Sonobuoy's
     /// `done` file protocol.
     #[arg(long, value_name = "FILE")]
@@ -142,7 +147,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode, CliError> {
             .map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?;
     }
     if let Some(path) = &args.json {
-        let json = serde_json::to_string_pretty(&run_json::report(&result))?;
+        let json = serde_json::to_string_pretty(&run_json::report(&result, args.json_cells))?;
         std::fs::write(path, json)
             .map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?;
     }

@@ -126,7 +126,34 @@ fn ms(d: std::time::Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
-pub fn report(result: &RunResult) -> RunJson {
+/// Which cells the report lists (counts and timing always cover all of them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CellSelection {
+    /// Every cell of every step.
+    All,
+    /// Cells with something to say: failing, late, flapping, probe errors, or a cut connection.
+    Notable,
+    /// No cells: counts and timing only.
+    None,
+}
+
+impl CellSelection {
+    fn keeps(self, cell: &CellJson) -> bool {
+        match self {
+            CellSelection::All => true,
+            CellSelection::None => false,
+            CellSelection::Notable => {
+                !matches!(
+                    cell.verdict,
+                    Verdict::Pass | Verdict::Undefined | Verdict::Unsupported | Verdict::NotProbed
+                ) || cell.race.is_some()
+                    || cell.established == Some(FlowFate::Cut)
+            }
+        }
+    }
+}
+
+pub fn report(result: &RunResult, selection: CellSelection) -> RunJson {
     let mut total = CountsJson::default();
     let scenarios = result
         .scenarios
@@ -179,6 +206,7 @@ pub fn report(result: &RunResult) -> RunJson {
                                 reason: verdict.fails().then(|| oracle.explain(cell).reason()),
                             }
                         })
+                        .filter(|cell| selection.keeps(cell))
                         .collect();
                     StepJson {
                         name: step.name.clone(),
