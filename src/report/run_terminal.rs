@@ -194,6 +194,8 @@ fn result_cell(passed: bool, color: bool) -> Cell {
 /// Enforcement timing over the whole run, then every step that showed a race.
 fn timing_section(text: &mut String, result: &RunResult, color: bool) {
     let mut by_change: [Vec<f64>; 3] = Default::default();
+    // Latency of changed cells by destination node, where the backend knows nodes.
+    let mut by_node: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     let (mut late_deny, mut max_leak) = (0, None::<f64>);
     let mut racing = table(color);
     racing.set_header(vec![
@@ -217,6 +219,10 @@ fn timing_section(text: &mut String, result: &RunResult, color: bool) {
                     Change::Unchanged => continue,
                 };
                 by_change[slot].extend(timing.converged_ms);
+                let node = step.observed.as_ref().and_then(|o| o.node(cell.to));
+                if let (Some(node), Some(ms)) = (node, timing.converged_ms) {
+                    by_node.entry(node.to_string()).or_default().push(ms);
+                }
             }
             let t = &step.summary;
             late_deny += t.late_deny;
@@ -254,6 +260,13 @@ fn timing_section(text: &mut String, result: &RunResult, color: bool) {
         return;
     }
     let _ = writeln!(text, "enforcement latency: {}", parts.join("; "));
+    let nodes: Vec<String> = by_node
+        .into_iter()
+        .filter_map(|(node, values)| stats(&node, &LatencyStats::of(values)))
+        .collect();
+    if !nodes.is_empty() {
+        let _ = writeln!(text, "by destination node: {}", nodes.join("; "));
+    }
     let _ = match max_leak {
         Some(leak) => writeln!(
             text,
