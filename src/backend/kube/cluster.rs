@@ -111,6 +111,15 @@ where
     .map_err(|e| BackendError::Kube(format!("{what}: {e}")))
 }
 
+/// An exec into the agent container with stdin and stdout (and stderr when asked for).
+fn agent_exec(stderr: bool) -> AttachParams {
+    AttachParams::default()
+        .container("agent")
+        .stdin(true)
+        .stdout(true)
+        .stderr(stderr)
+}
+
 pub struct KubeBackend {
     client: Client,
     names: RunNames,
@@ -588,11 +597,7 @@ impl Backend for KubeBackend {
             message: message.into(),
         };
         let api = self.pods_api(&from.namespace);
-        let params = AttachParams::default()
-            .container("agent")
-            .stdin(true)
-            .stdout(true)
-            .stderr(false);
+        let params = agent_exec(false);
         let mut attached = call(&format!("exec into {from}"), || async {
             api.exec(&from.name, ["/polygraph-agent", "hold"], &params)
                 .await
@@ -622,11 +627,7 @@ impl Backend for KubeBackend {
             Some(self.udp_ports.next(from, targets)),
         );
         let api = self.pods_api(&from.namespace);
-        let params = AttachParams::default()
-            .container("agent")
-            .stdin(true)
-            .stdout(true)
-            .stderr(true);
+        let params = agent_exec(true);
         let exec = async {
             let mut attached = call(&format!("exec into {from}"), || async {
                 api.exec(&from.name, ["/polygraph-agent", "probe"], &params)

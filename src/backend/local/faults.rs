@@ -198,6 +198,14 @@ impl Faults {
 
     /// The policies as the faulty CNI understands them.
     pub fn distort(&self, policies: &[Policy]) -> Vec<Policy> {
+        // Without a policy fault (the default) there is nothing to distort on every sync.
+        if self
+            .set
+            .iter()
+            .all(|f| *f == Fault::Stateless || *f == Fault::PolicyDeletionIgnored)
+        {
+            return policies.to_vec();
+        }
         policies.iter().map(|p| self.distort_policy(p)).collect()
     }
 

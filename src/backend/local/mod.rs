@@ -274,6 +274,17 @@ impl LocalBackend {
         lines
     }
 
+    /// The agent, run inside `netns`, ready for its subcommand; it dies with its handle.
+    fn agent_command(&self, netns: &str) -> Command {
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", netns])
+            .arg(&self.options.agent.program)
+            .args(&self.options.agent.args)
+            .kill_on_drop(true);
+        command
+    }
+
     async fn start_agent(&self, netns: &str, pod: &Pod) -> Result<Option<Agent>, BackendError> {
         if pod.ports.is_empty() {
             return Ok(None);
@@ -283,10 +294,8 @@ impl LocalBackend {
             .iter()
             .map(|p| format!("{}/{}", p.port, p.protocol))
             .collect();
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", netns])
-            .arg(&self.options.agent.program)
-            .args(&self.options.agent.args)
+        let mut child = self
+            .agent_command(netns)
             .args([
                 "serve",
                 "--identity",
@@ -297,7 +306,6 @@ impl LocalBackend {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .kill_on_drop(true)
             .spawn()
             .map_err(|e| BackendError::Pod {
                 pod: pod.key(),
@@ -618,15 +626,12 @@ impl Backend for LocalBackend {
             pod: from.clone(),
             message: "no such pod".into(),
         })?;
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.names.pod(local.slot)])
-            .arg(&self.options.agent.program)
-            .args(&self.options.agent.args)
+        let mut child = self
+            .agent_command(&self.names.pod(local.slot))
             .arg("hold")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
-            .kill_on_drop(true)
             .spawn()
             .map_err(|e| BackendError::Probe {
                 pod: from.clone(),
