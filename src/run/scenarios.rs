@@ -254,22 +254,14 @@ fn initial_analysis(scenario: &Scenario) -> Analysis {
     )
 }
 
-/// What the spec said before step `index`: the previous step's answer, or the initial world's.
-fn expected_before(scenario: &Scenario, index: usize) -> TruthTable {
-    match index.checked_sub(1).and_then(|i| scenario.steps.get(i)) {
-        Some(previous) => previous.analysis.table.clone(),
-        None => initial_analysis(scenario).table,
-    }
-}
-
 /// Probes until the cluster enforces the scenario's initial world: a lagging dataplane may still
 /// enforce the previous scenario, and the first step's timing must start from a clean baseline.
 async fn await_baseline<B: Backend>(
     backend: &B,
-    scenario: &Scenario,
+    initial: &Analysis,
     options: &RunOptions,
 ) -> Result<(), String> {
-    let analysis = super::at_real_addresses(backend, &initial_analysis(scenario));
+    let analysis = super::at_real_addresses(backend, initial);
     let started = Instant::now();
     loop {
         let round_began = Instant::now();
@@ -299,10 +291,13 @@ async fn await_baseline<B: Backend>(
     }
 }
 
+/// Runs step `index`; `before` is what the spec said before it (the previous step's answer, or
+/// the initial world's).
 async fn run_step<B: Backend>(
     backend: &mut B,
     scenario: &Scenario,
     index: usize,
+    before: &TruthTable,
     options: &RunOptions,
 ) -> StepResult {
     let step = &scenario.steps[index];
@@ -317,7 +312,7 @@ async fn run_step<B: Backend>(
         rounds: 0,
         applied: false,
         observed: None,
-        changes: changes(&expected_before(scenario, index), &step.analysis.table),
+        changes: changes(before, &step.analysis.table),
         timing: Grid::new(pods.clone(), pps.clone(), CellTiming::default()),
         established: Grid::new(pods.clone(), pps.clone(), None),
         verdicts: Grid::new(pods, pps, Verdict::NotProbed),
@@ -613,8 +608,9 @@ pub async fn run_scenarios<B: Backend>(
                 elapsed: Duration::ZERO,
                 error: None,
             };
+            let initial = initial_analysis(scenario);
             let set_up = match reconcile(backend, &deployed, &scenario.initial).await {
-                Ok(()) => await_baseline(&*backend, scenario, options).await,
+                Ok(()) => await_baseline(&*backend, &initial, options).await,
                 Err(e) => Err(e.to_string()),
             };
             match set_up {
@@ -626,7 +622,11 @@ pub async fn run_scenarios<B: Backend>(
                 }
                 Ok(()) => {
                     for index in 0..scenario.steps.len() {
-                        let step = run_step(backend, scenario, index, options).await;
+                        let before = match index.checked_sub(1) {
+                            Some(previous) => &scenario.steps[previous].analysis.table,
+                            None => &initial.table,
+                        };
+                        let step = run_step(backend, scenario, index, before, options).await;
                         let stop = step.error.is_some();
                         on_event(Event::StepFinished {
                             scenario,
