@@ -1,11 +1,12 @@
 //! polygraph tells the truth about Kubernetes NetworkPolicy enforcement.
 //!
 //! The pure core (`model`, `policy`, `matrix`) knows the spec and answers offline; `report` turns
-//! answers into tables and JSON. See DESIGN.md in the project's shared folder for the data flow.
+//! answers into tables and JSON. ARCHITECTURE.md maps the layers and the data flow.
 
 pub mod analyze;
 pub mod backend;
 pub mod bench;
+pub mod faults;
 pub mod input;
 pub mod matrix;
 pub mod model;
@@ -13,3 +14,4 @@ pub mod policy;
 pub mod report;
 pub mod run;
 pub mod scenario;
+pub mod world;

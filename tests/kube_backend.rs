@@ -11,12 +11,19 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use kube::Client;
-use polygraph::backend::Backend;
-use polygraph::backend::kube::KubeBackend;
+use polygraph::backend::kube::dry_run::Recorder;
 use polygraph::backend::kube::manifests::{KubeOptions, RunNames};
 use polygraph::backend::kube::placement::parse_toleration;
+use polygraph::backend::kube::{KubeBackend, gc};
+use polygraph::backend::sim::{SimBackend, SimOptions};
+use polygraph::backend::{Backend, BackendError, Held};
+use polygraph::model::PodRef;
 use polygraph::model::default_model;
 use polygraph::policy::parse_policies;
+use polygraph::run::{RunOptions, observe, reconcile, run_scenarios};
+use polygraph::world::Mutation;
+use polygraph::world::World;
+use polygraph_agent::wire::{ProbeResult, Target};
 use serde_json::{Value, json};
 
 #[derive(Default)]
@@ -35,6 +42,10 @@ struct State {
     forbid_namespace: Option<String>,
     /// What `GET /api/v1/nodes` lists.
     nodes: Vec<Value>,
+    /// Policies by (namespace, name).
+    policies: BTreeMap<(String, String), Value>,
+    /// Every change the server accepted, as `polygraph::backend::kube::api_calls` words them.
+    calls: Vec<String>,
 }
 
 fn json_response(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
@@ -57,6 +68,22 @@ fn list(kind: &str, items: Vec<Value>) -> Response<Full<Bytes>> {
         StatusCode::OK,
         json!({"kind": kind, "apiVersion": "v1", "metadata": {}, "items": items}),
     )
+}
+
+/// A JSON merge patch (RFC 7386): objects merge, null removes.
+fn merge(target: &mut Value, patch: &Value) {
+    match (target, patch) {
+        (Value::Object(target), Value::Object(patch)) => {
+            for (key, value) in patch {
+                if value.is_null() {
+                    target.remove(key);
+                } else {
+                    merge(target.entry(key.clone()).or_insert(Value::Null), value);
+                }
+            }
+        }
+        (target, patch) => *target = patch.clone(),
+    }
 }
 
 /// One request, as the API server would answer it.
@@ -91,6 +118,7 @@ fn handle(
             if s.forbid_namespace.as_deref() == Some(name.as_str()) {
                 return status(403, "Forbidden");
             }
+            s.calls.push(format!("create Namespace {name}"));
             s.namespaces.insert(name, body.clone());
             json_response(StatusCode::CREATED, body)
         }
@@ -102,9 +130,25 @@ fn handle(
             Some(ns) => json_response(StatusCode::OK, ns.clone()),
             None => status(404, "NotFound"),
         },
+        ("PATCH", ["api", "v1", "namespaces", name]) => {
+            let name = name.to_string();
+            // Heartbeats (annotations only) are not changes a dry run shows.
+            if body["metadata"]["labels"].is_object() {
+                s.calls.push(format!("patch Namespace {name}"));
+            }
+            let Some(ns) = s.namespaces.get_mut(&name) else {
+                return status(404, "NotFound");
+            };
+            merge(ns, &body);
+            json_response(StatusCode::OK, ns.clone())
+        }
         ("DELETE", ["api", "v1", "namespaces", name]) => {
             let name = name.to_string();
+            if s.namespaces.contains_key(&name) {
+                s.calls.push(format!("delete Namespace {name}"));
+            }
             s.pods.retain(|(ns, _), _| *ns != name);
+            s.policies.retain(|(ns, _), _| *ns != name);
             match s.namespaces.remove(&name) {
                 Some(ns) => json_response(StatusCode::OK, ns),
                 None => status(404, "NotFound"),
@@ -131,12 +175,58 @@ fn handle(
                     json!({"phase": "Running", "podIP": format!("10.9.0.{index}"), "conditions": [{"type": "Ready", "status": "True"}]})
                 }
             };
+            s.calls.push(format!("create Pod {ns}/{name}"));
             s.pods.insert((ns.to_string(), name), pod.clone());
             json_response(StatusCode::CREATED, pod)
         }
         ("GET", ["api", "v1", "namespaces", ns, "pods", name]) => {
             match s.pods.get(&(ns.to_string(), name.to_string())) {
                 Some(pod) => json_response(StatusCode::OK, pod.clone()),
+                None => status(404, "NotFound"),
+            }
+        }
+        ("PATCH", ["api", "v1", "namespaces", ns, "pods", name]) => {
+            s.calls.push(format!("patch Pod {ns}/{name}"));
+            let Some(pod) = s.pods.get_mut(&(ns.to_string(), name.to_string())) else {
+                return status(404, "NotFound");
+            };
+            merge(pod, &body);
+            json_response(StatusCode::OK, pod.clone())
+        }
+        ("DELETE", ["api", "v1", "namespaces", ns, "pods", name]) => {
+            match s.pods.remove(&(ns.to_string(), name.to_string())) {
+                Some(pod) => {
+                    s.calls.push(format!("delete Pod {ns}/{name}"));
+                    json_response(StatusCode::OK, pod)
+                }
+                None => status(404, "NotFound"),
+            }
+        }
+        (
+            "GET" | "DELETE",
+            [
+                "apis",
+                "networking.k8s.io",
+                "v1",
+                "namespaces",
+                ns,
+                "networkpolicies",
+                name,
+            ],
+        ) => {
+            let key = (ns.to_string(), name.to_string());
+            let found = if method == "DELETE" {
+                s.policies.remove(&key)
+            } else {
+                s.policies.get(&key).cloned()
+            };
+            match found {
+                Some(policy) => {
+                    if method == "DELETE" {
+                        s.calls.push(format!("delete NetworkPolicy {ns}/{name}"));
+                    }
+                    json_response(StatusCode::OK, policy)
+                }
                 None => status(404, "NotFound"),
             }
         }
@@ -153,11 +243,14 @@ fn handle(
                 "networking.k8s.io",
                 "v1",
                 "namespaces",
-                _,
+                ns,
                 "networkpolicies",
-                _,
+                name,
             ],
         ) => {
+            s.calls.push(format!("apply NetworkPolicy {ns}/{name}"));
+            s.policies
+                .insert((ns.to_string(), name.to_string()), body.clone());
             s.applied.push(body.clone());
             json_response(StatusCode::OK, body)
         }
@@ -226,12 +319,15 @@ async fn deploy_default_model(backend: &mut KubeBackend) -> Vec<polygraph::model
     let cluster = default_model().build("model").expect("model");
     for namespace in cluster.namespaces() {
         backend
-            .create_namespace(namespace)
+            .apply(&Mutation::CreateNamespace(namespace.clone()))
             .await
             .expect("namespace");
     }
     for pod in cluster.pods() {
-        backend.create_pod(pod).await.expect("pod");
+        backend
+            .apply(&Mutation::CreatePod(pod.clone()))
+            .await
+            .expect("pod");
     }
     backend
         .wait_ready(Duration::from_secs(5))
@@ -325,14 +421,17 @@ async fn deploys_applies_and_cleans_up() {
 
     let cluster = default_model().build("model").expect("model");
     backend
-        .create_namespace(&cluster.namespaces()[0])
+        .apply(&Mutation::CreateNamespace(cluster.namespaces()[0].clone()))
         .await
         .expect("namespace");
     backend
-        .create_namespace(&cluster.namespaces()[1])
+        .apply(&Mutation::CreateNamespace(cluster.namespaces()[1].clone()))
         .await
         .expect("namespace");
-    backend.create_pod(&cluster.pods()[0]).await.expect("pod");
+    backend
+        .apply(&Mutation::CreatePod(cluster.pods()[0].clone()))
+        .await
+        .expect("pod");
     backend
         .wait_ready(Duration::from_secs(5))
         .await
@@ -346,7 +445,10 @@ async fn deploys_applies_and_cleans_up() {
     let policy = parse_policies("p.yaml", yaml, "x")
         .expect("policy")
         .remove(0);
-    backend.apply_policy(&policy).await.expect("apply");
+    backend
+        .apply(&Mutation::ApplyPolicy(policy.clone()))
+        .await
+        .expect("apply");
 
     {
         let s = state.lock().expect("state");
@@ -394,10 +496,13 @@ async fn a_pod_that_never_gets_ready_is_named_with_its_cause_and_events() {
     let mut backend = backend(&state).await;
     let cluster = default_model().build("model").expect("model");
     backend
-        .create_namespace(&cluster.namespaces()[0])
+        .apply(&Mutation::CreateNamespace(cluster.namespaces()[0].clone()))
         .await
         .expect("namespace");
-    backend.create_pod(&cluster.pods()[0]).await.expect("pod");
+    backend
+        .apply(&Mutation::CreatePod(cluster.pods()[0].clone()))
+        .await
+        .expect("pod");
     let error = backend
         .wait_ready(Duration::from_secs(5))
         .await
@@ -418,7 +523,7 @@ async fn throttling_is_retried_not_reported() {
     state.lock().expect("state").throttle = 3;
     let cluster = default_model().build("model").expect("model");
     backend
-        .create_namespace(&cluster.namespaces()[0])
+        .apply(&Mutation::CreateNamespace(cluster.namespaces()[0].clone()))
         .await
         .expect("retried through 429s");
     let s = state.lock().expect("state");
@@ -441,18 +546,24 @@ async fn errors_are_reported_and_cleanup_still_removes_everything() {
     let mut backend = backend(&state).await;
     let cluster = default_model().build("model").expect("model");
     backend
-        .create_namespace(&cluster.namespaces()[0])
+        .apply(&Mutation::CreateNamespace(cluster.namespaces()[0].clone()))
         .await
         .expect("x is allowed");
     let error = backend
-        .create_namespace(&cluster.namespaces()[1])
+        .apply(&Mutation::CreateNamespace(cluster.namespaces()[1].clone()))
         .await
-        .expect_err("403")
-        .to_string();
+        .expect_err("403");
+    // The error says what was being done and keeps kube's error as its cause.
+    assert_eq!(error.to_string(), "creating namespace polygraph-abc123-y");
+    let cause = std::error::Error::source(&error)
+        .and_then(|e| e.downcast_ref::<kube::Error>())
+        .expect("kube's error is the cause");
     assert!(
-        error.contains("creating namespace polygraph-abc123-y") && error.contains("Forbidden"),
-        "{error}"
+        matches!(cause, kube::Error::Api(status) if status.code == 403),
+        "{cause}"
     );
+    let error = format!("{error}: {cause}");
+    assert!(error.contains("Forbidden"), "{error}");
     let forbidden_attempts = state
         .lock()
         .expect("state")
@@ -463,4 +574,375 @@ async fn errors_are_reported_and_cleanup_still_removes_everything() {
     assert_eq!(forbidden_attempts, 2, "a 403 is not retried");
     backend.cleanup().await.expect("cleanup");
     assert!(state.lock().expect("state").namespaces.is_empty());
+}
+
+/// A cluster whose API is the fake server and whose packets are the simulation's: the runner drives
+/// the Kubernetes backend's real API calls, and probes (sent to the addresses the fake cluster
+/// assigned, never the model's) are answered by the oracle at the model's addresses.
+struct FakeCluster {
+    kube: KubeBackend,
+    sim: SimBackend,
+    /// The model's address of each pod, to translate the cluster's addresses back.
+    model_ips: BTreeMap<PodRef, std::net::IpAddr>,
+    /// Every host a probe was sent to.
+    probed: Mutex<Vec<String>>,
+}
+
+impl FakeCluster {
+    async fn new(state: &Arc<Mutex<State>>) -> FakeCluster {
+        FakeCluster {
+            kube: backend(state).await,
+            sim: SimBackend::new(SimOptions {
+                sctp: true,
+                ..SimOptions::default()
+            }),
+            model_ips: BTreeMap::new(),
+            probed: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The target as the simulation knows it; unknown hosts stay as they are (and time out).
+    fn to_model(&self, target: &Target) -> Target {
+        self.probed
+            .lock()
+            .expect("probed")
+            .push(target.host.clone());
+        let host = self
+            .model_ips
+            .iter()
+            .find(|(pod, _)| {
+                self.kube
+                    .address(pod)
+                    .is_some_and(|ip| ip.to_string() == target.host)
+            })
+            .map_or(target.host.clone(), |(_, ip)| ip.to_string());
+        Target {
+            host,
+            ..target.clone()
+        }
+    }
+}
+
+impl Backend for FakeCluster {
+    fn describe(&self) -> String {
+        self.kube.describe()
+    }
+    fn cleanup_message(&self) -> String {
+        self.kube.cleanup_message()
+    }
+    fn address(&self, pod: &PodRef) -> Option<std::net::IpAddr> {
+        self.kube.address(pod)
+    }
+    async fn apply(&mut self, mutation: &Mutation) -> Result<(), BackendError> {
+        self.kube.apply(mutation).await?;
+        match mutation {
+            Mutation::CreatePod(pod) => {
+                self.model_ips.insert(pod.key(), pod.ip);
+            }
+            Mutation::DeletePod(pod) => {
+                self.model_ips.remove(pod);
+            }
+            Mutation::DeleteNamespace(ns) => self.model_ips.retain(|p, _| &p.namespace != ns),
+            _ => {}
+        }
+        self.sim.apply(mutation).await
+    }
+    async fn wait_ready(&mut self, timeout: Duration) -> Result<(), BackendError> {
+        self.kube.wait_ready(timeout).await
+    }
+    async fn probe(
+        &self,
+        from: &PodRef,
+        targets: &[Target],
+        timeout: Duration,
+    ) -> Result<Vec<ProbeResult>, BackendError> {
+        let targets: Vec<Target> = targets.iter().map(|t| self.to_model(t)).collect();
+        self.sim.probe(from, &targets, timeout).await
+    }
+    async fn hold(
+        &self,
+        from: &PodRef,
+        targets: &[Target],
+        timeout: Duration,
+    ) -> Result<Held, BackendError> {
+        let targets: Vec<Target> = targets.iter().map(|t| self.to_model(t)).collect();
+        self.sim.hold(from, &targets, timeout).await
+    }
+    async fn cleanup(&mut self) -> Result<(), BackendError> {
+        self.kube.cleanup().await?;
+        self.sim.cleanup().await
+    }
+}
+
+fn run_options() -> RunOptions {
+    RunOptions {
+        probe_timeout: Duration::from_millis(200),
+        step_deadline: Duration::from_secs(5),
+        max_latency: None,
+        stability: Duration::ZERO,
+        established: true,
+        parallelism: 16,
+        poll_interval: Duration::from_millis(10),
+    }
+}
+
+/// Scenarios that between them use every kind of change: policies applied, updated and deleted,
+/// pods and namespaces relabelled, created and deleted, and resets between them.
+const EVERY_CHANGE: [&str; 7] = [
+    "deny-all-ingress",
+    "policy-updated",
+    "pod-labels-move",
+    "namespace-labels-move",
+    "new-pod-under-policy",
+    "namespace-created",
+    "policy-deleted",
+];
+
+fn library(names: &[&str]) -> Vec<polygraph::scenario::Scenario> {
+    let all = polygraph::scenario::library::load_all().expect("library");
+    names
+        .iter()
+        .map(|n| {
+            all.iter()
+                .find(|s| s.name == *n)
+                .unwrap_or_else(|| panic!("no scenario {n}"))
+                .clone()
+        })
+        .collect()
+}
+
+/// The dry run is the run: the calls it prints are, in order, the calls the API server receives.
+#[tokio::test]
+async fn a_dry_run_prints_exactly_the_api_calls_a_run_makes() {
+    let scenarios = library(&EVERY_CHANGE);
+    let state = Arc::new(Mutex::new(State::default()));
+    let mut cluster = FakeCluster::new(&state).await;
+    let result = run_scenarios(&mut cluster, &scenarios, &run_options(), &mut |_| {}).await;
+    cluster.cleanup().await.expect("cleanup");
+    let failing: Vec<_> = result
+        .scenarios
+        .iter()
+        .filter(|s| !s.passed())
+        .map(|s| (s.scenario.name.clone(), s.error.clone()))
+        .collect();
+    assert!(failing.is_empty(), "{failing:?}");
+    let calls = state.lock().expect("state").calls.clone();
+
+    let names = RunNames::new("polygraph", "abc123").expect("names");
+    let mut recorder = Recorder::new(names, KubeOptions::default());
+    let transcript = recorder.transcript();
+    let dry = run_scenarios(&mut recorder, &scenarios, &run_options(), &mut |_| {}).await;
+    recorder.cleanup().await.expect("cleanup");
+    assert!(dry.passed());
+    let printed: Vec<String> = transcript
+        .text()
+        .lines()
+        .filter_map(|l| l.strip_prefix("# "))
+        .filter(|l| {
+            ["create ", "delete ", "patch ", "apply "]
+                .iter()
+                .any(|verb| l.starts_with(verb))
+        })
+        .map(str::to_string)
+        .collect();
+    assert!(calls.len() > 30, "{calls:?}");
+    for verb in ["create Pod", "delete Pod", "patch Pod", "patch Namespace"] {
+        assert!(calls.iter().any(|c| c.starts_with(verb)), "no {verb}");
+    }
+    assert_eq!(printed, calls);
+}
+
+/// Probes go to the addresses the cluster assigned (10.9.0.x here), never the model's planned
+/// ones (10.244.x.y), which on a real cluster may belong to somebody else's pods.
+#[tokio::test]
+async fn every_probe_goes_to_the_address_the_cluster_assigned() {
+    let state = Arc::new(Mutex::new(State::default()));
+    let mut cluster = FakeCluster::new(&state).await;
+    let model = default_model().build("model").expect("model");
+    let analysis = polygraph::analyze::analyze(model.clone(), Vec::new(), &[]);
+    let world = World::new(&model.description(), "model").expect("world");
+    reconcile(&mut cluster, &World::empty(), &world)
+        .await
+        .expect("deployed");
+    let (real, observed) = observe(&cluster, &analysis, Duration::from_millis(200), 16)
+        .await
+        .expect("probed");
+    let probed: std::collections::BTreeSet<String> = cluster
+        .probed
+        .lock()
+        .expect("probed")
+        .iter()
+        .cloned()
+        .collect();
+    assert!(!probed.is_empty());
+    assert!(
+        probed.iter().all(|h| h.starts_with("10.9.0.")),
+        "probed the model's addresses: {probed:?}"
+    );
+    let summary = polygraph::report::probe::summarize(&real, &observed);
+    assert!(
+        !summary.failed(),
+        "{}",
+        polygraph::report::probe::summary_line(&summary)
+    );
+    assert!(
+        real.cluster
+            .pods()
+            .iter()
+            .all(|p| p.ip.to_string().starts_with("10.9.0."))
+    );
+    cluster.cleanup().await.expect("cleanup");
+}
+
+/// Tearing down deletes every namespace first and then waits for all of them, instead of waiting
+/// for each before deleting the next.
+#[tokio::test]
+async fn namespaces_are_deleted_together_then_awaited() {
+    let state = Arc::new(Mutex::new(State::default()));
+    let mut cluster = FakeCluster::new(&state).await;
+    let model = default_model().build("model").expect("model");
+    let world = World::new(&model.description(), "model").expect("world");
+    reconcile(&mut cluster, &World::empty(), &world)
+        .await
+        .expect("deployed");
+    state.lock().expect("state").log.clear();
+    reconcile(&mut cluster, &world, &World::empty())
+        .await
+        .expect("torn down");
+    let log = state.lock().expect("state").log.clone();
+    let deletes: Vec<usize> = (0..log.len())
+        .filter(|&i| log[i].starts_with("DELETE /api/v1/namespaces/"))
+        .collect();
+    let waits: Vec<usize> = (0..log.len())
+        .filter(|&i| log[i].starts_with("GET /api/v1/namespaces/polygraph-"))
+        .collect();
+    assert_eq!(deletes.len(), 3, "{log:?}");
+    assert!(!waits.is_empty(), "deletions are awaited: {log:?}");
+    assert!(
+        deletes.iter().max() < waits.iter().min(),
+        "a namespace was awaited before the next was deleted: {log:?}"
+    );
+}
+
+fn namespace_with(name: &str, heartbeat_age: Option<u64>, created_age: u64) -> Value {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let created = chrono_like(now - created_age);
+    let mut ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {
+        "name": name, "creationTimestamp": created,
+        "labels": {"app.kubernetes.io/managed-by": "polygraph"}}});
+    if let Some(age) = heartbeat_age {
+        ns["metadata"]["annotations"] = json!({"polygraph.dev/heartbeat": (now - age).to_string()});
+    }
+    ns
+}
+
+/// RFC 3339 for a Unix time, as the API server writes timestamps.
+fn chrono_like(unix: u64) -> String {
+    let days = unix / 86400;
+    let secs = unix % 86400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
+/// `gc` never deletes the namespaces of a live run (fresh heartbeat), whatever `--older-than`
+/// says, says why it kept them, and waits until what it deleted is gone.
+#[tokio::test]
+async fn gc_keeps_live_runs_and_waits_for_what_it_deletes() {
+    let state = Arc::new(Mutex::new(State::default()));
+    {
+        let mut s = state.lock().expect("state");
+        for (name, heartbeat, created) in [
+            ("polygraph-live01-x", Some(5), 7200),
+            ("polygraph-dead01-x", Some(3600), 7200),
+            ("polygraph-old001-x", None, 7200),
+        ] {
+            s.namespaces
+                .insert(name.into(), namespace_with(name, heartbeat, created));
+        }
+    }
+    let report = gc(fake_cluster(state.clone()), Duration::ZERO)
+        .await
+        .expect("gc");
+    assert_eq!(report.kept.len(), 1, "{report:?}");
+    assert_eq!(report.kept[0].0, "polygraph-live01-x");
+    assert!(
+        report.kept[0].1.starts_with("its run is live"),
+        "{report:?}"
+    );
+    let mut removed = report.removed.clone();
+    removed.sort();
+    assert_eq!(removed, ["polygraph-dead01-x", "polygraph-old001-x"]);
+    let s = state.lock().expect("state");
+    assert_eq!(s.namespaces.len(), 1);
+    assert!(
+        s.log
+            .iter()
+            .any(|l| l.starts_with("GET /api/v1/namespaces/polygraph-dead01-x")),
+        "deletion awaited: {:?}",
+        s.log
+    );
+}
+
+/// After Ctrl-C the CLI says what clean-up did, in the backend's words.
+#[tokio::test]
+async fn the_kubernetes_backend_names_what_its_cleanup_removes() {
+    let state = Arc::new(Mutex::new(State::default()));
+    let backend = backend(&state).await;
+    assert_eq!(
+        backend.cleanup_message(),
+        "polygraph's namespaces of run abc123 were deleted from fake"
+    );
+}
+
+/// The report header names the kubeconfig's context, also when `--context` is not given.
+#[tokio::test]
+async fn the_context_is_named_even_when_not_given() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("kubeconfig");
+    std::fs::write(
+        &path,
+        r#"apiVersion: v1
+kind: Config
+current-context: kind-polygraph
+clusters:
+  - name: kind-polygraph
+    cluster: {server: "https://127.0.0.1:6443", insecure-skip-tls-verify: true}
+  - name: other
+    cluster: {server: "https://127.0.0.1:6444", insecure-skip-tls-verify: true}
+contexts:
+  - name: kind-polygraph
+    context: {cluster: kind-polygraph, user: admin}
+  - name: other
+    context: {cluster: other, user: admin}
+users:
+  - name: admin
+    user: {token: not-a-real-token}
+"#,
+    )
+    .expect("write");
+    let connection = |context: Option<&str>| polygraph::backend::kube::Connection {
+        kubeconfig: Some(path.clone()),
+        context: context.map(str::to_string),
+    };
+    let (_, named) = connection(None).client().await.expect("client");
+    assert_eq!(named, "kind-polygraph");
+    let (_, named) = connection(Some("other")).client().await.expect("client");
+    assert_eq!(named, "other");
 }

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::corpus::{Case, cell_key, load_cases, report_axes};
-use common::{local_cluster_or_skip, namespaces_of_run, run_id_of};
+use common::{namespaces_of_run, require_local_cluster, run_id_of};
 
 const DENY_X: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: x}\nspec: {podSelector: {}, policyTypes: [Ingress]}\n";
 /// Short enough for a quick suite, long enough that an allowed connection never times out on a
@@ -103,10 +103,9 @@ fn check_against_case(case: &Case, probed: &Probed) -> Result<usize, String> {
 /// Every known-answer case, on real packets: what gets through must be exactly what the
 /// hand-written expectations allow (self traffic aside), the exit code 0, nothing left behind.
 #[test]
+#[ignore = "needs root: builds a local cluster (network namespaces, nftables); .ci/run runs it as root"]
 fn corpus_on_real_packets_matches_the_known_answers() {
-    if !local_cluster_or_skip("corpus_on_real_packets_matches_the_known_answers") {
-        return;
-    }
+    require_local_cluster();
     let cases = load_cases();
     let queue = Mutex::new(cases.iter().collect::<Vec<_>>());
     let failures = Mutex::new(Vec::new());
@@ -169,10 +168,9 @@ fn corpus_on_real_packets_matches_the_known_answers() {
 /// A dataplane that ignores policies (Flannel) is caught: every cell the spec blocks is observed
 /// connected, and the exit code is 1.
 #[test]
+#[ignore = "needs root: builds a local cluster (network namespaces, nftables); .ci/run runs it as root"]
 fn ignored_policies_are_caught() {
-    if !local_cluster_or_skip("ignored_policies_are_caught") {
-        return;
-    }
+    require_local_cluster();
     let cases = load_cases();
     let mut tried = 0;
     for (_, case) in cases
@@ -227,10 +225,9 @@ fn kernel_has_sctp() -> bool {
 /// SCTP on a kernel without it comes back `unsupported`, is never counted as blocked, and doesn't
 /// fail the run.
 #[test]
+#[ignore = "needs root: builds a local cluster (network namespaces, nftables); .ci/run runs it as root"]
 fn sctp_without_kernel_support_is_unsupported_not_blocked() {
-    if !local_cluster_or_skip("sctp_without_kernel_support_is_unsupported_not_blocked") {
-        return;
-    }
+    require_local_cluster();
     let dir = tempfile::tempdir().expect("temp dir");
     let policy = dir.path().join("deny.yaml");
     std::fs::write(&policy, DENY_X).expect("write");
@@ -344,10 +341,9 @@ fn signal(child: &std::process::Child, signal: rustix::process::Signal) {
 
 /// Ctrl-C mid-probe: polygraph removes its namespaces and agents, and exits 130.
 #[test]
+#[ignore = "needs root: builds a local cluster (network namespaces, nftables); .ci/run runs it as root"]
 fn ctrl_c_removes_everything() {
-    if !local_cluster_or_skip("ctrl_c_removes_everything") {
-        return;
-    }
+    require_local_cluster();
     let dir = tempfile::tempdir().expect("temp dir");
     let policy = dir.path().join("deny.yaml");
     std::fs::write(&policy, DENY_X).expect("write");
@@ -372,10 +368,9 @@ fn ctrl_c_removes_everything() {
 
 /// SIGKILL leaves the cluster behind (nothing can run); `polygraph gc` removes it and its agents.
 #[test]
+#[ignore = "needs root: builds a local cluster (network namespaces, nftables); .ci/run runs it as root"]
 fn gc_removes_what_a_killed_run_left() {
-    if !local_cluster_or_skip("gc_removes_what_a_killed_run_left") {
-        return;
-    }
+    require_local_cluster();
     let dir = tempfile::tempdir().expect("temp dir");
     let policy = dir.path().join("deny.yaml");
     std::fs::write(&policy, DENY_X).expect("write");

@@ -2,173 +2,13 @@
 
 mod common;
 
-use std::process::Command;
-
-use serde::Deserialize;
-
-use common::local_cluster_or_skip;
-
-/// The `run` JSON as README documents it; unknown fields are errors, so drift fails the test.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)]
-struct RunJson {
-    polygraph: String,
-    backend: String,
-    passed: bool,
-    elapsed_ms: f64,
-    options: Options,
-    summary: Summary,
-    scenarios: Vec<ScenarioJson>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)]
-struct Options {
-    probe_timeout_ms: f64,
-    step_deadline_ms: f64,
-    max_latency_ms: Option<f64>,
-    stability_ms: f64,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)]
-struct Counts {
-    pass: usize,
-    fail: usize,
-    late: usize,
-    flapping: usize,
-    undefined: usize,
-    unsupported: usize,
-    error: usize,
-    not_probed: usize,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)]
-struct Summary {
-    scenarios: usize,
-    passed: usize,
-    failed: usize,
-    steps: usize,
-    cells: Counts,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)]
-struct ScenarioJson {
-    name: String,
-    description: String,
-    tags: Vec<String>,
-    source: String,
-    passed: bool,
-    elapsed_ms: f64,
-    error: Option<String>,
-    steps: Vec<StepJson>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)]
-struct StepJson {
-    name: String,
-    origin: String,
-    passed: bool,
-    elapsed_ms: f64,
-    apply_ms: f64,
-    rounds: usize,
-    error: Option<String>,
-    counts: Counts,
-    timing: Timing,
-    cells: Vec<CellJson>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)]
-struct Stats {
-    cells: usize,
-    p50_ms: Option<f64>,
-    p90_ms: Option<f64>,
-    max_ms: Option<f64>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)]
-struct Flows {
-    held: usize,
-    survived: usize,
-    cut: usize,
-    tcp_survived: usize,
-    udp_survived: usize,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)]
-struct Timing {
-    allow_to_deny: Stats,
-    deny_to_allow: Stats,
-    new_pod: Stats,
-    late_deny: usize,
-    late_allow: usize,
-    never_converged: usize,
-    flapping: usize,
-    max_leak_ms: Option<f64>,
-    new_pod_leak_ms: Option<f64>,
-    new_pod_first_probe_ms: Option<f64>,
-    round_interval_ms: Option<f64>,
-    established: Flows,
-    #[serde(default)]
-    per_node: std::collections::BTreeMap<String, Stats>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)]
-struct CellJson {
-    from: String,
-    to: String,
-    port: u16,
-    protocol: String,
-    allowed: bool,
-    observed: Option<String>,
-    verdict: String,
-    latency_ms: Option<f64>,
-    change: String,
-    race: Option<String>,
-    #[serde(default)]
-    last_wrong_ms: Option<f64>,
-    #[serde(default)]
-    established: Option<String>,
-    /// Only where the backend knows nodes; the local cluster is one host.
-    #[serde(default)]
-    placement: Option<String>,
-    #[serde(default)]
-    reason: Option<String>,
-}
-
-const VERDICTS: [&str; 8] = [
-    "pass",
-    "fail",
-    "late",
-    "flapping",
-    "undefined",
-    "unsupported",
-    "error",
-    "not_probed",
-];
+use common::require_local_cluster;
+use common::schema::{RunJson, VERDICTS};
 
 #[test]
+#[ignore = "needs root: builds a local cluster (network namespaces, nftables); .ci/run runs it as root"]
 fn the_whole_library_passes_with_valid_junit_and_json() {
-    if !local_cluster_or_skip("the_whole_library_passes_with_valid_junit_and_json") {
-        return;
-    }
+    require_local_cluster();
     let dir = tempfile::tempdir().expect("temp dir");
     let junit = dir.path().join("junit.xml");
     let json = dir.path().join("run.json");
@@ -253,28 +93,13 @@ fn the_whole_library_passes_with_valid_junit_and_json() {
         }
     }
 
-    let xsd = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/schemas/junit-10.xsd");
-    let lint = Command::new("xmllint")
-        .args([
-            "--noout",
-            "--schema",
-            &xsd.display().to_string(),
-            &junit.display().to_string(),
-        ])
-        .output()
-        .expect("xmllint is installed (libxml2-utils; .ci/run installs it)");
-    assert!(
-        lint.status.success(),
-        "JUnit does not validate: {}",
-        String::from_utf8_lossy(&lint.stderr)
-    );
+    common::validate_junit(&junit);
 }
 
 #[test]
+#[ignore = "needs root: builds a local cluster (network namespaces, nftables); .ci/run runs it as root"]
 fn ignored_policies_fail_the_deny_scenarios() {
-    if !local_cluster_or_skip("ignored_policies_fail_the_deny_scenarios") {
-        return;
-    }
+    require_local_cluster();
     let dir = tempfile::tempdir().expect("temp dir");
     let junit = dir.path().join("junit.xml");
     let json = dir.path().join("run.json");
@@ -321,10 +146,9 @@ fn ignored_policies_fail_the_deny_scenarios() {
 }
 
 #[test]
+#[ignore = "needs root: builds a local cluster (network namespaces, nftables); .ci/run runs it as root"]
 fn smoke_tells_enforcing_from_not_enforcing() {
-    if !local_cluster_or_skip("smoke_tells_enforcing_from_not_enforcing") {
-        return;
-    }
+    require_local_cluster();
     let enforcing = common::polygraph(&["smoke"], "");
     let text = String::from_utf8_lossy(&enforcing.stdout);
     assert_eq!(enforcing.status.code(), Some(0), "{text}");

@@ -5,16 +5,18 @@
 //! injected delay D comes back as a latency within 20% of D plus the probe interval (the interval
 //! between probe rounds, the measurement's resolution), a new pod left unprotected for D as a leak
 //! of about D, and with `--max-latency` below D both fail the run. Without faults, no leak at all
-//! (checked on the whole library by `local_run.rs`). Needs root; otherwise says SKIPPED and passes.
+//! (checked on the whole library by `local_run.rs`). Each policy fault also runs on the simulated
+//! backend, which must fail exactly the same scenarios. Needs root (the tests are ignored without
+//! it; `.ci/run` runs them as root).
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-use polygraph::backend::local::faults::CATALOGUE;
+use polygraph::faults::CATALOGUE;
 use serde_json::Value;
 
-use common::local_cluster_or_skip;
+use common::require_local_cluster;
 
 /// The timing tests measure latencies: they must not share the machine with the fault runs.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -45,13 +47,13 @@ fn run_json(args: &[&str]) -> (Option<i32>, Value, String) {
     (output.status.code(), report, stdout)
 }
 
-/// Failing scenarios of a run report, with their tags.
+/// Failing scenarios of a run report (unsupported ones neither pass nor fail), with their tags.
 fn failing(report: &Value) -> BTreeMap<String, Vec<String>> {
     report["scenarios"]
         .as_array()
         .into_iter()
         .flatten()
-        .filter(|s| s["passed"] == false)
+        .filter(|s| s["status"] == "failed")
         .map(|s| {
             let tags = s["tags"]
                 .as_array()
@@ -64,17 +66,60 @@ fn failing(report: &Value) -> BTreeMap<String, Vec<String>> {
         .collect()
 }
 
+/// The scenarios the whole library fails on the simulated backend with `fault` injected, with the
+/// `FAST` settings, on paused tokio time.
+fn simulated_failures(fault: &str) -> BTreeSet<String> {
+    use polygraph::backend::Backend;
+    use polygraph::backend::sim::{SimBackend, SimOptions};
+    use polygraph::run::{RunOptions, Status, run_scenarios};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let mut backend = SimBackend::new(SimOptions {
+            faults: polygraph::faults::Faults::parse(&[fault]).expect("fault"),
+            // Like this kernel: no SCTP.
+            sctp: false,
+        });
+        let options = RunOptions {
+            probe_timeout: std::time::Duration::from_millis(500),
+            step_deadline: std::time::Duration::from_secs(2),
+            max_latency: None,
+            stability: std::time::Duration::ZERO,
+            established: true,
+            parallelism: 64,
+            poll_interval: std::time::Duration::from_millis(250),
+        };
+        let library = polygraph::scenario::library::load_all().expect("library");
+        let result = run_scenarios(&mut backend, &library, &options, &mut |_| {}).await;
+        backend.cleanup().await.expect("cleanup");
+        result
+            .scenarios
+            .iter()
+            .filter(|s| s.status() == Status::Failed)
+            .map(|s| s.scenario.name.clone())
+            .collect()
+    })
+}
+
 #[test]
+#[ignore = "needs root: builds a local cluster (network namespaces, nftables); .ci/run runs it as root"]
 fn every_injected_policy_fault_is_caught_by_the_right_feature() {
-    if !local_cluster_or_skip("every_injected_policy_fault_is_caught_by_the_right_feature") {
-        return;
-    }
+    require_local_cluster();
     let _serial = serial();
     let faults: Vec<_> = CATALOGUE.iter().filter(|f| f.fault.is_some()).collect();
     assert!(faults.len() >= 10);
     // Per fault: its feature, the failing scenarios with that feature, how many others failed.
     let mut table: Vec<(String, String, Vec<String>, usize)> = Vec::new();
     let mut problems = Vec::new();
+    // The same faults on the simulated backend, through the library on paused time (a failing
+    // step's deadline costs no real time), with the same settings as the local runs.
+    let simulated: BTreeMap<&str, BTreeSet<String>> = faults
+        .iter()
+        .map(|fault| (fault.name, simulated_failures(fault.name)))
+        .collect();
     for chunk in faults.chunks(CONCURRENCY) {
         let results: Vec<_> = std::thread::scope(|scope| {
             let handles: Vec<_> = chunk
@@ -94,6 +139,30 @@ fn every_injected_policy_fault_is_caught_by_the_right_feature() {
         });
         for (fault, (code, report, stdout)) in results {
             let caught = failing(&report);
+            // The simulation imitates the same fault the same way: the same scenarios fail. Three
+            // local clusters at once on two cores can push a 500 ms probe past its timeout, so a
+            // difference is confirmed by running the fault alone once more before it counts.
+            let simulated = &simulated[fault.name];
+            let mut local = caught.clone();
+            if simulated.iter().ne(local.keys()) {
+                let mut args = vec!["--inject", fault.name];
+                args.extend(FAST);
+                let alone = failing(&run_json(&args).1);
+                println!(
+                    "{}: the loaded local run failed {:?}; alone it failed {:?}",
+                    fault.name,
+                    local.keys().collect::<Vec<_>>(),
+                    alone.keys().collect::<Vec<_>>()
+                );
+                local = alone;
+            }
+            if simulated.iter().ne(local.keys()) {
+                problems.push(format!(
+                    "{}: the local dataplane failed {:?}, the simulation {simulated:?}",
+                    fault.name,
+                    local.keys().collect::<Vec<_>>(),
+                ));
+            }
             if code != Some(1) {
                 problems.push(format!(
                     "{}: exit {code:?}, expected 1 (detected)\n{stdout}",
@@ -157,12 +226,9 @@ fn within_tolerance(what: &str, measured: f64, injected_ms: f64, interval_ms: f6
 }
 
 #[test]
+#[ignore = "needs root: builds a local cluster (network namespaces, nftables); .ci/run runs it as root"]
 fn injected_delays_are_measured_within_tolerance_and_fail_beyond_max_latency() {
-    if !local_cluster_or_skip(
-        "injected_delays_are_measured_within_tolerance_and_fail_beyond_max_latency",
-    ) {
-        return;
-    }
+    require_local_cluster();
     let _serial = serial();
     let injected_ms = 2000.0;
     let (code, report, stdout) = run_json(&[
@@ -208,10 +274,9 @@ fn injected_delays_are_measured_within_tolerance_and_fail_beyond_max_latency() {
 }
 
 #[test]
+#[ignore = "needs root: builds a local cluster (network namespaces, nftables); .ci/run runs it as root"]
 fn the_new_pod_race_is_measured_and_zero_without_the_fault() {
-    if !local_cluster_or_skip("the_new_pod_race_is_measured_and_zero_without_the_fault") {
-        return;
-    }
+    require_local_cluster();
     let _serial = serial();
     let created = "create pod x/d";
     let (code, report, stdout) = run_json(&["new-pod-under-policy"]);
@@ -258,10 +323,9 @@ fn the_new_pod_race_is_measured_and_zero_without_the_fault() {
 }
 
 #[test]
+#[ignore = "needs root: builds a local cluster (network namespaces, nftables); .ci/run runs it as root"]
 fn established_connections_are_reported_as_surviving_or_cut() {
-    if !local_cluster_or_skip("established_connections_are_reported_as_surviving_or_cut") {
-        return;
-    }
+    require_local_cluster();
     let _serial = serial();
     let flows = |report: &Value| -> (u64, u64, u64) {
         let f = &step(report, "deny-all-ingress", "deny all ingress in x")["timing"]["established"];
@@ -293,10 +357,9 @@ fn established_connections_are_reported_as_surviving_or_cut() {
 }
 
 #[test]
+#[ignore = "needs root: builds a local cluster (network namespaces, nftables); .ci/run runs it as root"]
 fn a_dataplane_that_flaps_is_caught_and_a_stable_one_is_not() {
-    if !local_cluster_or_skip("a_dataplane_that_flaps_is_caught_and_a_stable_one_is_not") {
-        return;
-    }
+    require_local_cluster();
     let _serial = serial();
     let flapping = |report: &Value| {
         step(report, "deny-all-ingress", "deny all ingress in x")["timing"]["flapping"]

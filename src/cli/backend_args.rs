@@ -6,12 +6,15 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::CliError;
+use super::{CliError, error_line};
 use polygraph::backend::AnyBackend;
+use polygraph::backend::kube::dry_run::Recorder;
 use polygraph::backend::kube::manifests::{KubeOptions, RunNames};
 use polygraph::backend::kube::placement;
 use polygraph::backend::kube::{Connection, KubeBackend};
-use polygraph::backend::local::{AgentCommand, Dataplane, Faults, LocalBackend, LocalOptions};
+use polygraph::backend::local::{AgentCommand, Dataplane, LocalBackend, LocalOptions};
+use polygraph::backend::sim::{SimBackend, SimOptions};
+use polygraph::faults::Faults;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum BackendKind {
@@ -21,6 +24,17 @@ pub enum BackendKind {
     Local,
     /// The cluster a kubeconfig reaches.
     Kube,
+    /// No cluster, no root: every probe answered from the oracle (with `--inject` faults), to check
+    /// a scenario library, its verdicts and reports anywhere.
+    Sim,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SimSctp {
+    /// The simulated nodes serve SCTP.
+    Supported,
+    /// SCTP probes come back `unsupported`, as on a node without the kernel module.
+    Unsupported,
 }
 
 #[derive(Debug, Args)]
@@ -37,9 +51,13 @@ pub struct BackendArgs {
     /// Kubernetes: the kubeconfig context (default: the current one).
     #[arg(long)]
     pub context: Option<String>,
-    /// Print every manifest polygraph would create on Kubernetes (as YAML) and exit, contacting no cluster.
+    /// Print every API call a run on Kubernetes would make, in order, with the objects it sends (as
+    /// YAML), contacting no cluster: the real run, against a recorder.
     #[arg(long)]
     pub dry_run: bool,
+    /// Simulated backend: whether its nodes serve SCTP.
+    #[arg(long, value_enum, default_value = "supported")]
+    pub sim_sctp: SimSctp,
     /// Kubernetes: namespaces are named <prefix>-<run id>-<base name>.
     #[arg(long, default_value = "polygraph")]
     pub prefix: String,
@@ -56,7 +74,7 @@ pub struct BackendArgs {
     /// node-role.kubernetes.io/control-plane:NoSchedule to use a kind control plane as well.
     #[arg(long = "toleration", value_name = "TAINT")]
     pub tolerations: Vec<String>,
-    /// Local backend: imitate CNI bugs, e.g. `--inject endport-ignored,delay=2s`
+    /// Local and simulated backends: imitate CNI bugs, e.g. `--inject endport-ignored,delay=2s`
     /// (`polygraph run --list-faults` lists them).
     #[arg(long, value_delimiter = ',', value_name = "FAULT")]
     pub inject: Vec<String>,
@@ -85,21 +103,24 @@ impl BackendArgs {
             .iter()
             .map(|t| placement::parse_toleration(t))
             .collect::<Result<_, _>>()
-            .map_err(CliError::Usage)?;
+            .map_err(|e| CliError::Usage(e.to_string()))?;
         Ok(options)
     }
 
     pub fn faults(&self) -> Result<Faults, CliError> {
-        let faults = Faults::parse(&self.inject).map_err(CliError::Usage)?;
-        if !faults.is_empty() && self.dataplane == Dataplane::None {
+        let faults = Faults::parse(&self.inject).map_err(|e| CliError::Usage(error_line(&e)))?;
+        if !faults.is_empty()
+            && self.dataplane == Dataplane::None
+            && self.kind() == BackendKind::Local
+        {
             return Err(CliError::Usage(
                 "--inject changes the nftables dataplane; --dataplane none has nothing to break"
                     .into(),
             ));
         }
-        if !faults.is_empty() && self.kind() == BackendKind::Kube {
+        if !faults.is_empty() && (self.kind() == BackendKind::Kube || self.dry_run) {
             return Err(CliError::Usage(
-                "--inject works on the local backend only (it changes polygraph's own dataplane)"
+                "--inject works on the local and simulated backends only (it changes polygraph's own dataplane)"
                     .into(),
             ));
         }
@@ -109,7 +130,7 @@ impl BackendArgs {
     /// Names for a new run: a fresh six-hex-digit id under the prefix.
     pub fn names(&self) -> Result<RunNames, CliError> {
         let run_id = format!("{:06x}", fastrand::u32(..0x0100_0000));
-        RunNames::new(&self.prefix, &run_id).map_err(CliError::Usage)
+        RunNames::new(&self.prefix, &run_id).map_err(|e| CliError::Usage(e.to_string()))
     }
 
     pub fn connection(&self) -> Connection {
@@ -128,8 +149,19 @@ impl BackendArgs {
         }
     }
 
+    /// The backend of this invocation: the dry-run recorder with `--dry-run`, else `--backend`.
     pub async fn start(&self) -> Result<AnyBackend, CliError> {
+        if self.dry_run {
+            return Ok(AnyBackend::DryRun(Recorder::new(
+                self.names()?,
+                self.options()?,
+            )));
+        }
         Ok(match self.kind() {
+            BackendKind::Sim => AnyBackend::Sim(SimBackend::new(SimOptions {
+                faults: self.faults()?,
+                sctp: self.sim_sctp == SimSctp::Supported,
+            })),
             BackendKind::Kube => {
                 let backend =
                     KubeBackend::connect(&self.connection(), self.options()?, self.names()?)

@@ -5,14 +5,18 @@ use clap::{Args, Subcommand};
 
 use super::CliError;
 use polygraph::analyze::analyze;
-use polygraph::backend::Backend;
-use polygraph::backend::local::{AgentCommand, Dataplane, Faults, LocalBackend, LocalOptions};
+use polygraph::backend::AnyBackend;
+use polygraph::backend::local::{AgentCommand, Dataplane, LocalBackend, LocalOptions};
 use polygraph::bench::{
     WorldSize, bench_port_protocols, generate_cluster, generate_policies, time_oracle,
 };
+use polygraph::faults::Faults;
 use polygraph::model::default_model;
 use polygraph::policy::parse_policies;
-use polygraph::run::{apply_policies, deploy, probe_matrix};
+use polygraph::run::{probe_matrix, reconcile};
+use polygraph::world::World;
+
+use super::session::session;
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
@@ -77,57 +81,45 @@ fn probe(args: ProbeBenchArgs) -> Result<ExitCode, CliError> {
         agent: AgentCommand::this_binary()?,
         faults: Faults::default(),
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        let started = Instant::now();
-        let mut backend = LocalBackend::start(options).await?;
-        let work = async {
-            deploy(&mut backend, &analysis.cluster).await?;
-            apply_policies(&mut backend, &analysis.policies).await?;
-            println!("local cluster up in {}", ms(started.elapsed()));
-            let mut rounds = Vec::new();
-            for _ in 0..args.iterations {
-                let round = Instant::now();
-                let observed = probe_matrix(
-                    &backend,
-                    &analysis.cluster,
-                    analysis.table.port_protocols(),
-                    args.timeout,
-                    64,
-                )
-                .await?;
-                rounds.push(round.elapsed());
-                let summary = polygraph::report::probe::summarize(&analysis, &observed);
-                if summary.failed() {
-                    return Err(CliError::Usage(format!(
-                        "the reference dataplane disagreed with the spec: {}",
-                        polygraph::report::probe::summary_line(&summary)
-                    )));
-                }
+    let world = World::with_policies(&analysis.cluster, &analysis.policies)?;
+    let started = Instant::now();
+    let start = async { Ok(AnyBackend::Local(LocalBackend::start(options).await?)) };
+    let finished = session(start, async |backend| {
+        reconcile(backend, &World::empty(), &world).await?;
+        out!("local cluster up in {}", ms(started.elapsed()))?;
+        let mut rounds = Vec::new();
+        for _ in 0..args.iterations {
+            let round = Instant::now();
+            let observed = probe_matrix(
+                &*backend,
+                &analysis.cluster,
+                analysis.table.port_protocols(),
+                args.timeout,
+                64,
+            )
+            .await?;
+            rounds.push(round.elapsed());
+            let summary = polygraph::report::probe::summarize(&analysis, &observed);
+            if summary.failed() {
+                return Err(CliError::Usage(format!(
+                    "the reference dataplane disagreed with the spec: {}",
+                    polygraph::report::probe::summary_line(&summary)
+                )));
             }
-            Ok::<_, CliError>(rounds)
-        };
-        let outcome = tokio::select! {
-            result = work => result,
-            signal = super::shutdown_signal() => Err(CliError::Interrupted(signal)),
-        };
-        let cleanup = Instant::now();
-        backend.cleanup().await?;
-        let mut rounds = outcome?;
-        println!("cleaned up in {}", ms(cleanup.elapsed()));
-        rounds.sort();
-        println!(
-            "{cells} cells, timeout {}: fastest round {}, median {}, slowest {} ({} rounds)",
-            humantime::format_duration(args.timeout),
-            ms(rounds[0]),
-            ms(rounds[rounds.len() / 2]),
-            ms(rounds[rounds.len() - 1]),
-            rounds.len()
-        );
-        Ok(ExitCode::SUCCESS)
-    })
+        }
+        Ok(rounds)
+    })?;
+    let mut rounds = finished.value;
+    rounds.sort();
+    out!(
+        "{cells} cells, timeout {}: fastest round {}, median {}, slowest {} ({} rounds)",
+        humantime::format_duration(args.timeout),
+        ms(rounds[0]),
+        ms(rounds[rounds.len() / 2]),
+        ms(rounds[rounds.len() - 1]),
+        rounds.len()
+    )?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn oracle(args: OracleArgs) -> Result<ExitCode, CliError> {
@@ -150,37 +142,37 @@ fn oracle(args: OracleArgs) -> Result<ExitCode, CliError> {
             "warning: this is a debug build; use `cargo run --release -- bench oracle` for real figures"
         );
     }
-    println!(
+    out!(
         "world: {} pods in {} namespaces, {} policies, {} port/protocol pairs",
         args.pods,
         args.namespaces,
         policies.len(),
         pps.len()
-    );
+    )?;
     let mut runs: Vec<_> = (0..args.iterations)
         .map(|_| time_oracle(&cluster, &policies, &pps))
         .collect();
     runs.sort_by_key(|t| t.total());
     let best = &runs[0];
     let median = &runs[runs.len() / 2];
-    println!(
+    out!(
         "cells: {} ({} allowed, {:.1}%)",
         best.cells,
         best.allowed,
         100.0 * best.allowed as f64 / best.cells.max(1) as f64
-    );
-    println!(
+    )?;
+    out!(
         "fastest of {}: {} (index {}, truth table {})",
         args.iterations,
         ms(best.total()),
         ms(best.index),
         ms(best.table)
-    );
-    println!(
+    )?;
+    out!(
         "median: {} (index {}, truth table {})",
         ms(median.total()),
         ms(median.index),
         ms(median.table)
-    );
+    )?;
     Ok(ExitCode::SUCCESS)
 }

@@ -20,7 +20,8 @@ enum GcBackend {
 pub struct GcArgs {
     #[arg(long, value_enum, default_value = "local")]
     backend: GcBackend,
-    /// Kubernetes: only namespaces at least this old (runs in progress are younger).
+    /// Kubernetes: only namespaces at least this old. Namespaces of live runs (a heartbeat renewed
+    /// in the last 3 minutes) are always kept, whatever their age.
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     older_than: Duration,
     #[arg(long, value_name = "FILE")]
@@ -38,24 +39,18 @@ pub fn run(args: GcArgs) -> Result<ExitCode, CliError> {
                 kubeconfig: args.kubeconfig,
                 context: args.context,
             };
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
-            let report = runtime.block_on(async {
-                let client = connection.client().await?;
+            let report = super::runtime()?.block_on(async {
+                let (client, _) = connection.client().await?;
                 kube_gc(client, args.older_than).await
             })?;
-            for name in &report.kept {
-                println!(
-                    "kept namespace {name}: younger than {}",
-                    humantime::format_duration(args.older_than)
-                );
+            for (name, why) in &report.kept {
+                out!("kept namespace {name}: {why}")?;
             }
             for name in &report.removed {
-                println!("deleting namespace {name}");
+                out!("deleted namespace {name}")?;
             }
             if report.removed.is_empty() {
-                println!("nothing to clean up");
+                out!("nothing to clean up")?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -65,16 +60,16 @@ pub fn run(args: GcArgs) -> Result<ExitCode, CliError> {
 fn local() -> Result<ExitCode, CliError> {
     let report = local_gc()?;
     for (netns, pid) in &report.live {
-        println!("kept {netns}: its run is still going (polygraph PID {pid})");
+        out!("kept {netns}: its run is still going (polygraph PID {pid})")?;
     }
     for netns in &report.removed {
-        println!("removed network namespace {netns}");
+        out!("removed network namespace {netns}")?;
     }
     if !report.killed.is_empty() {
-        println!("stopped {} leftover agent processes", report.killed.len());
+        out!("stopped {} leftover agent processes", report.killed.len())?;
     }
     if report.removed.is_empty() {
-        println!("nothing to clean up");
+        out!("nothing to clean up")?;
     }
     Ok(ExitCode::SUCCESS)
 }

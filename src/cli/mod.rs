@@ -1,5 +1,22 @@
 //! The command line: parse, call the library, print. No logic of its own.
 
+/// `println!` that returns the write error instead of panicking, so a closed stdout
+/// (`polygraph ... | head`) ends the command quietly (see `CliError::is_closed_stdout`).
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout(), $($arg)*).map_err($crate::cli::CliError::Output)
+    }};
+}
+
+/// `print!` that returns the write error instead of panicking.
+macro_rules! out_inline {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        write!(std::io::stdout(), $($arg)*).map_err($crate::cli::CliError::Output)
+    }};
+}
+
 mod analyze;
 mod backend_args;
 mod bench;
@@ -8,6 +25,7 @@ mod model_args;
 mod probe;
 pub mod run;
 mod scenarios;
+mod session;
 mod smoke;
 
 use std::io::IsTerminal;
@@ -68,42 +86,75 @@ pub enum CliError {
     Model(#[from] polygraph::model::ModelError),
     #[error("{0}")]
     Usage(String),
-    #[error("writing output: {0}")]
+    #[error("writing output")]
     Output(#[from] std::io::Error),
-    #[error("encoding JSON: {0}")]
+    #[error("writing {}", path.display())]
+    Write {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("encoding JSON")]
     Json(#[from] serde_json::Error),
+    #[error("starting the async runtime")]
+    Runtime(#[source] std::io::Error),
     #[error(transparent)]
     Backend(#[from] polygraph::backend::BackendError),
     #[error(transparent)]
     Scenario(polygraph::scenario::ScenarioError),
-    #[error("interrupted by {0}: the local cluster was removed")]
-    Interrupted(&'static str),
+    #[error(transparent)]
+    World(#[from] polygraph::world::WorldError),
+    #[error("interrupted by {signal}: {cleanup}")]
+    Interrupted {
+        signal: &'static str,
+        /// What the backend's clean-up did, in its own words.
+        cleanup: String,
+    },
 }
 
 impl CliError {
     pub fn exit_code(&self) -> u8 {
         match self {
-            CliError::Interrupted(_) => EXIT_INTERRUPTED,
+            CliError::Interrupted { .. } => EXIT_INTERRUPTED,
             _ => EXIT_USAGE,
         }
     }
+
+    /// Whether the error is only that whoever read stdout went away (`polygraph ... | head`):
+    /// nothing is wrong, and the command ends quietly.
+    pub fn is_closed_stdout(&self) -> bool {
+        matches!(self, CliError::Output(e) if e.kind() == std::io::ErrorKind::BrokenPipe)
+    }
 }
 
-/// Resolves when the process is asked to stop; names the signal.
-async fn shutdown_signal() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::hangup()),
-    ) else {
-        let _ = tokio::signal::ctrl_c().await;
-        return "SIGINT";
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => "SIGINT",
-        _ = term.recv() => "SIGTERM",
-        _ = hup.recv() => "SIGHUP",
+/// An error and its causes on one line: `what was being done: why: ...`.
+pub fn error_line(error: &dyn std::error::Error) -> String {
+    let mut line = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        let text = e.to_string();
+        if !text.is_empty() && !line.ends_with(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        cause = e.source();
     }
+    polygraph::input::one_line(&line)
+}
+
+/// Writes a report file, naming it if that fails.
+fn write_file(path: &std::path::Path, contents: impl AsRef<[u8]>) -> Result<(), CliError> {
+    std::fs::write(path, contents).map_err(|source| CliError::Write {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(CliError::Runtime)
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode, CliError> {

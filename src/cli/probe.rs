@@ -6,11 +6,12 @@ use clap::Args;
 
 use super::backend_args::BackendArgs;
 use super::model_args::ModelArgs;
+use super::session::{Finished, session};
 use super::{CliError, EXIT_WRONG, OutputFormat, use_color};
 use polygraph::backend::Backend;
-use polygraph::backend::kube::dry_run;
 use polygraph::report::probe;
-use polygraph::run::{apply_policies, deploy, probe_matrix};
+use polygraph::run::{observe, reconcile};
+use polygraph::world::World;
 
 #[derive(Debug, Args)]
 pub struct ProbeArgs {
@@ -35,46 +36,26 @@ pub fn run(args: ProbeArgs) -> Result<ExitCode, CliError> {
     }
     let cluster = args.model.cluster()?;
     let analysis = args.model.analysis(cluster)?;
-    if args.target.dry_run {
-        let text = dry_run::probe(&analysis, &args.target.options()?, &args.target.names()?)
-            .map_err(CliError::Usage)?;
-        print!("{text}");
+    let world = World::with_policies(&analysis.cluster, &analysis.policies)?;
+    let table = args.output == OutputFormat::Table && !args.target.dry_run;
+    let Finished { value, transcript } = session(args.target.start(), async |backend| {
+        let backend_name = backend.describe();
+        if table {
+            out!("backend: {backend_name}")?;
+        }
+        reconcile(backend, &World::empty(), &world).await?;
+        let started = Instant::now();
+        // Probed and judged where the cluster put the pods, not where the model planned them.
+        let (real, observed) = observe(&*backend, &analysis, args.timeout, args.parallel).await?;
+        Ok((real, observed, started.elapsed(), backend_name))
+    })?;
+    let mut out = std::io::stdout().lock();
+    if let Some(transcript) = transcript {
+        write!(out, "{}", transcript.text())?;
         return Ok(ExitCode::SUCCESS);
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    let (observed, elapsed, backend_name) = runtime.block_on(async {
-        let mut backend = args.target.start().await?;
-        let backend_name = backend.describe();
-        if args.output == OutputFormat::Table {
-            println!("backend: {backend_name}");
-        }
-        let work = async {
-            deploy(&mut backend, &analysis.cluster).await?;
-            apply_policies(&mut backend, &analysis.policies).await?;
-            let started = Instant::now();
-            let observed = probe_matrix(
-                &backend,
-                &analysis.cluster,
-                analysis.table.port_protocols(),
-                args.timeout,
-                args.parallel,
-            )
-            .await?;
-            Ok::<_, CliError>((observed, started.elapsed()))
-        };
-        // Whatever happens (done, failed, interrupted), the cluster goes away before we return.
-        let outcome = tokio::select! {
-            result = work => result,
-            signal = super::shutdown_signal() => Err(CliError::Interrupted(signal)),
-        };
-        backend.cleanup().await?;
-        outcome.map(|(observed, elapsed)| (observed, elapsed, backend_name))
-    })?;
-
+    let (analysis, observed, elapsed, backend_name) = value;
     let summary = probe::summarize(&analysis, &observed);
-    let mut out = std::io::stdout().lock();
     match args.output {
         OutputFormat::Table => {
             write!(

@@ -8,13 +8,13 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::backend_args::BackendArgs;
-use super::{CliError, EXIT_WRONG, use_color};
+use super::session::{Finished, session};
+use super::{CliError, EXIT_WRONG, use_color, write_file};
 use polygraph::backend::Backend;
-use polygraph::backend::kube::dry_run;
-use polygraph::backend::local::faults;
+use polygraph::faults;
 use polygraph::report::run_json::CellSelection;
 use polygraph::report::{junit, run_json, run_terminal};
-use polygraph::run::scenarios::{Event, RunOptions, RunResult, run_scenarios};
+use polygraph::run::{Event, RunOptions, RunResult, run_scenarios};
 use polygraph::scenario::{self, Scenario, library};
 
 #[derive(Debug, Args)]
@@ -99,7 +99,7 @@ pub fn load(names: &[String]) -> Result<Vec<Scenario>, CliError> {
 pub fn run(args: RunArgs) -> Result<ExitCode, CliError> {
     if args.list_faults {
         for fault in faults::CATALOGUE {
-            println!("{:<28}{}", fault.name, fault.imitates);
+            out!("{:<28}{}", fault.name, fault.imitates)?;
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -115,15 +115,15 @@ pub fn run(args: RunArgs) -> Result<ExitCode, CliError> {
             "no scenario left to run after --tags/--exclude-tags".into(),
         ));
     }
-    if args.target.dry_run {
-        let text = dry_run::scenarios(&scenarios, &args.target.options()?, &args.target.names()?)
-            .map_err(CliError::Usage)?;
-        print!("{text}");
-        return Ok(ExitCode::SUCCESS);
-    }
     if args.probe_timeout.is_zero() {
         return Err(CliError::Usage(
             "--probe-timeout must be more than zero".into(),
+        ));
+    }
+    let done_report = args.junit.as_ref().or(args.json.as_ref());
+    if args.done_file.is_some() && done_report.is_none() {
+        return Err(CliError::Usage(
+            "--done-file names the report: give --junit or --json too".into(),
         ));
     }
     let options = RunOptions {
@@ -136,28 +136,29 @@ pub fn run(args: RunArgs) -> Result<ExitCode, CliError> {
         poll_interval: args.poll_interval,
     };
     let color = use_color();
-    let result = execute(&scenarios, &options, &args.target, args.verbose)?;
-
+    let Finished {
+        value: result,
+        transcript,
+    } = execute(&scenarios, &options, &args.target, args.verbose)?;
     let mut out = std::io::stdout().lock();
-    write!(out, "{}", run_terminal::render(&result, color))?;
+    if let Some(transcript) = transcript {
+        write!(out, "{}", transcript.text())?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    // Reports first: they must exist even when the terminal's reader went away.
     if let Some(path) = &args.junit {
         let xml =
             junit::to_xml(&result).map_err(|e| CliError::Usage(format!("JUnit report: {e}")))?;
-        std::fs::write(path, xml)
-            .map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?;
+        write_file(path, xml)?;
     }
     if let Some(path) = &args.json {
         let json = serde_json::to_string_pretty(&run_json::report(&result, args.json_cells))?;
-        std::fs::write(path, json)
-            .map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?;
+        write_file(path, json)?;
     }
-    if let Some(done) = &args.done_file {
-        let report = args.junit.as_ref().or(args.json.as_ref()).ok_or_else(|| {
-            CliError::Usage("--done-file names the report: give --junit or --json too".into())
-        })?;
-        std::fs::write(done, report.display().to_string())
-            .map_err(|e| CliError::Usage(format!("{}: {e}", done.display())))?;
+    if let (Some(done), Some(report)) = (&args.done_file, done_report) {
+        write_file(done, report.display().to_string())?;
     }
+    write!(out, "{}", run_terminal::render(&result, color))?;
     Ok(if result.passed() {
         ExitCode::SUCCESS
     } else {
@@ -165,26 +166,26 @@ pub fn run(args: RunArgs) -> Result<ExitCode, CliError> {
     })
 }
 
-/// Starts the backend, runs the scenarios with progress on stderr (a bar on a terminal, a
-/// line per step otherwise), and removes the cluster whatever happens, Ctrl-C included.
+/// Runs the scenarios in a session (the backend started, cleaned up whatever happens, Ctrl-C
+/// included) with progress: a bar on stderr on a terminal, a line per step otherwise. A dry run
+/// prints nothing but its transcript, which it annotates with each scenario and step.
 pub fn execute(
     scenarios: &[Scenario],
     options: &RunOptions,
     target: &BackendArgs,
     verbose: bool,
-) -> Result<RunResult, CliError> {
+) -> Result<Finished<RunResult>, CliError> {
     let steps: usize = scenarios.iter().map(|s| s.steps.len()).sum();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        let mut backend = target.start().await?;
-        println!(
-            "backend: {} — {} scenarios, {steps} steps",
-            backend.describe(),
-            scenarios.len()
-        );
-        let bar = (std::io::stderr().is_terminal()).then(|| {
+    session(target.start(), async |backend| {
+        let transcript = backend.transcript();
+        if transcript.is_none() {
+            out!(
+                "backend: {} — {} scenarios, {steps} steps",
+                backend.describe(),
+                scenarios.len()
+            )?;
+        }
+        let bar = (transcript.is_none() && std::io::stderr().is_terminal()).then(|| {
             let bar = ProgressBar::new(steps as u64);
             bar.set_style(
                 ProgressStyle::with_template(
@@ -194,13 +195,32 @@ pub fn execute(
             );
             bar
         });
-        let mut on_event = |event: Event<'_>| match event {
-            Event::ScenarioStarted { scenario } => {
+        let mut on_event = |event: Event<'_>| match (event, &transcript) {
+            (Event::ScenarioStarted { scenario }, Some(t)) => {
+                t.comment(&format!("scenario {} ({})", scenario.name, scenario.source));
+                t.comment("reset: from the cluster as it stands to the scenario's starting state");
+            }
+            (Event::StepStarted { scenario, index }, Some(t)) => {
+                let step = &scenario.steps[index];
+                t.comment(&format!(
+                    "step {}: {} ({})",
+                    index + 1,
+                    step.name,
+                    step.origin
+                ));
+                if step.action.mutations().is_empty() {
+                    t.comment("changes nothing");
+                }
+            }
+            (Event::TearingDown, Some(t)) => {
+                t.comment("end of the run: back to nothing");
+            }
+            (Event::ScenarioStarted { scenario }, None) => {
                 if let Some(bar) = &bar {
                     bar.set_message(scenario.name.clone());
                 }
             }
-            Event::StepFinished { scenario, step } => {
+            (Event::StepFinished { scenario, step }, None) => {
                 let line = run_terminal::step_line(scenario, step);
                 match &bar {
                     Some(bar) => {
@@ -209,20 +229,17 @@ pub fn execute(
                             bar.println(line);
                         }
                     }
-                    None => println!("{line}"),
+                    None => {
+                        let _ = out!("{line}");
+                    }
                 }
             }
-            Event::ScenarioFinished { .. } => {}
+            _ => {}
         };
-        let work = run_scenarios(&mut backend, scenarios, options, &mut on_event);
-        let outcome = tokio::select! {
-            result = work => Ok(result),
-            signal = super::shutdown_signal() => Err(CliError::Interrupted(signal)),
-        };
+        let result = run_scenarios(backend, scenarios, options, &mut on_event).await;
         if let Some(bar) = &bar {
             bar.finish_and_clear();
         }
-        backend.cleanup().await?;
-        outcome
+        Ok(result)
     })
 }

@@ -36,18 +36,18 @@ pub fn run(command: ScenariosCommand) -> Result<ExitCode, CliError> {
                     s.description.clone(),
                 ]);
             }
-            println!("{table}");
-            println!("{} built-in scenarios", scenarios.len());
+            out!("{table}")?;
+            out!("{} built-in scenarios", scenarios.len())?;
         }
         ScenariosCommand::Check { scenarios } => {
             for scenario in super::run::load(&scenarios)? {
                 let pinned = scenario.steps.iter().filter(|s| s.pinned).count();
-                println!(
+                out!(
                     "ok {} ({}): {} steps, {pinned} with pinned expectations that agree with the spec",
                     scenario.name,
                     scenario.source,
                     scenario.steps.len()
-                );
+                )?;
             }
         }
         ScenariosCommand::Show { name } => {
@@ -56,7 +56,7 @@ pub fn run(command: ScenariosCommand) -> Result<ExitCode, CliError> {
                     "no built-in scenario {name:?} (polygraph scenarios list)"
                 ))
             })?;
-            print!("{text}");
+            out_inline!("{text}")?;
         }
     }
     Ok(ExitCode::SUCCESS)

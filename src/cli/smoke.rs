@@ -5,10 +5,10 @@ use clap::Args;
 
 use super::backend_args::BackendArgs;
 use super::run::execute;
+use super::session::Finished;
 use super::{CliError, EXIT_WRONG};
-use polygraph::backend::kube::dry_run;
-use polygraph::run::scenarios::{RunOptions, Verdict};
 use polygraph::run::smoke::{SmokeVerdict, classify};
+use polygraph::run::{RunOptions, Verdict};
 use polygraph::scenario::library;
 
 #[derive(Debug, Args)]
@@ -25,16 +25,6 @@ pub struct SmokeArgs {
 
 pub fn run(args: SmokeArgs) -> Result<ExitCode, CliError> {
     let scenario = library::smoke().map_err(CliError::Scenario)?;
-    if args.target.dry_run {
-        let text = dry_run::scenarios(
-            std::slice::from_ref(&scenario),
-            &args.target.options()?,
-            &args.target.names()?,
-        )
-        .map_err(CliError::Usage)?;
-        print!("{text}");
-        return Ok(ExitCode::SUCCESS);
-    }
     let options = RunOptions {
         probe_timeout: args.probe_timeout,
         step_deadline: args.step_deadline,
@@ -44,41 +34,56 @@ pub fn run(args: SmokeArgs) -> Result<ExitCode, CliError> {
         parallelism: 8,
         poll_interval: Duration::from_millis(250),
     };
-    let result = execute(
+    let Finished {
+        value: result,
+        transcript,
+    } = execute(
         std::slice::from_ref(&scenario),
         &options,
         &args.target,
         true,
     )?;
+    if let Some(transcript) = transcript {
+        out_inline!("{}", transcript.text())?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let verdict = classify(&result);
-    println!();
+    out!()?;
     for step in result.scenarios.iter().flat_map(|s| s.steps.iter()) {
         let table = &step.expected.table;
-        let mut seen = Vec::new();
-        for (k, cell, v) in step.verdicts.cells() {
-            let pods = table.pods();
-            // What the policies are about: traffic from the clients to the server.
-            if cell.is_self() || matches!(v, Verdict::NotProbed) || pods[cell.to].name != "server" {
-                continue;
-            }
-            let observed = step
-                .observed
-                .as_ref()
-                .and_then(|o| o.get(k, cell.from, cell.to));
-            let spec = if table.get(k, cell.from, cell.to).allowed() {
+        let pods = table.pods();
+        let describe = |k: usize, from: usize, to: usize, verdict: Verdict| {
+            let observed = step.observed.as_ref().and_then(|o| o.get(k, from, to));
+            let spec = if table.get(k, from, to).allowed() {
                 "allowed"
             } else {
                 "blocked"
             };
-            seen.push(format!(
+            format!(
                 "{} → {}: {} (spec: {spec}){}",
-                pods[cell.from].name,
-                pods[cell.to].name,
+                pods[from].name,
+                pods[to].name,
                 observed.map_or("not probed".into(), |o| o.outcome.to_string()),
-                if v.fails() { " ✗" } else { "" }
-            ));
+                if verdict.fails() { " ✗" } else { "" }
+            )
+        };
+        // What the policies are about: traffic from the clients to the server, on one line.
+        let into_server: Vec<String> = step
+            .verdicts
+            .cells()
+            .filter(|(_, cell, v)| {
+                !cell.is_self() && **v != Verdict::NotProbed && pods[cell.to].name == "server"
+            })
+            .map(|(k, cell, v)| describe(k, cell.from, cell.to, *v))
+            .collect();
+        out!("{}: {}", step.name, into_server.join(", "))?;
+        // Every other wrong cell, whatever its direction (a dropped reply shows up as a wrong
+        // server → client cell).
+        for (k, cell, v) in step.verdicts.cells() {
+            if v.fails() && pods[cell.to].name != "server" {
+                out!("  also wrong: {}", describe(k, cell.from, cell.to, *v))?;
+            }
         }
-        println!("{}: {}", step.name, seen.join(", "));
     }
     let explanation = match verdict {
         SmokeVerdict::Enforcing => "every policy took effect as the spec says",
@@ -87,11 +92,11 @@ pub fn run(args: SmokeArgs) -> Result<ExitCode, CliError> {
         }
         SmokeVerdict::Partial => "some policies took effect, others not (see the ✗ cells)",
     };
-    println!(
+    out!(
         "\n{verdict}: {explanation} ({:.1} s, {})",
         result.elapsed.as_secs_f64(),
         result.backend
-    );
+    )?;
     Ok(if verdict == SmokeVerdict::Enforcing {
         ExitCode::SUCCESS
     } else {

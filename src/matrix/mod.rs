@@ -12,16 +12,17 @@ pub use observed::{Judgement, Observation, ObservedTable, Placement};
 
 use crate::model::{PodId, PodRef, PortProtocol};
 
-/// The spec's answer for one cell, per direction. A connection needs both.
+/// The spec's answer for one cell, per direction (a connection needs both). Not to be confused
+/// with `run::Verdict`, the runner's judgement of an observed cell against this answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Verdict {
+pub struct Decision {
     /// The source pod's egress allows it (always true when the source isn't egress-isolated).
     pub egress: bool,
     /// The destination pod's ingress allows it.
     pub ingress: bool,
 }
 
-impl Verdict {
+impl Decision {
     pub fn allowed(self) -> bool {
         self.egress && self.ingress
     }
@@ -31,7 +32,7 @@ impl Verdict {
     }
 
     fn from_bits(bits: u8) -> Self {
-        Verdict {
+        Decision {
             egress: bits & 1 != 0,
             ingress: bits & 2 != 0,
         }
@@ -75,19 +76,19 @@ impl TruthTable {
         self.grid.port_protocols()
     }
 
-    pub fn set(&mut self, pp_index: usize, from: PodId, to: PodId, verdict: Verdict) {
+    pub fn set(&mut self, pp_index: usize, from: PodId, to: PodId, verdict: Decision) {
         self.grid.set(pp_index, from, to, verdict.to_bits());
     }
 
-    pub fn get(&self, pp_index: usize, from: PodId, to: PodId) -> Verdict {
-        Verdict::from_bits(*self.grid.get(pp_index, from, to))
+    pub fn get(&self, pp_index: usize, from: PodId, to: PodId) -> Decision {
+        Decision::from_bits(*self.grid.get(pp_index, from, to))
     }
 
     /// Every cell with its verdict, ordered by (port, protocol), then from, then to.
-    pub fn cells(&self) -> impl Iterator<Item = (Cell, Verdict)> + '_ {
+    pub fn cells(&self) -> impl Iterator<Item = (Cell, Decision)> + '_ {
         self.grid
             .cells()
-            .map(|(_, cell, bits)| (cell, Verdict::from_bits(*bits)))
+            .map(|(_, cell, bits)| (cell, Decision::from_bits(*bits)))
     }
 
     pub fn len(&self) -> usize {
@@ -116,7 +117,7 @@ mod tests {
             PortProtocol::new(81, Protocol::Udp),
         ];
         let mut table = TruthTable::new(pods, pps);
-        let v = Verdict {
+        let v = Decision {
             egress: true,
             ingress: false,
         };
@@ -124,7 +125,7 @@ mod tests {
         assert_eq!(table.get(1, 0, 1), v);
         assert_eq!(
             table.get(0, 0, 1),
-            Verdict {
+            Decision {
                 egress: false,
                 ingress: false
             }
@@ -134,7 +135,7 @@ mod tests {
             0,
             1,
             1,
-            Verdict {
+            Decision {
                 egress: true,
                 ingress: true,
             },

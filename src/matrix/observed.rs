@@ -2,7 +2,7 @@
 
 use polygraph_agent::wire::Outcome;
 
-use super::{Cell, Grid, TruthTable, Verdict};
+use super::{Cell, Decision, Grid, TruthTable};
 use crate::model::{PodRef, PortProtocol};
 
 /// One probe's result as the runner keeps it.
@@ -137,7 +137,7 @@ impl ObservedTable {
             }
             Outcome::Refused | Outcome::Timeout => false,
         };
-        let spec: Verdict = expected.get(pp_index, from, to);
+        let spec: Decision = expected.get(pp_index, from, to);
         match (allowed == spec.allowed(), from == to) {
             (true, _) => Judgement::Match,
             (false, true) => Judgement::SelfDiffers,
@@ -185,7 +185,7 @@ mod tests {
             0,
             0,
             1,
-            Verdict {
+            Decision {
                 egress: true,
                 ingress: true,
             },

@@ -91,7 +91,7 @@ impl std::str::FromStr for PodRef {
 
 /// A consistent cluster: every pod's namespace exists, names and IPs are unique. Built from a
 /// `ClusterDescription`, which does the checking.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Cluster {
     namespaces: Vec<Namespace>,
     pods: Vec<Pod>,

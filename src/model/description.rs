@@ -1,4 +1,4 @@
-//! The cluster description file (DESIGN.md's format) and the built-in default model.
+//! The cluster description file (README: "Cluster description") and the built-in default model.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
@@ -83,7 +83,7 @@ impl From<&Namespace> for NamespaceDescription {
 /// It is the pod CIDR of the embedded local cluster too.
 const POD_CIDR_BASE: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 1);
 
-/// The default model of DESIGN.md: namespaces x, y, z; pods a, b, c in each; every pod serves
+/// The default model (the upstream e2e suite's and cyclonus's): namespaces x, y, z; pods a, b, c in each; every pod serves
 /// 80 and 81 on TCP, UDP and SCTP with named ports `serve-<port>-<proto>`.
 pub fn default_model() -> ClusterDescription {
     let bases = ["x", "y", "z"];
@@ -171,7 +171,7 @@ impl ClusterDescription {
         let mut seen_namespaces = HashSet::new();
         for (i, ns) in self.namespaces.iter().enumerate() {
             let field = |f: &str| format!("namespaces[{i}].{f}");
-            syntax::dns1123_label(&ns.name).map_err(|m| invalid(field("name"), m))?;
+            syntax::dns1123_label(&ns.name).map_err(|m| invalid(field("name"), m.to_string()))?;
             if !seen_namespaces.insert(ns.name.as_str()) {
                 return Err(invalid(
                     field("name"),
@@ -212,7 +212,8 @@ impl ClusterDescription {
                     format!("namespace {:?} is not in namespaces", pod.namespace),
                 ));
             }
-            syntax::dns1123_subdomain(&pod.name).map_err(|m| invalid(field("name"), m))?;
+            syntax::dns1123_subdomain(&pod.name)
+                .map_err(|m| invalid(field("name"), m.to_string()))?;
             let key = format!("{}/{}", pod.namespace, pod.name);
             if !seen_pods.insert(key.clone()) {
                 return Err(invalid(field("name"), format!("pod {key} is listed twice")));
@@ -284,7 +285,7 @@ fn check_ports(ports: &[PortDescription]) -> Result<Vec<ContainerPort>, (String,
     let mut checked = Vec::with_capacity(ports.len());
     for (j, port) in ports.iter().enumerate() {
         let field = |f: &str| format!("ports[{j}].{f}");
-        let number = syntax::port_number(port.port).map_err(|m| (field("port"), m))?;
+        let number = syntax::port_number(port.port).map_err(|m| (field("port"), m.to_string()))?;
         let protocol = match port.protocol.as_deref() {
             None => Protocol::Tcp,
             Some(p) => Protocol::from_api(p).ok_or_else(|| {

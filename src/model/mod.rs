@@ -13,7 +13,7 @@ pub use cluster::{Cluster, ContainerPort, Labels, Namespace, Pod, PodId, PodRef}
 pub use description::{
     ClusterDescription, NamespaceDescription, PodDescription, PortDescription, default_model,
 };
-pub use error::ModelError;
+pub use error::{ModelError, Problem};
 pub use protocol::{PortProtocol, Protocol};
 
 /// The label every namespace carries with its own name (set by the API server since 1.21).

@@ -4,6 +4,8 @@
 //! `kubectl apply`'s. They live in the model because both the cluster description and the policy
 //! validator need them.
 
+use super::Problem;
+
 const DNS1123_LABEL_MAX: usize = 63;
 const DNS1123_SUBDOMAIN_MAX: usize = 253;
 const QUALIFIED_NAME_MAX: usize = 63;
@@ -19,14 +21,14 @@ fn is_alnum(c: char) -> bool {
 }
 
 /// One DNS-1123 label: `[a-z0-9]([-a-z0-9]*[a-z0-9])?`, at most 63 characters (namespace names).
-pub fn dns1123_label(value: &str) -> Result<(), String> {
+pub fn dns1123_label(value: &str) -> Result<(), Problem> {
     if value.is_empty() {
         return Err("must not be empty".into());
     }
     if value.len() > DNS1123_LABEL_MAX {
-        return Err(format!(
+        return Err(Problem(format!(
             "must be no more than {DNS1123_LABEL_MAX} characters"
-        ));
+        )));
     }
     if !label_shape(value) {
         return Err("a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', \
@@ -43,14 +45,14 @@ fn label_shape(value: &str) -> bool {
 }
 
 /// A DNS-1123 subdomain: dot-separated labels, at most 253 characters (object names).
-pub fn dns1123_subdomain(value: &str) -> Result<(), String> {
+pub fn dns1123_subdomain(value: &str) -> Result<(), Problem> {
     if value.is_empty() {
         return Err("must not be empty".into());
     }
     if value.len() > DNS1123_SUBDOMAIN_MAX {
-        return Err(format!(
+        return Err(Problem(format!(
             "must be no more than {DNS1123_SUBDOMAIN_MAX} characters"
-        ));
+        )));
     }
     if !value.split('.').all(label_shape) {
         return Err(
@@ -72,7 +74,7 @@ fn qualified_name_part(value: &str) -> bool {
 
 /// A label key: `[prefix/]name`, prefix a DNS subdomain, name at most 63 characters of
 /// alphanumerics, `-`, `_`, `.`, starting and ending alphanumeric.
-pub fn qualified_name(value: &str) -> Result<(), String> {
+pub fn qualified_name(value: &str) -> Result<(), Problem> {
     let (prefix, name) = match value.split_once('/') {
         Some((prefix, name)) => (Some(prefix), name),
         None => (None, value),
@@ -81,15 +83,15 @@ pub fn qualified_name(value: &str) -> Result<(), String> {
         if prefix.is_empty() {
             return Err("prefix part must not be empty".into());
         }
-        dns1123_subdomain(prefix).map_err(|e| format!("prefix part {e}"))?;
+        dns1123_subdomain(prefix).map_err(|e| Problem(format!("prefix part {e}")))?;
     }
     if name.is_empty() {
         return Err("name part must not be empty".into());
     }
     if name.len() > QUALIFIED_NAME_MAX {
-        return Err(format!(
+        return Err(Problem(format!(
             "name part must be no more than {QUALIFIED_NAME_MAX} characters"
-        ));
+        )));
     }
     if !qualified_name_part(name) {
         return Err(
@@ -102,9 +104,11 @@ pub fn qualified_name(value: &str) -> Result<(), String> {
 }
 
 /// A label value: empty, or at most 63 characters shaped like a qualified name part.
-pub fn label_value(value: &str) -> Result<(), String> {
+pub fn label_value(value: &str) -> Result<(), Problem> {
     if value.len() > LABEL_VALUE_MAX {
-        return Err(format!("must be no more than {LABEL_VALUE_MAX} characters"));
+        return Err(Problem(format!(
+            "must be no more than {LABEL_VALUE_MAX} characters"
+        )));
     }
     if !value.is_empty() && !qualified_name_part(value) {
         return Err(
@@ -118,12 +122,14 @@ pub fn label_value(value: &str) -> Result<(), String> {
 
 /// An IANA service name as used for container port names: 1–15 characters of `[a-z0-9-]`,
 /// at least one letter, no leading, trailing or doubled hyphen.
-pub fn port_name(value: &str) -> Result<(), String> {
+pub fn port_name(value: &str) -> Result<(), Problem> {
     if value.is_empty() {
         return Err("must not be empty".into());
     }
     if value.len() > PORT_NAME_MAX {
-        return Err(format!("must be no more than {PORT_NAME_MAX} characters"));
+        return Err(Problem(format!(
+            "must be no more than {PORT_NAME_MAX} characters"
+        )));
     }
     if !value.chars().all(|c| is_lower_alnum(c) || c == '-') {
         return Err(
@@ -143,7 +149,7 @@ pub fn port_name(value: &str) -> Result<(), String> {
 }
 
 /// A port number: 1–65535.
-pub fn port_number(value: i64) -> Result<u16, String> {
+pub fn port_number(value: i64) -> Result<u16, Problem> {
     match u16::try_from(value) {
         Ok(port) if port > 0 => Ok(port),
         _ => Err("must be between 1 and 65535, inclusive".into()),

@@ -2,13 +2,15 @@
 //! may be set (`10.0.0.1/8` means `10.0.0.0/8`), but IPv4 with leading zeros and IPv4-mapped
 //! IPv6 are rejected, as with StrictIPCIDRValidation (on by default since Kubernetes 1.33).
 
+use crate::model::Problem;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
 
 /// Parses and masks a CIDR.
-pub fn parse(text: &str) -> Result<IpNet, String> {
-    let invalid = || "must be a valid CIDR value, (e.g. 10.9.8.0/24 or 2001:db8::/64)".to_string();
+pub fn parse(text: &str) -> Result<IpNet, Problem> {
+    let invalid =
+        || Problem::from("must be a valid CIDR value, (e.g. 10.9.8.0/24 or 2001:db8::/64)");
     let net: IpNet = text.parse().map_err(|_| invalid())?;
     // ipnet tolerates `010.0.0.0/8`; std's address parser, like the API server, does not
     // (leading zeros are ambiguous: octal or decimal?).

@@ -16,7 +16,7 @@ use fixedbitset::FixedBitSet;
 
 use super::compiled::{Direction, Policy, Rule};
 use super::explain::{CellExplanation, DirectionExplanation, RuleExplanation, RuleResult};
-use crate::matrix::{Cell, TruthTable, Verdict};
+use crate::matrix::{Cell, Decision, TruthTable};
 use crate::model::{Cluster, Pod, PodId, PortProtocol};
 
 /// Index into the policy slice the oracle was built with.
@@ -116,7 +116,7 @@ impl<'a> Oracle<'a> {
                 .collect();
             for (src, egress) in egress_to.iter().enumerate() {
                 for (dst, ingress) in ingress_from.iter().enumerate() {
-                    let verdict = Verdict {
+                    let verdict = Decision {
                         egress: egress.as_ref().is_none_or(|s| s.contains(dst)),
                         ingress: ingress.as_ref().is_none_or(|s| s.contains(src)),
                     };

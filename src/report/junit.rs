@@ -8,7 +8,7 @@ use quick_junit::{NonSuccessKind, Property, Report, TestCase, TestCaseStatus, Te
 
 use super::probe::wrong_cells;
 use super::run_terminal;
-use crate::run::scenarios::{RunResult, Verdict};
+use crate::run::{RunResult, Status, Verdict};
 
 pub fn report(result: &RunResult) -> Report {
     let mut report = Report::new("polygraph");
@@ -20,20 +20,21 @@ pub fn report(result: &RunResult) -> Report {
         suite.add_property(Property::new("source", scenario.scenario.source.as_str()));
         suite.add_property(Property::new("tags", scenario.scenario.tags.join(",")));
         // Timing over the scenario's steps, for dashboards that read properties.
-        let steps = &scenario.steps;
-        let late_deny: usize = steps.iter().map(|s| s.summary.late_deny).sum();
-        let late_allow: usize = steps.iter().map(|s| s.summary.late_allow).sum();
-        let flapping: usize = steps.iter().map(|s| s.summary.flapping).sum();
-        let max_leak = steps
-            .iter()
-            .filter_map(|s| s.summary.max_leak_ms)
-            .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
-        suite.add_property(Property::new("late_deny_cells", late_deny.to_string()));
-        suite.add_property(Property::new("late_allow_cells", late_allow.to_string()));
-        suite.add_property(Property::new("flapping_cells", flapping.to_string()));
+        let totals = &scenario.totals;
+        suite.add_property(Property::new(
+            "late_deny_cells",
+            totals.late_deny.to_string(),
+        ));
+        suite.add_property(Property::new(
+            "late_allow_cells",
+            totals.late_allow.to_string(),
+        ));
+        suite.add_property(Property::new("flapping_cells", totals.flapping.to_string()));
         suite.add_property(Property::new(
             "max_leak_ms",
-            max_leak.map_or("none".to_string(), |ms| format!("{ms:.0}")),
+            totals
+                .max_leak_ms
+                .map_or("none".to_string(), |ms| format!("{ms:.0}")),
         ));
         if let (Some(e), true) = (&scenario.error, scenario.steps.is_empty()) {
             let mut status = TestCaseStatus::non_success(NonSuccessKind::Error);
@@ -43,8 +44,14 @@ pub fn report(result: &RunResult) -> Report {
             suite.add_test_case(case);
         }
         for step in &scenario.steps {
-            let status = if step.passed() {
+            let status = if step.status() == Status::Passed {
                 TestCaseStatus::success()
+            } else if step.status() == Status::Unsupported {
+                let mut s = TestCaseStatus::skipped();
+                s.set_message(
+                    "unsupported: no cell could be judged (every probe unsupported, undefined or not probed)",
+                );
+                s
             } else if let Some(e) = &step.error {
                 let mut s = TestCaseStatus::non_success(NonSuccessKind::Error);
                 s.set_message(e.as_str());
@@ -90,14 +97,20 @@ pub fn report(result: &RunResult) -> Report {
 }
 
 /// The report as XML valid against the Surefire/Jenkins JUnit schema (`tests/schemas/junit-10.xsd`).
-/// quick-junit writes `skipped` on the root `<testsuites>`, which that schema does not allow;
-/// polygraph never skips a test case, so the attribute is always 0 and is left out.
+/// quick-junit writes `skipped` on the root `<testsuites>`, which that schema does not allow; the
+/// suites carry their own counts (unsupported steps are skipped test cases), so it is left out.
 pub fn to_xml(result: &RunResult) -> Result<String, quick_junit::SerializeError> {
     let xml = report(result).to_string()?;
     let Some(start) = xml.find("<testsuites") else {
         return Ok(xml);
     };
     let end = xml[start..].find('>').map_or(xml.len(), |e| start + e);
-    let root = xml[start..end].replacen(" skipped=\"0\"", "", 1);
+    let mut root = xml[start..end].to_string();
+    if let Some(at) = root.find(" skipped=\"") {
+        let value_end = root[at + 10..]
+            .find('"')
+            .map_or(root.len(), |e| at + 11 + e);
+        root.replace_range(at..value_end, "");
+    }
     Ok(format!("{}{root}{}", &xml[..start], &xml[end..]))
 }

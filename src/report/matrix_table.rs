@@ -3,7 +3,7 @@
 use comfy_table::presets::UTF8_FULL_CONDENSED;
 use comfy_table::{Cell, CellAlignment, Color, Table};
 
-use crate::matrix::{TruthTable, Verdict};
+use crate::matrix::{Decision, TruthTable};
 use crate::model::PodRef;
 
 /// Shown under the analyze matrices.
@@ -11,7 +11,7 @@ pub const LEGEND: &str = "legend: ✓ allowed · ✗ blocked (e: by the source's
                           ( ) a pod to itself: undefined by the spec, CNIs differ";
 
 /// The glyph for an oracle verdict.
-pub fn verdict_glyph(verdict: Verdict) -> &'static str {
+pub fn decision_glyph(verdict: Decision) -> &'static str {
     match (verdict.egress, verdict.ingress) {
         (true, true) => "✓",
         (false, true) => "✗e",
@@ -88,7 +88,7 @@ pub fn truth_matrix(table: &TruthTable, pp_index: usize, color: bool) -> Table {
             (false, true) => Color::Green,
             (false, false) => Color::Red,
         };
-        (verdict_glyph(verdict).to_string(), Some(fg))
+        (decision_glyph(verdict).to_string(), Some(fg))
     })
 }
 
@@ -110,7 +110,7 @@ mod tests {
 
     #[test]
     fn glyphs_name_the_blocking_side() {
-        let v = |egress, ingress| verdict_glyph(Verdict { egress, ingress });
+        let v = |egress, ingress| decision_glyph(Decision { egress, ingress });
         assert_eq!(v(true, true), "✓");
         assert_eq!(v(false, true), "✗e");
         assert_eq!(v(true, false), "✗i");
@@ -125,7 +125,7 @@ mod tests {
             0,
             0,
             1,
-            Verdict {
+            Decision {
                 egress: true,
                 ingress: true,
             },

@@ -4,8 +4,8 @@ use serde::Serialize;
 
 use crate::matrix::Placement;
 use crate::model::Protocol;
-use crate::run::scenarios::{RunResult, Verdict};
 use crate::run::timing::{Change, FlowFate, Race, StepTiming};
+use crate::run::{RunResult, RunTotals, Status, Verdict};
 use polygraph_agent::wire::Outcome;
 
 #[derive(Debug, Serialize)]
@@ -60,8 +60,12 @@ pub struct SummaryJson {
     pub scenarios: usize,
     pub passed: usize,
     pub failed: usize,
+    /// Scenarios with no judged cell: neither passed nor failed.
+    pub unsupported: usize,
     pub steps: usize,
     pub cells: CountsJson,
+    /// Latency by kind of change and by node, races, leaks and held connections over the run.
+    pub totals: RunTotals,
 }
 
 #[derive(Debug, Serialize)]
@@ -71,6 +75,8 @@ pub struct ScenarioJson {
     pub tags: Vec<String>,
     pub source: String,
     pub passed: bool,
+    /// passed, failed or unsupported (no cell could be judged).
+    pub status: Status,
     pub elapsed_ms: f64,
     pub error: Option<String>,
     pub steps: Vec<StepJson>,
@@ -81,6 +87,8 @@ pub struct StepJson {
     pub name: String,
     pub origin: String,
     pub passed: bool,
+    /// passed, failed or unsupported (no cell could be judged).
+    pub status: Status,
     pub elapsed_ms: f64,
     pub apply_ms: f64,
     pub rounds: usize,
@@ -164,6 +172,7 @@ pub fn report(result: &RunResult, selection: CellSelection) -> RunJson {
             tags: scenario.scenario.tags.clone(),
             source: scenario.scenario.source.clone(),
             passed: scenario.passed(),
+            status: scenario.status(),
             elapsed_ms: ms(scenario.elapsed),
             error: scenario.error.clone(),
             steps: scenario
@@ -212,6 +221,7 @@ pub fn report(result: &RunResult, selection: CellSelection) -> RunJson {
                         name: step.name.clone(),
                         origin: step.origin.clone(),
                         passed: step.passed(),
+                        status: step.status(),
                         elapsed_ms: ms(step.elapsed),
                         apply_ms: ms(step.apply_time),
                         rounds: step.rounds,
@@ -224,7 +234,7 @@ pub fn report(result: &RunResult, selection: CellSelection) -> RunJson {
                 .collect(),
         })
         .collect();
-    let passed = result.scenarios.iter().filter(|s| s.passed()).count();
+    let totals = &result.totals;
     RunJson {
         polygraph: env!("CARGO_PKG_VERSION"),
         backend: result.backend.clone(),
@@ -238,10 +248,12 @@ pub fn report(result: &RunResult, selection: CellSelection) -> RunJson {
         },
         summary: SummaryJson {
             scenarios: result.scenarios.len(),
-            passed,
-            failed: result.scenarios.len() - passed,
-            steps: result.scenarios.iter().map(|s| s.steps.len()).sum(),
+            passed: totals.scenarios_passed,
+            failed: totals.scenarios_failed,
+            unsupported: totals.scenarios_unsupported,
+            steps: totals.steps,
             cells: total,
+            totals: totals.clone(),
         },
         scenarios,
     }

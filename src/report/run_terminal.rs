@@ -2,7 +2,6 @@
 //! expected and observed matrices and explained wrong cells, then summary tables per scenario and
 //! per feature tag.
 
-use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use comfy_table::presets::UTF8_FULL_CONDENSED;
@@ -10,8 +9,8 @@ use comfy_table::{Cell, Color, Table};
 
 use super::matrix_table::{self, truth_matrix};
 use super::probe::{self, observed_matrix, wrong_cells};
-use crate::run::scenarios::{RunResult, ScenarioResult, StepResult, Verdict};
-use crate::run::timing::{Change, LatencyStats};
+use crate::run::timing::LatencyStats;
+use crate::run::{RunResult, ScenarioResult, Status, StepResult, Verdict};
 use crate::scenario::Scenario;
 
 /// Wrong cells listed per failing step; the JSON report has all.
@@ -95,7 +94,11 @@ pub fn timing_line(step: &StepResult) -> String {
 
 /// One line per finished step, for plain (non-terminal) progress output.
 pub fn step_line(scenario: &Scenario, step: &StepResult) -> String {
-    let status = if step.passed() { "PASS" } else { "FAIL" };
+    let status = match step.status() {
+        Status::Passed => "PASS",
+        Status::Failed => "FAIL",
+        Status::Unsupported => "UNSUPPORTED",
+    };
     let mut line = format!(
         "{status}  {} › {}  ({} round{}, {})",
         scenario.name,
@@ -182,21 +185,19 @@ fn table(color: bool) -> Table {
     t
 }
 
-fn result_cell(passed: bool, color: bool) -> Cell {
-    let cell = Cell::new(if passed { "pass" } else { "FAIL" });
-    if color {
-        cell.fg(if passed { Color::Green } else { Color::Red })
-    } else {
-        cell
-    }
+fn status_cell(status: Status, color: bool) -> Cell {
+    let (word, colour) = match status {
+        Status::Passed => ("pass", Color::Green),
+        Status::Failed => ("FAIL", Color::Red),
+        Status::Unsupported => ("unsupported", Color::Yellow),
+    };
+    let cell = Cell::new(word);
+    if color { cell.fg(colour) } else { cell }
 }
 
 /// Enforcement timing over the whole run, then every step that showed a race.
 fn timing_section(text: &mut String, result: &RunResult, color: bool) {
-    let mut by_change: [Vec<f64>; 3] = Default::default();
-    // Latency of changed cells by destination node, where the backend knows nodes.
-    let mut by_node: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-    let (mut late_deny, mut max_leak) = (0, None::<f64>);
+    let totals = &result.totals;
     let mut racing = table(color);
     racing.set_header(vec![
         "step with races",
@@ -208,31 +209,9 @@ fn timing_section(text: &mut String, result: &RunResult, color: bool) {
         "resolution",
     ]);
     let mut any_race = false;
-    let mut flows = crate::run::timing::FlowSummary::default();
     for scenario in &result.scenarios {
         for step in &scenario.steps {
-            for (k, cell, timing) in step.timing.cells() {
-                let slot = match step.changes.get(k, cell.from, cell.to) {
-                    Change::AllowToDeny => 0,
-                    Change::DenyToAllow => 1,
-                    Change::NewPod => 2,
-                    Change::Unchanged => continue,
-                };
-                by_change[slot].extend(timing.converged_ms);
-                let node = step.observed.as_ref().and_then(|o| o.node(cell.to));
-                if let (Some(node), Some(ms)) = (node, timing.converged_ms) {
-                    by_node.entry(node.to_string()).or_default().push(ms);
-                }
-            }
             let t = &step.summary;
-            late_deny += t.late_deny;
-            flows.held += t.established.held;
-            flows.survived += t.established.survived;
-            flows.tcp_survived += t.established.tcp_survived;
-            flows.udp_survived += t.established.udp_survived;
-            if let Some(leak) = t.max_leak_ms {
-                max_leak = Some(max_leak.map_or(leak, |m| m.max(leak)));
-            }
             if t.late_deny + t.late_allow + t.never_converged + t.flapping > 0 {
                 any_race = true;
                 racing.add_row(vec![
@@ -247,11 +226,10 @@ fn timing_section(text: &mut String, result: &RunResult, color: bool) {
             }
         }
     }
-    let [deny, allow, new] = by_change.map(LatencyStats::of);
     let parts: Vec<String> = [
-        stats("allow→deny", &deny),
-        stats("deny→allow", &allow),
-        stats("new pod", &new),
+        stats("allow→deny", &totals.allow_to_deny),
+        stats("deny→allow", &totals.deny_to_allow),
+        stats("new pod", &totals.new_pod),
     ]
     .into_iter()
     .flatten()
@@ -260,17 +238,19 @@ fn timing_section(text: &mut String, result: &RunResult, color: bool) {
         return;
     }
     let _ = writeln!(text, "enforcement latency: {}", parts.join("; "));
-    let nodes: Vec<String> = by_node
-        .into_iter()
-        .filter_map(|(node, values)| stats(&node, &LatencyStats::of(values)))
+    let nodes: Vec<String> = totals
+        .per_node
+        .iter()
+        .filter_map(|(node, values)| stats(node, values))
         .collect();
     if !nodes.is_empty() {
         let _ = writeln!(text, "by destination node: {}", nodes.join("; "));
     }
-    let _ = match max_leak {
+    let _ = match totals.max_leak_ms {
         Some(leak) => writeln!(
             text,
-            "leaks: {late_deny} late-deny cells let forbidden traffic through, the longest for up to {}",
+            "leaks: {} late-deny cells let forbidden traffic through, the longest for up to {}",
+            totals.late_deny,
             ms(leak)
         ),
         None => writeln!(
@@ -278,6 +258,7 @@ fn timing_section(text: &mut String, result: &RunResult, color: bool) {
             "leaks: none (no forbidden connection got through after a change)"
         ),
     };
+    let flows = &totals.established;
     if flows.held > 0 {
         let _ = writeln!(
             text,
@@ -298,7 +279,7 @@ pub fn render(result: &RunResult, color: bool) -> String {
             let _ = writeln!(text, "\nFAIL {}: {e}", scenario.scenario.name);
         }
         for index in 0..scenario.steps.len() {
-            if !scenario.steps[index].passed() {
+            if scenario.steps[index].status() == Status::Failed {
                 failing_step(&mut text, scenario, index, color);
             }
         }
@@ -315,17 +296,9 @@ pub fn render(result: &RunResult, color: bool) -> String {
         "time",
         "result",
     ]);
-    let mut per_tag: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
     for scenario in &result.scenarios {
-        let count = |v: Verdict| {
-            scenario
-                .steps
-                .iter()
-                .map(|s| s.count(v))
-                .sum::<usize>()
-                .to_string()
-        };
-        let steps_passed = scenario.steps.iter().filter(|s| s.passed()).count();
+        let count = |v: Verdict| scenario.totals.count(v).to_string();
+        let steps_passed = scenario.totals.steps_passed;
         per_scenario.add_row(vec![
             Cell::new(&scenario.scenario.name),
             Cell::new(format!("{steps_passed}/{}", scenario.scenario.steps.len())),
@@ -334,46 +307,46 @@ pub fn render(result: &RunResult, color: bool) -> String {
             Cell::new(count(Verdict::Late)),
             Cell::new(count(Verdict::Unsupported)),
             Cell::new(seconds(scenario.elapsed)),
-            result_cell(scenario.passed(), color),
+            status_cell(scenario.status(), color),
         ]);
-        for tag in &scenario.scenario.tags {
-            let entry = per_tag.entry(tag).or_default();
-            if scenario.passed() {
-                entry.0 += 1;
-            } else {
-                entry.1 += 1;
-            }
-        }
     }
     let _ = writeln!(text, "\n{per_scenario}");
-    if !per_tag.is_empty() {
+    if !result.totals.per_tag.is_empty() {
         let mut tags = table(color);
         tags.set_header(vec![
             "feature tag",
             "scenarios",
             "passed",
             "failed",
+            "unsupported",
             "result",
         ]);
-        for (tag, (passed, failed)) in per_tag {
+        for (tag, counts) in &result.totals.per_tag {
             tags.add_row(vec![
                 Cell::new(tag),
-                Cell::new(passed + failed),
-                Cell::new(passed),
-                Cell::new(failed),
-                result_cell(failed == 0, color),
+                Cell::new(counts.passed + counts.failed + counts.unsupported),
+                Cell::new(counts.passed),
+                Cell::new(counts.failed),
+                Cell::new(counts.unsupported),
+                status_cell(counts.status(), color),
             ]);
         }
         let _ = writeln!(text, "{tags}");
     }
     timing_section(&mut text, result, color);
-    let passed = result.scenarios.iter().filter(|s| s.passed()).count();
-    let steps: usize = result.scenarios.iter().map(|s| s.steps.len()).sum();
+    let t = &result.totals;
+    let unsupported = if t.scenarios_unsupported > 0 {
+        format!(", {} unsupported", t.scenarios_unsupported)
+    } else {
+        String::new()
+    };
     let _ = writeln!(
         text,
-        "{} scenarios: {passed} passed, {} failed; {steps} steps in {} on {}",
+        "{} scenarios: {} passed, {} failed{unsupported}; {} steps in {} on {}",
         result.scenarios.len(),
-        result.scenarios.len() - passed,
+        t.scenarios_passed,
+        t.scenarios_failed,
+        t.steps,
         seconds(result.elapsed),
         result.backend
     );

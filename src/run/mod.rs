@@ -1,10 +1,22 @@
 //! The runner: deploy the cluster model through a backend, apply policies, probe the matrix.
+//!
+//! Layout: `scenarios` (the run: scenarios in order, resets, events), `step` (one step: action,
+//! probe rounds, verdicts), `held` (connections held across a step), `timing` (per-cell timelines),
+//! `summary` (step, scenario and run totals), `result` (what a run produces), `smoke`.
 
 use std::time::Duration;
 
+mod held;
+mod result;
 pub mod scenarios;
 pub mod smoke;
+mod step;
+mod summary;
 pub mod timing;
+
+pub use result::{RunOptions, RunResult, ScenarioResult, Status, StepResult, Verdict};
+pub use scenarios::{Event, run_scenarios};
+pub use summary::{RunTotals, ScenarioTotals, TagCounts};
 
 use futures::StreamExt;
 use polygraph_agent::wire::Target;
@@ -13,7 +25,7 @@ use crate::analyze::{Analysis, analyze};
 use crate::backend::{Backend, BackendError};
 use crate::matrix::{Observation, ObservedTable};
 use crate::model::{Cluster, PortProtocol};
-use crate::policy::Policy;
+use crate::world::World;
 
 /// How long pods may take to serve their ports.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -51,25 +63,37 @@ pub fn at_real_addresses<B: Backend>(backend: &B, analysis: &Analysis) -> Analys
     }
 }
 
-/// Creates every namespace and pod of the model and waits until they serve.
-pub async fn deploy<B: Backend>(backend: &mut B, cluster: &Cluster) -> Result<(), BackendError> {
-    for namespace in cluster.namespaces() {
-        backend.create_namespace(namespace).await?;
-    }
-    for pod in cluster.pods() {
-        backend.create_pod(pod).await?;
+/// Brings the backend from `from` to `to` (`World::changes_to`) and waits until every pod serves.
+/// Deploying is reconciling from the empty world; tearing down is reconciling to it.
+pub async fn reconcile<B: Backend>(
+    backend: &mut B,
+    from: &World,
+    to: &World,
+) -> Result<(), BackendError> {
+    for mutation in from.changes_to(to) {
+        backend.apply(&mutation).await?;
     }
     backend.wait_ready(READY_TIMEOUT).await
 }
 
-pub async fn apply_policies<B: Backend>(
-    backend: &mut B,
-    policies: &[Policy],
-) -> Result<(), BackendError> {
-    for policy in policies {
-        backend.apply_policy(policy).await?;
-    }
-    Ok(())
+/// Probes the matrix of `analysis` at the pods' real addresses; returns the analysis at those
+/// addresses (the yardstick) with what was observed.
+pub async fn observe<B: Backend>(
+    backend: &B,
+    analysis: &Analysis,
+    timeout: Duration,
+    parallelism: usize,
+) -> Result<(Analysis, ObservedTable), BackendError> {
+    let real = at_real_addresses(backend, analysis);
+    let observed = probe_matrix(
+        backend,
+        &real.cluster,
+        real.table.port_protocols(),
+        timeout,
+        parallelism,
+    )
+    .await?;
+    Ok((real, observed))
 }
 
 /// Probes every (from, to, port/protocol) cell whose destination serves that port and shares the
@@ -88,8 +112,10 @@ pub async fn probe_matrix<B: Backend>(
     for (k, &pp) in port_protocols.iter().enumerate() {
         for (to, dst) in pods.iter().enumerate() {
             if dst.serves(pp) {
+                // The address the cluster gave the pod: the model's may belong to another pod.
+                let host = backend.address(&dst.key()).unwrap_or(dst.ip);
                 let target = Target {
-                    host: dst.ip.to_string(),
+                    host: host.to_string(),
                     port: pp.port,
                     protocol: pp.protocol,
                 };

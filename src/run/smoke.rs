@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use super::scenarios::{RunResult, Verdict};
+use super::{RunResult, Verdict};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SmokeVerdict {

@@ -208,7 +208,7 @@ pub struct StepTiming {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::matrix::Verdict;
+    use crate::matrix::Decision;
     use crate::model::Protocol;
 
     #[test]
@@ -256,7 +256,7 @@ mod tests {
         let pp = PortProtocol::new(80, Protocol::Tcp);
         let pods =
             |names: &[&str]| -> Vec<PodRef> { names.iter().map(|n| n.parse().unwrap()).collect() };
-        let allow = Verdict {
+        let allow = Decision {
             ingress: true,
             egress: true,
         };

@@ -19,7 +19,7 @@ pub struct ScenarioDoc {
     /// A built-in cluster model by name (`default`, `production`); ignored when `cluster` is given.
     #[serde(default)]
     pub model: Option<String>,
-    /// An inline cluster description (DESIGN.md's format).
+    /// An inline cluster description (the cluster description format, see README).
     #[serde(default)]
     pub cluster: Option<ClusterDescription>,
     #[serde(default)]

@@ -7,9 +7,9 @@ use std::path::Path;
 
 use serde_json::Value;
 
+use super::Action;
 use super::format::{ExpectDoc, ScenarioDoc, StepDoc};
 use super::patterns::expand_pattern;
-use super::world::{Action, World};
 use super::{Scenario, ScenarioError, Step, library};
 use crate::analyze::{Analysis, analyze};
 use crate::input::{self, Document, InputError, Origin};
@@ -17,6 +17,7 @@ use crate::model::{
     Cluster, Labels, NAMESPACE_NAME_LABEL, Namespace, PodRef, PortProtocol, Protocol, default_model,
 };
 use crate::policy::{Policy, compile_document};
+use crate::world::World;
 
 /// At most this many disagreeing cells are listed in an error.
 const LISTED: usize = 5;
@@ -86,7 +87,9 @@ pub fn parse(source: &str, text: &str, base_dir: Option<&Path>) -> Result<Scenar
     for spanned in &doc.steps {
         let origin = format!("{source}:{}", spanned.referenced.line());
         let action = resolve(&spanned.value, &world, source, &origin, base_dir)?;
-        world.apply(&action).map_err(|m| error(&origin, m))?;
+        world
+            .apply_all(&action.mutations())
+            .map_err(|e| error(&origin, e.to_string()))?;
         let analysis = analyze(
             world.cluster().clone(),
             world.policies().to_vec(),

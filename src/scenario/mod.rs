@@ -1,17 +1,18 @@
 //! Scenarios: a cluster model, a probe selection and ordered steps, each a change followed by a probe
 //! of the matrix. Loaded and checked entirely before anything is deployed.
 
+mod action;
 mod format;
 pub mod library;
 mod load;
 pub mod patterns;
-mod world;
 
 use std::fmt;
 use std::path::Path;
 
+pub use crate::world::World;
+pub use action::Action;
 pub use load::parse;
-pub use world::{Action, World};
 
 use crate::analyze::Analysis;
 use crate::model::PortProtocol;

@@ -1,13 +1,14 @@
 //! Cell patterns for pinned expectations: `FROM -> TO`, each side comma-separated `ns/pod`, `ns/*`,
 //! `*/pod` or `*/*`, a term prefixed with `!` taking pods away: `*/*,!x/a -> y/*`.
 
+use crate::model::Problem;
 use std::collections::BTreeSet;
 
 use crate::model::PodRef;
 
 /// Expands one side. A term that matches no pod is an error: in a hand-written expectation it is
 /// always a typo.
-pub fn expand_side(side: &str, pods: &[PodRef]) -> Result<BTreeSet<usize>, String> {
+pub fn expand_side(side: &str, pods: &[PodRef]) -> Result<BTreeSet<usize>, Problem> {
     let mut add = BTreeSet::new();
     let mut remove = BTreeSet::new();
     for term in side.split(',').map(str::trim).filter(|t| !t.is_empty()) {
@@ -17,7 +18,7 @@ pub fn expand_side(side: &str, pods: &[PodRef]) -> Result<BTreeSet<usize>, Strin
         };
         let (ns, name) = term
             .split_once('/')
-            .ok_or_else(|| format!("{term:?} is not NAMESPACE/POD (use * for any)"))?;
+            .ok_or_else(|| Problem(format!("{term:?} is not NAMESPACE/POD (use * for any)")))?;
         let matched: Vec<usize> = pods
             .iter()
             .enumerate()
@@ -25,7 +26,7 @@ pub fn expand_side(side: &str, pods: &[PodRef]) -> Result<BTreeSet<usize>, Strin
             .map(|(i, _)| i)
             .collect();
         if matched.is_empty() {
-            return Err(format!("{term:?} matches no pod"));
+            return Err(Problem(format!("{term:?} matches no pod")));
         }
         if negated { &mut remove } else { &mut add }.extend(matched);
     }
@@ -33,7 +34,7 @@ pub fn expand_side(side: &str, pods: &[PodRef]) -> Result<BTreeSet<usize>, Strin
 }
 
 /// `FROM -> TO` into (from, to) pod index pairs.
-pub fn expand_pattern(pattern: &str, pods: &[PodRef]) -> Result<BTreeSet<(usize, usize)>, String> {
+pub fn expand_pattern(pattern: &str, pods: &[PodRef]) -> Result<BTreeSet<(usize, usize)>, Problem> {
     let (from, to) = pattern.split_once("->").ok_or_else(|| {
         format!("{pattern:?} has no `->`: expected FROM -> TO such as */* -> x/*")
     })?;

@@ -2,10 +2,30 @@
 #![allow(dead_code)]
 
 pub mod corpus;
+pub mod schema;
 
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
+
+/// Validates a JUnit report against the Surefire/Jenkins schema in `tests/schemas/` with xmllint.
+pub fn validate_junit(path: &std::path::Path) {
+    let xsd = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/schemas/junit-10.xsd");
+    let lint = Command::new("xmllint")
+        .args([
+            "--noout",
+            "--schema",
+            &xsd.display().to_string(),
+            &path.display().to_string(),
+        ])
+        .output()
+        .expect("xmllint is installed (libxml2-utils; .ci/run installs it)");
+    assert!(
+        lint.status.success(),
+        "JUnit does not validate: {}",
+        String::from_utf8_lossy(&lint.stderr)
+    );
+}
 
 /// Runs `polygraph` with `args`, feeding `stdin`.
 pub fn polygraph(args: &[&str], stdin: &str) -> Output {
@@ -40,31 +60,20 @@ pub fn expand_pattern(pattern: &str, pods: &[String]) -> BTreeSet<(String, Strin
         .collect()
 }
 
-/// Whether the local cluster can run here (root, iproute2, nftables). When it can't, the calling
-/// test says so loudly and passes without testing: CI runs as root and has the tools.
-pub fn local_cluster_or_skip(test: &str) -> bool {
-    let root = rustix::process::geteuid().is_root();
-    let tools = ["ip", "nft"].iter().all(|tool| {
-        std::env::var_os("PATH")
-            .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(tool).is_file()))
-    });
-    if root && tools {
-        return true;
-    }
-    let why = if root {
-        "iproute2 or nftables is not installed"
-    } else {
-        "not running as root"
-    };
-    let banner = format!(
-        "\n!!!!! SKIPPED {test}: {why}; the local cluster tests need root, iproute2 and nftables (CI has them) !!!!!\n"
+/// The local cluster tests are `#[ignore]`d (they need root); run with `--include-ignored` (as
+/// `.ci/run` does, as root) they must find what they need, or fail saying what is missing.
+pub fn require_local_cluster() {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "this test needs root (it builds a local cluster): run it as root"
     );
-    // Straight to file descriptor 2: the test harness captures print!, eprint! and io::stderr(),
-    // and a skip must show in every CI log.
-    // SAFETY: descriptor 2 stays open for the whole life of the process.
-    let stderr = unsafe { std::os::fd::BorrowedFd::borrow_raw(2) };
-    let _ = rustix::io::write(stderr, banner.as_bytes());
-    false
+    for tool in ["ip", "nft"] {
+        assert!(
+            std::env::var_os("PATH")
+                .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(tool).is_file())),
+            "this test needs `{tool}` (apt-get install iproute2 nftables)"
+        );
+    }
 }
 
 /// The run id in a backend description such as `local (nftables dataplane, run 0a1b2c)`.

@@ -1,150 +1,203 @@
-//! `--dry-run`: every manifest a run would create, as multi-document YAML, in the order polygraph
-//! would create them, with comments saying which scenario and step each belongs to. Nothing is
-//! contacted; people review it, CI validates it.
+//! `--dry-run` is a run: the real runner drives a `Recorder`, which writes down every API call a
+//! Kubernetes run would make (with the object it sends) instead of making it, and answers probes
+//! through the simulation, so every step converges as the spec says and the run goes on exactly as
+//! it would on a cluster that enforces. Resets between scenarios and the final clean-up are
+//! recorded too. The output is multi-document YAML: a comment per call (`# create Pod ns/a`), the
+//! object after it. Nothing is contacted; people review it, CI validates it, and a test holds it
+//! equal to the calls a fake API server sees for the same run.
 
 use std::collections::BTreeSet;
 use std::fmt::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use polygraph_agent::wire::{ProbeResult, Target};
 use serde::Serialize;
 
+use super::api_calls;
 use super::manifests::{self, KubeOptions, RunNames};
-use crate::analyze::Analysis;
-use crate::model::{Cluster, Pod};
-use crate::scenario::{Action, Scenario};
+use crate::backend::sim::{SimBackend, SimOptions};
+use crate::backend::{Backend, BackendError, Held};
+use crate::model::{Namespace, PodRef};
+use crate::world::{Mutation, World};
 
-#[derive(Default)]
-struct Documents {
-    text: String,
+/// The text of a dry run, shared between the recorder and whoever adds comments (the CLI marks
+/// scenarios and steps).
+#[derive(Debug, Clone, Default)]
+pub struct Transcript(Arc<Mutex<String>>);
+
+impl Transcript {
+    pub fn comment(&self, line: &str) {
+        let mut text = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = writeln!(text, "# {line}");
+    }
+
+    fn object(&self, object: &impl Serialize) -> Result<(), BackendError> {
+        let yaml = serde_saphyr::to_string(object).map_err(|e| BackendError::Cluster {
+            what: "writing the dry run's YAML".into(),
+            message: e.to_string(),
+        })?;
+        let mut text = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = write!(text, "---\n{yaml}");
+        if !yaml.ends_with('\n') {
+            text.push('\n');
+        }
+        Ok(())
+    }
+
+    pub fn text(&self) -> String {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }
 
-impl Documents {
-    /// Starts the output with the line that says what it is.
-    fn new(names: &RunNames) -> Self {
-        let mut docs = Documents::default();
-        docs.comment(&format!(
-            "polygraph dry run {}: every object polygraph would create, in order; nothing was contacted",
+/// A backend that records what a Kubernetes run would do.
+pub struct Recorder {
+    names: RunNames,
+    options: KubeOptions,
+    transcript: Transcript,
+    world: World,
+    sim: SimBackend,
+}
+
+impl Recorder {
+    pub fn new(names: RunNames, options: KubeOptions) -> Recorder {
+        let transcript = Transcript::default();
+        transcript.comment(&format!(
+            "polygraph dry run {}: every API call a run would make, in order, with the object it sends; nothing was contacted",
             names.run_id
         ));
-        docs
-    }
-
-    fn comment(&mut self, line: &str) {
-        let _ = writeln!(self.text, "# {line}");
-    }
-
-    fn object(&mut self, object: &impl Serialize) -> Result<(), String> {
-        let yaml = serde_saphyr::to_string(object).map_err(|e| e.to_string())?;
-        let _ = write!(self.text, "---\n{yaml}");
-        if !yaml.ends_with('\n') {
-            self.text.push('\n');
+        Recorder {
+            names,
+            options,
+            transcript,
+            world: World::empty(),
+            sim: SimBackend::new(SimOptions {
+                sctp: true,
+                ..SimOptions::default()
+            }),
         }
-        Ok(())
     }
 
-    fn cluster(
-        &mut self,
-        names: &RunNames,
-        options: &KubeOptions,
-        cluster: &Cluster,
-    ) -> Result<(), String> {
-        for ns in cluster.namespaces() {
-            self.object(&manifests::namespace(names, ns))?;
-        }
-        for pod in cluster.pods() {
-            self.object(&manifests::pod(names, options, pod, None))?;
-        }
-        Ok(())
+    pub fn transcript(&self) -> Transcript {
+        self.transcript.clone()
     }
 
-    fn policies(
-        &mut self,
-        names: &RunNames,
-        cluster: &Cluster,
-        policies: &[crate::policy::Policy],
-    ) -> Result<(), String> {
-        let bases: BTreeSet<String> = cluster
+    /// The object a call sends, as the world stands after the mutation.
+    fn record(&self, mutation: &Mutation) -> Result<(), BackendError> {
+        for call in api_calls(&self.names, mutation) {
+            self.transcript.comment(&call);
+        }
+        let cluster = self.world.cluster();
+        match mutation {
+            Mutation::CreateNamespace(ns) => self
+                .transcript
+                .object(&manifests::namespace(&self.names, ns)),
+            Mutation::SetNamespaceLabels { namespace, labels } => {
+                self.transcript.comment("the namespace's labels become:");
+                self.transcript.object(&manifests::namespace(
+                    &self.names,
+                    &Namespace {
+                        name: namespace.clone(),
+                        labels: labels.clone(),
+                    },
+                ))
+            }
+            // Node affinity is chosen at run time, from the cluster's nodes.
+            Mutation::CreatePod(pod) => {
+                self.transcript
+                    .object(&manifests::pod(&self.names, &self.options, pod, None))
+            }
+            Mutation::SetPodLabels { pod, .. } => match self.world.pod(pod) {
+                Some(pod) => {
+                    self.transcript.comment("the pod's labels become:");
+                    self.transcript
+                        .object(&manifests::pod(&self.names, &self.options, pod, None))
+                }
+                None => Ok(()),
+            },
+            Mutation::ApplyPolicy(policy) => {
+                let bases: BTreeSet<String> = cluster
+                    .namespaces()
+                    .iter()
+                    .map(|n| n.name.clone())
+                    .collect();
+                self.transcript
+                    .object(&manifests::policy(&self.names, policy, &bases))
+            }
+            Mutation::DeleteNamespace(_)
+            | Mutation::DeletePod(_)
+            | Mutation::DeletePolicy { .. } => Ok(()),
+        }
+    }
+}
+
+impl Backend for Recorder {
+    fn describe(&self) -> String {
+        format!("dry run (nothing contacted, run {})", self.names.run_id)
+    }
+
+    fn cleanup_message(&self) -> String {
+        "nothing was contacted".into()
+    }
+
+    async fn apply(&mut self, mutation: &Mutation) -> Result<(), BackendError> {
+        self.sim.apply(mutation).await?;
+        self.world
+            .apply(mutation)
+            .map_err(|source| BackendError::Rejected {
+                mutation: mutation.to_string(),
+                source,
+            })?;
+        self.record(mutation)
+    }
+
+    async fn wait_ready(&mut self, timeout: Duration) -> Result<(), BackendError> {
+        self.sim.wait_ready(timeout).await
+    }
+
+    async fn probe(
+        &self,
+        from: &PodRef,
+        targets: &[Target],
+        timeout: Duration,
+    ) -> Result<Vec<ProbeResult>, BackendError> {
+        self.sim.probe(from, targets, timeout).await
+    }
+
+    async fn hold(
+        &self,
+        from: &PodRef,
+        targets: &[Target],
+        timeout: Duration,
+    ) -> Result<Held, BackendError> {
+        self.sim.hold(from, targets, timeout).await
+    }
+
+    /// What `KubeBackend::cleanup` does: delete every namespace of the run (by name order, as the
+    /// API server lists them).
+    async fn cleanup(&mut self) -> Result<(), BackendError> {
+        let mut left: Vec<String> = self
+            .world
+            .cluster()
             .namespaces()
             .iter()
             .map(|n| n.name.clone())
             .collect();
-        for policy in policies {
-            self.object(&manifests::policy(names, policy, &bases))?;
+        if left.is_empty() {
+            return Ok(());
         }
-        Ok(())
-    }
-}
-
-fn find_pod<'a>(cluster: &'a Cluster, pod: &crate::model::PodRef) -> Option<&'a Pod> {
-    cluster.find_pod(pod).map(|id| cluster.pod(id))
-}
-
-/// The manifests of a run of `scenarios`.
-pub fn scenarios(
-    scenarios: &[Scenario],
-    options: &KubeOptions,
-    names: &RunNames,
-) -> Result<String, String> {
-    let mut docs = Documents::new(names);
-    for scenario in scenarios {
-        docs.comment(&format!("scenario {} ({})", scenario.name, scenario.source));
-        docs.cluster(names, options, scenario.initial.cluster())?;
-        for (index, step) in scenario.steps.iter().enumerate() {
-            let after = &step.analysis.cluster;
-            docs.comment(&format!(
-                "step {}: {} ({})",
-                index + 1,
-                step.name,
-                step.origin
-            ));
-            match &step.action {
-                Action::Apply(policies) => docs.policies(names, after, policies)?,
-                Action::CreatePod(pod) => {
-                    docs.object(&manifests::pod(names, options, pod, None))?
-                }
-                Action::CreateNamespace(ns) => docs.object(&manifests::namespace(names, ns))?,
-                Action::SetNamespaceLabels { namespace, .. } => {
-                    if let Some(ns) = after.namespace(namespace) {
-                        docs.comment("the namespace's labels become:");
-                        docs.object(&manifests::namespace(names, ns))?;
-                    }
-                }
-                Action::SetPodLabels { pod, .. } => {
-                    if let Some(pod) = find_pod(after, pod) {
-                        docs.comment("the pod's labels become:");
-                        docs.object(&manifests::pod(names, options, pod, None))?;
-                    }
-                }
-                Action::DeletePolicy { namespace, name } => {
-                    docs.comment(&format!(
-                        "deletes NetworkPolicy {name} in {}",
-                        names.namespace(namespace)
-                    ));
-                }
-                Action::DeletePod(pod) => {
-                    docs.comment(&format!(
-                        "deletes pod {} in {}",
-                        pod.name,
-                        names.namespace(&pod.namespace)
-                    ));
-                }
-                Action::DeleteNamespace(ns) => {
-                    docs.comment(&format!("deletes namespace {}", names.namespace(ns)))
-                }
-                Action::Probe => docs.comment("changes nothing"),
-            }
+        self.transcript.comment("clean-up");
+        left.sort_by_key(|base| self.names.namespace(base));
+        for base in left {
+            let mutation = Mutation::DeleteNamespace(base);
+            self.record(&mutation)?;
+            self.world
+                .apply(&mutation)
+                .map_err(|source| BackendError::Rejected {
+                    mutation: mutation.to_string(),
+                    source,
+                })?;
         }
+        self.sim.cleanup().await
     }
-    Ok(docs.text)
-}
-
-/// The manifests of `polygraph probe`: the cluster, then the policies.
-pub fn probe(
-    analysis: &Analysis,
-    options: &KubeOptions,
-    names: &RunNames,
-) -> Result<String, String> {
-    let mut docs = Documents::new(names);
-    docs.cluster(names, options, &analysis.cluster)?;
-    docs.policies(names, &analysis.cluster, &analysis.policies)?;
-    Ok(docs.text)
 }

@@ -12,6 +12,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 
+use super::BadOption;
 use crate::model::{NAMESPACE_NAME_LABEL, Namespace, Pod, syntax};
 use crate::policy::Policy;
 
@@ -20,6 +21,9 @@ pub const OWNER_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const OWNER: &str = "polygraph";
 /// The run that created an object.
 pub const RUN_LABEL: &str = "polygraph.dev/run-id";
+/// When the run owning a namespace last said it is alive (Unix seconds): `gc` leaves namespaces
+/// with a fresh heartbeat alone (see `gc`).
+pub const HEARTBEAT_ANNOTATION: &str = "polygraph.dev/heartbeat";
 /// A namespace's name in the model (`x`), its real name being `<prefix>-<run id>-x`.
 pub const BASE_NAME_LABEL: &str = "polygraph.dev/base-name";
 
@@ -61,12 +65,13 @@ pub struct RunNames {
 
 impl RunNames {
     /// Checks that every real namespace name will be a valid DNS label.
-    pub fn new(prefix: &str, run_id: &str) -> Result<RunNames, String> {
-        syntax::dns1123_label(prefix).map_err(|m| format!("--prefix {prefix:?}: {m}"))?;
+    pub fn new(prefix: &str, run_id: &str) -> Result<RunNames, BadOption> {
+        syntax::dns1123_label(prefix)
+            .map_err(|m| BadOption(format!("--prefix {prefix:?}: {m}")))?;
         if prefix.len() > 40 {
-            return Err(format!(
+            return Err(BadOption(format!(
                 "--prefix {prefix:?}: at most 40 characters, so namespace names fit in 63"
-            ));
+            )));
         }
         Ok(RunNames {
             prefix: prefix.into(),
@@ -104,10 +109,23 @@ pub fn namespace(names: &RunNames, namespace: &Namespace) -> KubeNamespace {
         metadata: ObjectMeta {
             name: Some(names.namespace(&namespace.name)),
             labels: Some(labels),
+            annotations: Some(BTreeMap::from([(
+                HEARTBEAT_ANNOTATION.to_string(),
+                heartbeat_now(),
+            )])),
             ..ObjectMeta::default()
         },
         ..KubeNamespace::default()
     }
+}
+
+/// The heartbeat's value for now: Unix seconds.
+pub fn heartbeat_now() -> String {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// A probe pod: the agent serving the model's ports, non-root, answering with its base identity;

@@ -1,10 +1,500 @@
-//! The Kubernetes backend: the manifests polygraph creates, the dry run that prints them, the
-//! backend itself (kube-rs), and CNI recognition.
+//! The Kubernetes backend: the cluster model made real on any cluster a kubeconfig reaches.
+//!
+//! polygraph only creates, changes and deletes objects in its own namespaces
+//! (`<prefix>-<run id>-<base>`, labelled with the owner label and the run id), and removes them all
+//! on cleanup. Layout: `connection` (client, retries, waiting for deletions), `manifests` (the
+//! objects, pure), `readiness` (waiting for pods, and why they aren't ready), `exec` (probing through
+//! the agent), `placement` (spreading pods over nodes), `cni` (recognising the CNI), `gc`
+//! (cleaning up after dead runs, heartbeats), `dry_run` (the recorder that prints a run's API calls).
 
-mod cluster;
 pub mod cni;
+mod connection;
 pub mod dry_run;
+mod exec;
+mod gc;
 pub mod manifests;
 pub mod placement;
+mod readiness;
 
-pub use cluster::{Connection, KubeBackend, KubeGcReport, gc};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{Event, Namespace as KubeNamespace, Node, Pod as KubePod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use polygraph_agent::wire::{ProbeResult, Target};
+
+pub use connection::Connection;
+pub use gc::{HEARTBEAT_EVERY, KubeGcReport, STALE_AFTER, gc};
+
+use self::connection::{await_deletion, call, is_not_found};
+use self::gc::Heartbeat;
+use self::manifests::{BASE_NAME_LABEL, KubeOptions, OWNER, OWNER_LABEL, RUN_LABEL, RunNames};
+use self::placement::Spread;
+use crate::backend::{Backend, BackendError, Held, UdpSourcePorts, probe_request};
+use crate::model::{Labels, NAMESPACE_NAME_LABEL, Namespace, Pod, PodRef};
+use crate::policy::Policy;
+use crate::world::Mutation;
+
+const FIELD_MANAGER: &str = "polygraph";
+
+/// An option polygraph cannot use (a prefix, a toleration): the message says which and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BadOption(pub String);
+
+/// The API calls polygraph makes for a mutation, in order; the fake-API-server test and the dry
+/// run both hold the backend to this list.
+pub fn api_calls(names: &RunNames, mutation: &Mutation) -> Vec<String> {
+    let ns = |base: &str| names.namespace(base);
+    match mutation {
+        Mutation::CreateNamespace(n) => vec![format!("create Namespace {}", ns(&n.name))],
+        Mutation::DeleteNamespace(n) => vec![format!("delete Namespace {}", ns(n))],
+        Mutation::SetNamespaceLabels { namespace, .. } => {
+            vec![format!("patch Namespace {}", ns(namespace))]
+        }
+        Mutation::CreatePod(p) => vec![format!("create Pod {}/{}", ns(&p.namespace), p.name)],
+        Mutation::DeletePod(p) => vec![format!("delete Pod {}/{}", ns(&p.namespace), p.name)],
+        Mutation::SetPodLabels { pod, .. } => {
+            vec![format!("patch Pod {}/{}", ns(&pod.namespace), pod.name)]
+        }
+        Mutation::ApplyPolicy(p) => vec![format!(
+            "apply NetworkPolicy {}/{}",
+            ns(&p.namespace),
+            p.name
+        )],
+        Mutation::DeletePolicy { namespace, name } => {
+            vec![format!("delete NetworkPolicy {}/{name}", ns(namespace))]
+        }
+    }
+}
+
+pub struct KubeBackend {
+    client: Client,
+    names: RunNames,
+    options: KubeOptions,
+    context: String,
+    cni: Option<String>,
+    namespaces: BTreeSet<String>,
+    pods: BTreeSet<PodRef>,
+    addresses: BTreeMap<PodRef, IpAddr>,
+    /// The node each ready pod runs on.
+    nodes: BTreeMap<PodRef, String>,
+    /// Namespaces being deleted (real names): `wait_ready` and re-creation wait for them.
+    deleting: BTreeSet<String>,
+    spread: Spread,
+    /// Time allowed for one exec (on top of the probe timeout).
+    exec_slack: Duration,
+    cleaned: bool,
+    udp_ports: UdpSourcePorts,
+    _heartbeat: Heartbeat,
+}
+
+impl KubeBackend {
+    pub async fn connect(
+        connection: &Connection,
+        options: KubeOptions,
+        names: RunNames,
+    ) -> Result<Self, BackendError> {
+        let (client, context) = connection.client().await?;
+        Ok(Self::with_client(client, options, names, context).await)
+    }
+
+    /// A backend over an existing client (the tests give it a fake API server).
+    pub async fn with_client(
+        client: Client,
+        options: KubeOptions,
+        names: RunNames,
+        context: String,
+    ) -> Self {
+        let heartbeat = Heartbeat::start(client.clone(), names.run_id.clone());
+        let mut backend = KubeBackend {
+            client,
+            names,
+            options,
+            context,
+            cni: None,
+            namespaces: BTreeSet::new(),
+            pods: BTreeSet::new(),
+            addresses: BTreeMap::new(),
+            nodes: BTreeMap::new(),
+            deleting: BTreeSet::new(),
+            spread: Spread::default(),
+            exec_slack: Duration::from_secs(15),
+            cleaned: false,
+            udp_ports: UdpSourcePorts::default(),
+            _heartbeat: heartbeat,
+        };
+        backend.cni = backend.detect_cni().await;
+        backend.spread = Spread::new(backend.schedulable_nodes().await);
+        backend
+    }
+
+    /// How much longer than the probe timeout one exec may take (default 15 s: process start-up and
+    /// the API server's round trips).
+    pub fn with_exec_slack(mut self, slack: Duration) -> Self {
+        self.exec_slack = slack;
+        self
+    }
+
+    pub fn cni(&self) -> Option<&str> {
+        self.cni.as_deref()
+    }
+
+    async fn detect_cni(&self) -> Option<String> {
+        let api: Api<DaemonSet> = Api::all(self.client.clone());
+        let list = call("listing DaemonSets", || async {
+            api.list(&ListParams::default()).await
+        })
+        .await
+        .ok()?;
+        let names: Vec<String> = list
+            .items
+            .iter()
+            .filter_map(|d| d.metadata.name.clone())
+            .collect();
+        cni::recognise(&names)
+    }
+
+    /// The nodes pods can be spread over; none (the scheduler decides) when nodes can't be listed.
+    async fn schedulable_nodes(&self) -> Vec<String> {
+        let api: Api<Node> = Api::all(self.client.clone());
+        match call("listing nodes", || async {
+            api.list(&ListParams::default()).await
+        })
+        .await
+        {
+            Ok(list) => placement::schedulable(
+                &list.items,
+                &self.options.node_selector,
+                &self.options.tolerations,
+            ),
+            // Without node access (RBAC) the scheduler places pods; the header says so.
+            Err(_) => Vec::new(),
+        }
+    }
+
+    fn pods_api(&self, base_namespace: &str) -> Api<KubePod> {
+        Api::namespaced(self.client.clone(), &self.names.namespace(base_namespace))
+    }
+
+    fn namespaces_api(&self) -> Api<KubeNamespace> {
+        Api::all(self.client.clone())
+    }
+
+    /// Replaces an object's labels with `labels` (plus polygraph's own) by a JSON merge patch that
+    /// also removes the labels no longer wanted.
+    fn label_patch(
+        current: &BTreeMap<String, String>,
+        labels: &Labels,
+        own: &BTreeMap<String, String>,
+    ) -> serde_json::Value {
+        let mut patch = serde_json::Map::new();
+        for key in current.keys() {
+            if !labels.contains_key(key) && !own.contains_key(key) && key != NAMESPACE_NAME_LABEL {
+                patch.insert(key.clone(), serde_json::Value::Null);
+            }
+        }
+        for (key, value) in labels.iter().chain(own) {
+            if key != NAMESPACE_NAME_LABEL {
+                patch.insert(key.clone(), serde_json::Value::String(value.clone()));
+            }
+        }
+        serde_json::json!({"metadata": {"labels": patch}})
+    }
+
+    /// Waits for every namespace deletion in flight, all at once.
+    async fn await_namespace_deletions(&mut self) -> Result<(), BackendError> {
+        let api = self.namespaces_api();
+        let waits = self.deleting.iter().map(|real| {
+            let api = api.clone();
+            async move {
+                await_deletion(&format!("namespace {real}"), || async {
+                    api.get(real).await
+                })
+                .await
+            }
+        });
+        let results = futures::future::join_all(waits).await;
+        self.deleting.clear();
+        results.into_iter().collect()
+    }
+
+    /// Deletes every namespace of this run (all at once, then waits for all): what a run leaves is
+    /// found by label, so a namespace the bookkeeping missed goes too.
+    async fn remove_run(&mut self) -> Result<(), BackendError> {
+        let api = self.namespaces_api();
+        let selector = format!("{OWNER_LABEL}={OWNER},{RUN_LABEL}={}", self.names.run_id);
+        let list = call("listing this run's namespaces", || async {
+            api.list(&ListParams::default().labels(&selector)).await
+        })
+        .await?;
+        let mut names: Vec<String> = list
+            .items
+            .iter()
+            .filter_map(|ns| ns.metadata.name.clone())
+            .collect();
+        names.sort();
+        for name in names {
+            match api.delete(&name, &DeleteParams::background()).await {
+                Ok(_) => {}
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => {
+                    return Err(BackendError::Kube {
+                        what: format!("deleting namespace {name}"),
+                        source: e,
+                    });
+                }
+            }
+            self.deleting.insert(name);
+        }
+        self.await_namespace_deletions().await?;
+        self.namespaces.clear();
+        self.pods.clear();
+        self.addresses.clear();
+        self.nodes.clear();
+        self.cleaned = true;
+        Ok(())
+    }
+
+    async fn create_namespace(&mut self, namespace: &Namespace) -> Result<(), BackendError> {
+        let real = self.names.namespace(&namespace.name);
+        if self.deleting.contains(&real) {
+            // The same name again (the next scenario's reset): the old one must be gone first.
+            self.await_namespace_deletions().await?;
+        }
+        let api = self.namespaces_api();
+        let manifest = manifests::namespace(&self.names, namespace);
+        call(&format!("creating namespace {real}"), || async {
+            api.create(&PostParams::default(), &manifest).await
+        })
+        .await?;
+        self.namespaces.insert(namespace.name.clone());
+        Ok(())
+    }
+
+    /// Asks for the deletion and returns: `wait_ready` (which every reset and step ends with)
+    /// waits for all deletions in flight together.
+    async fn delete_namespace(&mut self, name: &str) -> Result<(), BackendError> {
+        let api = self.namespaces_api();
+        let real = self.names.namespace(name);
+        call(&format!("deleting namespace {real}"), || async {
+            api.delete(&real, &DeleteParams::background()).await
+        })
+        .await?;
+        self.deleting.insert(real);
+        self.namespaces.remove(name);
+        self.pods.retain(|p| p.namespace != name);
+        self.addresses.retain(|p, _| p.namespace != name);
+        self.nodes.retain(|p, _| p.namespace != name);
+        Ok(())
+    }
+
+    async fn set_namespace_labels(
+        &mut self,
+        name: &str,
+        labels: &Labels,
+    ) -> Result<(), BackendError> {
+        let api = self.namespaces_api();
+        let real = self.names.namespace(name);
+        let current = call(&format!("reading namespace {real}"), || async {
+            api.get(&real).await
+        })
+        .await?;
+        let own = BTreeMap::from([
+            (OWNER_LABEL.to_string(), OWNER.to_string()),
+            (RUN_LABEL.to_string(), self.names.run_id.clone()),
+            (BASE_NAME_LABEL.to_string(), name.to_string()),
+        ]);
+        let patch = Self::label_patch(&current.metadata.labels.unwrap_or_default(), labels, &own);
+        call(&format!("relabelling namespace {real}"), || async {
+            api.patch(&real, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn create_pod(&mut self, pod: &Pod) -> Result<(), BackendError> {
+        let api = self.pods_api(&pod.namespace);
+        let affinity = self.spread.next_affinity();
+        let manifest = manifests::pod(&self.names, &self.options, pod, affinity);
+        call(&format!("creating pod {}", pod.key()), || async {
+            api.create(&PostParams::default(), &manifest).await
+        })
+        .await?;
+        self.pods.insert(pod.key());
+        Ok(())
+    }
+
+    async fn delete_pod(&mut self, pod: &PodRef) -> Result<(), BackendError> {
+        let api = self.pods_api(&pod.namespace);
+        call(&format!("deleting pod {pod}"), || async {
+            api.delete(&pod.name, &DeleteParams::default().grace_period(0))
+                .await
+        })
+        .await?;
+        // A pod of the same name may be created right after (a recreated pod): wait.
+        await_deletion(&format!("pod {pod}"), || async { api.get(&pod.name).await }).await?;
+        self.pods.remove(pod);
+        self.addresses.remove(pod);
+        self.nodes.remove(pod);
+        Ok(())
+    }
+
+    async fn set_pod_labels(&mut self, pod: &PodRef, labels: &Labels) -> Result<(), BackendError> {
+        let api = self.pods_api(&pod.namespace);
+        let current = call(&format!("reading pod {pod}"), || async {
+            api.get(&pod.name).await
+        })
+        .await?;
+        let own = BTreeMap::from([
+            (OWNER_LABEL.to_string(), OWNER.to_string()),
+            (RUN_LABEL.to_string(), self.names.run_id.clone()),
+        ]);
+        let patch = Self::label_patch(&current.metadata.labels.unwrap_or_default(), labels, &own);
+        call(&format!("relabelling pod {pod}"), || async {
+            api.patch(&pod.name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn apply_policy(&mut self, policy: &Policy) -> Result<(), BackendError> {
+        let bases: BTreeSet<String> = self.namespaces.iter().cloned().collect();
+        let manifest = manifests::policy(&self.names, policy, &bases);
+        let api: Api<NetworkPolicy> = Api::namespaced(
+            self.client.clone(),
+            &self.names.namespace(&policy.namespace),
+        );
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        call(
+            &format!("applying NetworkPolicy {}", policy.key()),
+            || async {
+                api.patch(&policy.name, &params, &Patch::Apply(&manifest))
+                    .await
+            },
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn delete_policy(&mut self, namespace: &str, name: &str) -> Result<(), BackendError> {
+        let api: Api<NetworkPolicy> =
+            Api::namespaced(self.client.clone(), &self.names.namespace(namespace));
+        call(
+            &format!("deleting NetworkPolicy {namespace}/{name}"),
+            || async { api.delete(name, &DeleteParams::default()).await },
+        )
+        .await?;
+        await_deletion(&format!("NetworkPolicy {namespace}/{name}"), || async {
+            api.get(name).await
+        })
+        .await
+    }
+}
+
+impl Backend for KubeBackend {
+    fn describe(&self) -> String {
+        let placement = match self.spread.nodes().len() {
+            0 => "no schedulable node listed: placed by the scheduler".to_string(),
+            1 => "one schedulable node".to_string(),
+            n => format!("spread over {n} nodes"),
+        };
+        format!(
+            "kube ({}, CNI: {}, {placement}, run {})",
+            self.context,
+            self.cni.as_deref().unwrap_or("not recognised"),
+            self.names.run_id
+        )
+    }
+
+    fn cleanup_message(&self) -> String {
+        format!(
+            "polygraph's namespaces of run {} were deleted from {}",
+            self.names.run_id, self.context
+        )
+    }
+
+    fn address(&self, pod: &PodRef) -> Option<IpAddr> {
+        self.addresses.get(pod).copied()
+    }
+
+    fn node(&self, pod: &PodRef) -> Option<&str> {
+        self.nodes.get(pod).map(String::as_str)
+    }
+
+    async fn apply(&mut self, mutation: &Mutation) -> Result<(), BackendError> {
+        match mutation {
+            Mutation::CreateNamespace(ns) => self.create_namespace(ns).await,
+            Mutation::DeleteNamespace(name) => self.delete_namespace(name).await,
+            Mutation::SetNamespaceLabels { namespace, labels } => {
+                self.set_namespace_labels(namespace, labels).await
+            }
+            Mutation::CreatePod(pod) => self.create_pod(pod).await,
+            Mutation::DeletePod(pod) => self.delete_pod(pod).await,
+            Mutation::SetPodLabels { pod, labels } => self.set_pod_labels(pod, labels).await,
+            Mutation::ApplyPolicy(policy) => self.apply_policy(policy).await,
+            Mutation::DeletePolicy { namespace, name } => self.delete_policy(namespace, name).await,
+        }
+    }
+
+    async fn wait_ready(&mut self, timeout: Duration) -> Result<(), BackendError> {
+        self.await_namespace_deletions().await?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let pending: Vec<PodRef> = self
+            .pods
+            .iter()
+            .filter(|p| !self.addresses.contains_key(*p))
+            .cloned()
+            .collect();
+        for pod in pending {
+            let api = self.pods_api(&pod.namespace);
+            let events: Api<Event> =
+                Api::namespaced(self.client.clone(), &self.names.namespace(&pod.namespace));
+            let placed = readiness::await_pod(&api, &events, &pod, deadline).await?;
+            self.addresses.insert(pod.clone(), placed.ip);
+            if let Some(node) = placed.node {
+                self.nodes.insert(pod, node);
+            }
+        }
+        Ok(())
+    }
+
+    async fn hold(
+        &self,
+        from: &PodRef,
+        targets: &[Target],
+        timeout: Duration,
+    ) -> Result<Held, BackendError> {
+        exec::hold(&self.pods_api(&from.namespace), from, targets, timeout).await
+    }
+
+    async fn probe(
+        &self,
+        from: &PodRef,
+        targets: &[Target],
+        timeout: Duration,
+    ) -> Result<Vec<ProbeResult>, BackendError> {
+        let request = probe_request(targets, timeout, Some(self.udp_ports.next(from, targets)));
+        exec::probe(
+            &self.pods_api(&from.namespace),
+            from,
+            &request,
+            targets.len(),
+            timeout + self.exec_slack,
+        )
+        .await
+    }
+
+    async fn cleanup(&mut self) -> Result<(), BackendError> {
+        if self.cleaned {
+            return Ok(());
+        }
+        self.remove_run().await
+    }
+}

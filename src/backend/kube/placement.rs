@@ -14,10 +14,12 @@ use k8s_openapi::api::core::v1::{
 const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
 const EFFECTS: [&str; 3] = ["NoSchedule", "PreferNoSchedule", "NoExecute"];
 
+use super::BadOption;
+
 /// A `--toleration` value, in `kubectl taint` syntax: `KEY[=VALUE][:EFFECT]`, or `*` for every
 /// taint. Without a value the toleration matches any value (operator Exists); without an effect it
 /// matches every effect.
-pub fn parse_toleration(spec: &str) -> Result<Toleration, String> {
+pub fn parse_toleration(spec: &str) -> Result<Toleration, BadOption> {
     let spec = spec.trim();
     if spec == "*" {
         return Ok(Toleration {
@@ -28,10 +30,10 @@ pub fn parse_toleration(spec: &str) -> Result<Toleration, String> {
     let (rest, effect) = match spec.rsplit_once(':') {
         Some((rest, effect)) => {
             if !EFFECTS.contains(&effect) {
-                return Err(format!(
+                return Err(BadOption(format!(
                     "--toleration {spec:?}: the effect must be one of {}",
                     EFFECTS.join(", ")
-                ));
+                )));
             }
             (rest, Some(effect.to_string()))
         }
@@ -42,15 +44,15 @@ pub fn parse_toleration(spec: &str) -> Result<Toleration, String> {
         None => (rest, None),
     };
     if key.is_empty() {
-        return Err(format!(
+        return Err(BadOption(format!(
             "--toleration {spec:?}: expected KEY[=VALUE][:EFFECT] or *"
-        ));
+        )));
     }
     crate::model::syntax::qualified_name(key)
-        .map_err(|e| format!("--toleration {spec:?}: key: {e}"))?;
+        .map_err(|e| BadOption(format!("--toleration {spec:?}: key: {e}")))?;
     if let Some(value) = value {
         crate::model::syntax::label_value(value)
-            .map_err(|e| format!("--toleration {spec:?}: value: {e}"))?;
+            .map_err(|e| BadOption(format!("--toleration {spec:?}: value: {e}")))?;
     }
     Ok(Toleration {
         key: Some(key.to_string()),

@@ -45,25 +45,16 @@ pub async fn run(
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| BackendError::Command {
-            command: shown(),
-            message: e.to_string(),
-        })?;
+        .map_err(BackendError::io(format!("starting `{}`", shown())))?;
     if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
         pipe.write_all(text.as_bytes())
             .await
-            .map_err(|e| BackendError::Command {
-                command: shown(),
-                message: format!("writing stdin: {e}"),
-            })?;
+            .map_err(BackendError::io(format!("writing to `{}`", shown())))?;
     }
     let output = child
         .wait_with_output()
         .await
-        .map_err(|e| BackendError::Command {
-            command: shown(),
-            message: e.to_string(),
-        })?;
+        .map_err(BackendError::io(format!("waiting for `{}`", shown())))?;
     if output.status.success() {
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     } else {

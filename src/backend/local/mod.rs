@@ -1,101 +1,44 @@
 //! The embedded local cluster: every pod is a network namespace with the probe agent serving its
-//! ports; all pod traffic is routed through one private "node" namespace, where the reference
-//! dataplane (nftables, see `nft`) enforces NetworkPolicy.
+//! ports; all pod traffic is routed through one private "node" namespace (`network`), where the
+//! reference dataplane (nftables, `nft`, installed by `programmer`) enforces NetworkPolicy.
 //!
-//! Routed rather than bridged, like Calico: each pod has a /32 (or /128) on `eth0`, a default route
-//! to a link-local gateway, and a veth peer `pgv<slot>` in the node namespace with a route to the pod.
-//! Filtering bridged traffic with conntrack would need `br_netfilter`, a host-wide module; routing
-//! needs nothing outside our own namespaces. Nothing is linked to the host's interfaces.
+//! Layout: `options` (what to run), `network` (namespaces and links), `agent` (the agent
+//! processes), `nft` and `programmer` (the dataplane), `host` (commands), `gc` (what killed runs
+//! left).
 
-pub mod faults;
+mod agent;
 mod gc;
 mod host;
+mod network;
 pub mod nft;
+mod options;
 mod programmer;
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::path::PathBuf;
-use std::process::Stdio;
-use std::str::FromStr;
 use std::time::Duration;
 
-use polygraph_agent::wire::{ProbeResult, Ready, Target};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdout, Command};
+use polygraph_agent::wire::{ProbeResult, Target};
 
-pub use faults::{Fault, Faults};
 pub use gc::{GcReport, gc};
 pub use host::NETNS_PREFIX;
+pub use options::{AgentCommand, Dataplane, LocalOptions};
+
+use agent::Agent;
 use host::Names;
 use programmer::Programmer;
 
-use super::{Backend, BackendError, Held};
+use super::{Backend, BackendError, Held, UdpSourcePorts, probe_request};
+use crate::faults::Fault;
 use crate::model::{
     Cluster, ClusterDescription, Labels, NAMESPACE_NAME_LABEL, Namespace, NamespaceDescription,
     Pod, PodDescription, PodId, PodRef,
 };
 use crate::policy::Policy;
+use crate::world::Mutation;
 
 /// Where polygraph records which process owns a run, so `gc` leaves live runs alone.
 const OWNER_DIR: &str = "/run/polygraph";
-/// The MAC every node-side veth carries; pods reach their gateway through a static neighbour entry.
-const GATEWAY_MAC: &str = "ee:ee:ee:ee:ee:ee";
-const GATEWAY_V4: &str = "169.254.1.1";
-const GATEWAY_V6: &str = "fe80::1";
-
-/// What enforces policies in the local cluster.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Dataplane {
-    /// The reference dataplane.
-    Nftables,
-    /// Forwards everything, like a CNI that ignores NetworkPolicy (Flannel).
-    None,
-}
-
-impl FromStr for Dataplane {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "nftables" => Ok(Dataplane::Nftables),
-            "none" => Ok(Dataplane::None),
-            _ => Err(format!(
-                "unknown dataplane {s:?} (expected nftables or none)"
-            )),
-        }
-    }
-}
-
-/// How to start the agent: by default this very binary's hidden `agent` subcommand.
-#[derive(Debug, Clone)]
-pub struct AgentCommand {
-    pub program: PathBuf,
-    pub args: Vec<String>,
-}
-
-impl AgentCommand {
-    pub fn this_binary() -> std::io::Result<Self> {
-        Ok(AgentCommand {
-            program: std::env::current_exe()?,
-            args: vec!["agent".into()],
-        })
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct LocalOptions {
-    pub dataplane: Dataplane,
-    pub agent: AgentCommand,
-    /// Bugs to imitate (`--inject`); none by default.
-    pub faults: Faults,
-}
-
-struct Agent {
-    child: Child,
-    stdout: Lines<BufReader<ChildStdout>>,
-    ready: Option<Ready>,
-}
 
 struct LocalPod {
     slot: usize,
@@ -117,7 +60,7 @@ pub struct LocalBackend {
     programmer: Option<Programmer>,
     owner_file: Option<PathBuf>,
     cleaned: bool,
-    udp_ports: crate::backend::UdpSourcePorts,
+    udp_ports: UdpSourcePorts,
 }
 
 struct SlotTable(Vec<usize>);
@@ -167,7 +110,7 @@ impl LocalBackend {
             programmer: None,
             owner_file: None,
             cleaned: false,
-            udp_ports: Default::default(),
+            udp_ports: UdpSourcePorts::default(),
         };
         if let Err(e) = backend.create_node().await {
             backend.remove_everything().await;
@@ -181,24 +124,15 @@ impl LocalBackend {
     }
 
     async fn create_node(&mut self) -> Result<(), BackendError> {
-        std::fs::create_dir_all(OWNER_DIR)?;
+        std::fs::create_dir_all(OWNER_DIR).map_err(BackendError::io(format!(
+            "creating {OWNER_DIR} (where runs record their owner)"
+        )))?;
         let owner = PathBuf::from(OWNER_DIR).join(format!("{}.pid", self.names.run_id));
-        std::fs::write(&owner, std::process::id().to_string())?;
+        std::fs::write(&owner, std::process::id().to_string())
+            .map_err(BackendError::io(format!("writing {}", owner.display())))?;
         self.owner_file = Some(owner);
         let node = self.names.node();
-        host::netns_add(&node).await?;
-        host::ip_batch(&node, &["link set lo up".into()]).await?;
-        host::exec_in(
-            &node,
-            "sysctl",
-            &[
-                "-qw",
-                "net.ipv4.ip_forward=1",
-                "net.ipv6.conf.all.forwarding=1",
-            ],
-            None,
-        )
-        .await?;
+        network::create_node(&node).await?;
         if self.options.dataplane == Dataplane::Nftables {
             self.programmer = Some(Programmer::start(node, self.options.faults.clone()).await?);
         }
@@ -224,7 +158,10 @@ impl LocalBackend {
         };
         let cluster = description
             .build("local cluster")
-            .map_err(|e| BackendError::Unsupported(e.to_string()))?;
+            .map_err(|e| BackendError::Rejected {
+                mutation: "the local cluster's state".into(),
+                source: e.into(),
+            })?;
         let slots = self.pods.values().map(|p| p.slot).collect();
         Ok((cluster, slots))
     }
@@ -257,92 +194,6 @@ impl LocalBackend {
         }
     }
 
-    fn pod_network_lines(ip: IpAddr) -> Vec<String> {
-        let mut lines = vec!["link set lo up".to_string(), "link set eth0 up".to_string()];
-        match ip {
-            IpAddr::V4(ip) => lines.extend([
-                format!("addr add {ip}/32 dev eth0"),
-                format!("route add {GATEWAY_V4} dev eth0 scope link"),
-                format!("route add default via {GATEWAY_V4} dev eth0"),
-                format!("neigh add {GATEWAY_V4} lladdr {GATEWAY_MAC} dev eth0 nud permanent"),
-            ]),
-            IpAddr::V6(ip) => lines.extend([
-                format!("addr add {ip}/128 dev eth0 nodad"),
-                format!("route add ::/0 via {GATEWAY_V6} dev eth0"),
-            ]),
-        }
-        lines
-    }
-
-    /// The agent, run inside `netns`, ready for its subcommand; it dies with its handle.
-    fn agent_command(&self, netns: &str) -> Command {
-        let mut command = Command::new("ip");
-        command
-            .args(["netns", "exec", netns])
-            .arg(&self.options.agent.program)
-            .args(&self.options.agent.args)
-            .kill_on_drop(true);
-        command
-    }
-
-    async fn start_agent(&self, netns: &str, pod: &Pod) -> Result<Option<Agent>, BackendError> {
-        if pod.ports.is_empty() {
-            return Ok(None);
-        }
-        let listen: Vec<String> = pod
-            .ports
-            .iter()
-            .map(|p| format!("{}/{}", p.port, p.protocol))
-            .collect();
-        let mut child = self
-            .agent_command(netns)
-            .args([
-                "serve",
-                "--identity",
-                &pod.key().to_string(),
-                "--listen",
-                &listen.join(","),
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| BackendError::Pod {
-                pod: pod.key(),
-                message: format!("cannot start the agent: {e}"),
-            })?;
-        let stdout = child.stdout.take().ok_or_else(|| BackendError::Pod {
-            pod: pod.key(),
-            message: "agent has no stdout".into(),
-        })?;
-        Ok(Some(Agent {
-            child,
-            stdout: BufReader::new(stdout).lines(),
-            ready: None,
-        }))
-    }
-
-    async fn create_pod_network(&mut self, pod: &Pod, slot: usize) -> Result<(), BackendError> {
-        let netns = self.names.pod(slot);
-        let veth = nft::veth_name(slot);
-        host::netns_add(&netns).await?;
-        let mut node_lines = vec![
-            format!("link add {veth} type veth peer name eth0 netns {netns}"),
-            format!("link set {veth} address {GATEWAY_MAC} up"),
-        ];
-        match pod.ip {
-            IpAddr::V4(ip) => node_lines.push(format!("route add {ip}/32 dev {veth}")),
-            IpAddr::V6(ip) => node_lines.extend([
-                format!("addr add {GATEWAY_V6}/64 dev {veth} nodad"),
-                format!("route add {ip}/128 dev {veth}"),
-            ]),
-        }
-        host::ip_batch(&self.names.node(), &node_lines).await?;
-        // Rules first, link second: the reference dataplane never lets a new pod start unprotected.
-        self.sync().await?;
-        host::ip_batch(&netns, &Self::pod_network_lines(pod.ip)).await
-    }
-
     /// Kills agents and deletes every namespace of this run. Safe to call more than once.
     async fn remove_everything(&mut self) {
         if let Some(programmer) = &mut self.programmer {
@@ -350,8 +201,7 @@ impl LocalBackend {
         }
         for local in self.pods.values_mut() {
             if let Some(agent) = &mut local.agent {
-                let _ = agent.child.start_kill();
-                let _ = tokio::time::timeout(Duration::from_secs(2), agent.child.wait()).await;
+                agent.stop().await;
             }
         }
         self.remove_namespaces_now();
@@ -370,28 +220,7 @@ impl LocalBackend {
     }
 
     fn pod_mut(&mut self, pod: &PodRef) -> Result<&mut LocalPod, BackendError> {
-        self.pods.get_mut(pod).ok_or_else(|| BackendError::Pod {
-            pod: pod.clone(),
-            message: "no such pod".into(),
-        })
-    }
-}
-
-impl Backend for LocalBackend {
-    fn describe(&self) -> String {
-        let dataplane = match self.options.dataplane {
-            Dataplane::Nftables => "nftables dataplane",
-            Dataplane::None => "no dataplane: policies are ignored",
-        };
-        let faults = &self.options.faults;
-        if faults.is_empty() {
-            format!("local ({dataplane}, run {})", self.names.run_id)
-        } else {
-            format!(
-                "local ({dataplane}, injected faults: {faults}, run {})",
-                self.names.run_id
-            )
-        }
+        self.pods.get_mut(pod).ok_or_else(|| no_pod(pod))
     }
 
     async fn create_namespace(&mut self, namespace: &Namespace) -> Result<(), BackendError> {
@@ -409,10 +238,7 @@ impl Backend for LocalBackend {
 
     async fn delete_namespace(&mut self, name: &str) -> Result<(), BackendError> {
         if !self.namespaces.contains_key(name) {
-            return Err(BackendError::Namespace {
-                namespace: name.into(),
-                message: "no such namespace".into(),
-            });
+            return Err(no_namespace(name));
         }
         // Pods first: the namespace must exist while each deletion re-syncs the dataplane.
         let doomed: Vec<PodRef> = self
@@ -438,10 +264,7 @@ impl Backend for LocalBackend {
         let current = self
             .namespaces
             .get_mut(name)
-            .ok_or_else(|| BackendError::Namespace {
-                namespace: name.into(),
-                message: "no such namespace".into(),
-            })?;
+            .ok_or_else(|| no_namespace(name))?;
         *current = labels.clone();
         current.insert(NAMESPACE_NAME_LABEL.into(), name.into());
         self.sync().await
@@ -477,9 +300,14 @@ impl Backend for LocalBackend {
                 agent: None,
             },
         );
+        let netns = self.names.pod(slot);
         let started = async {
-            self.create_pod_network(pod, slot).await?;
-            self.start_agent(&self.names.pod(slot), pod).await
+            network::create_pod_link(&self.names.node(), &netns, slot, pod.ip).await?;
+            // Rules first, link second: the reference dataplane never lets a new pod start
+            // unprotected.
+            self.sync().await?;
+            network::bring_up_pod(&netns, pod.ip).await?;
+            Agent::serve(&self.options.agent, &netns, pod)
         }
         .await;
         match started {
@@ -489,7 +317,7 @@ impl Backend for LocalBackend {
             }
             Err(e) => {
                 self.pods.remove(&key);
-                host::netns_delete_now(&self.names.pod(slot));
+                host::netns_delete_now(&netns);
                 let _ = self.sync().await;
                 Err(e)
             }
@@ -497,13 +325,9 @@ impl Backend for LocalBackend {
     }
 
     async fn delete_pod(&mut self, pod: &PodRef) -> Result<(), BackendError> {
-        let mut local = self.pods.remove(pod).ok_or_else(|| BackendError::Pod {
-            pod: pod.clone(),
-            message: "no such pod".into(),
-        })?;
+        let mut local = self.pods.remove(pod).ok_or_else(|| no_pod(pod))?;
         if let Some(agent) = &mut local.agent {
-            let _ = agent.child.start_kill();
-            let _ = tokio::time::timeout(Duration::from_secs(2), agent.child.wait()).await;
+            agent.stop().await;
         }
         host::netns_delete_now(&self.names.pod(local.slot));
         self.sync().await
@@ -538,48 +362,71 @@ impl Backend for LocalBackend {
         self.sync().await
     }
 
+    fn netns_of(&self, pod: &PodRef) -> Result<String, BackendError> {
+        let local = self.pods.get(pod).ok_or_else(|| BackendError::Probe {
+            pod: pod.clone(),
+            message: "no such pod".into(),
+        })?;
+        Ok(self.names.pod(local.slot))
+    }
+}
+
+fn no_pod(pod: &PodRef) -> BackendError {
+    BackendError::Pod {
+        pod: pod.clone(),
+        message: "no such pod".into(),
+    }
+}
+
+fn no_namespace(name: &str) -> BackendError {
+    BackendError::Namespace {
+        namespace: name.into(),
+        message: "no such namespace".into(),
+    }
+}
+
+impl Backend for LocalBackend {
+    fn describe(&self) -> String {
+        let dataplane = match self.options.dataplane {
+            Dataplane::Nftables => "nftables dataplane",
+            Dataplane::None => "no dataplane: policies are ignored",
+        };
+        let faults = &self.options.faults;
+        if faults.is_empty() {
+            format!("local ({dataplane}, run {})", self.names.run_id)
+        } else {
+            format!(
+                "local ({dataplane}, injected faults: {faults}, run {})",
+                self.names.run_id
+            )
+        }
+    }
+
+    fn cleanup_message(&self) -> String {
+        "the local cluster was removed".into()
+    }
+
+    async fn apply(&mut self, mutation: &Mutation) -> Result<(), BackendError> {
+        match mutation {
+            Mutation::CreateNamespace(ns) => self.create_namespace(ns).await,
+            Mutation::DeleteNamespace(name) => self.delete_namespace(name).await,
+            Mutation::SetNamespaceLabels { namespace, labels } => {
+                self.set_namespace_labels(namespace, labels).await
+            }
+            Mutation::CreatePod(pod) => self.create_pod(pod).await,
+            Mutation::DeletePod(pod) => self.delete_pod(pod).await,
+            Mutation::SetPodLabels { pod, labels } => self.set_pod_labels(pod, labels).await,
+            Mutation::ApplyPolicy(policy) => self.apply_policy(policy).await,
+            Mutation::DeletePolicy { namespace, name } => self.delete_policy(namespace, name).await,
+        }
+    }
+
     async fn wait_ready(&mut self, timeout: Duration) -> Result<(), BackendError> {
         let deadline = tokio::time::Instant::now() + timeout;
-        for local in self.pods.values_mut() {
-            let Some(agent) = &mut local.agent else {
-                continue;
-            };
-            if agent.ready.is_some() {
-                continue;
+        for (key, local) in &mut self.pods {
+            if let Some(agent) = &mut local.agent {
+                agent.await_ready(key, deadline, timeout).await?;
             }
-            let key = local.pod.key();
-            let line = tokio::time::timeout_at(deadline, agent.stdout.next_line()).await;
-            let ready = match line {
-                Ok(Ok(Some(line))) => {
-                    serde_json::from_str::<Ready>(&line).map_err(|e| BackendError::Pod {
-                        pod: key.clone(),
-                        message: format!("agent said {line:?}: {e}"),
-                    })?
-                }
-                Ok(_) => {
-                    let mut stderr = String::new();
-                    if let Some(mut pipe) = agent.child.stderr.take() {
-                        let _ = pipe.read_to_string(&mut stderr).await;
-                    }
-                    return Err(BackendError::Pod {
-                        pod: key,
-                        message: format!(
-                            "agent exited before it was ready: {}",
-                            crate::input::one_line(&stderr)
-                        ),
-                    });
-                }
-                Err(_) => {
-                    return Err(BackendError::Pod {
-                        pod: key,
-                        message: format!(
-                            "agent not ready after {}",
-                            humantime::format_duration(timeout)
-                        ),
-                    });
-                }
-            };
-            agent.ready = Some(ready);
         }
         Ok(())
     }
@@ -590,30 +437,17 @@ impl Backend for LocalBackend {
         targets: &[Target],
         timeout: Duration,
     ) -> Result<Vec<ProbeResult>, BackendError> {
-        let local = self.pods.get(from).ok_or_else(|| BackendError::Probe {
-            pod: from.clone(),
-            message: "no such pod".into(),
-        })?;
-        let request =
-            super::probe_request(targets, timeout, Some(self.udp_ports.next(from, targets)));
-        let program = self.options.agent.program.to_string_lossy().into_owned();
-        let mut args: Vec<&str> = self.options.agent.args.iter().map(String::as_str).collect();
-        args.push("probe");
-        // The agent finishes within one timeout; allow generously for process start-up under load.
-        let limit = timeout + Duration::from_secs(10);
-        let output = tokio::time::timeout(
-            limit,
-            host::exec_in(&self.names.pod(local.slot), &program, &args, Some(&request)),
+        let netns = self.netns_of(from)?;
+        let request = probe_request(targets, timeout, Some(self.udp_ports.next(from, targets)));
+        agent::probe(
+            &self.options.agent,
+            &netns,
+            from,
+            &request,
+            targets.len(),
+            timeout,
         )
         .await
-        .map_err(|_| BackendError::Probe {
-            pod: from.clone(),
-            message: format!(
-                "the agent did not finish within {}",
-                humantime::format_duration(limit)
-            ),
-        })??;
-        super::parse_probe_output(from, &output, targets.len())
     }
 
     async fn hold(
@@ -622,28 +456,8 @@ impl Backend for LocalBackend {
         targets: &[Target],
         timeout: Duration,
     ) -> Result<Held, BackendError> {
-        let local = self.pods.get(from).ok_or_else(|| BackendError::Probe {
-            pod: from.clone(),
-            message: "no such pod".into(),
-        })?;
-        let mut child = self
-            .agent_command(&self.names.pod(local.slot))
-            .arg("hold")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| BackendError::Probe {
-                pod: from.clone(),
-                message: format!("cannot start the agent: {e}"),
-            })?;
-        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
-            return Err(BackendError::Probe {
-                pod: from.clone(),
-                message: "agent without pipes".into(),
-            });
-        };
-        Held::start(from.clone(), targets, timeout, stdin, stdout, child).await
+        let netns = self.netns_of(from)?;
+        agent::hold(&self.options.agent, &netns, from, targets, timeout).await
     }
 
     async fn cleanup(&mut self) -> Result<(), BackendError> {
@@ -661,7 +475,7 @@ impl Drop for LocalBackend {
         if !self.cleaned {
             for local in self.pods.values_mut() {
                 if let Some(agent) = &mut local.agent {
-                    let _ = agent.child.start_kill();
+                    agent.kill();
                 }
             }
             self.remove_namespaces_now();

@@ -16,9 +16,10 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::faults::{Fault, Faults};
 use super::{SlotTable, host, nft};
 use crate::backend::BackendError;
+use crate::faults::lag::Lag;
+use crate::faults::{Fault, Faults};
 use crate::model::Cluster;
 use crate::policy::Policy;
 
@@ -37,15 +38,14 @@ struct Installer {
     node: String,
     faults: Faults,
     installed: nft::Ruleset,
-    /// Where the `resync-gap` cycle starts.
-    epoch: Instant,
+    lag: Lag,
 }
 
 impl Installer {
     /// The rules for `state` as they stand at `now`, with the pods still in their unprotected
     /// grace left out.
     fn target(&self, state: &State, now: Instant) -> nft::Ruleset {
-        if self.in_gap(now) {
+        if self.lag.in_gap(now) {
             return nft::Ruleset {
                 stateless: self.faults.has(Fault::Stateless),
                 ..nft::Ruleset::default()
@@ -58,34 +58,11 @@ impl Installer {
         );
         ruleset.stateless = self.faults.has(Fault::Stateless);
         for (slot, created) in state.slots.iter().zip(&state.created) {
-            if *created + self.faults.new_pod_unprotected > now {
+            if self.lag.unprotected(*created, now) {
                 ruleset = ruleset.without_pod(*slot);
             }
         }
         ruleset
-    }
-
-    /// Whether `now` falls in the first half of a `resync-gap` period.
-    fn in_gap(&self, now: Instant) -> bool {
-        let period = self.faults.resync_gap;
-        !period.is_zero()
-            && now.duration_since(self.epoch).as_nanos() % period.as_nanos() < period.as_nanos() / 2
-    }
-
-    /// The next moment the `resync-gap` cycle flips, if there is one.
-    fn next_flip(&self, now: Instant) -> Option<Instant> {
-        let period = self.faults.resync_gap.as_nanos();
-        if period == 0 {
-            return None;
-        }
-        let into = now.duration_since(self.epoch).as_nanos() % period;
-        let half = period / 2;
-        let wait = if into < half {
-            half - into
-        } else {
-            period - into
-        };
-        Some(now + Duration::from_nanos(u64::try_from(wait).unwrap_or(u64::MAX)))
     }
 
     async fn install(&mut self, target: nft::Ruleset) -> Result<(), BackendError> {
@@ -128,9 +105,9 @@ impl Programmer {
         let lags = faults.lags();
         let installer = Installer {
             node,
-            faults,
+            faults: faults.clone(),
             installed: empty,
-            epoch: Instant::now(),
+            lag: Lag::new(&faults, Instant::now()),
         };
         if !lags {
             return Ok(Programmer(Mode::Now(installer)));
@@ -189,28 +166,27 @@ impl Drop for Programmer {
 
 /// The worker: installs, at every moment, the newest state that is at least `delay` old.
 async fn lagging(mut installer: Installer, queue: Arc<Mutex<Queue>>, wake: Arc<Notify>) {
-    let delay = installer.faults.delay;
-    let grace = installer.faults.new_pod_unprotected;
+    let lag = installer.lag;
     loop {
         let now = Instant::now();
         let (target, next) = {
             let mut queue = queue.lock().unwrap_or_else(|e| e.into_inner());
-            while queue.states.len() > 1 && queue.states[1].at + delay <= now {
-                queue.states.pop_front();
+            if let Some(newest_due) = lag.in_effect(queue.states.iter().map(|s| s.at), now) {
+                queue.states.drain(..newest_due);
             }
-            let due = queue.states.front().filter(|s| s.at + delay <= now);
+            let due = queue.states.front().filter(|s| lag.due(s.at) <= now);
             let target = due.map(|state| installer.target(state, now));
             // Next wake-up: the next state falling due, or a pod's grace ending.
             let pending = queue
                 .states
                 .iter()
-                .map(|s| s.at + delay)
+                .map(|s| lag.due(s.at))
                 .filter(|at| *at > now);
             let graces = due
                 .into_iter()
-                .flat_map(|s| s.created.iter().map(|c| *c + grace))
+                .flat_map(|s| s.created.iter().map(|c| lag.protected_from(*c)))
                 .filter(|at| *at > now);
-            let flip = installer.next_flip(now);
+            let flip = lag.next_flip(now);
             (target, pending.chain(graces).chain(flip).min())
         };
         if let Some(target) = target

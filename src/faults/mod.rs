@@ -1,10 +1,13 @@
-//! Fault injection for the local dataplane (`--inject`): each fault reproduces a class of bug real
-//! CNIs have shipped, so polygraph can prove it catches them (see `tests/self_validation.rs`).
+//! Fault injection (`--inject`) for the backends polygraph owns, the local dataplane and the
+//! simulation: each fault reproduces a class of bug real CNIs have shipped, so polygraph can prove
+//! it catches them (see `tests/self_validation.rs`).
 //!
-//! Most faults distort the compiled policies before the dataplane compiles them, exactly as a CNI
-//! agent that misreads the API object would; `stateless` changes the dataplane's base rules,
-//! `policy-deletion-ignored` the backend's bookkeeping, and the two timed faults (`delay`,
-//! `new-pod-unprotected`) when rules take effect (see `lag`).
+//! Most faults distort the compiled policies before a dataplane sees them, exactly as a CNI agent
+//! that misreads the API object would (`distort`, shared by both backends); `stateless` changes how
+//! replies are treated, `policy-deletion-ignored` the backend's bookkeeping, and the timed faults
+//! (`delay`, `new-pod-unprotected`, `resync-gap`) when rules take effect (`lag`, shared too).
+
+pub mod lag;
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -132,6 +135,23 @@ pub const CATALOGUE: &[FaultInfo] = &[
     },
 ];
 
+/// An `--inject` value that names no fault, or misses its duration.
+#[derive(Debug, thiserror::Error)]
+pub enum FaultError {
+    #[error("--inject {0:?}: unknown fault (`polygraph run --list-faults` lists them)")]
+    Unknown(String),
+    #[error("--inject {0}: needs a duration: {0}=DUR")]
+    NeedsDuration(String),
+    #[error("--inject {spec:?}: duration")]
+    Duration {
+        spec: String,
+        #[source]
+        source: humantime::DurationError,
+    },
+    #[error("--inject {0:?}: takes no value")]
+    TakesNoValue(String),
+}
+
 /// The faults of one run.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Faults {
@@ -146,7 +166,7 @@ pub struct Faults {
 
 impl Faults {
     /// Parses `--inject` values: `NAME` or `NAME=DUR`, any number of them.
-    pub fn parse<S: AsRef<str>>(specs: &[S]) -> Result<Faults, String> {
+    pub fn parse<S: AsRef<str>>(specs: &[S]) -> Result<Faults, FaultError> {
         let mut faults = Faults::default();
         for spec in specs {
             let spec = spec.as_ref().trim();
@@ -154,11 +174,12 @@ impl Faults {
                 Some((name, value)) => (name, Some(value)),
                 None => (spec, None),
             };
-            let duration = |value: Option<&str>| -> Result<Duration, String> {
-                let value = value
-                    .ok_or_else(|| format!("--inject {name}: needs a duration: {name}=DUR"))?;
-                humantime::parse_duration(value)
-                    .map_err(|e| format!("--inject {spec:?}: duration: {e}"))
+            let duration = |value: Option<&str>| -> Result<Duration, FaultError> {
+                let value = value.ok_or_else(|| FaultError::NeedsDuration(name.to_string()))?;
+                humantime::parse_duration(value).map_err(|source| FaultError::Duration {
+                    spec: spec.to_string(),
+                    source,
+                })
             };
             match name {
                 "delay" => faults.delay = duration(value)?,
@@ -168,13 +189,9 @@ impl Faults {
                     let info = CATALOGUE
                         .iter()
                         .find(|f| f.name == name && f.fault.is_some())
-                        .ok_or_else(|| {
-                            format!(
-                                "--inject {spec:?}: unknown fault (`polygraph run --list-faults` lists them)"
-                            )
-                        })?;
+                        .ok_or_else(|| FaultError::Unknown(spec.to_string()))?;
                     if value.is_some() {
-                        return Err(format!("--inject {spec:?}: {name} takes no value"));
+                        return Err(FaultError::TakesNoValue(spec.to_string()));
                     }
                     faults.set.extend(info.fault);
                 }

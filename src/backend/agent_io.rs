@@ -1,0 +1,159 @@
+//! Talking to the probe agent, whichever way a backend reaches it (a child process, a Kubernetes
+//! exec, an in-process simulation): the request encoder, the output parser, per-pod UDP source
+//! ports, and `Held`, a session of long-lived connections.
+
+use std::time::Duration;
+
+use polygraph_agent::wire::{ProbeResult, Target};
+
+use crate::model::PodRef;
+
+use super::BackendError;
+
+/// Per source pod, where its next batch's UDP source ports start: each batch takes the next block,
+/// so no UDP 5-tuple repeats until the agent's port range wraps (see
+/// `polygraph_agent::wire::udp_source_port`).
+#[derive(Debug, Default)]
+pub struct UdpSourcePorts(std::sync::Mutex<std::collections::BTreeMap<PodRef, u32>>);
+
+impl UdpSourcePorts {
+    /// The base for a batch of `targets` from `from`, advancing the pod's cursor past it.
+    pub fn next(&self, from: &PodRef, targets: &[Target]) -> u32 {
+        let udp = targets
+            .iter()
+            .filter(|t| t.protocol == polygraph_agent::wire::Protocol::Udp)
+            .count();
+        let mut cursors = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let cursor = cursors.entry(from.clone()).or_insert(0);
+        let base = *cursor;
+        *cursor = cursor.wrapping_add(u32::try_from(udp).unwrap_or(u32::MAX));
+        base
+    }
+}
+
+/// The agent's probe request for a batch, as one JSON line (the agent needs no stdin EOF).
+pub fn probe_request(
+    targets: &[Target],
+    timeout: Duration,
+    udp_source_base: Option<u32>,
+) -> String {
+    let request = polygraph_agent::wire::ProbeRequest {
+        timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+        targets: targets.to_vec(),
+        udp_source_base,
+    };
+    // Plain data of strings and numbers: serialization cannot fail.
+    serde_json::to_string(&request).unwrap_or_default()
+}
+
+/// The agent's output (one JSON result per line, in request order), checked for completeness.
+pub fn parse_probe_output(
+    from: &PodRef,
+    output: &str,
+    expected: usize,
+) -> Result<Vec<ProbeResult>, BackendError> {
+    let fail = |message: String| BackendError::Probe {
+        pod: from.clone(),
+        message,
+    };
+    let results: Vec<ProbeResult> = output
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()
+        .map_err(|e| fail(format!("unreadable agent output: {e}")))?;
+    if results.len() != expected {
+        return Err(fail(format!(
+            "{} results for {expected} targets",
+            results.len()
+        )));
+    }
+    Ok(results)
+}
+
+/// Long-lived connections held open by an agent `hold` process in one pod (see the agent's
+/// `hold`): established once, then re-tested on demand.
+pub struct Held {
+    from: PodRef,
+    targets: usize,
+    stdin: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
+    stdout:
+        tokio::io::Lines<tokio::io::BufReader<std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>>>>,
+    /// The process or exec session; ending it closes the connections.
+    _session: Box<dyn Send>,
+}
+
+impl Held {
+    /// Sends the request; `establish` then reads how each connection opened.
+    pub async fn start(
+        from: PodRef,
+        targets: &[Target],
+        timeout: Duration,
+        stdin: impl tokio::io::AsyncWrite + Send + 'static,
+        stdout: impl tokio::io::AsyncRead + Send + 'static,
+        session: impl Send + 'static,
+    ) -> Result<Held, BackendError> {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        let mut stdin: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>> = Box::pin(stdin);
+        let stdout: std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>> = Box::pin(stdout);
+        // Held flows keep their sockets: kernel-chosen ports, outside the probes' range.
+        let line = format!("{}\n", probe_request(targets, timeout, None));
+        stdin
+            .write_all(line.as_bytes())
+            .await
+            .map_err(|e| BackendError::Probe {
+                pod: from.clone(),
+                message: format!("holding connections: {e}"),
+            })?;
+        stdin.flush().await.map_err(|e| held_io(&from, e))?;
+        Ok(Held {
+            from,
+            targets: targets.len(),
+            stdin,
+            stdout: tokio::io::BufReader::new(stdout).lines(),
+            _session: Box::new(session),
+        })
+    }
+
+    async fn read_results(&mut self, timeout: Duration) -> Result<Vec<ProbeResult>, BackendError> {
+        let mut text = String::new();
+        let limit = timeout + Duration::from_secs(10);
+        for _ in 0..self.targets {
+            let line = tokio::time::timeout(limit, self.stdout.next_line()).await;
+            match line {
+                Ok(Ok(Some(line))) => {
+                    text.push_str(&line);
+                    text.push('\n');
+                }
+                _ => break,
+            }
+        }
+        parse_probe_output(&self.from, &text, self.targets)
+    }
+
+    /// How each connection opened (`connected` = established).
+    pub async fn established(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<Vec<ProbeResult>, BackendError> {
+        self.read_results(timeout).await
+    }
+
+    /// Re-tests every connection: `connected` means it still carries traffic.
+    pub async fn check(&mut self, timeout: Duration) -> Result<Vec<ProbeResult>, BackendError> {
+        use tokio::io::AsyncWriteExt;
+        let from = self.from.clone();
+        self.stdin
+            .write_all(b"check\n")
+            .await
+            .map_err(|e| held_io(&from, e))?;
+        self.stdin.flush().await.map_err(|e| held_io(&from, e))?;
+        self.read_results(timeout).await
+    }
+}
+
+fn held_io(from: &PodRef, e: std::io::Error) -> BackendError {
+    BackendError::Probe {
+        pod: from.clone(),
+        message: format!("holding connections: {e}"),
+    }
+}

@@ -1,0 +1,116 @@
+//! Pod readiness on a real cluster: wait for Ready with an address, give up early on states that
+//! never recover (image pulls, crash loops), and say why a pod isn't ready: its phase, conditions,
+//! container states and recent events.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Event, Pod as KubePod};
+use kube::Api;
+use kube::api::ListParams;
+
+use super::connection::call;
+use crate::backend::BackendError;
+use crate::model::PodRef;
+
+/// Container waiting reasons that never resolve by waiting.
+const HOPELESS: [&str; 5] = [
+    "ImagePullBackOff",
+    "ErrImagePull",
+    "CrashLoopBackOff",
+    "InvalidImageName",
+    "CreateContainerConfigError",
+];
+
+/// A ready pod: its address and node.
+pub(super) struct Placed {
+    pub ip: IpAddr,
+    pub node: Option<String>,
+}
+
+/// Polls `pod` (model name) through `api` until it is ready, hopeless, or `deadline` passes.
+pub(super) async fn await_pod(
+    api: &Api<KubePod>,
+    events: &Api<Event>,
+    pod: &PodRef,
+    deadline: tokio::time::Instant,
+) -> Result<Placed, BackendError> {
+    loop {
+        let current = call(&format!("reading pod {pod}"), || async {
+            api.get(&pod.name).await
+        })
+        .await?;
+        let node = current.spec.as_ref().and_then(|s| s.node_name.clone());
+        let status = current.status.unwrap_or_default();
+        let ready = status
+            .conditions
+            .iter()
+            .flatten()
+            .any(|c| c.type_ == "Ready" && c.status == "True");
+        let ip = status
+            .pod_ip
+            .as_deref()
+            .and_then(|ip| ip.parse::<IpAddr>().ok());
+        let hopeless = status.container_statuses.iter().flatten().any(|c| {
+            c.state
+                .as_ref()
+                .and_then(|s| s.waiting.as_ref())
+                .and_then(|w| w.reason.as_deref())
+                .is_some_and(|r| HOPELESS.contains(&r))
+        });
+        match (ready, ip) {
+            (true, Some(ip)) => return Ok(Placed { ip, node }),
+            _ if hopeless || tokio::time::Instant::now() > deadline => {
+                return Err(BackendError::Pod {
+                    pod: pod.clone(),
+                    message: format!("not ready: {}", unready_reason(api, events, pod).await),
+                });
+            }
+            _ => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+}
+
+/// Why a pod isn't ready: its phase, container states and recent events.
+async fn unready_reason(api: &Api<KubePod>, events: &Api<Event>, pod: &PodRef) -> String {
+    let mut reasons = Vec::new();
+    if let Ok(current) = api.get(&pod.name).await {
+        let status = current.status.unwrap_or_default();
+        reasons.push(format!(
+            "phase {}",
+            status.phase.unwrap_or_else(|| "unknown".into())
+        ));
+        for condition in status.conditions.iter().flatten() {
+            if condition.status != "True"
+                && let Some(reason) = &condition.reason
+            {
+                reasons.push(format!(
+                    "{} {reason}: {}",
+                    condition.type_,
+                    condition.message.clone().unwrap_or_default()
+                ));
+            }
+        }
+        for container in status.container_statuses.iter().flatten() {
+            if let Some(waiting) = container.state.as_ref().and_then(|s| s.waiting.as_ref()) {
+                reasons.push(format!(
+                    "container {} waiting: {} {}",
+                    container.name,
+                    waiting.reason.clone().unwrap_or_default(),
+                    waiting.message.clone().unwrap_or_default()
+                ));
+            }
+        }
+    }
+    let selector = format!("involvedObject.name={}", pod.name);
+    if let Ok(list) = events.list(&ListParams::default().fields(&selector)).await {
+        for event in list.items.iter().rev().take(5) {
+            reasons.push(format!(
+                "event {}: {}",
+                event.reason.clone().unwrap_or_default(),
+                event.message.clone().unwrap_or_default()
+            ));
+        }
+    }
+    crate::input::one_line(&reasons.join("; "))
+}

@@ -1,0 +1,178 @@
+//! The agent processes of the local cluster: one `serve` per pod (its listeners), one short-lived
+//! `probe` per batch, one `hold` per session of held connections, each run inside the pod's network
+//! namespace with `ip netns exec`.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use polygraph_agent::wire::{ProbeResult, Ready, Target};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
+
+use super::host;
+use super::options::AgentCommand;
+use crate::backend::{BackendError, Held, parse_probe_output};
+use crate::model::{Pod, PodRef};
+
+/// A pod's `serve` process.
+pub(super) struct Agent {
+    child: Child,
+    stdout: Lines<BufReader<ChildStdout>>,
+    ready: Option<Ready>,
+}
+
+/// The agent, run inside `netns`, ready for its subcommand; it dies with its handle.
+fn command(agent: &AgentCommand, netns: &str) -> Command {
+    let mut command = Command::new("ip");
+    command
+        .args(["netns", "exec", netns])
+        .arg(&agent.program)
+        .args(&agent.args)
+        .kill_on_drop(true);
+    command
+}
+
+impl Agent {
+    /// Starts serving the pod's ports; `None` for a pod that serves none.
+    pub(super) fn serve(
+        agent: &AgentCommand,
+        netns: &str,
+        pod: &Pod,
+    ) -> Result<Option<Agent>, BackendError> {
+        if pod.ports.is_empty() {
+            return Ok(None);
+        }
+        let listen: Vec<String> = pod
+            .ports
+            .iter()
+            .map(|p| format!("{}/{}", p.port, p.protocol))
+            .collect();
+        let mut child = command(agent, netns)
+            .args([
+                "serve",
+                "--identity",
+                &pod.key().to_string(),
+                "--listen",
+                &listen.join(","),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(BackendError::io(format!(
+                "starting the agent of pod {}",
+                pod.key()
+            )))?;
+        let stdout = child.stdout.take().ok_or_else(|| BackendError::Pod {
+            pod: pod.key(),
+            message: "agent has no stdout".into(),
+        })?;
+        Ok(Some(Agent {
+            child,
+            stdout: BufReader::new(stdout).lines(),
+            ready: None,
+        }))
+    }
+
+    /// Waits for the agent's ready line (every listener bound) until `deadline`.
+    pub(super) async fn await_ready(
+        &mut self,
+        pod: &PodRef,
+        deadline: tokio::time::Instant,
+        timeout: Duration,
+    ) -> Result<(), BackendError> {
+        if self.ready.is_some() {
+            return Ok(());
+        }
+        let fail = |message: String| BackendError::Pod {
+            pod: pod.clone(),
+            message,
+        };
+        let line = tokio::time::timeout_at(deadline, self.stdout.next_line()).await;
+        let ready = match line {
+            Ok(Ok(Some(line))) => serde_json::from_str::<Ready>(&line)
+                .map_err(|e| fail(format!("agent said {line:?}: {e}")))?,
+            Ok(_) => {
+                let mut stderr = String::new();
+                if let Some(mut pipe) = self.child.stderr.take() {
+                    let _ = pipe.read_to_string(&mut stderr).await;
+                }
+                return Err(fail(format!(
+                    "agent exited before it was ready: {}",
+                    crate::input::one_line(&stderr)
+                )));
+            }
+            Err(_) => {
+                return Err(fail(format!(
+                    "agent not ready after {}",
+                    humantime::format_duration(timeout)
+                )));
+            }
+        };
+        self.ready = Some(ready);
+        Ok(())
+    }
+
+    /// Ends the agent, waiting a little for it to go.
+    pub(super) async fn stop(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.child.wait()).await;
+    }
+
+    /// Ends the agent without waiting (from `Drop`).
+    pub(super) fn kill(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+/// One probe batch: a `probe` process in the pod's namespace, fed one JSON request.
+pub(super) async fn probe(
+    agent: &AgentCommand,
+    netns: &str,
+    from: &PodRef,
+    request: &str,
+    targets: usize,
+    timeout: Duration,
+) -> Result<Vec<ProbeResult>, BackendError> {
+    let program = agent.program.to_string_lossy().into_owned();
+    let mut args: Vec<&str> = agent.args.iter().map(String::as_str).collect();
+    args.push("probe");
+    // The agent finishes within one timeout; allow generously for process start-up under load.
+    let limit = timeout + Duration::from_secs(10);
+    let output = tokio::time::timeout(limit, host::exec_in(netns, &program, &args, Some(request)))
+        .await
+        .map_err(|_| BackendError::Probe {
+            pod: from.clone(),
+            message: format!(
+                "the agent did not finish within {}",
+                humantime::format_duration(limit)
+            ),
+        })??;
+    parse_probe_output(from, &output, targets)
+}
+
+/// A `hold` process in the pod's namespace, holding connections to `targets`.
+pub(super) async fn hold(
+    agent: &AgentCommand,
+    netns: &str,
+    from: &PodRef,
+    targets: &[Target],
+    timeout: Duration,
+) -> Result<Held, BackendError> {
+    let mut child = command(agent, netns)
+        .arg("hold")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(BackendError::io(format!(
+            "starting the agent to hold connections from {from}"
+        )))?;
+    let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+        return Err(BackendError::Probe {
+            pod: from.clone(),
+            message: "agent without pipes".into(),
+        });
+    };
+    Held::start(from.clone(), targets, timeout, stdin, stdout, child).await
+}

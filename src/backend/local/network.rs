@@ -1,0 +1,76 @@
+//! The local cluster's plumbing: the node namespace, and per pod a network namespace with a veth
+//! pair routed through the node. Routed rather than bridged, like Calico: each pod has a /32 (or
+//! /128) on `eth0`, a default route to a link-local gateway, and a veth peer `pgv<slot>` in the node
+//! namespace with a route to the pod. Filtering bridged traffic with conntrack would need
+//! `br_netfilter`, a host-wide module; routing needs nothing outside our own namespaces. Nothing is
+//! linked to the host's interfaces.
+
+use std::net::IpAddr;
+
+use super::{host, nft};
+use crate::backend::BackendError;
+
+/// The MAC every node-side veth carries; pods reach their gateway through a static neighbour entry.
+const GATEWAY_MAC: &str = "ee:ee:ee:ee:ee:ee";
+const GATEWAY_V4: &str = "169.254.1.1";
+const GATEWAY_V6: &str = "fe80::1";
+
+/// Creates the node namespace, with forwarding on.
+pub(super) async fn create_node(node: &str) -> Result<(), BackendError> {
+    host::netns_add(node).await?;
+    host::ip_batch(node, &["link set lo up".into()]).await?;
+    host::exec_in(
+        node,
+        "sysctl",
+        &[
+            "-qw",
+            "net.ipv4.ip_forward=1",
+            "net.ipv6.conf.all.forwarding=1",
+        ],
+        None,
+    )
+    .await?;
+    Ok(())
+}
+
+/// The pod's namespace and the node's side of its link (down on the pod's side until
+/// `bring_up_pod`).
+pub(super) async fn create_pod_link(
+    node: &str,
+    netns: &str,
+    slot: usize,
+    ip: IpAddr,
+) -> Result<(), BackendError> {
+    let veth = nft::veth_name(slot);
+    host::netns_add(netns).await?;
+    let mut node_lines = vec![
+        format!("link add {veth} type veth peer name eth0 netns {netns}"),
+        format!("link set {veth} address {GATEWAY_MAC} up"),
+    ];
+    match ip {
+        IpAddr::V4(ip) => node_lines.push(format!("route add {ip}/32 dev {veth}")),
+        IpAddr::V6(ip) => node_lines.extend([
+            format!("addr add {GATEWAY_V6}/64 dev {veth} nodad"),
+            format!("route add {ip}/128 dev {veth}"),
+        ]),
+    }
+    host::ip_batch(node, &node_lines).await
+}
+
+/// Addresses and routes inside the pod: from here on it can send and receive.
+pub(super) async fn bring_up_pod(netns: &str, ip: IpAddr) -> Result<(), BackendError> {
+    let mut lines = vec!["link set lo up".to_string(), "link set eth0 up".to_string()];
+    match ip {
+        IpAddr::V4(ip) => lines.extend([
+            format!("addr add {ip}/32 dev eth0"),
+            format!("route add {GATEWAY_V4} dev eth0 scope link"),
+            format!("route add default via {GATEWAY_V4} dev eth0"),
+            format!("neigh add {GATEWAY_V4} lladdr {GATEWAY_MAC} dev eth0 nud permanent"),
+        ]),
+        IpAddr::V6(ip) => lines.extend([
+            format!("addr add {ip}/128 dev eth0 nodad"),
+            format!("route add ::/0 via {GATEWAY_V6} dev eth0"),
+        ]),
+    }
+    host::ip_batch(netns, &lines).await
+}

@@ -1,0 +1,160 @@
+//! The simulated backend (`--backend sim`): no root, no cluster, no packets. Every probe is answered
+//! from the oracle's reading of the policies the simulated dataplane enforces at that instant, at
+//! the cluster model's addresses. It honours the same faults as the local dataplane (the policy
+//! faults through `faults::distort`, the timed ones through `faults::lag`, on tokio's clock so tests
+//! can run them on paused time), so a scenario library, its verdicts, timing and reports can be
+//! checked end to end anywhere.
+//!
+//! A simulated drop is reported with the probe timeout as its elapsed time but is not waited for:
+//! a round costs no time, so the whole library runs in seconds. Self traffic never leaves the pod
+//! and is always connected, as on a routed CNI. SCTP is served unless `sctp` is off (then it is
+//! `unsupported`, like a node without the kernel module).
+
+mod dataplane;
+mod held;
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use polygraph_agent::wire::{ProbeResult, Target};
+use tokio::time::Instant;
+
+use super::{Backend, BackendError, Held};
+use crate::faults::{Fault, Faults};
+use crate::model::PodRef;
+use crate::world::Mutation;
+use dataplane::Dataplane;
+
+#[derive(Debug, Clone, Default)]
+pub struct SimOptions {
+    /// Bugs to imitate (`--inject`).
+    pub faults: Faults,
+    /// Whether the simulated nodes serve SCTP.
+    pub sctp: bool,
+}
+
+pub struct SimBackend {
+    run_id: String,
+    faults: String,
+    dataplane: Arc<Mutex<Dataplane>>,
+}
+
+impl SimBackend {
+    pub fn new(options: SimOptions) -> SimBackend {
+        SimBackend {
+            run_id: format!("{:06x}", fastrand::u32(..0x0100_0000)),
+            faults: options.faults.to_string(),
+            dataplane: Arc::new(Mutex::new(Dataplane::new(options.faults, options.sctp))),
+        }
+    }
+
+    fn dataplane(&self) -> MutexGuard<'_, Dataplane> {
+        lock(&self.dataplane)
+    }
+}
+
+fn lock(dataplane: &Mutex<Dataplane>) -> MutexGuard<'_, Dataplane> {
+    dataplane.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Backend for SimBackend {
+    fn describe(&self) -> String {
+        if self.faults.is_empty() {
+            format!("sim (oracle answers, run {})", self.run_id)
+        } else {
+            format!(
+                "sim (oracle answers, injected faults: {}, run {})",
+                self.faults, self.run_id
+            )
+        }
+    }
+
+    fn cleanup_message(&self) -> String {
+        "the simulated cluster was discarded".into()
+    }
+
+    async fn apply(&mut self, mutation: &Mutation) -> Result<(), BackendError> {
+        let mut dataplane = self.dataplane();
+        // What a deletion removes, for the `policy-deletion-ignored` fault to keep enforcing.
+        let deleted = match mutation {
+            Mutation::DeletePolicy { namespace, name }
+                if dataplane.faults.has(Fault::PolicyDeletionIgnored) =>
+            {
+                dataplane
+                    .world
+                    .policies()
+                    .iter()
+                    .find(|p| (&p.namespace, &p.name) == (namespace, name))
+                    .cloned()
+            }
+            _ => None,
+        };
+        dataplane
+            .world
+            .apply(mutation)
+            .map_err(|source| BackendError::Rejected {
+                mutation: mutation.to_string(),
+                source,
+            })?;
+        match mutation {
+            Mutation::CreatePod(pod) => {
+                dataplane.created.insert(pod.key(), Instant::now());
+            }
+            Mutation::DeletePod(pod) => {
+                dataplane.created.remove(pod);
+            }
+            Mutation::DeleteNamespace(name) => {
+                dataplane.created.retain(|p, _| &p.namespace != name);
+                dataplane.ghosts.retain(|g| &g.namespace != name);
+            }
+            Mutation::ApplyPolicy(policy) => dataplane
+                .ghosts
+                .retain(|g| (&g.namespace, &g.name) != (&policy.namespace, &policy.name)),
+            Mutation::DeletePolicy { .. } => dataplane.ghosts.extend(deleted),
+            _ => {}
+        }
+        dataplane.record();
+        Ok(())
+    }
+
+    async fn wait_ready(&mut self, _timeout: Duration) -> Result<(), BackendError> {
+        Ok(())
+    }
+
+    async fn probe(
+        &self,
+        from: &PodRef,
+        targets: &[Target],
+        timeout: Duration,
+    ) -> Result<Vec<ProbeResult>, BackendError> {
+        let mut dataplane = self.dataplane();
+        if dataplane.world.pod(from).is_none() {
+            return Err(BackendError::Probe {
+                pod: from.clone(),
+                message: "no such pod".into(),
+            });
+        }
+        let judge = dataplane.judge(Instant::now());
+        Ok(targets
+            .iter()
+            .map(|target| judge.probe(from, target, timeout))
+            .collect())
+    }
+
+    async fn hold(
+        &self,
+        from: &PodRef,
+        targets: &[Target],
+        timeout: Duration,
+    ) -> Result<Held, BackendError> {
+        held::start(self.dataplane.clone(), from, targets, timeout).await
+    }
+
+    async fn cleanup(&mut self) -> Result<(), BackendError> {
+        let mut dataplane = self.dataplane();
+        let faults = dataplane.faults.clone();
+        let sctp = dataplane.sctp;
+        *dataplane = Dataplane::new(faults, sctp);
+        Ok(())
+    }
+}

@@ -1,0 +1,175 @@
+//! What a run produces: per cell a verdict, per step and scenario a status, with timing and the
+//! run's totals. Reports render these; they compute nothing of their own.
+
+use std::time::Duration;
+
+use super::summary::{RunTotals, ScenarioTotals};
+use super::timing::{CellTiming, Change, FlowFate, StepTiming};
+use crate::analyze::Analysis;
+use crate::matrix::{Grid, ObservedTable};
+use crate::scenario::Scenario;
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// How long a probe waits before it counts as dropped.
+    pub probe_timeout: Duration,
+    /// How long a step may take to converge before unmatched cells fail.
+    pub step_deadline: Duration,
+    /// A late cell (one that matched only after differing) fails when it took longer than this.
+    pub max_latency: Option<Duration>,
+    /// After a step converges, keep probing this long and flag cells that change (flapping).
+    pub stability: Duration,
+    /// Hold connections open across allow→deny steps and report whether the deny cuts them.
+    pub established: bool,
+    pub parallelism: usize,
+    /// The least time between the starts of two probe rounds of a step: rounds that finish fast
+    /// (everything connects) must not spin.
+    pub poll_interval: Duration,
+}
+
+/// A cell's verdict at the end of a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// Matched the spec, within the allowed latency.
+    Pass,
+    /// Never matched: an enforcement gap (or over-blocking).
+    Fail,
+    /// Matched, but only after differing first: a late deny (leak) or late allow; fails only
+    /// beyond `--max-latency`.
+    Late,
+    /// Matched, then changed during the stability window.
+    Flapping,
+    /// A pod to itself, differing from the computed answer: undefined by the spec.
+    Undefined,
+    Unsupported,
+    Error,
+    NotProbed,
+}
+
+impl Verdict {
+    pub fn fails(self) -> bool {
+        matches!(self, Verdict::Fail | Verdict::Error | Verdict::Flapping)
+    }
+
+    /// Whether the cell was judged against the spec: what an unsupported step lacks.
+    pub fn judged(self) -> bool {
+        matches!(
+            self,
+            Verdict::Pass | Verdict::Fail | Verdict::Late | Verdict::Flapping | Verdict::Error
+        )
+    }
+}
+
+/// How a step or scenario ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Passed,
+    Failed,
+    /// Nothing could be judged (every cell unsupported, undefined or not probed): never failed,
+    /// never counted as passed.
+    Unsupported,
+}
+
+#[derive(Debug, Clone)]
+pub struct StepResult {
+    pub name: String,
+    pub origin: String,
+    /// From the start of the action to the end of the last probe round.
+    pub elapsed: Duration,
+    /// How long the action itself took (the backend accepting the change).
+    pub apply_time: Duration,
+    pub rounds: usize,
+    /// What the spec says for this step, at the pods' real addresses: the yardstick of `verdicts`.
+    pub expected: Analysis,
+    /// Whether the backend accepted the step's action.
+    pub applied: bool,
+    /// The last round's observations.
+    pub observed: Option<ObservedTable>,
+    /// Per cell: how the spec's answer changed at this step.
+    pub changes: Grid<Change>,
+    /// Per cell: its timeline (convergence, last wrong observation, flapping).
+    pub timing: Grid<CellTiming>,
+    pub verdicts: Grid<Verdict>,
+    /// Latency percentiles, races and leak windows of the step.
+    pub summary: StepTiming,
+    /// Per allow→deny cell whose connection was held across the step: what the deny did to it.
+    pub established: Grid<Option<FlowFate>>,
+    /// A backend failure that stopped the step.
+    pub error: Option<String>,
+}
+
+impl StepResult {
+    pub fn passed(&self) -> bool {
+        self.status() == Status::Passed
+    }
+
+    pub fn status(&self) -> Status {
+        let verdicts = self.verdicts.values();
+        if self.error.is_some() || verdicts.iter().any(|v| v.fails()) {
+            Status::Failed
+        } else if verdicts.iter().any(|v| v.judged()) {
+            Status::Passed
+        } else {
+            Status::Unsupported
+        }
+    }
+
+    pub fn count(&self, verdict: Verdict) -> usize {
+        self.verdicts
+            .values()
+            .iter()
+            .filter(|v| **v == verdict)
+            .count()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ScenarioResult {
+    pub scenario: Scenario,
+    pub steps: Vec<StepResult>,
+    pub elapsed: Duration,
+    /// A failure outside any step (deploying or resetting the cluster).
+    pub error: Option<String>,
+    /// Races and verdict counts over its steps.
+    pub totals: ScenarioTotals,
+}
+
+impl ScenarioResult {
+    pub fn passed(&self) -> bool {
+        self.status() == Status::Passed
+    }
+
+    /// Failed if anything failed; unsupported if no step could be judged; passed otherwise.
+    pub fn status(&self) -> Status {
+        let statuses: Vec<Status> = self.steps.iter().map(StepResult::status).collect();
+        if self.error.is_some()
+            || self.steps.len() != self.scenario.steps.len()
+            || statuses.contains(&Status::Failed)
+        {
+            Status::Failed
+        } else if statuses.contains(&Status::Passed) {
+            Status::Passed
+        } else {
+            Status::Unsupported
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RunResult {
+    pub backend: String,
+    pub scenarios: Vec<ScenarioResult>,
+    pub elapsed: Duration,
+    pub options: RunOptions,
+    /// Latency, races, held connections and scenario counts over the whole run.
+    pub totals: RunTotals,
+}
+
+impl RunResult {
+    /// No scenario failed (unsupported ones don't fail a run).
+    pub fn passed(&self) -> bool {
+        self.scenarios.iter().all(|s| s.status() != Status::Failed)
+    }
+}

@@ -1,0 +1,194 @@
+//! The `run` JSON as README documents it, as typed structs that reject unknown fields: a report
+//! that drifts from the documentation fails the tests that parse it.
+#![allow(dead_code)]
+
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct RunJson {
+    pub polygraph: String,
+    pub backend: String,
+    pub passed: bool,
+    pub elapsed_ms: f64,
+    pub options: Options,
+    pub summary: Summary,
+    pub scenarios: Vec<ScenarioJson>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct Options {
+    pub probe_timeout_ms: f64,
+    pub step_deadline_ms: f64,
+    pub max_latency_ms: Option<f64>,
+    pub stability_ms: f64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct Counts {
+    pub pass: usize,
+    pub fail: usize,
+    pub late: usize,
+    pub flapping: usize,
+    pub undefined: usize,
+    pub unsupported: usize,
+    pub error: usize,
+    pub not_probed: usize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct TagCounts {
+    pub passed: usize,
+    pub failed: usize,
+    pub unsupported: usize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct Totals {
+    pub allow_to_deny: Stats,
+    pub deny_to_allow: Stats,
+    pub new_pod: Stats,
+    pub per_node: std::collections::BTreeMap<String, Stats>,
+    pub late_deny: usize,
+    pub late_allow: usize,
+    pub never_converged: usize,
+    pub flapping: usize,
+    pub max_leak_ms: Option<f64>,
+    pub established: Flows,
+    pub scenarios_passed: usize,
+    pub scenarios_failed: usize,
+    pub scenarios_unsupported: usize,
+    pub steps: usize,
+    pub per_tag: std::collections::BTreeMap<String, TagCounts>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct Summary {
+    pub scenarios: usize,
+    pub passed: usize,
+    pub failed: usize,
+    pub unsupported: usize,
+    pub steps: usize,
+    pub cells: Counts,
+    pub totals: Totals,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct ScenarioJson {
+    pub name: String,
+    pub description: String,
+    pub tags: Vec<String>,
+    pub source: String,
+    pub passed: bool,
+    pub status: String,
+    pub elapsed_ms: f64,
+    pub error: Option<String>,
+    pub steps: Vec<StepJson>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct StepJson {
+    pub name: String,
+    pub origin: String,
+    pub passed: bool,
+    pub status: String,
+    pub elapsed_ms: f64,
+    pub apply_ms: f64,
+    pub rounds: usize,
+    pub error: Option<String>,
+    pub counts: Counts,
+    pub timing: Timing,
+    pub cells: Vec<CellJson>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct Stats {
+    pub cells: usize,
+    p50_ms: Option<f64>,
+    p90_ms: Option<f64>,
+    pub max_ms: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct Flows {
+    pub held: usize,
+    pub survived: usize,
+    pub cut: usize,
+    pub tcp_survived: usize,
+    pub udp_survived: usize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct Timing {
+    pub allow_to_deny: Stats,
+    pub deny_to_allow: Stats,
+    pub new_pod: Stats,
+    pub late_deny: usize,
+    pub late_allow: usize,
+    pub never_converged: usize,
+    pub flapping: usize,
+    pub max_leak_ms: Option<f64>,
+    pub new_pod_leak_ms: Option<f64>,
+    pub new_pod_first_probe_ms: Option<f64>,
+    pub round_interval_ms: Option<f64>,
+    pub established: Flows,
+    #[serde(default)]
+    pub per_node: std::collections::BTreeMap<String, Stats>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct CellJson {
+    pub from: String,
+    pub to: String,
+    pub port: u16,
+    pub protocol: String,
+    pub allowed: bool,
+    pub observed: Option<String>,
+    pub verdict: String,
+    pub latency_ms: Option<f64>,
+    pub change: String,
+    pub race: Option<String>,
+    #[serde(default)]
+    pub last_wrong_ms: Option<f64>,
+    #[serde(default)]
+    pub established: Option<String>,
+    /// Only where the backend knows nodes; the local cluster is one host.
+    #[serde(default)]
+    pub placement: Option<String>,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+pub const VERDICTS: [&str; 8] = [
+    "pass",
+    "fail",
+    "late",
+    "flapping",
+    "undefined",
+    "unsupported",
+    "error",
+    "not_probed",
+];

@@ -1,0 +1,196 @@
+//! The simulated backend from the command line: the whole library, an unsupported scenario,
+//! smoke's wrong cells, and an interrupt. No root, no cluster.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+#[test]
+fn the_whole_library_passes_on_the_simulation_in_seconds() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (junit, json) = (dir.path().join("junit.xml"), dir.path().join("run.json"));
+    let started = Instant::now();
+    let output = common::polygraph(
+        &[
+            "run",
+            "--backend",
+            "sim",
+            "--junit",
+            &junit.display().to_string(),
+            "--json",
+            &json.display().to_string(),
+            "--json-cells",
+            "notable",
+        ],
+        "",
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("on sim (oracle answers"), "{stdout}");
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("json")).expect("valid JSON");
+    let scenarios = report["summary"]["scenarios"].as_u64().expect("count");
+    assert!(scenarios >= 32);
+    assert_eq!(report["summary"]["passed"], scenarios);
+    assert_eq!(report["summary"]["unsupported"], 0);
+    assert!(report["summary"]["totals"]["established"]["held"].as_u64() > Some(1000));
+    common::validate_junit(&junit);
+    // Informational: a debug build on 2 cores takes about a second.
+    println!(
+        "whole library on sim: {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// A scenario whose every cell is unsupported is `unsupported`: not failed, not passed, in the
+/// terminal, JUnit (skipped) and JSON.
+#[test]
+fn a_scenario_with_no_judged_cell_is_unsupported_everywhere() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let scenario = dir.path().join("sctp-only.yaml");
+    std::fs::write(
+        &scenario,
+        r#"name: sctp-only
+description: Only SCTP is probed.
+tags: [sctp]
+probe: {protocols: [SCTP]}
+steps:
+  - name: deny all ingress in x
+    apply:
+      - apiVersion: networking.k8s.io/v1
+        kind: NetworkPolicy
+        metadata: {name: deny, namespace: x}
+        spec: {podSelector: {}, policyTypes: [Ingress]}
+"#,
+    )
+    .expect("write");
+    let (junit, json) = (dir.path().join("junit.xml"), dir.path().join("run.json"));
+    let output = common::polygraph(
+        &[
+            "run",
+            "--backend",
+            "sim",
+            "--sim-sctp",
+            "unsupported",
+            &scenario.display().to_string(),
+            "--junit",
+            &junit.display().to_string(),
+            "--json",
+            &json.display().to_string(),
+        ],
+        "",
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "never failed\n{stdout}");
+    assert!(stdout.contains("UNSUPPORTED  sctp-only"), "{stdout}");
+    assert!(
+        stdout.contains("1 scenarios: 0 passed, 0 failed, 1 unsupported"),
+        "{stdout}"
+    );
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("json")).expect("valid JSON");
+    assert_eq!(report["scenarios"][0]["status"], "unsupported");
+    assert_eq!(report["scenarios"][0]["passed"], false);
+    assert_eq!(report["scenarios"][0]["steps"][0]["status"], "unsupported");
+    assert_eq!(report["summary"]["unsupported"], 1);
+    assert_eq!(report["summary"]["passed"], 0);
+    let xml = std::fs::read_to_string(&junit).expect("junit");
+    assert!(xml.contains("<skipped"), "{xml}");
+    common::validate_junit(&junit);
+
+    // With SCTP served, the same scenario is judged and passes.
+    let output = common::polygraph(
+        &["run", "--backend", "sim", &scenario.display().to_string()],
+        "",
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("1 scenarios: 1 passed, 0 failed;"),
+        "{stdout}"
+    );
+}
+
+/// A PARTIAL smoke verdict prints every wrong cell, including replies from the server to a client
+/// (dropped replies are what a stateless dataplane gets wrong).
+#[test]
+fn smoke_prints_every_wrong_cell_whatever_its_direction() {
+    let output = common::polygraph(&["smoke", "--backend", "sim", "--inject", "stateless"], "");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("PARTIAL"), "{stdout}");
+    assert!(
+        stdout.contains("also wrong: server → client-a: timeout (spec: allowed) ✗"),
+        "{stdout}"
+    );
+    let output = common::polygraph(&["smoke", "--backend", "sim"], "");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains("ENFORCING") && !stdout.contains("also wrong"),
+        "{stdout}"
+    );
+}
+
+/// Ctrl-C during a run: the backend cleans up and says what it removed, in its own words.
+#[test]
+fn an_interrupt_names_what_the_backend_cleaned_up() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_polygraph"))
+        .args([
+            "run",
+            "--backend",
+            "sim",
+            "--inject",
+            "delay=1h",
+            "--step-deadline",
+            "2h",
+            "deny-all-ingress",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start polygraph");
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut first)
+        .expect("first line");
+    assert!(first.starts_with("backend: sim"), "{first}");
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = rustix::process::Pid::from_raw(i32::try_from(child.id()).expect("pid")).expect("pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).expect("signal");
+    let output = child.wait_with_output().expect("exit");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains("interrupted by SIGINT: the simulated cluster was discarded"),
+        "{stderr}"
+    );
+}
+
+/// `polygraph analyze ... | head`: a reader that goes away is not an error.
+#[test]
+fn a_closed_stdout_ends_quietly() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_polygraph"))
+        .args(["run", "--backend", "sim"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start polygraph");
+    // Read nothing and close the pipe: every write polygraph makes fails.
+    drop(child.stdout.take());
+    let output = child.wait_with_output().expect("exit");
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

@@ -1,0 +1,372 @@
+//! The runner on the simulated backend: no root, no cluster. Verdicts, timing classification,
+//! resets between scenarios, held connections and smoke's classification, with the timed faults on
+//! paused tokio time (a 2 s delay costs no real time).
+
+use std::time::Duration;
+
+use polygraph::backend::Backend;
+use polygraph::backend::sim::{SimBackend, SimOptions};
+use polygraph::faults::Faults;
+use polygraph::run::smoke::{SmokeVerdict, classify};
+use polygraph::run::{RunOptions, RunResult, Status, Verdict, run_scenarios};
+use polygraph::scenario::{Scenario, library};
+
+fn options() -> RunOptions {
+    RunOptions {
+        probe_timeout: Duration::from_secs(1),
+        step_deadline: Duration::from_secs(10),
+        max_latency: None,
+        stability: Duration::ZERO,
+        established: true,
+        parallelism: 64,
+        poll_interval: Duration::from_millis(250),
+    }
+}
+
+fn scenarios(names: &[&str]) -> Vec<Scenario> {
+    let all = library::load_all().expect("the library loads");
+    names
+        .iter()
+        .map(|name| {
+            all.iter()
+                .find(|s| s.name == *name)
+                .unwrap_or_else(|| panic!("no built-in scenario {name}"))
+                .clone()
+        })
+        .collect()
+}
+
+async fn run(faults: &[&str], names: &[&str], options: &RunOptions) -> RunResult {
+    let faults = Faults::parse(faults).expect("faults parse");
+    let mut backend = SimBackend::new(SimOptions { faults, sctp: true });
+    let list = if names.is_empty() {
+        library::load_all().expect("the library loads")
+    } else {
+        scenarios(names)
+    };
+    let result = run_scenarios(&mut backend, &list, options, &mut |_| {}).await;
+    backend.cleanup().await.expect("cleanup");
+    result
+}
+
+fn step<'a>(result: &'a RunResult, scenario: &str, step: &str) -> &'a polygraph::run::StepResult {
+    result
+        .scenarios
+        .iter()
+        .find(|s| s.scenario.name == scenario)
+        .and_then(|s| s.steps.iter().find(|st| st.name == step))
+        .unwrap_or_else(|| panic!("no step {scenario} › {step}"))
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_whole_library_passes_with_every_cell_judged_and_nothing_late() {
+    let result = run(&[], &[], &options()).await;
+    let failing: Vec<_> = result
+        .scenarios
+        .iter()
+        .filter(|s| !s.passed())
+        .map(|s| s.scenario.name.clone())
+        .collect();
+    assert!(failing.is_empty(), "{failing:?}");
+    assert!(result.passed());
+    let t = &result.totals;
+    assert_eq!(t.scenarios_passed, result.scenarios.len());
+    assert_eq!((t.late_deny, t.late_allow, t.flapping), (0, 0, 0));
+    assert_eq!(t.max_leak_ms, None);
+    // Connections held across every allow→deny step, and conntrack keeps them.
+    assert!(t.established.held > 1000, "{:?}", t.established);
+    assert_eq!(t.established.survived, t.established.held);
+    for scenario in &result.scenarios {
+        for step in &scenario.steps {
+            assert_eq!(step.count(Verdict::Fail), 0);
+            assert_eq!(step.count(Verdict::Late), 0);
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_policy_fault_fails_a_scenario_of_its_feature() {
+    for info in polygraph::faults::CATALOGUE
+        .iter()
+        .filter(|f| f.fault.is_some())
+    {
+        let result = run(&[info.name], &[], &options()).await;
+        assert!(!result.passed(), "{} was not caught", info.name);
+        let caught = result.scenarios.iter().any(|s| {
+            s.status() == Status::Failed
+                && s.scenario
+                    .tags
+                    .iter()
+                    .any(|t| info.features.contains(&t.as_str()))
+        });
+        assert!(
+            caught,
+            "{}: no failing scenario tagged {:?}",
+            info.name, info.features
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_delay_is_measured_as_late_cells_and_fails_beyond_max_latency() {
+    let result = run(
+        &["delay=2s"],
+        &["deny-all-ingress", "policy-deleted"],
+        &options(),
+    )
+    .await;
+    assert!(result.passed(), "late cells fail only with --max-latency");
+    let deny = step(&result, "deny-all-ingress", "deny all ingress in x");
+    assert!(deny.count(Verdict::Late) > 0);
+    assert_eq!(deny.count(Verdict::Fail), 0);
+    let t = &deny.summary;
+    // Rounds every 250 ms: the first round after 2 s sees the deny.
+    let p50 = t.allow_to_deny.p50_ms.expect("latency");
+    assert!((2000.0..=2250.0).contains(&p50), "allow→deny p50 {p50}");
+    assert!(t.late_deny > 0 && t.max_leak_ms.is_some_and(|l| l >= 2000.0));
+    let allow = step(&result, "policy-deleted", "delete policy x/deny");
+    assert!(allow.summary.late_allow > 0);
+
+    let strict = RunOptions {
+        max_latency: Some(Duration::from_secs(1)),
+        ..options()
+    };
+    let result = run(&["delay=2s"], &["deny-all-ingress"], &strict).await;
+    assert!(!result.passed(), "beyond --max-latency a late cell fails");
+    let deny = step(&result, "deny-all-ingress", "deny all ingress in x");
+    assert!(deny.count(Verdict::Fail) > 0 && deny.count(Verdict::Late) == 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_dataplane_never_converges_within_the_deadline() {
+    let short = RunOptions {
+        step_deadline: Duration::from_secs(1),
+        ..options()
+    };
+    let result = run(&["delay=5s"], &["deny-all-ingress"], &short).await;
+    let deny = step(&result, "deny-all-ingress", "deny all ingress in x");
+    assert!(
+        deny.count(Verdict::Fail) > 0,
+        "never matched: an enforcement gap"
+    );
+    assert!(deny.summary.never_converged > 0);
+    assert_eq!(deny.status(), Status::Failed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_new_pod_race_is_measured() {
+    let result = run(
+        &["new-pod-unprotected=2s"],
+        &["new-pod-under-policy"],
+        &options(),
+    )
+    .await;
+    let created = step(&result, "new-pod-under-policy", "create pod x/d");
+    let leak = created.summary.new_pod_leak_ms.expect("a new-pod leak");
+    assert!((2000.0..=2250.0).contains(&leak), "new-pod leak {leak}");
+    let clean = run(&[], &["new-pod-under-policy"], &options()).await;
+    let created = step(&clean, "new-pod-under-policy", "create pod x/d");
+    assert_eq!(created.summary.new_pod_leak_ms, None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn flapping_is_caught_in_the_stability_window() {
+    let stable = RunOptions {
+        stability: Duration::from_secs(3),
+        ..options()
+    };
+    let result = run(&["resync-gap=2s"], &["deny-all-ingress"], &stable).await;
+    let deny = step(&result, "deny-all-ingress", "deny all ingress in x");
+    assert!(deny.count(Verdict::Flapping) > 0);
+    assert!(!result.passed());
+    let result = run(&[], &["deny-all-ingress"], &stable).await;
+    assert!(result.passed());
+    assert_eq!(result.totals.flapping, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn held_connections_survive_with_conntrack_and_are_cut_without() {
+    let result = run(&[], &["deny-all-ingress"], &options()).await;
+    let flows = &step(&result, "deny-all-ingress", "deny all ingress in x")
+        .summary
+        .established;
+    assert!(flows.held > 0 && flows.survived == flows.held && flows.cut == 0);
+    let result = run(&["stateless"], &["deny-all-ingress"], &options()).await;
+    let flows = &step(&result, "deny-all-ingress", "deny all ingress in x")
+        .summary
+        .established;
+    assert!(flows.held > 0 && flows.cut == flows.held && flows.survived == 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn resets_between_scenarios_start_each_from_its_own_world() {
+    // policy-deleted leaves a deny behind if the reset forgets it; namespace-created adds a
+    // namespace the next scenario must not see.
+    let names = [
+        "policy-deleted",
+        "namespace-created",
+        "deny-all-ingress",
+        "allow-all-override",
+    ];
+    let forward = run(&[], &names, &options()).await;
+    assert!(forward.passed());
+    let mut reversed = names;
+    reversed.reverse();
+    assert!(run(&[], &reversed, &options()).await.passed());
+    // A deletion that is ignored poisons what follows: the reset cannot remove it.
+    let poisoned = run(&["policy-deletion-ignored"], &names, &options()).await;
+    assert!(!poisoned.passed());
+}
+
+#[tokio::test(start_paused = true)]
+async fn smoke_tells_enforcing_not_enforcing_and_partial_apart() {
+    let smoke = library::smoke().expect("smoke scenario");
+    let classify_with = |faults: &'static [&'static str]| {
+        let smoke = smoke.clone();
+        async move {
+            let mut backend = SimBackend::new(SimOptions {
+                faults: Faults::parse(faults).expect("faults"),
+                sctp: true,
+            });
+            let result = run_scenarios(
+                &mut backend,
+                std::slice::from_ref(&smoke),
+                &RunOptions {
+                    established: false,
+                    step_deadline: Duration::from_secs(3),
+                    ..options()
+                },
+                &mut |_| {},
+            )
+            .await;
+            classify(&result)
+        }
+    };
+    assert_eq!(classify_with(&[]).await, SmokeVerdict::Enforcing);
+    assert_eq!(
+        classify_with(&["ingress-ignored"]).await,
+        SmokeVerdict::NotEnforcing
+    );
+    assert_eq!(classify_with(&["stateless"]).await, SmokeVerdict::Partial);
+}
+
+/// A backend that answers one destination with somebody else's identity: the probe reached the
+/// wrong pod, which is an error, never a pass.
+struct WrongPeer {
+    sim: SimBackend,
+    /// Probes to this host come back from another pod.
+    host: String,
+}
+
+impl Backend for WrongPeer {
+    fn describe(&self) -> String {
+        self.sim.describe()
+    }
+    fn cleanup_message(&self) -> String {
+        self.sim.cleanup_message()
+    }
+    async fn apply(
+        &mut self,
+        mutation: &polygraph::world::Mutation,
+    ) -> Result<(), polygraph::backend::BackendError> {
+        self.sim.apply(mutation).await
+    }
+    async fn wait_ready(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<(), polygraph::backend::BackendError> {
+        self.sim.wait_ready(timeout).await
+    }
+    async fn probe(
+        &self,
+        from: &polygraph::model::PodRef,
+        targets: &[polygraph_agent::wire::Target],
+        timeout: Duration,
+    ) -> Result<Vec<polygraph_agent::wire::ProbeResult>, polygraph::backend::BackendError> {
+        let mut results = self.sim.probe(from, targets, timeout).await?;
+        for result in &mut results {
+            if result.host == self.host && result.peer.is_some() {
+                result.peer = Some("elsewhere/impostor".into());
+            }
+        }
+        Ok(results)
+    }
+    async fn hold(
+        &self,
+        from: &polygraph::model::PodRef,
+        targets: &[polygraph_agent::wire::Target],
+        timeout: Duration,
+    ) -> Result<polygraph::backend::Held, polygraph::backend::BackendError> {
+        self.sim.hold(from, targets, timeout).await
+    }
+    async fn cleanup(&mut self) -> Result<(), polygraph::backend::BackendError> {
+        self.sim.cleanup().await
+    }
+}
+
+/// The verdicts that are neither pass nor fail: a pod to itself that differs from the computed
+/// answer is undefined, a port the destination doesn't serve is not probed, a probe answered by the
+/// wrong pod is an error (and fails the step).
+#[tokio::test(start_paused = true)]
+async fn undefined_not_probed_and_error_cells() {
+    let scenario = polygraph::scenario::parse(
+        "test.yaml",
+        r#"name: mixed
+description: x/a serves only 80/TCP; x/c is isolated.
+cluster:
+  namespaces: [{name: x}]
+  pods:
+    - {namespace: x, name: a, labels: {pod: a}, ports: [{name: http, port: 80}]}
+    - {namespace: x, name: b, labels: {pod: b}, ports: [{name: http, port: 80}, {name: alt, port: 81}]}
+    - {namespace: x, name: c, labels: {pod: c}, ports: [{name: http, port: 80}, {name: alt, port: 81}]}
+probe: {protocols: [TCP]}
+steps:
+  - name: deny all ingress to x/c
+    apply:
+      - apiVersion: networking.k8s.io/v1
+        kind: NetworkPolicy
+        metadata: {name: deny, namespace: x}
+        spec: {podSelector: {matchLabels: {pod: c}}, policyTypes: [Ingress]}
+"#,
+        None,
+    )
+    .expect("scenario");
+    let b_ip = scenario.initial.cluster().pods()[1].ip.to_string();
+    let run_with = |host: String| {
+        let scenario = scenario.clone();
+        async move {
+            let mut backend = WrongPeer {
+                sim: SimBackend::new(SimOptions {
+                    faults: Faults::default(),
+                    sctp: true,
+                }),
+                host,
+            };
+            run_scenarios(
+                &mut backend,
+                std::slice::from_ref(&scenario),
+                &RunOptions {
+                    step_deadline: Duration::from_secs(2),
+                    ..options()
+                },
+                &mut |_| {},
+            )
+            .await
+        }
+    };
+    let clean = run_with("nobody".into()).await;
+    let step = &clean.scenarios[0].steps[0];
+    // Self traffic never leaves the pod: x/c to itself connects where the answer says blocked.
+    assert_eq!(step.count(Verdict::Undefined), 2);
+    // x/a doesn't serve 81: three sources × one port, never probed.
+    assert_eq!(step.count(Verdict::NotProbed), 3);
+    assert_eq!(step.count(Verdict::Error), 0);
+    assert_eq!(step.status(), Status::Passed);
+
+    // Answers from the wrong pod at x/b: every cell into x/b (3 sources × 2 ports) is an error.
+    let wrong = run_with(b_ip).await;
+    let step = &wrong.scenarios[0].steps[0];
+    assert_eq!(step.count(Verdict::Error), 6);
+    assert_eq!(step.status(), Status::Failed);
+    assert!(!wrong.passed());
+}
