@@ -194,3 +194,46 @@ fn a_closed_stdout_ends_quietly() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// `probe` on the simulation: the spec's table observed, and a fault shown as wrong cells.
+#[test]
+fn probe_on_the_simulation_matches_the_spec_and_shows_a_fault() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let cluster = format!("{root}/examples/production/cluster.yaml");
+    let policies = format!("{root}/examples/production/policies");
+    let args = |extra: &[&'static str]| {
+        let mut args = vec![
+            "probe".to_string(),
+            "--backend".into(),
+            "sim".into(),
+            "--cluster".into(),
+            cluster.clone(),
+            "-f".into(),
+            policies.clone(),
+            "-o".into(),
+            "json".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+    let run = |extra: &[&'static str]| {
+        let args = args(extra);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let output = common::polygraph(&refs, "");
+        let report: Value = serde_json::from_slice(&output.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&output.stderr)));
+        (output.status.code(), report)
+    };
+    let (code, report) = run(&[]);
+    assert_eq!(code, Some(0), "{}", report["probe_summary"]);
+    assert_eq!(report["probe_summary"]["wrong"], 0);
+    assert!(
+        report["backend"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("sim")
+    );
+    let (code, report) = run(&["--inject", "ingress-ignored"]);
+    assert_eq!(code, Some(1), "{}", report["probe_summary"]);
+    assert!(report["probe_summary"]["wrong"].as_u64() > Some(0));
+}
