@@ -22,14 +22,9 @@ impl Connection {
     /// Whether a cluster is configured: a kubeconfig file (KUBECONFIG, ~/.kube/config, --kubeconfig)
     /// or in-cluster credentials.
     pub fn configured(&self) -> bool {
-        if self.kubeconfig.is_some() || std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() {
-            return true;
-        }
-        if let Some(paths) = std::env::var_os("KUBECONFIG") {
-            return std::env::split_paths(&paths).any(|p| p.is_file());
-        }
-        std::env::var_os("HOME")
-            .is_some_and(|home| PathBuf::from(home).join(".kube/config").is_file())
+        self.kubeconfig.is_some()
+            || std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
+            || kubeconfig_file_present()
     }
 
     /// A client, and the name of the context it uses (`in-cluster` for a pod's service account).
@@ -47,7 +42,18 @@ impl Connection {
                     })?,
                 )
             }
-            None => Kubeconfig::read().ok(),
+            // A kubeconfig that exists but can't be read is an error to report, not a reason to
+            // try in-cluster credentials instead.
+            None => match Kubeconfig::read() {
+                Ok(kubeconfig) => Some(kubeconfig),
+                Err(e) if kubeconfig_file_present() => {
+                    return Err(BackendError::KubeConfig {
+                        what: "reading the kubeconfig ($KUBECONFIG or ~/.kube/config)".into(),
+                        source: Box::new(e),
+                    });
+                }
+                Err(_) => None,
+            },
         };
         let config_error = |e: kube::config::KubeconfigError| BackendError::KubeConfig {
             what: "loading the kubeconfig".into(),
@@ -81,6 +87,15 @@ impl Connection {
         })?;
         Ok((client, context))
     }
+}
+
+/// Whether kubectl would find a kubeconfig file: one of `$KUBECONFIG`'s paths, else
+/// `~/.kube/config`.
+fn kubeconfig_file_present() -> bool {
+    if let Some(paths) = std::env::var_os("KUBECONFIG") {
+        return std::env::split_paths(&paths).any(|p| p.is_file());
+    }
+    std::env::var_os("HOME").is_some_and(|home| PathBuf::from(home).join(".kube/config").is_file())
 }
 
 pub(super) fn is_transient(error: &kube::Error) -> bool {
