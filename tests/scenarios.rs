@@ -60,6 +60,27 @@ fn unknown_scenario_names_are_usage_errors() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("no built-in scenario has that name"));
 }
 
+/// A scenario file that can't be read: one line naming the file, what was being done and why.
+#[test]
+fn an_unreadable_scenario_names_the_file_and_the_cause() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // A directory where a file is expected: reading it fails whoever runs the test.
+    let path = dir.path().join("not-a-file.yaml");
+    std::fs::create_dir(&path).expect("mkdir");
+    let output = common::polygraph(&["scenarios", "check", &path.display().to_string()], "");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!(
+            "error: {}: reading the scenario: ",
+            path.display()
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("directory"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
+
 #[test]
 fn the_library_can_be_listed_and_shown() {
     let list = common::polygraph(&["scenarios", "list"], "");

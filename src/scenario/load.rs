@@ -26,6 +26,16 @@ fn error(origin: impl Into<String>, message: impl Into<String>) -> ScenarioError
     ScenarioError {
         origin: origin.into(),
         message: message.into(),
+        cause: None,
+    }
+}
+
+/// An error from below (a policy, a file): its own located message, and itself as the cause.
+fn caused_by(e: impl std::error::Error + Send + Sync + 'static) -> ScenarioError {
+    ScenarioError {
+        origin: String::new(),
+        message: e.to_string(),
+        cause: Some(std::sync::Arc::new(e)),
     }
 }
 
@@ -35,7 +45,7 @@ impl From<InputError> for ScenarioError {
             InputError::Yaml { origin, message } => {
                 error(origin, format!("not valid YAML: {message}"))
             }
-            other => error(String::new(), other.to_string()),
+            other => caused_by(other),
         }
     }
 }
@@ -70,8 +80,7 @@ pub fn parse(source: &str, text: &str, base_dir: Option<&Path>) -> Result<Scenar
         }
         (None, None) => (default_model(), "default".to_string()),
     };
-    let initial = World::new(&description, &format!("{source}: cluster"))
-        .map_err(|e| error("", e.to_string()))?;
+    let initial = World::new(&description, &format!("{source}: cluster")).map_err(caused_by)?;
     let port_protocols = probe_selection(
         source,
         initial.cluster(),
@@ -169,8 +178,7 @@ fn inline_policies(
             origin: Origin::file(format!("{source}:{}", manifest.referenced.line())),
             value: manifest.value.clone(),
         };
-        policies
-            .extend(compile_document(document, "default").map_err(|e| error("", e.to_string()))?);
+        policies.extend(compile_document(document, "default").map_err(caused_by)?);
     }
     Ok(policies)
 }
@@ -253,9 +261,7 @@ fn resolve(
         for file in files {
             let path = base.join(file);
             for document in input::read_documents(&path.display().to_string())? {
-                policies.extend(
-                    compile_document(document, "default").map_err(|e| error("", e.to_string()))?,
-                );
+                policies.extend(compile_document(document, "default").map_err(caused_by)?);
             }
         }
         return Ok(Action::Apply(check_namespaces(policies)?));

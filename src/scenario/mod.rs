@@ -9,6 +9,7 @@ pub mod patterns;
 
 use std::fmt;
 use std::path::Path;
+use std::sync::Arc;
 
 pub use crate::world::World;
 pub use action::Action;
@@ -17,12 +18,14 @@ pub use load::parse;
 use crate::analyze::Analysis;
 use crate::model::PortProtocol;
 
-/// A scenario that can't be run, located: `file:line: message`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A scenario that can't be run, located: `file:line: message`, with the error beneath it when
+/// something below the scenario failed (reading a file, a policy in it).
+#[derive(Debug, Clone)]
 pub struct ScenarioError {
     /// `file:line`, or empty when the message locates itself.
     pub origin: String,
     pub message: String,
+    pub cause: Option<Arc<dyn std::error::Error + Send + Sync>>,
 }
 
 impl fmt::Display for ScenarioError {
@@ -35,7 +38,13 @@ impl fmt::Display for ScenarioError {
     }
 }
 
-impl std::error::Error for ScenarioError {}
+impl std::error::Error for ScenarioError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.cause
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct Scenario {
@@ -68,7 +77,8 @@ pub fn load_file(path: &Path) -> Result<Scenario, ScenarioError> {
     let source = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| ScenarioError {
         origin: source.clone(),
-        message: e.to_string(),
+        message: "reading the scenario".into(),
+        cause: Some(Arc::new(e)),
     })?;
     parse(&source, &text, path.parent())
 }
