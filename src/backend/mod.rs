@@ -72,6 +72,12 @@ pub enum BackendError {
 }
 
 impl BackendError {
+    /// A mutation the cluster as the backend knows it cannot take.
+    pub fn rejected(mutation: &Mutation) -> impl FnOnce(crate::world::WorldError) -> BackendError {
+        let mutation = mutation.to_string();
+        move |source| BackendError::Rejected { mutation, source }
+    }
+
     /// An I/O failure, saying what was being done.
     pub fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> BackendError {
         let what = what.into();

@@ -78,8 +78,10 @@ pub(super) fn summarize(
 pub struct ScenarioTotals {
     pub late_deny: usize,
     pub late_allow: usize,
+    pub never_converged: usize,
     pub flapping: usize,
     pub max_leak_ms: Option<f64>,
+    pub established: FlowSummary,
     /// Cells by verdict over all steps.
     pub cells: BTreeMap<Verdict, usize>,
     pub steps_passed: usize,
@@ -92,8 +94,10 @@ impl ScenarioTotals {
             let t = &step.summary;
             totals.late_deny += t.late_deny;
             totals.late_allow += t.late_allow;
+            totals.never_converged += t.never_converged;
             totals.flapping += t.flapping;
             totals.max_leak_ms = max_of(totals.max_leak_ms, t.max_leak_ms);
+            totals.established.add(&t.established);
             for verdict in step.verdicts.values() {
                 *totals.cells.entry(*verdict).or_default() += 1;
             }
@@ -145,6 +149,14 @@ pub struct TagCounts {
 }
 
 impl TagCounts {
+    pub fn add(&mut self, status: Status) {
+        match status {
+            Status::Passed => self.passed += 1,
+            Status::Failed => self.failed += 1,
+            Status::Unsupported => self.unsupported += 1,
+        }
+    }
+
     /// Failed if any failed, passed if any passed, unsupported otherwise.
     pub fn status(&self) -> Status {
         if self.failed > 0 {
@@ -158,27 +170,27 @@ impl TagCounts {
 }
 
 impl RunTotals {
+    /// From the scenarios' own totals (races, held connections) and their cells' timelines
+    /// (latency percentiles need every value).
     pub fn of(scenarios: &[ScenarioResult]) -> RunTotals {
         let mut totals = RunTotals::default();
+        let mut counts = TagCounts::default();
         let mut by_change: [Vec<f64>; 3] = Default::default();
         let mut by_node: BTreeMap<String, Vec<f64>> = BTreeMap::new();
         for scenario in scenarios {
             let status = scenario.status();
-            let slot = match status {
-                Status::Passed => &mut totals.scenarios_passed,
-                Status::Failed => &mut totals.scenarios_failed,
-                Status::Unsupported => &mut totals.scenarios_unsupported,
-            };
-            *slot += 1;
+            counts.add(status);
             for tag in &scenario.scenario.tags {
-                let entry = totals.per_tag.entry(tag.clone()).or_default();
-                match status {
-                    Status::Passed => entry.passed += 1,
-                    Status::Failed => entry.failed += 1,
-                    Status::Unsupported => entry.unsupported += 1,
-                }
+                totals.per_tag.entry(tag.clone()).or_default().add(status);
             }
             totals.steps += scenario.steps.len();
+            let t = &scenario.totals;
+            totals.late_deny += t.late_deny;
+            totals.late_allow += t.late_allow;
+            totals.never_converged += t.never_converged;
+            totals.flapping += t.flapping;
+            totals.max_leak_ms = max_of(totals.max_leak_ms, t.max_leak_ms);
+            totals.established.add(&t.established);
             for step in &scenario.steps {
                 for (k, cell, timing) in step.timing.cells() {
                     let slot = match step.changes.get(k, cell.from, cell.to) {
@@ -193,20 +205,11 @@ impl RunTotals {
                         by_node.entry(node.to_string()).or_default().push(ms);
                     }
                 }
-                let t = &step.summary;
-                totals.late_deny += t.late_deny;
-                totals.late_allow += t.late_allow;
-                totals.never_converged += t.never_converged;
-                totals.flapping += t.flapping;
-                totals.max_leak_ms = max_of(totals.max_leak_ms, t.max_leak_ms);
-                let flows = &mut totals.established;
-                flows.held += t.established.held;
-                flows.survived += t.established.survived;
-                flows.cut += t.established.cut;
-                flows.tcp_survived += t.established.tcp_survived;
-                flows.udp_survived += t.established.udp_survived;
             }
         }
+        totals.scenarios_passed = counts.passed;
+        totals.scenarios_failed = counts.failed;
+        totals.scenarios_unsupported = counts.unsupported;
         let [deny, allow, new] = by_change.map(LatencyStats::of);
         totals.allow_to_deny = deny;
         totals.deny_to_allow = allow;

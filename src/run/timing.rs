@@ -65,6 +65,17 @@ pub struct FlowSummary {
     pub udp_survived: usize,
 }
 
+impl FlowSummary {
+    /// Adds another step's (or scenario's) counts.
+    pub fn add(&mut self, other: &FlowSummary) {
+        self.held += other.held;
+        self.survived += other.survived;
+        self.cut += other.cut;
+        self.tcp_survived += other.tcp_survived;
+        self.udp_survived += other.udp_survived;
+    }
+}
+
 /// One cell's timeline within a step, in ms from the change.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct CellTiming {

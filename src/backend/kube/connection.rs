@@ -133,6 +133,24 @@ where
     .map_err(api_error(what))
 }
 
+/// Asks for a namespace's deletion (in the background, retried like every call); `false` when it
+/// was already gone.
+pub(super) async fn delete_namespace(
+    api: &kube::Api<k8s_openapi::api::core::v1::Namespace>,
+    name: &str,
+) -> Result<bool, BackendError> {
+    let params = kube::api::DeleteParams::background();
+    match call(&format!("deleting namespace {name}"), || async {
+        api.delete(name, &params).await
+    })
+    .await
+    {
+        Ok(_) => Ok(true),
+        Err(BackendError::Kube { source, .. }) if is_not_found(&source) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// How long deletions may take to finish before polygraph gives up waiting.
 pub(super) const DELETE_TIMEOUT: Duration = Duration::from_secs(120);
 

@@ -144,10 +144,7 @@ impl Backend for Recorder {
         self.sim.apply(mutation).await?;
         self.world
             .apply(mutation)
-            .map_err(|source| BackendError::Rejected {
-                mutation: mutation.to_string(),
-                source,
-            })?;
+            .map_err(BackendError::rejected(mutation))?;
         self.record(mutation)
     }
 
@@ -193,10 +190,7 @@ impl Backend for Recorder {
             self.record(&mutation)?;
             self.world
                 .apply(&mutation)
-                .map_err(|source| BackendError::Rejected {
-                    mutation: mutation.to_string(),
-                    source,
-                })?;
+                .map_err(BackendError::rejected(&mutation))?;
         }
         self.sim.cleanup().await
     }

@@ -8,10 +8,10 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use k8s_openapi::api::core::v1::Namespace as KubeNamespace;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client};
 
-use super::connection::{await_deletion, call, is_not_found};
+use super::connection::{await_deletion, call, delete_namespace};
 use super::manifests::{HEARTBEAT_ANNOTATION, OWNER, OWNER_LABEL, RUN_LABEL, heartbeat_now};
 use crate::backend::BackendError;
 
@@ -83,15 +83,8 @@ pub async fn gc(client: Client, older_than: Duration) -> Result<KubeGcReport, Ba
             report.kept.push((name, reason));
             continue;
         }
-        match api.delete(&name, &DeleteParams::background()).await {
-            Ok(_) => report.removed.push(name),
-            Err(e) if is_not_found(&e) => {}
-            Err(e) => {
-                return Err(BackendError::Kube {
-                    what: format!("deleting namespace {name}"),
-                    source: e,
-                });
-            }
+        if delete_namespace(&api, &name).await? {
+            report.removed.push(name);
         }
     }
     for name in &report.removed {

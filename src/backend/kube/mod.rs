@@ -30,7 +30,7 @@ use polygraph_agent::wire::{ProbeResult, Target};
 pub use connection::Connection;
 pub use gc::{HEARTBEAT_EVERY, KubeGcReport, STALE_AFTER, gc};
 
-use self::connection::{await_deletion, call, is_not_found};
+use self::connection::{await_deletion, call, delete_namespace};
 use self::gc::Heartbeat;
 use self::manifests::{BASE_NAME_LABEL, KubeOptions, OWNER, OWNER_LABEL, RUN_LABEL, RunNames};
 use self::placement::Spread;
@@ -239,16 +239,7 @@ impl KubeBackend {
             .collect();
         names.sort();
         for name in names {
-            match api.delete(&name, &DeleteParams::background()).await {
-                Ok(_) => {}
-                Err(e) if is_not_found(&e) => {}
-                Err(e) => {
-                    return Err(BackendError::Kube {
-                        what: format!("deleting namespace {name}"),
-                        source: e,
-                    });
-                }
-            }
+            delete_namespace(&api, &name).await?;
             self.deleting.insert(name);
         }
         self.await_namespace_deletions().await?;

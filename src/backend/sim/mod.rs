@@ -92,10 +92,7 @@ impl Backend for SimBackend {
         dataplane
             .world
             .apply(mutation)
-            .map_err(|source| BackendError::Rejected {
-                mutation: mutation.to_string(),
-                source,
-            })?;
+            .map_err(BackendError::rejected(mutation))?;
         match mutation {
             Mutation::CreatePod(pod) => {
                 dataplane.created.insert(pod.key(), Instant::now());
