@@ -1,10 +1,10 @@
 //! `polygraph analyze`: the oracle's truth table for a cluster and a set of policies, offline.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use crate::matrix::TruthTable;
 use crate::model::{Cluster, PortProtocol};
-use crate::policy::{Oracle, Policy};
+use crate::policy::{ClusterPolicy, Oracle, Policy, PolicySet};
 
 /// The result of an analysis: the inputs as used, the table, and what the user should know.
 #[derive(Debug, Clone)]
@@ -13,24 +13,31 @@ pub struct Analysis {
     /// After de-duplication: a later policy with the same namespace/name replaces an earlier one,
     /// as `kubectl apply` would.
     pub policies: Vec<Policy>,
+    /// Cluster-scoped policies, de-duplicated by kind and name the same way.
+    pub cluster_policies: Vec<ClusterPolicy>,
     pub table: TruthTable,
     pub warnings: Vec<String>,
 }
 
 impl Analysis {
     pub fn oracle(&self) -> Oracle<'_> {
-        Oracle::new(&self.cluster, &self.policies)
+        Oracle::tiered(&self.cluster, &self.policies, &self.cluster_policies)
+    }
+
+    /// Both families, as they were analysed.
+    pub fn policy_set(&self) -> PolicySet {
+        PolicySet {
+            network: self.policies.clone(),
+            cluster: self.cluster_policies.clone(),
+        }
     }
 }
 
 /// Runs the oracle over `port_protocols` (every served pair when empty).
-pub fn analyze(
-    cluster: Cluster,
-    policies: Vec<Policy>,
-    port_protocols: &[PortProtocol],
-) -> Analysis {
+pub fn analyze(cluster: Cluster, policies: PolicySet, port_protocols: &[PortProtocol]) -> Analysis {
     let mut warnings = Vec::new();
-    let policies = dedupe(policies, &mut warnings);
+    let cluster_policies = dedupe_cluster(policies.cluster, &mut warnings);
+    let policies = dedupe(policies.network, &mut warnings);
     for policy in &policies {
         if cluster.namespace(&policy.namespace).is_none() {
             warnings.push(format!(
@@ -47,13 +54,64 @@ pub fn analyze(
     } else {
         port_protocols.to_vec()
     };
-    let table = Oracle::new(&cluster, &policies).truth_table(&port_protocols);
+    let oracle = Oracle::tiered(&cluster, &policies, &cluster_policies);
+    let table = oracle.truth_table(&port_protocols);
+    warnings.extend(undefined_warnings(&oracle, &table));
     Analysis {
         cluster,
         policies,
+        cluster_policies,
         table,
         warnings,
     }
+}
+
+/// One warning per reason the spec leaves cells open (policies of equal priority that disagree,
+/// rules that need DNS), with how many cells it affects.
+fn undefined_warnings(oracle: &Oracle<'_>, table: &TruthTable) -> Vec<String> {
+    let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+    for (cell, decision) in table.cells() {
+        if !decision.undefined {
+            continue;
+        }
+        let why = oracle.explain(cell);
+        for d in [&why.egress, &why.ingress] {
+            if let Some(reason) = &d.undefined {
+                for part in reason.split("; ") {
+                    *reasons.entry(part.to_string()).or_default() += 1;
+                }
+            }
+        }
+    }
+    reasons
+        .into_iter()
+        .map(|(reason, cells)| {
+            let plural = if cells == 1 { "" } else { "s" };
+            format!("undefined ({cells} cell{plural}, shown as ~ and never failed): {reason}")
+        })
+        .collect()
+}
+
+fn dedupe_cluster(policies: Vec<ClusterPolicy>, warnings: &mut Vec<String>) -> Vec<ClusterPolicy> {
+    let mut kept: Vec<ClusterPolicy> = Vec::with_capacity(policies.len());
+    for policy in policies {
+        match kept
+            .iter_mut()
+            .find(|k| k.kind == policy.kind && k.name == policy.name)
+        {
+            Some(existing) => {
+                warnings.push(format!(
+                    "{}: {} replaces the one from {}",
+                    policy.origin,
+                    policy.key(),
+                    existing.origin
+                ));
+                *existing = policy;
+            }
+            None => kept.push(policy),
+        }
+    }
+    kept
 }
 
 fn dedupe(policies: Vec<Policy>, warnings: &mut Vec<String>) -> Vec<Policy> {

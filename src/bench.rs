@@ -15,13 +15,15 @@ use crate::model::{
     Cluster, ClusterDescription, NamespaceDescription, PodDescription, PortDescription,
     PortProtocol, Protocol,
 };
-use crate::policy::{Oracle, Policy, compile_document};
+use crate::policy::{AnyPolicy, ClusterPolicy, Oracle, Policy, compile_document};
 
 #[derive(Debug, Clone, Copy)]
 pub struct WorldSize {
     pub namespaces: usize,
     pub pods: usize,
     pub policies: usize,
+    /// ClusterNetworkPolicies (Admin and Baseline tiers) on top of the NetworkPolicies.
+    pub cluster_policies: usize,
     pub seed: u64,
 }
 
@@ -31,6 +33,7 @@ impl Default for WorldSize {
             namespaces: 50,
             pods: 1000,
             policies: 1000,
+            cluster_policies: 100,
             seed: 1,
         }
     }
@@ -199,6 +202,105 @@ pub fn generate_policy_objects(size: &WorldSize) -> Vec<Value> {
         .collect()
 }
 
+fn cluster_peer(rng: &mut fastrand::Rng, egress: bool) -> Value {
+    match rng.u8(0..10) {
+        0..=2 => json!({"namespaces": {"matchLabels": {"team": format!("t{}", rng.u8(0..10))}}}),
+        3..=5 => json!({"pods": {"podSelector": selector(rng)}}),
+        6 | 7 => json!({"pods": {
+            "namespaceSelector": {"matchLabels": {"env": ENVS[rng.usize(..3)]}},
+            "podSelector": selector(rng),
+        }}),
+        8 if egress => json!({"networks": [format!("10.244.{}.0/24", rng.u8(0..5))]}),
+        _ => json!({"namespaces": {}}),
+    }
+}
+
+fn cluster_protocol(rng: &mut fastrand::Rng, named: bool) -> Value {
+    let (number, protocol, name) = PORTS[rng.usize(..PORTS.len())];
+    let key = protocol.as_str().to_ascii_lowercase();
+    match rng.u8(0..10) {
+        0..=5 => json!({key: {"destinationPort": {"number": number}}}),
+        6 | 7 if named => json!({"destinationNamedPort": name}),
+        _ => json!({"tcp": {"destinationPort": {"range": {"start": 8000, "end": 9100}}}}),
+    }
+}
+
+fn cluster_rules(rng: &mut fastrand::Rng, peers_key: &str, tier: &str) -> Value {
+    let egress = peers_key == "to";
+    let rules: Vec<Value> = (0..rng.usize(0..=3))
+        .map(|i| {
+            let action = match (tier, rng.u8(0..3)) {
+                (_, 0) => "Accept",
+                (_, 1) => "Deny",
+                _ => "Pass",
+            };
+            let peers: Vec<Value> = (0..rng.usize(1..=2))
+                .map(|_| cluster_peer(rng, egress))
+                .collect();
+            let named = !peers.iter().any(|p| p.get("networks").is_some());
+            let mut rule = json!({"name": format!("r{i}"), "action": action, peers_key: peers});
+            if rng.u8(0..3) > 0 {
+                rule["protocols"] = (0..rng.usize(1..=2))
+                    .map(|_| cluster_protocol(rng, named))
+                    .collect();
+            }
+            rule
+        })
+        .collect();
+    Value::Array(rules)
+}
+
+/// ClusterNetworkPolicy objects as a user would write them: both tiers, priorities from a small
+/// range (so ties, and undefined cells, occur), every action, peer and protocol form.
+pub fn generate_cluster_policy_objects(size: &WorldSize) -> Vec<Value> {
+    let mut rng = fastrand::Rng::with_seed(size.seed.wrapping_add(2));
+    (0..size.cluster_policies)
+        .map(|i| {
+            let tier = if rng.u8(0..4) == 0 {
+                "Baseline"
+            } else {
+                "Admin"
+            };
+            let subject = if rng.bool() {
+                json!({"namespaces": {"matchLabels": {"env": ENVS[rng.usize(..3)]}}})
+            } else {
+                json!({"pods": {"podSelector": selector(&mut rng)}})
+            };
+            json!({
+                "apiVersion": "policy.networking.k8s.io/v1alpha2",
+                "kind": "ClusterNetworkPolicy",
+                "metadata": {"name": format!("cnp-{i}")},
+                "spec": {
+                    "tier": tier,
+                    "priority": rng.u32(0..20),
+                    "subject": subject,
+                    "ingress": cluster_rules(&mut rng, "from", tier),
+                    "egress": cluster_rules(&mut rng, "to", tier),
+                },
+            })
+        })
+        .collect()
+}
+
+pub fn generate_cluster_policies(size: &WorldSize) -> Vec<ClusterPolicy> {
+    generate_cluster_policy_objects(size)
+        .into_iter()
+        .enumerate()
+        .flat_map(|(i, value)| {
+            let document = Document {
+                origin: Origin::file(format!("generated cluster policy {i}")),
+                value,
+            };
+            compile_document(document, "default")
+                .unwrap_or_else(|e| panic!("generated cluster policy is invalid: {e}"))
+        })
+        .filter_map(|p| match p {
+            AnyPolicy::Cluster(p) => Some(p),
+            AnyPolicy::Network(_) => None,
+        })
+        .collect()
+}
+
 pub fn generate_policies(size: &WorldSize) -> Vec<Policy> {
     generate_policy_objects(size)
         .into_iter()
@@ -210,6 +312,10 @@ pub fn generate_policies(size: &WorldSize) -> Vec<Policy> {
             };
             compile_document(document, "default")
                 .unwrap_or_else(|e| panic!("generated policy is invalid: {e}"))
+        })
+        .filter_map(|p| match p {
+            AnyPolicy::Network(p) => Some(p),
+            AnyPolicy::Cluster(_) => None,
         })
         .collect()
 }
@@ -230,9 +336,14 @@ impl OracleTiming {
 }
 
 /// Builds the index and the full truth table once, timing both.
-pub fn time_oracle(cluster: &Cluster, policies: &[Policy], pps: &[PortProtocol]) -> OracleTiming {
+pub fn time_oracle(
+    cluster: &Cluster,
+    policies: &[Policy],
+    cluster_policies: &[ClusterPolicy],
+    pps: &[PortProtocol],
+) -> OracleTiming {
     let start = Instant::now();
-    let oracle = Oracle::new(cluster, policies);
+    let oracle = Oracle::tiered(cluster, policies, cluster_policies);
     let index = start.elapsed();
     let start = Instant::now();
     let table = oracle.truth_table(pps);
@@ -255,6 +366,7 @@ mod tests {
             namespaces: 5,
             pods: 40,
             policies: 60,
+            cluster_policies: 20,
             seed: 7,
         };
         let cluster = generate_cluster(&size);
@@ -262,7 +374,14 @@ mod tests {
         let policies = generate_policies(&size);
         assert_eq!(policies.len(), 60);
         assert_eq!(generate_policies(&size), policies);
-        let timing = time_oracle(&cluster, &policies, &bench_port_protocols());
+        let cluster_policies = generate_cluster_policies(&size);
+        assert_eq!(cluster_policies.len(), 20);
+        let timing = time_oracle(
+            &cluster,
+            &policies,
+            &cluster_policies,
+            &bench_port_protocols(),
+        );
         assert_eq!(timing.cells, 40 * 40 * 4);
         assert!(timing.allowed > 0 && timing.allowed < timing.cells);
     }

@@ -23,6 +23,90 @@ fn ingress_peer(peer_yaml: &str) -> String {
     ))
 }
 
+/// A ClusterNetworkPolicy skeleton named `cnp`: `SPEC` is the spec body.
+fn cnp(spec: &str) -> String {
+    format!(
+        "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata:\n  name: cnp\nspec:\n{}",
+        spec.lines().map(|l| format!("  {l}\n")).collect::<String>()
+    )
+}
+
+/// An Admin CNP at priority 10 over namespace x with one egress rule (`RULE`, a YAML mapping).
+fn cnp_egress(rule: &str) -> String {
+    cnp(&format!(
+        "tier: Admin\npriority: 10\nsubject: {{namespaces: {{matchLabels: {{ns: x}}}}}}\negress:\n- {rule}"
+    ))
+}
+
+fn cnp_ingress(rule: &str) -> String {
+    cnp(&format!(
+        "tier: Admin\npriority: 10\nsubject: {{namespaces: {{matchLabels: {{ns: x}}}}}}\ningress:\n- {rule}"
+    ))
+}
+
+/// Invalid cluster-scoped policies: each one line naming the file, the object as written and the
+/// field, as the CRDs' validation would reject them.
+fn cluster_cases() -> Vec<Case> {
+    let c = "ClusterNetworkPolicy cnp";
+    let subject = "subject: {namespaces: {}}";
+    let peer = "to: [{namespaces: {}}]";
+    let many = |n: usize, item: &str| {
+        (0..n)
+            .map(|_| item.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    vec![
+        case("cnp without tier", cnp(&format!("priority: 1\n{subject}")), &[c, "spec.tier", "Required"]),
+        case("cnp unknown tier", cnp(&format!("tier: Platform\npriority: 1\n{subject}")), &[c, "spec.tier", "Unsupported value", "Platform"]),
+        case("cnp without priority", cnp(&format!("tier: Admin\n{subject}")), &[c, "spec.priority", "Required"]),
+        case("cnp priority too high", cnp(&format!("tier: Admin\npriority: 1001\n{subject}")), &[c, "spec.priority", "between 0 and 1000"]),
+        case("cnp negative priority", cnp(&format!("tier: Baseline\npriority: -1\n{subject}")), &[c, "spec.priority", "between 0 and 1000"]),
+        case("cnp priority not a number", cnp(&format!("tier: Admin\npriority: high\n{subject}")), &[c, "spec.priority"]),
+        case("cnp without subject", cnp("tier: Admin\npriority: 1"), &[c, "spec.subject", "Required"]),
+        case("cnp subject with both", cnp("tier: Admin\npriority: 1\nsubject: {namespaces: {}, pods: {podSelector: {}}}"), &[c, "spec.subject", "exactly one"]),
+        case("cnp empty subject", cnp("tier: Admin\npriority: 1\nsubject: {}"), &[c, "spec.subject", "exactly one"]),
+        case("cnp subject pods without podSelector", cnp("tier: Admin\npriority: 1\nsubject: {pods: {namespaceSelector: {}}}"), &[c, "spec.subject.pods.podSelector", "Required"]),
+        case("cnp subject bad operator", cnp("tier: Admin\npriority: 1\nsubject: {namespaces: {matchExpressions: [{key: a, operator: Near}]}}"), &[c, "spec.subject.namespaces.matchExpressions[0].operator"]),
+        case("cnp unknown field", cnp(&format!("tier: Admin\npriority: 1\n{subject}\nisolation: strict")), &[c, "spec.isolation", "unknown field"]),
+        case("cnp misspelled rule field", cnp_egress(&format!("{{action: Deny, {peer}, protocol: [{{tcp: {{destinationPort: {{number: 80}}}}}}]}}")), &[c, "spec.egress[0].protocol", "unknown field"]),
+        case("cnp rule without action", cnp_egress(&format!("{{{peer}}}")), &[c, "spec.egress[0].action", "Required"]),
+        case("cnp v1alpha1 action Allow", cnp_egress(&format!("{{action: Allow, {peer}}}")), &[c, "spec.egress[0].action", "Unsupported value", "Allow"]),
+        case("cnp rule without peers", cnp_egress("{action: Deny}"), &[c, "spec.egress[0].to", "Required"]),
+        case("cnp rule with empty peers", cnp_egress("{action: Deny, to: []}"), &[c, "spec.egress[0].to", "at least 1"]),
+        case("cnp too many peers", cnp_egress(&format!("{{action: Deny, to: [{}]}}", many(26, "{namespaces: {}}"))), &[c, "spec.egress[0].to", "at most 25"]),
+        case("cnp too many rules", cnp(&format!("tier: Admin\npriority: 1\n{subject}\ningress: [{}]", many(26, "{action: Deny, from: [{namespaces: {}}]}"))), &[c, "spec.ingress", "at most 25"]),
+        case("cnp peer with two fields", cnp_egress("{action: Deny, to: [{namespaces: {}, networks: [10.0.0.0/8]}]}"), &[c, "spec.egress[0].to[0]", "exactly one"]),
+        case("cnp empty peer", cnp_egress("{action: Deny, to: [{}]}"), &[c, "spec.egress[0].to[0]", "exactly one"]),
+        case("cnp networks in ingress", cnp_ingress("{action: Deny, from: [{networks: [10.0.0.0/8]}]}"), &[c, "spec.ingress[0].from[0].networks", "only egress"]),
+        case("cnp bad cidr", cnp_egress("{action: Deny, to: [{networks: [10.0.0.300/8]}]}"), &[c, "spec.egress[0].to[0].networks[0]", "Invalid CIDR"]),
+        case("cnp cidr without prefix", cnp_egress("{action: Deny, to: [{networks: [10.0.0.1]}]}"), &[c, "spec.egress[0].to[0].networks[0]", "Invalid CIDR"]),
+        case("cnp duplicate network", cnp_egress("{action: Deny, to: [{networks: [10.0.0.0/8, 10.0.0.0/8]}]}"), &[c, "spec.egress[0].to[0].networks[1]", "Duplicate"]),
+        case("cnp bad domain name", cnp_egress("{action: Accept, to: [{domainNames: ['*.*.example.com']}]}"), &[c, "spec.egress[0].to[0].domainNames[0]", "should match"]),
+        case("cnp named port with networks", cnp_egress("{action: Accept, to: [{networks: [10.0.0.0/8]}], protocols: [{destinationNamedPort: http}]}"), &[c, "spec.egress[0]", "cannot be set with namedPorts"]),
+        case("cnp protocol with two keys", cnp_egress(&format!("{{action: Deny, {peer}, protocols: [{{tcp: {{destinationPort: {{number: 80}}}}, udp: {{destinationPort: {{number: 53}}}}}}]}}")), &[c, "spec.egress[0].protocols[0]", "exactly one"]),
+        case("cnp protocol without port", cnp_egress(&format!("{{action: Deny, {peer}, protocols: [{{tcp: {{}}}}]}}")), &[c, "spec.egress[0].protocols[0].tcp", "destinationPort"]),
+        case("cnp empty protocols", cnp_egress(&format!("{{action: Deny, {peer}, protocols: []}}")), &[c, "spec.egress[0].protocols", "at least 1"]),
+        case("cnp port zero", cnp_egress(&format!("{{action: Deny, {peer}, protocols: [{{tcp: {{destinationPort: {{number: 0}}}}}}]}}")), &[c, "spec.egress[0].protocols[0].tcp.destinationPort.number", "between 1 and 65535"]),
+        case("cnp port with number and range", cnp_egress(&format!("{{action: Deny, {peer}, protocols: [{{udp: {{destinationPort: {{number: 53, range: {{start: 1, end: 2}}}}}}}}]}}")), &[c, "spec.egress[0].protocols[0].udp.destinationPort", "exactly one"]),
+        case("cnp one-port range", cnp_egress(&format!("{{action: Deny, {peer}, protocols: [{{tcp: {{destinationPort: {{range: {{start: 80, end: 80}}}}}}}}]}}")), &[c, "spec.egress[0].protocols[0].tcp.destinationPort.range", "Start port must be less than End port"]),
+        case("cnp range without end", cnp_egress(&format!("{{action: Deny, {peer}, protocols: [{{sctp: {{destinationPort: {{range: {{start: 80}}}}}}}}]}}")), &[c, "spec.egress[0].protocols[0].sctp.destinationPort.range.end", "Required"]),
+        case("cnp rule name too long", cnp_egress(&format!("{{name: {}, action: Deny, {peer}}}", "n".repeat(101))), &[c, "spec.egress[0].name", "100"]),
+        case("cnp with a namespace", "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {name: cnp, namespace: x}\nspec: {tier: Admin, priority: 1, subject: {namespaces: {}}}\n".into(), &[c, "metadata.namespace", "cluster-scoped"]),
+        case("cnp bad name", "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {name: Deny_All}\nspec: {tier: Admin, priority: 1, subject: {namespaces: {}}}\n".into(), &["ClusterNetworkPolicy Deny_All", "metadata.name"]),
+        case("cnp wrong version", "apiVersion: policy.networking.k8s.io/v1alpha1\nkind: ClusterNetworkPolicy\nmetadata: {name: cnp}\nspec: {tier: Admin, priority: 1, subject: {namespaces: {}}}\n".into(), &[c, "apiVersion", "v1alpha2"]),
+        case("anp on v1alpha2", "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: AdminNetworkPolicy\nmetadata: {name: anp}\nspec: {priority: 1, subject: {namespaces: {}}}\n".into(), &["AdminNetworkPolicy anp", "apiVersion", "became a ClusterNetworkPolicy"]),
+        case("anp action Accept", "apiVersion: policy.networking.k8s.io/v1alpha1\nkind: AdminNetworkPolicy\nmetadata: {name: anp}\nspec:\n  priority: 1\n  subject: {namespaces: {}}\n  egress: [{action: Accept, to: [{namespaces: {}}]}]\n".into(), &["AdminNetworkPolicy anp", "spec.egress[0].action", "Unsupported value", "Accept"]),
+        case("anp pods peer without namespaceSelector", "apiVersion: policy.networking.k8s.io/v1alpha1\nkind: AdminNetworkPolicy\nmetadata: {name: anp}\nspec:\n  priority: 1\n  subject: {namespaces: {}}\n  ingress: [{action: Deny, from: [{pods: {podSelector: {}}}]}]\n".into(), &["AdminNetworkPolicy anp", "spec.ingress[0].from[0].pods.namespaceSelector", "Required"]),
+        case("anp too many rules", format!("apiVersion: policy.networking.k8s.io/v1alpha1\nkind: AdminNetworkPolicy\nmetadata: {{name: anp}}\nspec:\n  priority: 1\n  subject: {{namespaces: {{}}}}\n  ingress: [{}]\n", many(101, "{action: Deny, from: [{namespaces: {}}]}")), &["AdminNetworkPolicy anp", "spec.ingress", "at most 100"]),
+        case("anp port range backwards", "apiVersion: policy.networking.k8s.io/v1alpha1\nkind: AdminNetworkPolicy\nmetadata: {name: anp}\nspec:\n  priority: 1\n  subject: {namespaces: {}}\n  ingress: [{action: Deny, from: [{namespaces: {}}], ports: [{portRange: {start: 90, end: 80}}]}]\n".into(), &["AdminNetworkPolicy anp", "spec.ingress[0].ports[0].portRange", "Start port must be less than End port"]),
+        case("anp bad protocol", "apiVersion: policy.networking.k8s.io/v1alpha1\nkind: AdminNetworkPolicy\nmetadata: {name: anp}\nspec:\n  priority: 1\n  subject: {namespaces: {}}\n  ingress: [{action: Deny, from: [{namespaces: {}}], ports: [{portNumber: {protocol: ICMP, port: 1}}]}]\n".into(), &["AdminNetworkPolicy anp", "spec.ingress[0].ports[0].portNumber.protocol", "Unsupported value"]),
+        case("banp not named default", "apiVersion: policy.networking.k8s.io/v1alpha1\nkind: BaselineAdminNetworkPolicy\nmetadata: {name: baseline}\nspec: {subject: {namespaces: {}}}\n".into(), &["BaselineAdminNetworkPolicy baseline", "metadata.name", "default"]),
+        case("banp with priority", "apiVersion: policy.networking.k8s.io/v1alpha1\nkind: BaselineAdminNetworkPolicy\nmetadata: {name: default}\nspec: {priority: 3, subject: {namespaces: {}}}\n".into(), &["BaselineAdminNetworkPolicy default", "spec.priority"]),
+        case("banp action Pass", "apiVersion: policy.networking.k8s.io/v1alpha1\nkind: BaselineAdminNetworkPolicy\nmetadata: {name: default}\nspec:\n  subject: {namespaces: {}}\n  egress: [{action: Pass, to: [{namespaces: {}}]}]\n".into(), &["BaselineAdminNetworkPolicy default", "spec.egress[0].action", "Unsupported value", "Pass"]),
+    ]
+}
+
 fn selector(selector_yaml: &str) -> String {
     policy(&format!("podSelector: {selector_yaml}"))
 }
@@ -118,7 +202,7 @@ fn cases() -> Vec<Case> {
         case("missing apiVersion", "kind: NetworkPolicy\nmetadata: {name: web, namespace: x}\nspec: {podSelector: {}}\n".into(), &[np, "apiVersion"]),
         case("misspelled kind", "apiVersion: networking.k8s.io/v1\nkind: NetworkPolcy\nmetadata: {name: web, namespace: x}\n".into(), &["NetworkPolcy", "not supported"]),
         case("missing kind", "apiVersion: networking.k8s.io/v1\nmetadata: {name: web}\n".into(), &["kind", "Required"]),
-        case("admin network policy", "apiVersion: policy.networking.k8s.io/v1alpha1\nkind: AdminNetworkPolicy\nmetadata: {name: deny}\nspec: {priority: 10}\n".into(), &["AdminNetworkPolicy", "not supported"]),
+        case("admin network policy without subject", "apiVersion: policy.networking.k8s.io/v1alpha1\nkind: AdminNetworkPolicy\nmetadata: {name: deny}\nspec: {priority: 10}\n".into(), &["AdminNetworkPolicy deny", "spec.subject", "Required value"]),
         case("scalar document", "just a string\n".into(), &["kind", "Required"]),
         case("list items not a list", "apiVersion: v1\nkind: List\nitems: {a: b}\n".into(), &["List", "items"]),
         // where in a file
@@ -164,7 +248,14 @@ fn assert_rejected(name: &str, args: &[&str], stdin: &str, expect: &[&str]) {
 #[test]
 fn invalid_policies_are_rejected_with_one_line_naming_file_policy_and_field() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let cases = cases();
+    let mut cases = cases();
+    let cluster = cluster_cases();
+    assert!(
+        cluster.len() >= 30,
+        "30+ invalid cluster policies, have {}",
+        cluster.len()
+    );
+    cases.extend(cluster);
     for case in &cases {
         let path = dir.path().join("bad.yaml");
         std::fs::write(&path, &case.text).expect("write case");

@@ -1,6 +1,9 @@
 //! `--dry-run` prints every manifest polygraph would create, contacting nothing; the output must pass
 //! strict Kubernetes schema validation (kubernetes-validate --strict, from PyPI) for every built-in
-//! scenario, for probe and for smoke.
+//! scenario, for probe and for smoke. The cluster-scoped policies (CRDs kubernetes-validate does not
+//! know) are validated against the CRDs generated from polygraph's own types (`CustomResourceExt`),
+//! strictly (no field the schema lacks), with Python's jsonschema (a dependency of
+//! kubernetes-validate).
 
 mod common;
 
@@ -76,7 +79,160 @@ fn the_whole_library_dry_run_is_valid_kubernetes() {
         "a selector was not rewritten"
     );
     assert!(yaml.contains("app.kubernetes.io/managed-by: polygraph"));
-    validate("library", &yaml);
+    let (core, cluster) = split_cluster_policies(&yaml);
+    assert!(
+        cluster.len() >= 13,
+        "{} cluster-scoped objects",
+        cluster.len()
+    );
+    for object in &cluster {
+        // Confinement: whatever the scenario wrote, the subject selects only this run's namespaces.
+        let subject = &object["spec"]["subject"];
+        let namespaces = if subject["namespaces"].is_object() {
+            &subject["namespaces"]
+        } else {
+            &subject["pods"]["namespaceSelector"]
+        };
+        assert!(
+            namespaces["matchLabels"]["polygraph.dev/run-id"].is_string(),
+            "subject not confined to the run: {object}"
+        );
+        assert_eq!(
+            object["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+            "polygraph"
+        );
+    }
+    assert!(
+        yaml.contains("so it selects only this run's namespaces"),
+        "the dry run says what confinement does"
+    );
+    validate_cluster_policies(&cluster);
+    validate("library", &core);
+}
+
+/// The dry run's documents, split: everything else (as YAML text) and the cluster-scoped
+/// policies (parsed).
+fn split_cluster_policies(yaml: &str) -> (String, Vec<serde_json::Value>) {
+    let mut core = Vec::new();
+    let mut cluster = Vec::new();
+    for document in yaml.split("\n---\n") {
+        let parsed: serde_json::Value = serde_saphyr::from_str(document).unwrap_or_default();
+        let is_cluster = parsed["apiVersion"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("policy.networking.k8s.io/"));
+        if is_cluster {
+            cluster.push(parsed);
+        } else {
+            core.push(document);
+        }
+    }
+    (core.join("\n---\n"), cluster)
+}
+
+/// `additionalProperties: false` wherever a schema lists properties: what `--validate=strict` means.
+fn strict(schema: &mut serde_json::Value) {
+    if let Some(object) = schema.as_object_mut() {
+        if object.contains_key("properties") && !object.contains_key("additionalProperties") {
+            object.insert(
+                "additionalProperties".into(),
+                serde_json::Value::Bool(false),
+            );
+        }
+        for value in object.values_mut() {
+            strict(value);
+        }
+    } else if let Some(items) = schema.as_array_mut() {
+        items.iter_mut().for_each(strict);
+    }
+}
+
+/// Every object against its kind's generated CRD schema.
+fn validate_cluster_policies(objects: &[serde_json::Value]) {
+    let mut schemas = serde_json::Map::new();
+    for crd in polygraph::policy::cluster::api::crds() {
+        let kind = crd.spec.names.kind.clone();
+        for version in &crd.spec.versions {
+            let mut schema =
+                serde_json::to_value(&version.schema.as_ref().expect("schema").open_api_v3_schema)
+                    .expect("schema JSON");
+            strict(&mut schema);
+            // The API server adds these to every object's schema.
+            for field in ["apiVersion", "kind"] {
+                schema["properties"][field] = serde_json::json!({"type": "string"});
+            }
+            schema["properties"]["metadata"] = serde_json::json!({"type": "object"});
+            schemas.insert(
+                format!("{}/{}/{kind}", crd.spec.group, version.name),
+                schema,
+            );
+        }
+    }
+    let checks: Vec<serde_json::Value> = objects
+        .iter()
+        .map(|o| {
+            let key = format!(
+                "{}/{}",
+                o["apiVersion"].as_str().unwrap_or_default(),
+                o["kind"].as_str().unwrap_or_default()
+            );
+            let schema = schemas
+                .get(&key)
+                .unwrap_or_else(|| panic!("no generated CRD for {key}"));
+            serde_json::json!({"schema": schema, "object": o})
+        })
+        .collect();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("checks.json");
+    std::fs::write(&path, serde_json::to_string(&checks).expect("JSON")).expect("write");
+    let script = r#"
+import json, sys, jsonschema
+bad = []
+for check in json.load(open(sys.argv[1])):
+    for e in jsonschema.Draft7Validator(check['schema']).iter_errors(check['object']):
+        bad.append(check['object']['metadata']['name'] + ': ' + '.'.join(map(str, e.path)) + ': ' + e.message)
+print('\n'.join(bad))
+sys.exit(1 if bad else 0)
+"#;
+    let output = Command::new("python3")
+        .args(["-c", script, &path.display().to_string()])
+        .output()
+        .expect("python3");
+    assert!(
+        output.status.success(),
+        "cluster policies that do not fit the CRD:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// The check above can fail: an object with a field the CRD lacks, or an action outside its enum,
+/// is caught.
+#[test]
+fn the_crd_check_catches_what_does_not_fit() {
+    let good = serde_json::json!({"apiVersion": "policy.networking.k8s.io/v1alpha2", "kind": "ClusterNetworkPolicy",
+        "metadata": {"name": "ok"},
+        "spec": {"tier": "Admin", "priority": 3, "subject": {"namespaces": {"matchLabels": {"a": "b"}}},
+                 "egress": [{"action": "Deny", "to": [{"networks": ["10.0.0.0/8"]}], "protocols": [{"tcp": {"destinationPort": {"number": 80}}}]}]}});
+    validate_cluster_policies(std::slice::from_ref(&good));
+    for (field, value) in [
+        ("/spec/egress/0/action", serde_json::json!("Allow")),
+        ("/spec/priority", serde_json::json!(1001)),
+        (
+            "/spec/egress/0/protocols/0/tcp/destinationPort/port",
+            serde_json::json!(80),
+        ),
+        (
+            "/spec/subject/namespaces/matchLabel",
+            serde_json::json!({"a": "b"}),
+        ),
+    ] {
+        let mut bad = good.clone();
+        let (parent, key) = field.rsplit_once('/').expect("path");
+        bad.pointer_mut(parent).expect("parent")[key] = value;
+        let outcome =
+            std::panic::catch_unwind(|| validate_cluster_policies(std::slice::from_ref(&bad)));
+        assert!(outcome.is_err(), "{field} was not caught");
+    }
 }
 
 #[test]

@@ -207,7 +207,7 @@ proptest! {
         mutations in prop::collection::vec(mutation(), 1..6),
         cut in prop::option::of(any::<usize>()),
     ) {
-        let size = WorldSize { namespaces: 3, pods: 9, policies: 2, seed };
+        let size = WorldSize { namespaces: 3, pods: 9, policies: 2, cluster_policies: 0, seed };
         let mut objects = generate_policy_objects(&size);
         // Aim the generated policies at the default model's namespaces.
         for (i, object) in objects.iter_mut().enumerate() {

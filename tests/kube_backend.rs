@@ -2,7 +2,7 @@
 //! that stores namespaces and pods, reports pod status and events as scripted, records every request,
 //! and can throttle (429). No cluster is needed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -46,6 +46,41 @@ struct State {
     policies: BTreeMap<(String, String), Value>,
     /// Every change the server accepted, as `polygraph::backend::kube::api_calls` words them.
     calls: Vec<String>,
+    /// Versions of policy.networking.k8s.io the server serves (`v1alpha2`, `v1alpha1`).
+    policy_versions: BTreeSet<&'static str>,
+    /// Cluster-scoped policies by (plural, name).
+    cluster_objects: BTreeMap<(String, String), Value>,
+}
+
+const POLICY_GROUP: &str = "policy.networking.k8s.io";
+
+/// (plural, kind, version) of the cluster-scoped policy resources.
+const CLUSTER_RESOURCES: [(&str, &str, &str); 3] = [
+    ("clusternetworkpolicies", "ClusterNetworkPolicy", "v1alpha2"),
+    ("adminnetworkpolicies", "AdminNetworkPolicy", "v1alpha1"),
+    (
+        "baselineadminnetworkpolicies",
+        "BaselineAdminNetworkPolicy",
+        "v1alpha1",
+    ),
+];
+
+/// Whether an object's labels satisfy a `k=v,k2=v2` selector (all polygraph uses).
+fn selected(object: &Value, query: &str) -> bool {
+    let Some(selector) = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("labelSelector="))
+    else {
+        return true;
+    };
+    let selector = selector
+        .replace("%2F", "/")
+        .replace("%3D", "=")
+        .replace("%2C", ",");
+    selector.split(',').all(|pair| match pair.split_once('=') {
+        Some((k, v)) => object["metadata"]["labels"][k] == v,
+        None => true,
+    })
 }
 
 fn json_response(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
@@ -110,6 +145,62 @@ fn handle(
             ],
         ),
         ("GET", ["api", "v1", "nodes"]) => list("NodeList", s.nodes.clone()),
+        ("GET", ["apis", POLICY_GROUP, version]) => {
+            if !s.policy_versions.contains(version) {
+                return status(404, "NotFound");
+            }
+            let resources: Vec<Value> = CLUSTER_RESOURCES
+                .iter()
+                .filter(|(_, _, v)| v == version)
+                .map(|(plural, kind, _)| json!({"name": plural, "singularName": "", "namespaced": false, "kind": kind, "verbs": ["get", "list", "patch", "delete"]}))
+                .collect();
+            json_response(
+                StatusCode::OK,
+                json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": format!("{POLICY_GROUP}/{version}"), "resources": resources}),
+            )
+        }
+        (method, ["apis", POLICY_GROUP, version, plural, rest @ ..]) => {
+            let Some((_, kind, _)) = CLUSTER_RESOURCES
+                .iter()
+                .find(|(p, _, v)| p == plural && v == version)
+            else {
+                return status(404, "NotFound");
+            };
+            if !s.policy_versions.contains(version) {
+                return status(404, "NotFound");
+            }
+            let plural = plural.to_string();
+            match (method, rest) {
+                ("GET", []) => {
+                    let items = s
+                        .cluster_objects
+                        .iter()
+                        .filter(|((p, _), o)| *p == plural && selected(o, query))
+                        .map(|(_, o)| o.clone())
+                        .collect();
+                    list(&format!("{kind}List"), items)
+                }
+                ("GET", [name]) => match s.cluster_objects.get(&(plural, name.to_string())) {
+                    Some(o) => json_response(StatusCode::OK, o.clone()),
+                    None => status(404, "NotFound"),
+                },
+                ("PATCH", [name]) => {
+                    s.calls.push(format!("apply {kind} {name}"));
+                    s.applied.push(body.clone());
+                    s.cluster_objects
+                        .insert((plural, name.to_string()), body.clone());
+                    json_response(StatusCode::OK, body)
+                }
+                ("DELETE", [name]) => match s.cluster_objects.remove(&(plural, name.to_string())) {
+                    Some(o) => {
+                        s.calls.push(format!("delete {kind} {name}"));
+                        json_response(StatusCode::OK, o)
+                    }
+                    None => status(404, "NotFound"),
+                },
+                _ => status(404, "NotFound"),
+            }
+        }
         ("POST", ["api", "v1", "namespaces"]) => {
             let name = body["metadata"]["name"]
                 .as_str()
@@ -444,6 +535,7 @@ async fn deploys_applies_and_cleans_up() {
     let yaml = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: from-y, namespace: x}\nspec:\n  podSelector: {}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: y}}}]}]\n";
     let policy = parse_policies("p.yaml", yaml, "x")
         .expect("policy")
+        .network
         .remove(0);
     backend
         .apply(&Mutation::ApplyPolicy(policy.clone()))
@@ -672,6 +764,13 @@ impl Backend for FakeCluster {
         self.kube.cleanup().await?;
         self.sim.cleanup().await
     }
+    async fn cluster_policy_support(
+        &mut self,
+        kinds: &[polygraph::policy::ClusterKind],
+        namespaces: &[polygraph::model::Namespace],
+    ) -> Result<Vec<String>, String> {
+        self.kube.cluster_policy_support(kinds, namespaces).await
+    }
 }
 
 fn run_options() -> RunOptions {
@@ -759,7 +858,7 @@ async fn every_probe_goes_to_the_address_the_cluster_assigned() {
     let state = Arc::new(Mutex::new(State::default()));
     let mut cluster = FakeCluster::new(&state).await;
     let model = default_model().build("model").expect("model");
-    let analysis = polygraph::analyze::analyze(model.clone(), Vec::new(), &[]);
+    let analysis = polygraph::analyze::analyze(model.clone(), Default::default(), &[]);
     let world = World::new(&model.description(), "model").expect("world");
     reconcile(&mut cluster, &World::empty(), &world)
         .await
@@ -945,4 +1044,265 @@ users:
     assert_eq!(named, "kind-polygraph");
     let (_, named) = connection(Some("other")).client().await.expect("client");
     assert_eq!(named, "other");
+}
+
+/// A ClusterNetworkPolicy for the default model, from YAML.
+fn cluster_policy(yaml: &str) -> polygraph::policy::ClusterPolicy {
+    parse_policies("cnp.yaml", yaml, "default")
+        .expect("cluster policy")
+        .cluster
+        .remove(0)
+}
+
+const DENY_X_TO_Y: &str = "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {name: deny-x}\nspec:\n  tier: Admin\n  priority: 10\n  subject: {namespaces: {matchLabels: {kubernetes.io/metadata.name: y}}}\n  ingress:\n  - {action: Deny, from: [{namespaces: {matchLabels: {ns: x}}}, {pods: {podSelector: {}}}]}\n";
+
+/// Safety first: a cluster-scoped policy polygraph applies can only ever select the run's own
+/// namespaces (its subject gains the run-id requirement), carries the run in its name and labels,
+/// and goes away with the run.
+#[tokio::test]
+async fn cluster_policies_are_confined_to_the_run_applied_and_cleaned_up() {
+    let state = Arc::new(Mutex::new(State::default()));
+    state
+        .lock()
+        .expect("state")
+        .policy_versions
+        .insert("v1alpha2");
+    let mut backend = backend(&state).await;
+    deploy_default_model(&mut backend).await;
+    backend
+        .apply(&Mutation::ApplyClusterPolicy(cluster_policy(DENY_X_TO_Y)))
+        .await
+        .expect("apply");
+    {
+        let s = state.lock().expect("state");
+        let applied = s.applied.last().expect("applied");
+        assert_eq!(applied["metadata"]["name"], "polygraph-abc123-deny-x");
+        assert_eq!(
+            applied["metadata"]["labels"]["polygraph.dev/run-id"],
+            "abc123"
+        );
+        let subject = &applied["spec"]["subject"]["namespaces"]["matchLabels"];
+        assert_eq!(subject["polygraph.dev/run-id"], "abc123", "{applied}");
+        assert_eq!(subject["kubernetes.io/metadata.name"], "polygraph-abc123-y");
+        let peers = &applied["spec"]["ingress"][0]["from"];
+        assert_eq!(
+            peers[0]["namespaces"]["matchLabels"]["polygraph.dev/run-id"],
+            "abc123"
+        );
+        assert_eq!(
+            peers[1]["pods"]["namespaceSelector"]["matchLabels"]["polygraph.dev/run-id"], "abc123",
+            "a pods peer without namespaceSelector would select every namespace: {applied}"
+        );
+        let apply = s
+            .log
+            .iter()
+            .find(|l| {
+                l.starts_with(
+                    "PATCH /apis/policy.networking.k8s.io/v1alpha2/clusternetworkpolicies/",
+                )
+            })
+            .expect("a server-side apply");
+        assert!(
+            apply.contains("fieldManager=polygraph") && apply.contains("force=true"),
+            "{apply}"
+        );
+    }
+    backend
+        .apply(&Mutation::DeleteClusterPolicy {
+            kind: polygraph::policy::ClusterKind::ClusterNetworkPolicy,
+            name: "deny-x".into(),
+        })
+        .await
+        .expect("delete");
+    assert!(state.lock().expect("state").cluster_objects.is_empty());
+    backend
+        .apply(&Mutation::ApplyClusterPolicy(cluster_policy(DENY_X_TO_Y)))
+        .await
+        .expect("apply again");
+    backend.cleanup().await.expect("cleanup");
+    let s = state.lock().expect("state");
+    assert!(
+        s.cluster_objects.is_empty(),
+        "left behind: {:?}",
+        s.cluster_objects.keys()
+    );
+    assert!(s.namespaces.is_empty());
+    let deleted = s
+        .log
+        .iter()
+        .position(|l| l.starts_with("DELETE /apis/policy.networking.k8s.io/"));
+    let namespaces_deleted = s
+        .log
+        .iter()
+        .position(|l| l.starts_with("DELETE /api/v1/namespaces/"));
+    assert!(
+        deleted < namespaces_deleted,
+        "cluster objects go first: {:?}",
+        s.log
+    );
+}
+
+/// A cluster without the CRD makes the scenarios that need it unsupported, with the reason, and
+/// nothing of theirs is deployed; the others still run.
+#[tokio::test]
+async fn an_unserved_kind_makes_its_scenarios_unsupported() {
+    let scenarios = library(&[
+        "cnp-admin-deny-over-np-allow",
+        "deny-all-ingress",
+        "anp-banp-v1alpha1",
+    ]);
+    let state = Arc::new(Mutex::new(State::default()));
+    state
+        .lock()
+        .expect("state")
+        .policy_versions
+        .insert("v1alpha2");
+    let mut cluster = FakeCluster::new(&state).await;
+    let result = run_scenarios(&mut cluster, &scenarios, &run_options(), &mut |_| {}).await;
+    cluster.cleanup().await.expect("cleanup");
+    let by_name = |n: &str| {
+        result
+            .scenarios
+            .iter()
+            .find(|s| s.scenario.name == n)
+            .expect("scenario")
+    };
+    assert_eq!(
+        by_name("cnp-admin-deny-over-np-allow").status(),
+        polygraph::run::Status::Passed
+    );
+    assert_eq!(
+        by_name("deny-all-ingress").status(),
+        polygraph::run::Status::Passed
+    );
+    let v1 = by_name("anp-banp-v1alpha1");
+    assert_eq!(v1.status(), polygraph::run::Status::Unsupported);
+    assert_eq!(
+        v1.unsupported.as_deref(),
+        Some("the cluster does not serve policy.networking.k8s.io/v1alpha1 AdminNetworkPolicy")
+    );
+    assert!(v1.steps.is_empty(), "nothing of it ran");
+    assert!(result.passed(), "unsupported never fails a run");
+    let s = state.lock().expect("state");
+    assert!(
+        !s.log.iter().any(|l| l.contains("adminnetworkpolicies/")),
+        "{:?}",
+        s.log
+    );
+}
+
+/// The cluster's own cluster policies that can select the run's pods are named in a warning;
+/// one selecting elsewhere is not. polygraph's own objects never count.
+#[tokio::test]
+async fn the_clusters_own_policies_that_select_the_run_are_named() {
+    let state = Arc::new(Mutex::new(State::default()));
+    {
+        let mut s = state.lock().expect("state");
+        s.policy_versions.insert("v1alpha2");
+        s.cluster_objects.insert(
+            ("clusternetworkpolicies".into(), "platform-default-deny".into()),
+            json!({"apiVersion": "policy.networking.k8s.io/v1alpha2", "kind": "ClusterNetworkPolicy",
+                   "metadata": {"name": "platform-default-deny"},
+                   "spec": {"tier": "Baseline", "priority": 5, "subject": {"namespaces": {}},
+                            "ingress": [{"action": "Deny", "from": [{"namespaces": {}}]}]}}),
+        );
+        s.cluster_objects.insert(
+            ("clusternetworkpolicies".into(), "kube-system-only".into()),
+            json!({"apiVersion": "policy.networking.k8s.io/v1alpha2", "kind": "ClusterNetworkPolicy",
+                   "metadata": {"name": "kube-system-only"},
+                   "spec": {"tier": "Admin", "priority": 5,
+                            "subject": {"namespaces": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}}}}}),
+        );
+    }
+    let mut cluster = FakeCluster::new(&state).await;
+    let scenarios = library(&["cnp-admin-deny-over-np-allow"]);
+    let result = run_scenarios(&mut cluster, &scenarios, &run_options(), &mut |_| {}).await;
+    cluster.cleanup().await.expect("cleanup");
+    let warnings = &result.scenarios[0].warnings;
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains("ClusterNetworkPolicy platform-default-deny"),
+        "{warnings:?}"
+    );
+    let s = state.lock().expect("state");
+    assert_eq!(
+        s.cluster_objects.len(),
+        2,
+        "the cluster's own objects are untouched"
+    );
+}
+
+/// The v1alpha1 baseline is a singleton named `default`: polygraph never replaces one it did not
+/// create.
+#[tokio::test]
+async fn a_foreign_baseline_admin_network_policy_is_never_replaced() {
+    let state = Arc::new(Mutex::new(State::default()));
+    {
+        let mut s = state.lock().expect("state");
+        s.policy_versions.insert("v1alpha1");
+        s.cluster_objects.insert(
+            ("baselineadminnetworkpolicies".into(), "default".into()),
+            json!({"metadata": {"name": "default"}, "spec": {"subject": {"namespaces": {}}}}),
+        );
+    }
+    let mut backend = backend(&state).await;
+    deploy_default_model(&mut backend).await;
+    let banp = cluster_policy(
+        "apiVersion: policy.networking.k8s.io/v1alpha1\nkind: BaselineAdminNetworkPolicy\nmetadata: {name: default}\nspec:\n  subject: {namespaces: {}}\n  ingress: [{action: Deny, from: [{namespaces: {}}]}]\n",
+    );
+    let e = backend
+        .apply(&Mutation::ApplyClusterPolicy(banp))
+        .await
+        .expect_err("refused");
+    assert!(e.to_string().contains("polygraph did not create"), "{e}");
+    backend.cleanup().await.expect("cleanup");
+    let s = state.lock().expect("state");
+    assert!(
+        s.cluster_objects
+            .contains_key(&("baselineadminnetworkpolicies".into(), "default".into()))
+    );
+    assert!(
+        !s.log
+            .iter()
+            .any(|l| l.starts_with("PATCH /apis/policy.networking.k8s.io/"))
+    );
+    assert!(
+        !s.log
+            .iter()
+            .any(|l| l.starts_with("DELETE /apis/policy.networking.k8s.io/"))
+    );
+}
+
+/// gc removes the cluster-scoped objects of dead runs and keeps those of live ones.
+#[tokio::test]
+async fn gc_removes_cluster_policies_of_dead_runs_only() {
+    let state = Arc::new(Mutex::new(State::default()));
+    {
+        let mut s = state.lock().expect("state");
+        s.policy_versions.insert("v1alpha2");
+        let mut live = namespace_with("polygraph-live01-x", Some(10), 3600);
+        live["metadata"]["labels"]["polygraph.dev/run-id"] = json!("live01");
+        s.namespaces.insert("polygraph-live01-x".into(), live);
+        for run in ["live01", "dead01"] {
+            let name = format!("polygraph-{run}-deny");
+            s.cluster_objects.insert(
+                ("clusternetworkpolicies".into(), name.clone()),
+                json!({"metadata": {"name": name, "labels": {"app.kubernetes.io/managed-by": "polygraph", "polygraph.dev/run-id": run}}}),
+            );
+        }
+        s.cluster_objects.insert(
+            ("clusternetworkpolicies".into(), "not-ours".into()),
+            json!({"metadata": {"name": "not-ours"}}),
+        );
+    }
+    let report = polygraph::backend::kube::gc(fake_cluster(state.clone()), Duration::ZERO)
+        .await
+        .expect("gc");
+    assert_eq!(
+        report.removed,
+        vec!["ClusterNetworkPolicy polygraph-dead01-deny".to_string()]
+    );
+    let s = state.lock().expect("state");
+    let left: Vec<&String> = s.cluster_objects.keys().map(|(_, n)| n).collect();
+    assert_eq!(left, vec!["not-ours", "polygraph-live01-deny"]);
 }

@@ -31,6 +31,7 @@ fn run_case(case: &Case) -> Result<Vec<String>, String> {
         serde_json::from_slice(&output.stdout).map_err(|e| format!("bad JSON: {e}"))?;
     let (pods, probed) = report_axes(&report)?;
     let expected = case.expected_blocked(&pods, &probed)?;
+    let undefined = case.expected_undefined(&pods, &probed);
     let cells = report["cells"].as_array().ok_or("no cells")?;
     if cells.len() != pods.len() * pods.len() * probed.len() {
         return Err(format!(
@@ -44,6 +45,22 @@ fn run_case(case: &Case) -> Result<Vec<String>, String> {
     for cell in cells {
         let key = cell_key(cell);
         let allowed = cell["allowed"].as_bool().ok_or("cell without allowed")?;
+        let is_undefined = cell["undefined"]
+            .as_bool()
+            .ok_or("cell without undefined")?;
+        if is_undefined != undefined.contains(&key) {
+            let (from, to, pp) = key;
+            wrong.push(format!(
+                "{from} -> {to} {pp}: expected {}, oracle says {} ({})",
+                if is_undefined { "defined" } else { "undefined" },
+                if is_undefined { "undefined" } else { "defined" },
+                cell["reason"].as_str().unwrap_or_default()
+            ));
+            continue;
+        }
+        if is_undefined {
+            continue;
+        }
         let should_block = expected.contains(&key);
         if allowed == should_block {
             let (from, to, pp) = key;

@@ -2,18 +2,20 @@
 //! mixes every selector form, ipBlock with except, ranges and named ports).
 
 use polygraph::bench::{
-    WorldSize, bench_port_protocols, generate_cluster, generate_policies, generate_policy_objects,
+    WorldSize, bench_port_protocols, generate_cluster, generate_cluster_policies,
+    generate_policies, generate_policy_objects,
 };
 use polygraph::matrix::Cell;
 use polygraph::policy::{Direction, Oracle, parse_policies};
 use proptest::prelude::*;
 
 fn world() -> impl Strategy<Value = WorldSize> {
-    (1usize..6, 1usize..30, 0usize..25, any::<u64>()).prop_map(
-        |(namespaces, pods, policies, seed)| WorldSize {
+    (1usize..6, 1usize..30, 0usize..25, 0usize..12, any::<u64>()).prop_map(
+        |(namespaces, pods, policies, cluster_policies, seed)| WorldSize {
             namespaces,
             pods,
             policies,
+            cluster_policies,
             seed,
         },
     )
@@ -28,13 +30,58 @@ proptest! {
     fn index_agrees_with_direct_evaluation(size in world()) {
         let cluster = generate_cluster(&size);
         let policies = generate_policies(&size);
-        let oracle = Oracle::new(&cluster, &policies);
+        let cluster_policies = generate_cluster_policies(&size);
+        let oracle = Oracle::tiered(&cluster, &policies, &cluster_policies);
         let table = oracle.truth_table(&bench_port_protocols());
         for (cell, verdict) in table.cells() {
             let explanation = oracle.explain(cell);
-            prop_assert_eq!(explanation.egress.allowed(), verdict.egress, "egress of {:?}", cell);
-            prop_assert_eq!(explanation.ingress.allowed(), verdict.ingress, "ingress of {:?}", cell);
+            prop_assert_eq!(explanation.undefined(), verdict.undefined, "undefined {:?}: {}", cell, explanation.detail());
+            if verdict.undefined {
+                continue;
+            }
+            prop_assert_eq!(explanation.allowed(), verdict.allowed(), "{:?}: {}", cell, explanation.detail());
+            prop_assert_eq!(explanation.drop_required(), verdict.drop, "drop {:?}: {}", cell, explanation.detail());
         }
+    }
+
+    /// Cluster policies are a set too: the order they are given in changes nothing, ties
+    /// included (same-priority conflicts are undefined, never resolved by input order).
+    #[test]
+    fn cluster_policy_order_does_not_matter(size in world()) {
+        let cluster = generate_cluster(&size);
+        let policies = generate_policies(&size);
+        let cluster_policies = generate_cluster_policies(&size);
+        let mut reversed = cluster_policies.clone();
+        reversed.reverse();
+        let mut shuffled = cluster_policies.clone();
+        fastrand::Rng::with_seed(size.seed).shuffle(&mut shuffled);
+        let pps = bench_port_protocols();
+        let table = Oracle::tiered(&cluster, &policies, &cluster_policies).truth_table(&pps);
+        prop_assert_eq!(&table, &Oracle::tiered(&cluster, &policies, &reversed).truth_table(&pps));
+        prop_assert_eq!(&table, &Oracle::tiered(&cluster, &policies, &shuffled).truth_table(&pps));
+    }
+
+    /// Without cluster policies the tiered oracle is exactly the NetworkPolicy oracle, and a
+    /// cluster policy selecting nobody changes nothing.
+    #[test]
+    fn no_tiers_no_change(size in world()) {
+        let cluster = generate_cluster(&size);
+        let policies = generate_policies(&size);
+        let pps = bench_port_protocols();
+        let plain = Oracle::new(&cluster, &policies).truth_table(&pps);
+        for (_, d) in plain.cells() {
+            prop_assert!(!d.undefined && !d.drop);
+        }
+        let mut nobody = generate_cluster_policies(&WorldSize { cluster_policies: 3, ..size });
+        for p in &mut nobody {
+            p.subject = polygraph::policy::cluster::Subject::Namespaces(polygraph::policy::Selector {
+                requirements: vec![polygraph::policy::Requirement {
+                    key: "no-such-label".into(),
+                    operator: polygraph::policy::Operator::Exists,
+                }],
+            });
+        }
+        prop_assert_eq!(plain, Oracle::tiered(&cluster, &policies, &nobody).truth_table(&pps));
     }
 
     /// Policies are a set: their order changes nothing.
@@ -91,8 +138,8 @@ proptest! {
         let compiled = generate_policies(&size);
         let text = serde_saphyr::to_string_multiple(&objects).expect("serialize");
         let reread = parse_policies("round-trip.yaml", &text, "default").expect("re-read");
-        prop_assert_eq!(reread.len(), compiled.len());
-        for (a, b) in reread.iter().zip(&compiled) {
+        prop_assert_eq!(reread.network.len(), compiled.len());
+        for (a, b) in reread.network.iter().zip(&compiled) {
             prop_assert_eq!((&a.namespace, &a.name, &a.pod_selector, &a.ingress, &a.egress),
                             (&b.namespace, &b.name, &b.pod_selector, &b.ingress, &b.egress));
         }
@@ -107,6 +154,7 @@ fn explanation_of_self_cell_is_flagged() {
         namespaces: 2,
         pods: 4,
         policies: 3,
+        cluster_policies: 0,
         seed: 3,
     };
     let cluster = generate_cluster(&size);

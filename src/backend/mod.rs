@@ -124,6 +124,16 @@ pub trait Backend {
     ) -> Result<Held, BackendError>;
     /// Removes everything the backend created. Idempotent.
     async fn cleanup(&mut self) -> Result<(), BackendError>;
+    /// Whether scenarios using these cluster-scoped kinds can run here: `Err(reason)` makes them
+    /// `unsupported`; `Ok(warnings)` may name objects of the cluster's own that could change the
+    /// answers. The backends polygraph owns serve every kind.
+    async fn cluster_policy_support(
+        &mut self,
+        _kinds: &[crate::policy::ClusterKind],
+        _namespaces: &[crate::model::Namespace],
+    ) -> Result<Vec<String>, String> {
+        Ok(Vec::new())
+    }
 }
 
 /// Any backend, chosen at run time (`Backend` has async methods, so it is not object-safe).
@@ -194,5 +204,12 @@ impl Backend for AnyBackend {
     }
     async fn cleanup(&mut self) -> Result<(), BackendError> {
         delegate!(self, b => b.cleanup().await)
+    }
+    async fn cluster_policy_support(
+        &mut self,
+        kinds: &[crate::policy::ClusterKind],
+        namespaces: &[crate::model::Namespace],
+    ) -> Result<Vec<String>, String> {
+        delegate!(self, b => b.cluster_policy_support(kinds, namespaces).await)
     }
 }

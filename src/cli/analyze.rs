@@ -46,8 +46,8 @@ pub fn run(args: AnalyzeArgs) -> Result<ExitCode, CliError> {
                 out,
                 "{total} cells: {allowed} allowed, {} blocked; {} {}",
                 total - allowed,
-                analysis.policies.len(),
-                if analysis.policies.len() == 1 {
+                analysis.policies.len() + analysis.cluster_policies.len(),
+                if analysis.policies.len() + analysis.cluster_policies.len() == 1 {
                     "policy"
                 } else {
                     "policies"

@@ -8,7 +8,8 @@ use polygraph::analyze::analyze;
 use polygraph::backend::AnyBackend;
 use polygraph::backend::local::{AgentCommand, Dataplane, LocalBackend, LocalOptions};
 use polygraph::bench::{
-    WorldSize, bench_port_protocols, generate_cluster, generate_policies, time_oracle,
+    WorldSize, bench_port_protocols, generate_cluster, generate_cluster_policies,
+    generate_policies, time_oracle,
 };
 use polygraph::faults::Faults;
 use polygraph::model::default_model;
@@ -46,6 +47,9 @@ pub struct OracleArgs {
     namespaces: usize,
     #[arg(long, default_value_t = 1000)]
     policies: usize,
+    /// ClusterNetworkPolicies (Admin and Baseline tiers) evaluated around the NetworkPolicies.
+    #[arg(long, default_value_t = 100)]
+    cluster_policies: usize,
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Timed runs; the report gives the fastest and the median.
@@ -81,7 +85,7 @@ fn probe(args: ProbeBenchArgs) -> Result<ExitCode, CliError> {
         agent: AgentCommand::this_binary()?,
         faults: Faults::default(),
     };
-    let world = World::with_policies(&analysis.cluster, &analysis.policies)?;
+    let world = World::with_policies(&analysis.cluster, &analysis.policy_set())?;
     let started = Instant::now();
     let start = async { Ok(AnyBackend::Local(LocalBackend::start(options).await?)) };
     let finished = session(start, async |backend| {
@@ -132,10 +136,12 @@ fn oracle(args: OracleArgs) -> Result<ExitCode, CliError> {
         namespaces: args.namespaces,
         pods: args.pods,
         policies: args.policies,
+        cluster_policies: args.cluster_policies,
         seed: args.seed,
     };
     let cluster = generate_cluster(&size);
     let policies = generate_policies(&size);
+    let cluster_policies = generate_cluster_policies(&size);
     let pps = bench_port_protocols();
     if cfg!(debug_assertions) {
         eprintln!(
@@ -143,14 +149,15 @@ fn oracle(args: OracleArgs) -> Result<ExitCode, CliError> {
         );
     }
     out!(
-        "world: {} pods in {} namespaces, {} policies, {} port/protocol pairs",
+        "world: {} pods in {} namespaces, {} NetworkPolicies, {} ClusterNetworkPolicies, {} port/protocol pairs",
         args.pods,
         args.namespaces,
         policies.len(),
+        cluster_policies.len(),
         pps.len()
     )?;
     let mut runs: Vec<_> = (0..args.iterations)
-        .map(|_| time_oracle(&cluster, &policies, &pps))
+        .map(|_| time_oracle(&cluster, &policies, &cluster_policies, &pps))
         .collect();
     runs.sort_by_key(|t| t.total());
     let best = &runs[0];

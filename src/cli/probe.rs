@@ -36,7 +36,7 @@ pub fn run(args: ProbeArgs) -> Result<ExitCode, CliError> {
     }
     let cluster = args.model.cluster()?;
     let analysis = args.model.analysis(cluster)?;
-    let world = World::with_policies(&analysis.cluster, &analysis.policies)?;
+    let world = World::with_policies(&analysis.cluster, &analysis.policy_set())?;
     let table = args.output == OutputFormat::Table && !args.target.dry_run;
     let Finished { value, transcript } = session(args.target.start(), async |backend| {
         let backend_name = backend.describe();

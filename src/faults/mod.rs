@@ -7,6 +7,7 @@
 //! replies are treated, `policy-deletion-ignored` the backend's bookkeeping, and the timed faults
 //! (`delay`, `new-pod-unprotected`, `resync-gap`) when rules take effect (`lag`, shared too).
 
+mod cluster;
 pub mod lag;
 
 use std::collections::BTreeSet;
@@ -31,6 +32,14 @@ pub enum Fault {
     IngressIgnored,
     Stateless,
     PolicyDeletionIgnored,
+    PassAsAccept,
+    PassAsDeny,
+    BaselineIgnored,
+    AdminIgnored,
+    PriorityInverted,
+    RuleOrderIgnored,
+    DenyAsReject,
+    NetworksSkipPods,
 }
 
 /// Every fault: its name, the scenario tags whose failure names it, and what it imitates.
@@ -133,6 +142,54 @@ pub const CATALOGUE: &[FaultInfo] = &[
         features: &["delete"],
         imitates: "a deleted policy stays enforced (a missed delete event)",
     },
+    FaultInfo {
+        name: "pass-as-accept",
+        fault: Some(Fault::PassAsAccept),
+        features: &["cnp-pass"],
+        imitates: "a cluster policy's Pass is programmed as Accept: lower tiers are never consulted",
+    },
+    FaultInfo {
+        name: "pass-as-deny",
+        fault: Some(Fault::PassAsDeny),
+        features: &["cnp-pass"],
+        imitates: "a cluster policy's Pass is programmed as Deny",
+    },
+    FaultInfo {
+        name: "baseline-ignored",
+        fault: Some(Fault::BaselineIgnored),
+        features: &["cnp-baseline"],
+        imitates: "the Baseline tier (BaselineAdminNetworkPolicy) is never enforced",
+    },
+    FaultInfo {
+        name: "admin-ignored",
+        fault: Some(Fault::AdminIgnored),
+        features: &["cnp-admin"],
+        imitates: "the Admin tier (AdminNetworkPolicy) is never enforced",
+    },
+    FaultInfo {
+        name: "priority-inverted",
+        fault: Some(Fault::PriorityInverted),
+        features: &["cnp-priority"],
+        imitates: "cluster policies are ordered highest priority value first (the comparison the wrong way round)",
+    },
+    FaultInfo {
+        name: "rule-order-ignored",
+        fault: Some(Fault::RuleOrderIgnored),
+        features: &["cnp-rule-order"],
+        imitates: "a cluster policy's rules are evaluated last to first, not in the order written",
+    },
+    FaultInfo {
+        name: "deny-as-reject",
+        fault: Some(Fault::DenyAsReject),
+        features: &["cnp-deny"],
+        imitates: "a cluster policy's Deny refuses (TCP reset, ICMP unreachable) instead of dropping",
+    },
+    FaultInfo {
+        name: "networks-skip-pods",
+        fault: Some(Fault::NetworksSkipPods),
+        features: &["cnp-networks"],
+        imitates: "networks peers are applied only to traffic leaving the cluster, never to pod addresses",
+    },
 ];
 
 /// An `--inject` value that names no fault, or misses its duration.
@@ -211,6 +268,11 @@ impl Faults {
     /// Whether rules take effect later than the backend accepts changes.
     pub fn lags(&self) -> bool {
         !self.delay.is_zero() || !self.new_pod_unprotected.is_zero() || !self.resync_gap.is_zero()
+    }
+
+    /// Whether a cluster policy's Deny must be a refusal, not a drop (`deny-as-reject`).
+    pub fn rejects_denies(&self) -> bool {
+        self.has(Fault::DenyAsReject)
     }
 
     /// The policies as the faulty CNI understands them.
@@ -398,7 +460,10 @@ mod tests {
     use crate::policy::parse_policies;
 
     fn policy(yaml: &str) -> Policy {
-        parse_policies("p.yaml", yaml, "x").unwrap().remove(0)
+        parse_policies("p.yaml", yaml, "x")
+            .unwrap()
+            .network
+            .remove(0)
     }
 
     fn allows(policy: &Policy, from: &str, to: &str, pp: PortProtocol) -> bool {

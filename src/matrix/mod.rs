@@ -1,8 +1,8 @@
 //! Cells and truth tables: the vocabulary the oracle and the runner share.
 //!
 //! A cell is (from pod, to pod, port/protocol). A truth table holds, for every cell, whether the
-//! source's egress and the destination's ingress allow it: 2 bits a cell, so the benchmark's
-//! 4 million cells fit in 4 MB.
+//! source's egress and the destination's ingress allow it, and whether the answer is undefined or
+//! must be a drop: 4 bits in a byte a cell, so the benchmark's 4 million cells fit in 4 MB.
 
 mod grid;
 mod observed;
@@ -14,27 +14,48 @@ use crate::model::{PodId, PodRef, PortProtocol};
 
 /// The spec's answer for one cell, per direction (a connection needs both). Not to be confused
 /// with `run::Verdict`, the runner's judgement of an observed cell against this answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Decision {
     /// The source pod's egress allows it (always true when the source isn't egress-isolated).
     pub egress: bool,
     /// The destination pod's ingress allows it.
     pub ingress: bool,
+    /// The spec leaves the answer to the implementation (same-priority cluster policies that
+    /// disagree, or a `domainNames` peer that needs DNS): shown, never failed. `egress` and
+    /// `ingress` then hold the allowing reading.
+    pub undefined: bool,
+    /// Blocked by a cluster policy's `Deny`, which the spec defines as a drop: a refusal here is
+    /// its own failure.
+    pub drop: bool,
 }
 
 impl Decision {
+    /// Both directions allow, with no tier questions: the plain NetworkPolicy answer.
+    pub fn new(egress: bool, ingress: bool) -> Self {
+        Decision {
+            egress,
+            ingress,
+            ..Decision::default()
+        }
+    }
+
     pub fn allowed(self) -> bool {
         self.egress && self.ingress
     }
 
     fn to_bits(self) -> u8 {
-        u8::from(self.egress) | (u8::from(self.ingress) << 1)
+        u8::from(self.egress)
+            | (u8::from(self.ingress) << 1)
+            | (u8::from(self.undefined) << 2)
+            | (u8::from(self.drop) << 3)
     }
 
     fn from_bits(bits: u8) -> Self {
         Decision {
             egress: bits & 1 != 0,
             ingress: bits & 2 != 0,
+            undefined: bits & 4 != 0,
+            drop: bits & 8 != 0,
         }
     }
 }
@@ -100,7 +121,7 @@ impl TruthTable {
     }
 
     pub fn allowed_count(&self) -> usize {
-        self.grid.values().iter().filter(|&&b| b == 3).count()
+        self.grid.values().iter().filter(|&&b| b & 3 == 3).count()
     }
 }
 
@@ -117,29 +138,12 @@ mod tests {
             PortProtocol::new(81, Protocol::Udp),
         ];
         let mut table = TruthTable::new(pods, pps);
-        let v = Decision {
-            egress: true,
-            ingress: false,
-        };
+        let v = Decision::new(true, false);
         table.set(1, 0, 1, v);
         assert_eq!(table.get(1, 0, 1), v);
-        assert_eq!(
-            table.get(0, 0, 1),
-            Decision {
-                egress: false,
-                ingress: false
-            }
-        );
+        assert_eq!(table.get(0, 0, 1), Decision::new(false, false));
         assert_eq!(table.len(), 8);
-        table.set(
-            0,
-            1,
-            1,
-            Decision {
-                egress: true,
-                ingress: true,
-            },
-        );
+        table.set(0, 1, 1, Decision::new(true, true));
         assert_eq!(table.allowed_count(), 1);
         let (cell, _) = table.cells().find(|(_, v)| v.allowed()).unwrap();
         assert!(cell.is_self());

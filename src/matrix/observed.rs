@@ -54,6 +54,12 @@ pub enum Judgement {
     Wrong,
     /// A pod to itself, differing from the computed answer: undefined by the spec, not a failure.
     SelfDiffers,
+    /// The spec leaves the cell to the implementation (same-priority cluster policies that
+    /// disagree, a rule that needs DNS): whatever was observed, not a failure.
+    Undefined,
+    /// Blocked as required, but refused (a reset or ICMP error) where a cluster policy's Deny
+    /// requires a silent drop: its own failure, since tools and users rely on drops.
+    RefusedNotDropped,
     /// The protocol is unavailable; never counted as blocked.
     Unsupported,
     /// The probe could not run, or reached the wrong pod.
@@ -65,7 +71,10 @@ pub enum Judgement {
 impl Judgement {
     /// Whether this cell makes a run fail.
     pub fn fails(self) -> bool {
-        matches!(self, Judgement::Wrong | Judgement::Error)
+        matches!(
+            self,
+            Judgement::Wrong | Judgement::Error | Judgement::RefusedNotDropped
+        )
     }
 }
 
@@ -138,6 +147,12 @@ impl ObservedTable {
             Outcome::Refused | Outcome::Timeout => false,
         };
         let spec: Decision = expected.get(pp_index, from, to);
+        if spec.undefined {
+            return Judgement::Undefined;
+        }
+        if spec.drop && !spec.allowed() && observation.outcome == Outcome::Refused {
+            return Judgement::RefusedNotDropped;
+        }
         match (allowed == spec.allowed(), from == to) {
             (true, _) => Judgement::Match,
             (false, true) => Judgement::SelfDiffers,
@@ -181,15 +196,7 @@ mod tests {
         let pods: Vec<PodRef> = ["x/a", "x/b"].iter().map(|p| p.parse().unwrap()).collect();
         let pps = vec![PortProtocol::new(80, Protocol::Tcp)];
         let mut spec = TruthTable::new(pods.clone(), pps.clone());
-        spec.set(
-            0,
-            0,
-            1,
-            Decision {
-                egress: true,
-                ingress: true,
-            },
-        );
+        spec.set(0, 0, 1, Decision::new(true, true));
         let mut seen = ObservedTable::new(pods, pps);
         seen.set(0, 0, 1, observation(Outcome::Connected, Some("x/b")));
         assert_eq!(seen.judge(&spec, 0, 0, 1), Judgement::Match);

@@ -16,11 +16,13 @@ pub enum PolicyError {
     Invalid(Box<InvalidPolicy>),
 }
 
-/// A NetworkPolicy the API server would reject (boxed in `PolicyError`: errors stay small).
+/// A policy the API server would reject (boxed in `PolicyError`: errors stay small).
 #[derive(Debug, thiserror::Error)]
-#[error("{origin}: NetworkPolicy {policy}: {problem}{}", more_note(*more))]
+#[error("{origin}: {kind} {policy}: {problem}{}", more_note(*more))]
 pub struct InvalidPolicy {
     pub origin: Origin,
+    /// `NetworkPolicy`, `ClusterNetworkPolicy`, ...: the kind as written.
+    pub kind: &'static str,
     /// `namespace/name` as far as it is known.
     pub policy: String,
     pub problem: FieldProblem,

@@ -3,6 +3,7 @@
 
 use std::fmt::Write;
 
+use super::cluster::{Action, Tier};
 use super::compiled::{Direction, NamespaceScope, Peer, Policy};
 use crate::matrix::Cell;
 use crate::model::{Cluster, Pod, PodRef};
@@ -21,9 +22,32 @@ impl CellExplanation {
         self.egress.allowed() && self.ingress.allowed()
     }
 
+    /// Whether the spec leaves this cell to the implementation: some reading allows it and some
+    /// blocks it (an undefined direction matters only if the other direction can allow).
+    pub fn undefined(&self) -> bool {
+        let may_block = |d: &DirectionExplanation| d.undefined.is_some() || !d.allowed();
+        (self.egress.undefined.is_some() || self.ingress.undefined.is_some())
+            && self.allowed()
+            && (may_block(&self.egress) || may_block(&self.ingress))
+    }
+
+    /// A cluster policy's Deny blocks the cell: a drop is required.
+    pub fn drop_required(&self) -> bool {
+        !self.allowed()
+            && [&self.egress, &self.ingress].iter().any(
+                |d| matches!(&d.decider, Decider::Cluster(step) if step.action == Action::Deny),
+            )
+    }
+
     /// One line: the verdict and the deciding direction(s).
     pub fn summary(&self) -> String {
-        let verdict = if self.allowed() { "allowed" } else { "blocked" };
+        let verdict = if self.undefined() {
+            "undefined"
+        } else if self.allowed() {
+            "allowed"
+        } else {
+            "blocked"
+        };
         format!("{verdict}: {}", self.reason())
     }
 
@@ -32,7 +56,7 @@ impl CellExplanation {
         let mut parts = Vec::new();
         for d in [&self.egress, &self.ingress] {
             // When blocked, only the blocking side(s) explain it.
-            if self.allowed() || !d.allowed() {
+            if self.allowed() || !d.allowed() || d.undefined.is_some() {
                 parts.push(d.summary());
             }
         }
@@ -50,7 +74,13 @@ impl CellExplanation {
             self.from,
             self.to,
             self.cell.port_protocol,
-            if self.allowed() { "ALLOWED" } else { "BLOCKED" }
+            if self.undefined() {
+                "UNDEFINED"
+            } else if self.allowed() {
+                "ALLOWED"
+            } else {
+                "BLOCKED"
+            }
         );
         if self.cell.is_self() {
             text.push_str("  note: self traffic is undefined by the spec (CNIs differ)\n");
@@ -76,6 +106,53 @@ pub struct DirectionExplanation {
     pub isolated_by: Vec<String>,
     /// Every rule of those policies, in order, with its result for this cell.
     pub rules: Vec<RuleExplanation>,
+    /// Cluster-scoped rules met on the way, in evaluation order: a `domainNames` rule that might
+    /// match, then the rule(s) of the first priority with a certain match, per tier.
+    pub cluster: Vec<TierStep>,
+    /// Whether evaluation got as far as the NetworkPolicy tier.
+    pub reached_network_policy: bool,
+    pub decider: Decider,
+    /// Why the spec leaves this direction to the implementation, when it does.
+    pub undefined: Option<String>,
+}
+
+/// What settled a direction.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decider {
+    /// A cluster policy's rule: Accept or Deny, or Pass in the Baseline tier (on to allow).
+    Cluster(TierStep),
+    /// The NetworkPolicies isolating the pod (allowed iff one of their rules matches).
+    NetworkPolicy,
+    /// Nothing decided: the default, allow.
+    Default,
+    /// Left to the implementation; `undefined` says why.
+    Undefined,
+}
+
+/// One cluster-scoped rule met while evaluating a direction.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TierStep {
+    pub tier: Tier,
+    /// `cnp/deny-db`.
+    pub policy: String,
+    pub priority: u32,
+    /// `egress[1] "to-db"`.
+    pub rule: String,
+    pub rule_index: usize,
+    pub action: Action,
+    /// The rule might match (a `domainNames` peer): the answer needs DNS.
+    pub maybe: bool,
+}
+
+impl TierStep {
+    /// `Admin cnp/deny-db (priority 10) egress[1] "to-db": Pass`.
+    pub fn describe(&self) -> String {
+        let maybe = if self.maybe { " if DNS says so" } else { "" };
+        format!(
+            "{} {} (priority {}) {}: {}{maybe}",
+            self.tier, self.policy, self.priority, self.rule, self.action
+        )
+    }
 }
 
 impl DirectionExplanation {
@@ -83,8 +160,27 @@ impl DirectionExplanation {
         !self.isolated_by.is_empty()
     }
 
+    /// The direction's answer; for an undefined one, the allowing reading (as the truth table).
     pub fn allowed(&self) -> bool {
+        match &self.decider {
+            Decider::Cluster(step) => step.action != Action::Deny,
+            Decider::NetworkPolicy => self.allowed_by_network_policy(),
+            Decider::Default | Decider::Undefined => true,
+        }
+    }
+
+    /// NetworkPolicy's answer alone: not isolated, or some rule allows.
+    pub fn allowed_by_network_policy(&self) -> bool {
         !self.isolated() || self.allowing_rules().next().is_some()
+    }
+
+    /// The cluster tiers' chain as text, e.g. `Admin cnp/a (priority 10) egress[0]: Pass → `.
+    fn chain(&self) -> String {
+        let mut chain = String::new();
+        for step in &self.cluster {
+            let _ = write!(chain, "{} → ", step.describe());
+        }
+        chain
     }
 
     pub fn allowing_rules(&self) -> impl Iterator<Item = &RuleExplanation> {
@@ -101,12 +197,41 @@ impl DirectionExplanation {
     }
 
     pub fn summary(&self) -> String {
+        let chain = self.chain();
+        match &self.decider {
+            Decider::Undefined => {
+                return format!(
+                    "{} is undefined: {chain}{}",
+                    self.label(),
+                    self.undefined
+                        .as_deref()
+                        .unwrap_or("the spec leaves it open")
+                );
+            }
+            Decider::Cluster(step) => {
+                let verdict = match step.action {
+                    Action::Deny => "blocks (a drop)",
+                    Action::Accept => "allows",
+                    Action::Pass => "allows (passed by the Baseline tier: default)",
+                };
+                let chain = chain.trim_end_matches(" → ");
+                return format!("{} {verdict}: {chain}", self.label());
+            }
+            Decider::NetworkPolicy | Decider::Default if !chain.is_empty() => {
+                let rest = self.network_summary();
+                return format!("{}: {chain}NetworkPolicy: {rest}", self.label());
+            }
+            _ => {}
+        }
+        format!("{} {}", self.label(), self.network_summary())
+    }
+
+    /// NetworkPolicy's part of the summary, without the direction's label.
+    fn network_summary(&self) -> String {
         if !self.isolated() {
             return format!(
-                "{} allows: no policy selects {} for {}",
-                self.label(),
-                self.subject,
-                self.direction
+                "allows: no policy selects {} for {}",
+                self.subject, self.direction
             );
         }
         let allowing: Vec<String> = self.allowing_rules().map(RuleExplanation::name).collect();
@@ -116,12 +241,11 @@ impl DirectionExplanation {
                 Direction::Ingress => format!("from {}", self.peer),
             };
             format!(
-                "{} blocks: isolated by {} and no rule allows traffic {what} on this port",
-                self.label(),
+                "blocks: isolated by {} and no rule allows traffic {what} on this port",
                 self.isolated_by.join(", ")
             )
         } else {
-            format!("{} allows: {}", self.label(), allowing.join(", "))
+            format!("allows: {}", allowing.join(", "))
         }
     }
 }

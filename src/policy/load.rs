@@ -8,20 +8,28 @@ use k8s_openapi::api::networking::v1::{
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::Value;
 
+use super::cluster::{self, ClusterKind};
 use super::compiled::{NamespaceScope, Peer, Policy, PortMatch, Rule};
 use super::error::InvalidPolicy;
 use super::selector::Selector;
+use super::{AnyPolicy, PolicySet};
 use super::{PolicyError, cidr, validate};
 use crate::input::{self, Document, FieldProblem, Origin};
 use crate::model::{Protocol, syntax};
 
 const API_VERSION: &str = "networking.k8s.io/v1";
-const LIST_KINDS: [&str; 2] = ["List", "NetworkPolicyList"];
+const LIST_KINDS: [&str; 5] = [
+    "List",
+    "NetworkPolicyList",
+    "ClusterNetworkPolicyList",
+    "AdminNetworkPolicyList",
+    "BaselineAdminNetworkPolicyList",
+];
 
 /// Reads every `-f` argument (file, directory or `-`) and compiles the policies in order.
 /// Policies without `metadata.namespace` go to `default_namespace`, as with `kubectl -n`.
-pub fn load_policies(args: &[String], default_namespace: &str) -> Result<Vec<Policy>, PolicyError> {
-    let mut policies = Vec::new();
+pub fn load_policies(args: &[String], default_namespace: &str) -> Result<PolicySet, PolicyError> {
+    let mut policies = PolicySet::default();
     for arg in args {
         for document in input::read_documents(arg)? {
             policies.extend(compile_document(document, default_namespace)?);
@@ -35,19 +43,19 @@ pub fn parse_policies(
     source: &str,
     text: &str,
     default_namespace: &str,
-) -> Result<Vec<Policy>, PolicyError> {
-    let mut policies = Vec::new();
+) -> Result<PolicySet, PolicyError> {
+    let mut policies = PolicySet::default();
     for document in input::parse_documents(source, text)? {
         policies.extend(compile_document(document, default_namespace)?);
     }
     Ok(policies)
 }
 
-/// One document: a NetworkPolicy, or a list of them.
+/// One document: a policy of any kind polygraph reads, or a list of them.
 pub fn compile_document(
     document: Document,
     default_namespace: &str,
-) -> Result<Vec<Policy>, PolicyError> {
+) -> Result<Vec<AnyPolicy>, PolicyError> {
     let Document { origin, value } = document;
     let kind = value
         .get("kind")
@@ -85,11 +93,14 @@ fn compile_object(
     origin: Origin,
     value: Value,
     default_namespace: &str,
-) -> Result<Policy, PolicyError> {
+) -> Result<AnyPolicy, PolicyError> {
     let kind = value
         .get("kind")
         .and_then(Value::as_str)
         .map(str::to_string);
+    if let Some(cluster_kind) = kind.as_deref().and_then(ClusterKind::from_kind) {
+        return cluster::compile_object(origin, value, cluster_kind).map(AnyPolicy::Cluster);
+    }
     match kind.as_deref() {
         Some("NetworkPolicy") => {}
         Some(other) => {
@@ -101,7 +112,9 @@ fn compile_object(
                 origin: Box::new(origin),
                 kind: format!("{other} ({api_version})"),
                 problem: format!(
-                    "not supported: polygraph reads {API_VERSION} NetworkPolicy objects"
+                    "not supported: polygraph reads {API_VERSION} NetworkPolicy, {} ClusterNetworkPolicy and {} AdminNetworkPolicy/BaselineAdminNetworkPolicy objects",
+                    cluster::api::V1ALPHA2,
+                    cluster::api::V1ALPHA1
                 ),
             });
         }
@@ -117,6 +130,7 @@ fn compile_object(
     let invalid = |problem: FieldProblem, more: usize| {
         PolicyError::Invalid(Box::new(InvalidPolicy {
             origin: origin.clone(),
+            kind: "NetworkPolicy",
             policy: named.clone(),
             problem,
             more,
@@ -152,7 +166,7 @@ fn compile_object(
         }
         object.metadata.namespace = Some(default_namespace.to_string());
     }
-    Ok(compile(object, origin))
+    Ok(AnyPolicy::Network(compile(object, origin)))
 }
 
 /// `namespace/name` for messages, read before typing so that even type errors can name it.

@@ -5,8 +5,13 @@
 //! only what the union of those policies' rules allows; a non-isolated direction allows everything.
 //! A connection is allowed iff the source's egress allows it AND the destination's ingress allows it.
 //!
+//! Cluster-scoped tiers wrap that answer (`tiers.rs` has the precedence): per direction, the Admin
+//! tier first, then the NetworkPolicy answer above for pods it isolates, then the Baseline tier,
+//! then allow. The oracle tracks what is *possible* per cell, so a cell that same-priority
+//! policies (or DNS) leave to the implementation comes out `undefined`.
+//!
 //! `truth_table` answers every cell at once from an index: which policies select each pod, and for
-//! every rule the set of peer pods as a bitset, so a cell costs two bit lookups. `explain` answers
+//! every rule the set of peer pods as a bitset, so a cell costs a few bit lookups. `explain` answers
 //! one cell the slow, direct way (it scans all policies), which is both the `--explain` text and an
 //! independent check of the index (see the property tests).
 
@@ -14,8 +19,12 @@ use std::collections::HashMap;
 
 use fixedbitset::FixedBitSet;
 
+use super::cluster::{Action, ClusterPolicy, Tier};
 use super::compiled::{Direction, Policy, Rule};
-use super::explain::{CellExplanation, DirectionExplanation, RuleExplanation, RuleResult};
+use super::explain::{
+    CellExplanation, Decider, DirectionExplanation, RuleExplanation, RuleResult, TierStep,
+};
+use super::tiers::{self, Possible};
 use crate::matrix::{Cell, Decision, TruthTable};
 use crate::model::{Cluster, Pod, PodId, PortProtocol};
 
@@ -38,10 +47,35 @@ pub struct Oracle<'a> {
     isolating: [Vec<Vec<PolicyId>>; 2],
     /// Per policy, per direction, per rule: the pods its peers match (ports aside).
     peer_sets: Vec<[Vec<FixedBitSet>; 2]>,
+    cluster_policies: &'a [ClusterPolicy],
+    /// Cluster policies in evaluation order (`tiers::ordered`).
+    cluster_order: Vec<usize>,
+    /// Per direction, per pod: the cluster policies with rules for that direction that select it,
+    /// in evaluation order.
+    cluster_subjects: [Vec<Vec<usize>>; 2],
+    /// Per cluster policy, per direction, per rule: the pods its peers certainly match.
+    cluster_peer_sets: Vec<[Vec<FixedBitSet>; 2]>,
+}
+
+/// One direction's possibilities for every remote pod, from one subject's point of view.
+struct DirectionSets {
+    allow: FixedBitSet,
+    deny: FixedBitSet,
+    cluster_deny: FixedBitSet,
 }
 
 impl<'a> Oracle<'a> {
+    /// NetworkPolicy only.
     pub fn new(cluster: &'a Cluster, policies: &'a [Policy]) -> Self {
+        Oracle::tiered(cluster, policies, &[])
+    }
+
+    /// NetworkPolicy and the cluster-scoped tiers around it.
+    pub fn tiered(
+        cluster: &'a Cluster,
+        policies: &'a [Policy],
+        cluster_policies: &'a [ClusterPolicy],
+    ) -> Self {
         let n = cluster.pods().len();
         let mut pods_by_namespace: HashMap<&str, Vec<PodId>> = HashMap::new();
         for (id, pod) in cluster.pods().iter().enumerate() {
@@ -79,12 +113,61 @@ impl<'a> Oracle<'a> {
             }
             peer_sets.push(sets);
         }
+
+        let cluster_order = tiers::ordered(cluster_policies);
+        let mut cluster_subjects = [vec![Vec::new(); n], vec![Vec::new(); n]];
+        let mut cluster_peer_sets = Vec::with_capacity(cluster_policies.len());
+        for policy in cluster_policies {
+            let selected: Vec<PodId> = (0..n)
+                .filter(|&id| policy.selects(cluster, cluster.pod(id)))
+                .collect();
+            let mut sets: [Vec<FixedBitSet>; 2] = [Vec::new(), Vec::new()];
+            for direction in DIRECTIONS {
+                if selected.is_empty() || policy.rules(direction).is_empty() {
+                    continue;
+                }
+                sets[slot(direction)] = policy
+                    .rules(direction)
+                    .iter()
+                    .map(|rule| {
+                        (0..n)
+                            .filter(|&id| rule.peer_matches(cluster, cluster.pod(id)))
+                            .collect()
+                    })
+                    .collect();
+            }
+            cluster_peer_sets.push(sets);
+        }
+        for &cp in &cluster_order {
+            for direction in DIRECTIONS {
+                if cluster_peer_sets[cp][slot(direction)].is_empty() {
+                    continue;
+                }
+                for (pod, subjects) in cluster
+                    .pods()
+                    .iter()
+                    .zip(&mut cluster_subjects[slot(direction)])
+                {
+                    if cluster_policies[cp].selects(cluster, pod) {
+                        subjects.push(cp);
+                    }
+                }
+            }
+        }
         Oracle {
             cluster,
             policies,
             isolating,
             peer_sets,
+            cluster_policies,
+            cluster_order,
+            cluster_subjects,
+            cluster_peer_sets,
         }
+    }
+
+    pub fn cluster_policies(&self) -> &[ClusterPolicy] {
+        self.cluster_policies
     }
 
     pub fn cluster(&self) -> &Cluster {
@@ -107,24 +190,198 @@ impl<'a> Oracle<'a> {
         let mut table =
             TruthTable::new(pods.iter().map(Pod::key).collect(), port_protocols.to_vec());
         for (k, &pp) in port_protocols.iter().enumerate() {
-            // `None`: not isolated, everything allowed.
-            let ingress_from: Vec<Option<FixedBitSet>> =
-                (0..n).map(|dst| self.allowed_sources(dst, pp)).collect();
+            // `None`: nothing constrains the direction, everything allowed.
             let mut named_port_cache = HashMap::new();
-            let egress_to: Vec<Option<FixedBitSet>> = (0..n)
-                .map(|src| self.allowed_destinations(src, pp, &mut named_port_cache))
+            let ingress_from: Vec<Option<DirectionSets>> = (0..n)
+                .map(|dst| self.direction_sets(Direction::Ingress, dst, pp, &mut named_port_cache))
+                .collect();
+            let mut named_port_cache = HashMap::new();
+            let egress_to: Vec<Option<DirectionSets>> = (0..n)
+                .map(|src| self.direction_sets(Direction::Egress, src, pp, &mut named_port_cache))
                 .collect();
             for (src, egress) in egress_to.iter().enumerate() {
                 for (dst, ingress) in ingress_from.iter().enumerate() {
-                    let verdict = Decision {
-                        egress: egress.as_ref().is_none_or(|s| s.contains(dst)),
-                        ingress: ingress.as_ref().is_none_or(|s| s.contains(src)),
+                    // (may allow, may deny, may be a cluster Deny)
+                    let read = |sets: &Option<DirectionSets>, remote: usize| match sets {
+                        None => (true, false, false),
+                        Some(s) => (
+                            s.allow.contains(remote),
+                            s.deny.contains(remote),
+                            s.cluster_deny.contains(remote),
+                        ),
                     };
-                    table.set(k, src, dst, verdict);
+                    let (ea, ed, ec) = read(egress, dst);
+                    let (ia, id, ic) = read(ingress, src);
+                    let may_allow = ea && ia;
+                    let may_block = ed || id;
+                    let undefined = may_allow && may_block;
+                    let decision = Decision {
+                        egress: ea,
+                        ingress: ia,
+                        undefined,
+                        drop: !may_allow && ((ec && !ea) || (ic && !ia)),
+                    };
+                    table.set(k, src, dst, decision);
                 }
             }
         }
         table
+    }
+
+    /// One direction of one subject pod: for every remote pod, what the tiers make possible.
+    /// `None` when no policy of any tier constrains it.
+    fn direction_sets(
+        &self,
+        direction: Direction,
+        subject: PodId,
+        pp: PortProtocol,
+        named_port_cache: &mut HashMap<(PolicyId, usize), FixedBitSet>,
+    ) -> Option<DirectionSets> {
+        let n = self.cluster.pods().len();
+        let network = match direction {
+            Direction::Ingress => self.allowed_sources(subject, pp),
+            Direction::Egress => self.allowed_destinations(subject, pp, named_port_cache),
+        };
+        let cluster = &self.cluster_subjects[slot(direction)][subject];
+        if cluster.is_empty() {
+            return network.map(|allow| {
+                let mut deny = allow.clone();
+                deny.toggle_range(..);
+                DirectionSets {
+                    allow,
+                    deny,
+                    cluster_deny: FixedBitSet::with_capacity(n),
+                }
+            });
+        }
+        let mut sets = DirectionSets {
+            allow: FixedBitSet::with_capacity(n),
+            deny: FixedBitSet::with_capacity(n),
+            cluster_deny: FixedBitSet::with_capacity(n),
+        };
+        // A pod to its own IP is not subject to cluster policies.
+        let mut undecided = FixedBitSet::with_capacity(n);
+        undecided.insert_range(..);
+        undecided.set(subject, false);
+        let admin: Vec<usize> = cluster
+            .iter()
+            .copied()
+            .filter(|&cp| self.cluster_policies[cp].tier == Tier::Admin)
+            .collect();
+        let mut to_network =
+            self.tier_sets(&admin, direction, subject, pp, &mut undecided, &mut sets);
+        to_network.union_with(&undecided);
+        to_network.insert(subject);
+        let mut to_baseline = match network {
+            Some(allowed) => {
+                let mut allow = to_network.clone();
+                allow.intersect_with(&allowed);
+                sets.allow.union_with(&allow);
+                to_network.difference_with(&allowed);
+                sets.deny.union_with(&to_network);
+                FixedBitSet::with_capacity(n)
+            }
+            None => to_network,
+        };
+        if to_baseline.contains(subject) {
+            to_baseline.set(subject, false);
+            sets.allow.insert(subject);
+        }
+        let baseline: Vec<usize> = cluster
+            .iter()
+            .copied()
+            .filter(|&cp| self.cluster_policies[cp].tier == Tier::Baseline)
+            .collect();
+        let passed = self.tier_sets(
+            &baseline,
+            direction,
+            subject,
+            pp,
+            &mut to_baseline,
+            &mut sets,
+        );
+        sets.allow.union_with(&passed);
+        sets.allow.union_with(&to_baseline);
+        Some(sets)
+    }
+
+    /// Runs one tier's policies (in evaluation order) over the `undecided` remote pods: Accept and
+    /// Deny add to `sets`, certain matches leave `undecided`; returns the pods passed on.
+    fn tier_sets(
+        &self,
+        tier: &[usize],
+        direction: Direction,
+        subject: PodId,
+        pp: PortProtocol,
+        undecided: &mut FixedBitSet,
+        sets: &mut DirectionSets,
+    ) -> FixedBitSet {
+        let n = self.cluster.pods().len();
+        let mut passed = FixedBitSet::with_capacity(n);
+        for group in tiers::groups(self.cluster_policies, tier) {
+            let mut decided = FixedBitSet::with_capacity(n);
+            for &cp in group {
+                let policy = &self.cluster_policies[cp];
+                let mut remaining = undecided.clone();
+                for (r, rule) in policy.rules(direction).iter().enumerate() {
+                    let ports = self.cluster_port_set(cp, r, direction, subject, pp);
+                    let Some(ports) = ports else { continue };
+                    let mut matched = self.cluster_peer_sets[cp][slot(direction)][r].clone();
+                    matched.intersect_with(&remaining);
+                    if let PortSet::Some(ports) = &ports {
+                        matched.intersect_with(ports);
+                    }
+                    let mut maybe = FixedBitSet::with_capacity(n);
+                    if rule.has_domain_names() {
+                        maybe = remaining.clone();
+                        if let PortSet::Some(ports) = &ports {
+                            maybe.intersect_with(ports);
+                        }
+                        maybe.difference_with(&matched);
+                    }
+                    let mut both = matched.clone();
+                    both.union_with(&maybe);
+                    match rule.action {
+                        Action::Accept => sets.allow.union_with(&both),
+                        Action::Deny => {
+                            sets.deny.union_with(&both);
+                            sets.cluster_deny.union_with(&both);
+                        }
+                        Action::Pass => passed.union_with(&both),
+                    }
+                    remaining.difference_with(&matched);
+                    decided.union_with(&matched);
+                }
+            }
+            undecided.difference_with(&decided);
+        }
+        passed
+    }
+
+    /// Where a cluster rule's protocols match: `None` nowhere, `All` wherever its peers match,
+    /// or (egress named ports, resolved on each destination) a set of destinations.
+    fn cluster_port_set(
+        &self,
+        cp: usize,
+        rule: usize,
+        direction: Direction,
+        subject: PodId,
+        pp: PortProtocol,
+    ) -> Option<PortSet> {
+        let r = &self.cluster_policies[cp].rules(direction)[rule];
+        let subject_pod = self.cluster.pod(subject);
+        match direction {
+            // The destination is the subject itself.
+            Direction::Ingress => r.protocol_matches(subject_pod, pp).then_some(PortSet::All),
+            Direction::Egress if r.has_named_ports() => {
+                let set: FixedBitSet = (0..self.cluster.pods().len())
+                    .filter(|&dst| r.protocol_matches(self.cluster.pod(dst), pp))
+                    .collect();
+                Some(PortSet::Some(set))
+            }
+            // Without named ports the destination plays no part.
+            Direction::Egress => r.protocol_matches(subject_pod, pp).then_some(PortSet::All),
+        }
     }
 
     /// Sources the ingress of `dst` accepts on `pp`; `None` when `dst` isn't ingress-isolated.
@@ -221,12 +478,195 @@ impl<'a> Oracle<'a> {
                 });
             }
         }
-        DirectionExplanation {
+        let mut explanation = DirectionExplanation {
             direction,
             subject: subject.key(),
             peer: peer.key(),
             isolated_by,
             rules,
+            cluster: Vec::new(),
+            reached_network_policy: true,
+            decider: Decider::Default,
+            undefined: None,
+        };
+        self.walk_tiers(&mut explanation, subject, peer, dst, cell);
+        explanation
+    }
+
+    /// The tiers for one direction of one cell, directly from the policies: the cluster rules met
+    /// on the way, the decider, and whether the answer is left to the implementation.
+    fn walk_tiers(
+        &self,
+        explanation: &mut DirectionExplanation,
+        subject: &Pod,
+        peer: &Pod,
+        dst: &Pod,
+        cell: Cell,
+    ) {
+        // A pod to its own IP is not subject to cluster policies.
+        let own_ip = cell.is_self();
+        let mut possible = Possible::default();
+        let mut reasons = Vec::new();
+        let admin = self.walk_tier(
+            Tier::Admin,
+            explanation.direction,
+            subject,
+            peer,
+            dst,
+            cell,
+            own_ip,
+            &mut reasons,
+        );
+        for step in &admin.steps {
+            possible.add(step.action);
+        }
+        let to_network = admin.continues;
+        explanation.reached_network_policy = to_network;
+        let network_decides = to_network && explanation.isolated();
+        if network_decides {
+            if explanation.allowed_by_network_policy() {
+                possible.allow = true;
+            } else {
+                possible.deny = true;
+            }
+        }
+        let baseline = if to_network && !network_decides {
+            self.walk_tier(
+                Tier::Baseline,
+                explanation.direction,
+                subject,
+                peer,
+                dst,
+                cell,
+                own_ip,
+                &mut reasons,
+            )
+        } else {
+            TierWalk::default()
+        };
+        for step in &baseline.steps {
+            possible.add(step.action);
+        }
+        if to_network && !network_decides && baseline.continues {
+            possible.allow = true;
+        }
+        let final_step = |walk: &TierWalk| {
+            walk.steps
+                .iter()
+                .find(|s| !s.maybe && s.action != Action::Pass)
+                .cloned()
+        };
+        explanation.decider = if possible.allow && possible.deny {
+            explanation.undefined = Some(reasons.join("; "));
+            Decider::Undefined
+        } else if let Some(step) = final_step(&admin) {
+            Decider::Cluster(step)
+        } else if network_decides {
+            Decider::NetworkPolicy
+        } else if let Some(step) = baseline.steps.iter().find(|s| !s.maybe).cloned() {
+            Decider::Cluster(step)
+        } else {
+            Decider::Default
+        };
+        explanation.cluster = admin.steps;
+        explanation.cluster.extend(baseline.steps);
+    }
+
+    /// One tier: every rule that might match (domainNames) on the way, then the first priority
+    /// group with a certain match; whether evaluation goes on past the tier.
+    #[allow(clippy::too_many_arguments)]
+    fn walk_tier(
+        &self,
+        tier: Tier,
+        direction: Direction,
+        subject: &Pod,
+        peer: &Pod,
+        dst: &Pod,
+        cell: Cell,
+        own_ip: bool,
+        reasons: &mut Vec<String>,
+    ) -> TierWalk {
+        let mut walk = TierWalk {
+            steps: Vec::new(),
+            continues: true,
+        };
+        if own_ip {
+            return walk;
+        }
+        let order: Vec<usize> = self
+            .cluster_order
+            .iter()
+            .copied()
+            .filter(|&cp| {
+                let p = &self.cluster_policies[cp];
+                p.tier == tier && !p.rules(direction).is_empty() && p.selects(self.cluster, subject)
+            })
+            .collect();
+        for group in tiers::groups(self.cluster_policies, &order) {
+            let mut decided = Vec::new();
+            for &cp in group {
+                let m = tiers::first_match(
+                    self.cluster,
+                    &self.cluster_policies[cp],
+                    direction,
+                    peer,
+                    dst,
+                    cell.port_protocol,
+                );
+                for &(rule, action) in &m.maybe {
+                    let step = self.step(cp, direction, rule, action, true);
+                    reasons.push(format!(
+                        "needs DNS: {} {} has domainNames, which the model cannot resolve",
+                        step.policy, step.rule
+                    ));
+                    walk.steps.push(step);
+                }
+                if let Some((rule, action)) = m.decided {
+                    decided.push(self.step(cp, direction, rule, action, false));
+                }
+            }
+            if decided.is_empty() {
+                continue;
+            }
+            if decided.iter().any(|d| d.action != decided[0].action) {
+                let names: Vec<String> = decided
+                    .iter()
+                    .map(|d| format!("{} {}: {}", d.policy, d.rule, d.action))
+                    .collect();
+                reasons.push(format!(
+                    "same priority {} in the {tier} tier: {} disagree, and the spec lets an implementation apply either",
+                    decided[0].priority,
+                    names.join(" and ")
+                ));
+            }
+            // Past a certain match, evaluation goes on only by Pass (or a maybe's Pass).
+            walk.continues = false;
+            walk.steps.extend(decided);
+            break;
+        }
+        if walk.steps.iter().any(|s| s.action == Action::Pass) {
+            walk.continues = true;
+        }
+        walk
+    }
+
+    fn step(
+        &self,
+        cp: usize,
+        direction: Direction,
+        rule: usize,
+        action: Action,
+        maybe: bool,
+    ) -> TierStep {
+        let policy = &self.cluster_policies[cp];
+        TierStep {
+            tier: policy.tier,
+            policy: policy.key(),
+            priority: policy.priority,
+            rule: policy.rules(direction)[rule].label(direction, rule),
+            rule_index: rule,
+            action,
+            maybe,
         }
     }
 
@@ -263,6 +703,19 @@ impl<'a> Oracle<'a> {
             },
         }
     }
+}
+
+/// One tier's part of an explanation.
+#[derive(Default)]
+struct TierWalk {
+    steps: Vec<TierStep>,
+    continues: bool,
+}
+
+/// Where a cluster rule's protocols match (see `Oracle::cluster_port_set`).
+enum PortSet {
+    All,
+    Some(FixedBitSet),
 }
 
 /// Pods any of the rule's peers match, as a bitset over pod ids.

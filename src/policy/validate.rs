@@ -19,10 +19,10 @@ use crate::model::{Protocol, syntax};
 const OPERATORS: [&str; 4] = ["In", "NotIn", "Exists", "DoesNotExist"];
 const POLICY_TYPES: [&str; 2] = ["Ingress", "Egress"];
 
-struct Problems(Vec<FieldProblem>);
+pub(super) struct Problems(pub(super) Vec<FieldProblem>);
 
 impl Problems {
-    fn add(&mut self, field: impl Into<String>, message: impl Into<String>) {
+    pub(super) fn add(&mut self, field: impl Into<String>, message: impl Into<String>) {
         self.0.push(FieldProblem {
             field: field.into(),
             message: message.into(),
@@ -230,7 +230,7 @@ fn validate_ip_block(block: &IPBlock, path: &str, problems: &mut Problems) {
     }
 }
 
-fn validate_selector(selector: &LabelSelector, path: &str, problems: &mut Problems) {
+pub(super) fn validate_selector(selector: &LabelSelector, path: &str, problems: &mut Problems) {
     for (i, requirement) in selector.match_expressions.iter().flatten().enumerate() {
         let req_path = format!("{path}.matchExpressions[{i}]");
         let values = requirement.values.as_deref().unwrap_or_default();

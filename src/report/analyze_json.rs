@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::analyze::Analysis;
 use crate::model::Protocol;
-use crate::policy::{Direction, DirectionExplanation};
+use crate::policy::{Decider, Direction, DirectionExplanation};
 
 #[derive(Debug, Serialize)]
 pub struct AnalyzeReport {
@@ -27,6 +27,11 @@ pub struct CellJson {
     pub port: u16,
     pub protocol: Protocol,
     pub allowed: bool,
+    /// The spec leaves the cell to the implementation (`allowed` is then the allowing reading):
+    /// same-priority cluster policies that disagree, or a rule that needs DNS.
+    pub undefined: bool,
+    /// A cluster policy's Deny blocks it: the spec requires a silent drop.
+    pub drop_required: bool,
     /// A pod to itself: computed, but the spec leaves it undefined.
     #[serde(rename = "self")]
     pub self_traffic: bool,
@@ -43,6 +48,21 @@ pub struct DirectionJson {
     pub isolated_by: Vec<String>,
     /// The rules that allow it, when isolated.
     pub allowed_by: Vec<RuleJson>,
+    /// What settled the direction: `Admin`, `NetworkPolicy`, `Baseline`, `default` or
+    /// `undefined`.
+    pub decided_by: String,
+    /// The deciding cluster policy (`cnp/name`) and rule (`egress[1] "to-db"`), when one did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<&'static str>,
+    /// Cluster rules met on the way, in evaluation order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub chain: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub undefined: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -95,6 +115,26 @@ impl DirectionJson {
                     matched: r.location().unwrap_or_default(),
                 })
                 .collect(),
+            decided_by: match &e.decider {
+                Decider::Cluster(step) => step.tier.as_str().to_string(),
+                Decider::NetworkPolicy => "NetworkPolicy".into(),
+                Decider::Default => "default".into(),
+                Decider::Undefined => "undefined".into(),
+            },
+            policy: match &e.decider {
+                Decider::Cluster(step) => Some(step.policy.clone()),
+                _ => None,
+            },
+            rule: match &e.decider {
+                Decider::Cluster(step) => Some(step.rule.clone()),
+                _ => None,
+            },
+            action: match &e.decider {
+                Decider::Cluster(step) => Some(step.action.as_str()),
+                _ => None,
+            },
+            chain: e.cluster.iter().map(|s| s.describe()).collect(),
+            undefined: e.undefined.clone(),
         }
     }
 }
@@ -107,12 +147,15 @@ pub fn report(analysis: &Analysis) -> AnalyzeReport {
         .map(|(cell, verdict)| {
             let explanation = oracle.explain(cell);
             debug_assert_eq!(explanation.allowed(), verdict.allowed());
+            debug_assert_eq!(explanation.undefined(), verdict.undefined);
             CellJson {
                 from: explanation.from.to_string(),
                 to: explanation.to.to_string(),
                 port: cell.port_protocol.port,
                 protocol: cell.port_protocol.protocol,
                 allowed: verdict.allowed(),
+                undefined: verdict.undefined,
+                drop_required: verdict.drop,
                 self_traffic: cell.is_self(),
                 egress: DirectionJson::from_explanation(&explanation.egress),
                 ingress: DirectionJson::from_explanation(&explanation.ingress),
@@ -153,6 +196,11 @@ pub fn report(analysis: &Analysis) -> AnalyzeReport {
                     .map(Direction::as_str)
                     .collect(),
             })
+            .chain(analysis.cluster_policies.iter().map(|p| PolicyJson {
+                policy: p.key(),
+                source: p.origin.to_string(),
+                isolates: Vec::new(),
+            }))
             .collect(),
         summary: SummaryJson {
             cells: table.len(),

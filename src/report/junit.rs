@@ -36,6 +36,13 @@ pub fn report(result: &RunResult) -> Report {
                 .max_leak_ms
                 .map_or("none".to_string(), |ms| format!("{ms:.0}")),
         ));
+        if let Some(reason) = &scenario.unsupported {
+            let mut status = TestCaseStatus::skipped();
+            status.set_message(format!("unsupported: {reason}"));
+            let mut case = TestCase::new("cluster support", status);
+            case.set_classname(scenario.scenario.name.as_str());
+            suite.add_test_case(case);
+        }
         if let (Some(e), true) = (&scenario.error, scenario.steps.is_empty()) {
             let mut status = TestCaseStatus::non_success(NonSuccessKind::Error);
             status.set_message(e.as_str());
@@ -59,14 +66,25 @@ pub fn report(result: &RunResult) -> Report {
             } else {
                 let wrong = step.count(Verdict::Fail);
                 let errors = step.count(Verdict::Error);
+                let not_dropped = step.count(Verdict::NotDropped);
                 let mut s = TestCaseStatus::non_success(NonSuccessKind::Failure);
                 let timing = run_terminal::timing_line(step);
+                let refused = if not_dropped > 0 {
+                    format!(", {not_dropped} refused where a Deny requires a drop")
+                } else {
+                    String::new()
+                };
                 s.set_message(format!(
-                    "{wrong} cells differ from the spec, {errors} probe errors, {} flapping{}{timing}",
+                    "{wrong} cells differ from the spec, {errors} probe errors, {} flapping{refused}{}{timing}",
                     step.count(Verdict::Flapping),
                     if timing.is_empty() { "" } else { "; " }
                 ));
-                s.set_type("enforcement");
+                // Its own failure type: tooling that tells drops from refusals can match on it.
+                s.set_type(if not_dropped > 0 && wrong == 0 {
+                    "deny-not-dropped"
+                } else {
+                    "enforcement"
+                });
                 if let Some(observed) = &step.observed {
                     let lines = wrong_cells(&step.expected, observed, usize::MAX);
                     s.set_description(lines.join("\n"));

@@ -8,10 +8,14 @@ use crate::model::PodRef;
 
 /// Shown under the analyze matrices.
 pub const LEGEND: &str = "legend: ✓ allowed · ✗ blocked (e: by the source's egress, i: by the destination's ingress) · \
+                          ~ undefined: left to the implementation by the spec (--explain says why) · \
                           ( ) a pod to itself: undefined by the spec, CNIs differ";
 
 /// The glyph for an oracle verdict.
 pub fn decision_glyph(verdict: Decision) -> &'static str {
+    if verdict.undefined {
+        return "~";
+    }
     match (verdict.egress, verdict.ingress) {
         (true, true) => "✓",
         (false, true) => "✗e",
@@ -110,7 +114,7 @@ mod tests {
 
     #[test]
     fn glyphs_name_the_blocking_side() {
-        let v = |egress, ingress| decision_glyph(Decision { egress, ingress });
+        let v = |egress, ingress| decision_glyph(Decision::new(egress, ingress));
         assert_eq!(v(true, true), "✓");
         assert_eq!(v(false, true), "✗e");
         assert_eq!(v(true, false), "✗i");
@@ -121,15 +125,7 @@ mod tests {
     fn matrix_has_a_row_and_column_per_pod() {
         let pods = vec!["x/a".parse().unwrap(), "x/b".parse().unwrap()];
         let mut table = TruthTable::new(pods, vec![PortProtocol::new(80, Protocol::Tcp)]);
-        table.set(
-            0,
-            0,
-            1,
-            Decision {
-                egress: true,
-                ingress: true,
-            },
-        );
+        table.set(0, 0, 1, Decision::new(true, true));
         let text = render_truth_table(&table, false);
         assert!(text.starts_with("80/TCP\n"));
         assert!(text.contains("from \\ to"));

@@ -26,6 +26,10 @@ pub struct ProbeSummary {
     pub unsupported: usize,
     pub errors: usize,
     pub self_differs: usize,
+    /// Left to the implementation by the spec (cluster policy ties, DNS).
+    pub undefined: usize,
+    /// Refused where a cluster policy's Deny requires a drop.
+    pub not_dropped: usize,
     pub not_probed: usize,
     /// Unsupported cells per protocol, to say which protocol this node lacks.
     pub unsupported_protocols: Vec<String>,
@@ -33,7 +37,7 @@ pub struct ProbeSummary {
 
 impl ProbeSummary {
     pub fn failed(&self) -> bool {
-        self.wrong > 0 || self.errors > 0
+        self.wrong > 0 || self.errors > 0 || self.not_dropped > 0
     }
 }
 
@@ -46,6 +50,8 @@ pub fn summarize(analysis: &Analysis, observed: &ObservedTable) -> ProbeSummary 
             Judgement::Match => s.matching += 1,
             Judgement::Wrong => s.wrong += 1,
             Judgement::SelfDiffers => s.self_differs += 1,
+            Judgement::Undefined => s.undefined += 1,
+            Judgement::RefusedNotDropped => s.not_dropped += 1,
             Judgement::Unsupported => {
                 s.unsupported += 1;
                 *unsupported
@@ -87,7 +93,10 @@ pub fn observed_matrix(
         match judgement {
             Judgement::Match => (base.into(), Some(Color::Green)),
             Judgement::Wrong => (format!("{base}*"), Some(Color::Red)),
-            Judgement::SelfDiffers => (format!("{base}*"), Some(Color::DarkGrey)),
+            Judgement::SelfDiffers | Judgement::Undefined => {
+                (format!("{base}~"), Some(Color::DarkGrey))
+            }
+            Judgement::RefusedNotDropped => (format!("{base}*"), Some(Color::Red)),
             Judgement::Unsupported => (base.into(), Some(Color::Yellow)),
             Judgement::Error => ("!".into(), Some(Color::Red)),
             Judgement::NotProbed => ("·".into(), Some(Color::DarkGrey)),
@@ -116,6 +125,13 @@ pub fn wrong_cells(analysis: &Analysis, observed: &ObservedTable, max: usize) ->
                 return format!("{from} -> {to} {}: probe error: {seen}", cell.port_protocol);
             }
             let explanation = oracle.explain(*cell);
+            if *judgement == Judgement::RefusedNotDropped {
+                return format!(
+                    "{from} -> {to} {}: refused, but a cluster policy's Deny requires a silent drop: {}",
+                    cell.port_protocol,
+                    explanation.reason()
+                );
+            }
             let expected = if explanation.allowed() {
                 "allowed"
             } else {
@@ -206,11 +222,25 @@ pub fn summary_line(s: &ProbeSummary) -> String {
             s.unsupported_protocols.join(", ")
         );
     }
+    if s.not_dropped > 0 {
+        let _ = write!(
+            line,
+            ", {} refused where a Deny requires a drop",
+            s.not_dropped
+        );
+    }
     if s.self_differs > 0 {
         let _ = write!(
             line,
             "; {} self-traffic cells differ (undefined by the spec)",
             s.self_differs
+        );
+    }
+    if s.undefined > 0 {
+        let _ = write!(
+            line,
+            "; {} cells left to the implementation by the spec (not judged)",
+            s.undefined
         );
     }
     if s.not_probed > 0 {

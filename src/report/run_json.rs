@@ -38,6 +38,8 @@ pub struct CountsJson {
     pub unsupported: usize,
     pub error: usize,
     pub not_probed: usize,
+    /// Refused where a cluster policy's Deny requires a silent drop.
+    pub not_dropped: usize,
 }
 
 impl CountsJson {
@@ -51,6 +53,7 @@ impl CountsJson {
             Verdict::Unsupported => self.unsupported += 1,
             Verdict::Error => self.error += 1,
             Verdict::NotProbed => self.not_probed += 1,
+            Verdict::NotDropped => self.not_dropped += 1,
         }
     }
 }
@@ -79,6 +82,11 @@ pub struct ScenarioJson {
     pub status: Status,
     pub elapsed_ms: f64,
     pub error: Option<String>,
+    /// Why the scenario could not run on this cluster (additive).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unsupported: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
     pub steps: Vec<StepJson>,
 }
 
@@ -175,6 +183,8 @@ pub fn report(result: &RunResult, selection: CellSelection) -> RunJson {
             status: scenario.status(),
             elapsed_ms: ms(scenario.elapsed),
             error: scenario.error.clone(),
+            unsupported: scenario.unsupported.clone(),
+            warnings: scenario.warnings.clone(),
             steps: scenario
                 .steps
                 .iter()

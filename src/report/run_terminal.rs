@@ -116,6 +116,13 @@ pub fn step_line(scenario: &Scenario, step: &StepResult) -> String {
         };
         let _ = write!(line, ": {wrong} {cells} from the spec");
     }
+    let not_dropped = step.count(Verdict::NotDropped);
+    if not_dropped > 0 {
+        let _ = write!(
+            line,
+            ": {not_dropped} refused where a Deny requires a silent drop"
+        );
+    }
     let late = step.count(Verdict::Late);
     if late > 0 {
         let _ = write!(line, ", {late} late");
@@ -277,6 +284,12 @@ pub fn render(result: &RunResult, color: bool) -> String {
     for scenario in &result.scenarios {
         if let (Some(e), true) = (&scenario.error, scenario.steps.is_empty()) {
             let _ = writeln!(text, "\nFAIL {}: {e}", scenario.scenario.name);
+        }
+        if let Some(reason) = &scenario.unsupported {
+            let _ = writeln!(text, "\nUNSUPPORTED {}: {reason}", scenario.scenario.name);
+        }
+        for warning in &scenario.warnings {
+            let _ = writeln!(text, "warning: {}: {warning}", scenario.scenario.name);
         }
         for index in 0..scenario.steps.len() {
             if scenario.steps[index].status() == Status::Failed {

@@ -55,7 +55,7 @@ pub fn at_real_addresses<B: Backend>(backend: &B, analysis: &Analysis) -> Analys
     match description.build("real addresses") {
         Ok(cluster) => analyze(
             cluster,
-            analysis.policies.clone(),
+            analysis.policy_set(),
             analysis.table.port_protocols(),
         ),
         // Two pods claiming one address would be the cluster's bug; judge against the model then.

@@ -40,7 +40,10 @@ pub enum Verdict {
     Late,
     /// Matched, then changed during the stability window.
     Flapping,
-    /// A pod to itself, differing from the computed answer: undefined by the spec.
+    /// Blocked, but refused where a cluster policy's Deny requires a silent drop.
+    NotDropped,
+    /// Undefined by the spec: a pod to itself differing from the computed answer, or a cell
+    /// the spec leaves to the implementation (same-priority cluster policies, DNS).
     Undefined,
     Unsupported,
     Error,
@@ -49,14 +52,22 @@ pub enum Verdict {
 
 impl Verdict {
     pub fn fails(self) -> bool {
-        matches!(self, Verdict::Fail | Verdict::Error | Verdict::Flapping)
+        matches!(
+            self,
+            Verdict::Fail | Verdict::Error | Verdict::Flapping | Verdict::NotDropped
+        )
     }
 
     /// Whether the cell was judged against the spec: what an unsupported step lacks.
     pub fn judged(self) -> bool {
         matches!(
             self,
-            Verdict::Pass | Verdict::Fail | Verdict::Late | Verdict::Flapping | Verdict::Error
+            Verdict::Pass
+                | Verdict::Fail
+                | Verdict::Late
+                | Verdict::Flapping
+                | Verdict::Error
+                | Verdict::NotDropped
         )
     }
 }
@@ -132,6 +143,10 @@ pub struct ScenarioResult {
     pub elapsed: Duration,
     /// A failure outside any step (deploying or resetting the cluster).
     pub error: Option<String>,
+    /// Why the scenario could not run here at all (the cluster does not serve a kind it needs).
+    pub unsupported: Option<String>,
+    /// What the user should know about the answers (e.g. the cluster's own cluster policies).
+    pub warnings: Vec<String>,
     /// Races and verdict counts over its steps.
     pub totals: ScenarioTotals,
 }
@@ -143,6 +158,9 @@ impl ScenarioResult {
 
     /// Failed if anything failed; unsupported if no step could be judged; passed otherwise.
     pub fn status(&self) -> Status {
+        if self.unsupported.is_some() && self.error.is_none() {
+            return Status::Unsupported;
+        }
         let statuses: Vec<Status> = self.steps.iter().map(StepResult::status).collect();
         if self.error.is_some()
             || self.steps.len() != self.scenario.steps.len()

@@ -13,8 +13,9 @@ use super::{at_real_addresses, probe_matrix, reconcile};
 use crate::analyze::Analysis;
 use crate::backend::Backend;
 use crate::matrix::Judgement;
+use crate::policy::ClusterKind;
 use crate::scenario::Scenario;
-use crate::world::World;
+use crate::world::{Mutation, World};
 
 /// What the runner reports while it works; the terminal display consumes these.
 pub enum Event<'a> {
@@ -100,8 +101,24 @@ pub async fn run_scenarios<B: Backend>(
                 steps: Vec::new(),
                 elapsed: Duration::ZERO,
                 error: None,
+                unsupported: None,
+                warnings: Vec::new(),
                 totals: ScenarioTotals::default(),
             };
+            let kinds = cluster_kinds(scenario);
+            if !kinds.is_empty() {
+                let namespaces = scenario.initial.cluster().namespaces();
+                match backend.cluster_policy_support(&kinds, namespaces).await {
+                    Ok(warnings) => result.warnings = warnings,
+                    Err(reason) => {
+                        result.unsupported = Some(reason);
+                        result.elapsed = scenario_start.elapsed();
+                        on_event(Event::ScenarioFinished { result: &result });
+                        results.push(result);
+                        continue;
+                    }
+                }
+            }
             let initial = initial_analysis(scenario);
             let set_up = match reconcile(backend, &deployed, &scenario.initial).await {
                 Ok(()) => await_baseline(&*backend, &initial, options).await,
@@ -162,11 +179,31 @@ pub async fn run_scenarios<B: Backend>(
     }
 }
 
+/// The cluster-scoped kinds a scenario uses, at its start or in any step.
+fn cluster_kinds(scenario: &Scenario) -> Vec<ClusterKind> {
+    let mut kinds: Vec<ClusterKind> = scenario
+        .initial
+        .cluster_policies()
+        .iter()
+        .map(|p| p.kind)
+        .chain(scenario.steps.iter().flat_map(|step| {
+            step.action.mutations().into_iter().filter_map(|m| match m {
+                Mutation::ApplyClusterPolicy(p) => Some(p.kind),
+                Mutation::DeleteClusterPolicy { kind, .. } => Some(kind),
+                _ => None,
+            })
+        }))
+        .collect();
+    kinds.sort();
+    kinds.dedup();
+    kinds
+}
+
 /// The spec's answer for the scenario's initial world.
 fn initial_analysis(scenario: &Scenario) -> Analysis {
     crate::analyze::analyze(
         scenario.initial.cluster().clone(),
-        scenario.initial.policies().to_vec(),
+        scenario.initial.policy_set(),
         &scenario.port_protocols,
     )
 }

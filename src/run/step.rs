@@ -107,7 +107,8 @@ pub(super) async fn run_step<B: Backend>(
         let mut all_match = true;
         for (k, cell, judgement, observation) in observed.judged(expected) {
             let matches = match judgement {
-                Judgement::Match => true,
+                // A refusal is still a block: the step has converged, the verdict says how.
+                Judgement::Match | Judgement::RefusedNotDropped => true,
                 Judgement::Wrong => false,
                 _ => continue,
             };
@@ -148,7 +149,8 @@ pub(super) async fn run_step<B: Backend>(
                     _ => Verdict::Late,
                 },
                 (Judgement::Wrong, _) => Verdict::Fail,
-                (Judgement::SelfDiffers, _) => Verdict::Undefined,
+                (Judgement::RefusedNotDropped, _) => Verdict::NotDropped,
+                (Judgement::SelfDiffers | Judgement::Undefined, _) => Verdict::Undefined,
                 (Judgement::Unsupported, _) => Verdict::Unsupported,
                 (Judgement::Error, _) => Verdict::Error,
                 (Judgement::NotProbed, _) => Verdict::NotProbed,

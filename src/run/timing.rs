@@ -267,10 +267,7 @@ mod tests {
         let pp = PortProtocol::new(80, Protocol::Tcp);
         let pods =
             |names: &[&str]| -> Vec<PodRef> { names.iter().map(|n| n.parse().unwrap()).collect() };
-        let allow = Decision {
-            ingress: true,
-            egress: true,
-        };
+        let allow = Decision::new(true, true);
         let mut before = TruthTable::new(pods(&["x/a", "x/b"]), vec![pp]);
         before.set(0, 0, 1, allow);
         before.set(0, 1, 0, allow);

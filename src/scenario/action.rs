@@ -4,16 +4,20 @@
 //! existing mutation expresses it, a new `Mutation` that every backend carries out.
 
 use crate::model::{Labels, Namespace, Pod, PodRef};
-use crate::policy::Policy;
+use crate::policy::{AnyPolicy, ClusterKind};
 use crate::world::Mutation;
 
 /// What a step does.
 #[derive(Debug, Clone)]
 pub enum Action {
-    /// Create or replace policies.
-    Apply(Vec<Policy>),
+    /// Create or replace policies of either family.
+    Apply(Vec<AnyPolicy>),
     DeletePolicy {
         namespace: String,
+        name: String,
+    },
+    DeleteClusterPolicy {
+        kind: ClusterKind,
         name: String,
     },
     /// The namespace's complete new label set.
@@ -41,8 +45,15 @@ impl Action {
             Action::Apply(policies) => policies
                 .iter()
                 .cloned()
-                .map(Mutation::ApplyPolicy)
+                .map(|p| match p {
+                    AnyPolicy::Network(p) => Mutation::ApplyPolicy(p),
+                    AnyPolicy::Cluster(p) => Mutation::ApplyClusterPolicy(p),
+                })
                 .collect(),
+            Action::DeleteClusterPolicy { kind, name } => vec![Mutation::DeleteClusterPolicy {
+                kind: *kind,
+                name: name.clone(),
+            }],
             Action::DeletePolicy { namespace, name } => vec![Mutation::DeletePolicy {
                 namespace: namespace.clone(),
                 name: name.clone(),
@@ -69,7 +80,13 @@ impl Action {
     pub fn describe(&self) -> String {
         match self {
             Action::Apply(policies) => {
-                let names: Vec<String> = policies.iter().map(Policy::key).collect();
+                let names: Vec<String> = policies
+                    .iter()
+                    .map(|p| match p {
+                        AnyPolicy::Network(p) => p.key(),
+                        AnyPolicy::Cluster(p) => p.key(),
+                    })
+                    .collect();
                 format!("apply {}", names.join(", "))
             }
             Action::Probe => "probe again".into(),

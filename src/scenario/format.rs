@@ -53,6 +53,9 @@ pub struct StepDoc {
     pub apply_files: Option<Vec<String>>,
     #[serde(default)]
     pub delete_policy: Option<PolicyRefDoc>,
+    /// Delete a cluster-scoped policy by name (and kind, when names are shared across kinds).
+    #[serde(default)]
+    pub delete_cluster_policy: Option<ClusterPolicyRefDoc>,
     #[serde(default)]
     pub set_namespace_labels: Option<NamespaceLabelsDoc>,
     #[serde(default)]
@@ -80,6 +83,14 @@ pub struct StepDoc {
 #[serde(deny_unknown_fields)]
 pub struct PolicyRefDoc {
     pub namespace: String,
+    pub name: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterPolicyRefDoc {
+    #[serde(default)]
+    pub kind: Option<String>,
     pub name: String,
 }
 

@@ -16,7 +16,7 @@ use crate::input::{self, Document, InputError, Origin};
 use crate::model::{
     Cluster, Labels, NAMESPACE_NAME_LABEL, Namespace, PodRef, PortProtocol, Protocol, default_model,
 };
-use crate::policy::{Policy, compile_document};
+use crate::policy::{AnyPolicy, ClusterKind, compile_document};
 use crate::world::World;
 
 /// At most this many disagreeing cells are listed in an error.
@@ -99,11 +99,7 @@ pub fn parse(source: &str, text: &str, base_dir: Option<&Path>) -> Result<Scenar
         world
             .apply_all(&action.mutations())
             .map_err(|e| error(&origin, e.to_string()))?;
-        let analysis = analyze(
-            world.cluster().clone(),
-            world.policies().to_vec(),
-            &port_protocols,
-        );
+        let analysis = analyze(world.cluster().clone(), world.policy_set(), &port_protocols);
         if let Some(expects) = &spanned.value.expect {
             check_pins(source, expects, &analysis)?;
         }
@@ -171,7 +167,7 @@ fn parse_pod(origin: &str, text: &str) -> Result<PodRef, ScenarioError> {
 fn inline_policies(
     source: &str,
     manifests: &[serde_saphyr::Spanned<Value>],
-) -> Result<Vec<Policy>, ScenarioError> {
+) -> Result<Vec<AnyPolicy>, ScenarioError> {
     let mut policies = Vec::new();
     for manifest in manifests {
         let document = Document {
@@ -195,6 +191,7 @@ fn resolve(
         step.update.is_some(),
         step.apply_files.is_some(),
         step.delete_policy.is_some(),
+        step.delete_cluster_policy.is_some(),
         step.set_namespace_labels.is_some(),
         step.remove_namespace_labels.is_some(),
         step.set_pod_labels.is_some(),
@@ -210,12 +207,13 @@ fn resolve(
         return Err(error(
             origin,
             format!(
-                "a step needs exactly one action, found {count} (apply, update, apply-files, delete-policy, set-namespace-labels, remove-namespace-labels, set-pod-labels, remove-pod-labels, create-pod, delete-pod, create-namespace, delete-namespace, probe)"
+                "a step needs exactly one action, found {count} (apply, update, apply-files, delete-policy, delete-cluster-policy, set-namespace-labels, remove-namespace-labels, set-pod-labels, remove-pod-labels, create-pod, delete-pod, create-namespace, delete-namespace, probe)"
             ),
         ));
     }
-    let check_namespaces = |policies: Vec<Policy>| -> Result<Vec<Policy>, ScenarioError> {
+    let check_namespaces = |policies: Vec<AnyPolicy>| -> Result<Vec<AnyPolicy>, ScenarioError> {
         for p in &policies {
+            let AnyPolicy::Network(p) = p else { continue };
             if world.cluster().namespace(&p.namespace).is_none() {
                 return Err(error(
                     origin,
@@ -236,16 +234,15 @@ fn resolve(
     }
     if let Some(manifests) = &step.update {
         let policies = check_namespaces(inline_policies(source, manifests)?)?;
-        if let Some(p) = policies
-            .iter()
-            .find(|p| !world.has_policy(&p.namespace, &p.name))
-        {
+        let missing = policies.iter().find_map(|p| match p {
+            AnyPolicy::Network(p) if !world.has_policy(&p.namespace, &p.name) => Some(p.key()),
+            AnyPolicy::Cluster(p) if !world.has_cluster_policy(p.kind, &p.name) => Some(p.key()),
+            _ => None,
+        });
+        if let Some(key) = missing {
             return Err(error(
                 origin,
-                format!(
-                    "update: there is no policy {} to update (use apply)",
-                    p.key()
-                ),
+                format!("update: there is no policy {key} to update (use apply)"),
             ));
         }
         return Ok(Action::Apply(policies));
@@ -265,6 +262,39 @@ fn resolve(
             }
         }
         return Ok(Action::Apply(check_namespaces(policies)?));
+    }
+    if let Some(r) = &step.delete_cluster_policy {
+        let kinds = world.cluster_policy_kinds(&r.name);
+        let kind = match (&r.kind, kinds.as_slice()) {
+            (Some(text), _) => ClusterKind::from_kind(text).ok_or_else(|| {
+                error(
+                    origin,
+                    format!(
+                        "delete-cluster-policy: kind {text:?} is not ClusterNetworkPolicy, AdminNetworkPolicy or BaselineAdminNetworkPolicy"
+                    ),
+                )
+            })?,
+            (None, [kind]) => *kind,
+            (None, []) => {
+                return Err(error(
+                    origin,
+                    format!("delete-cluster-policy: there is no cluster policy {}", r.name),
+                ));
+            }
+            (None, _) => {
+                return Err(error(
+                    origin,
+                    format!(
+                        "delete-cluster-policy: {} names policies of several kinds: add kind",
+                        r.name
+                    ),
+                ));
+            }
+        };
+        return Ok(Action::DeleteClusterPolicy {
+            kind,
+            name: r.name.clone(),
+        });
     }
     if let Some(r) = &step.delete_policy {
         return Ok(Action::DeletePolicy {

@@ -12,7 +12,7 @@ use crate::model::{
     Cluster, ClusterDescription, Labels, ModelError, NAMESPACE_NAME_LABEL, NamespaceDescription,
     Pod, PodDescription, PodRef,
 };
-use crate::policy::Policy;
+use crate::policy::{ClusterKind, ClusterPolicy, Policy, PolicySet};
 
 /// A mutation that does not fit the world it is applied to.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +30,7 @@ pub struct World {
     description: ClusterDescription,
     cluster: Cluster,
     policies: Vec<Policy>,
+    cluster_policies: Vec<ClusterPolicy>,
 }
 
 impl World {
@@ -43,14 +44,18 @@ impl World {
             description,
             cluster,
             policies: Vec::new(),
+            cluster_policies: Vec::new(),
         })
     }
 
     /// A cluster with its policies: what `probe` and `bench probe` deploy.
-    pub fn with_policies(cluster: &Cluster, policies: &[Policy]) -> Result<World, WorldError> {
+    pub fn with_policies(cluster: &Cluster, policies: &PolicySet) -> Result<World, WorldError> {
         let mut world = World::new(&cluster.description(), "cluster model")?;
-        for policy in policies {
+        for policy in &policies.network {
             world.apply(&Mutation::ApplyPolicy(policy.clone()))?;
+        }
+        for policy in &policies.cluster {
+            world.apply(&Mutation::ApplyClusterPolicy(policy.clone()))?;
         }
         Ok(world)
     }
@@ -61,6 +66,7 @@ impl World {
             description: ClusterDescription::default(),
             cluster: Cluster::default(),
             policies: Vec::new(),
+            cluster_policies: Vec::new(),
         }
     }
 
@@ -70,6 +76,33 @@ impl World {
 
     pub fn policies(&self) -> &[Policy] {
         &self.policies
+    }
+
+    pub fn cluster_policies(&self) -> &[ClusterPolicy] {
+        &self.cluster_policies
+    }
+
+    /// Every policy of both families, as the oracle evaluates them.
+    pub fn policy_set(&self) -> PolicySet {
+        PolicySet {
+            network: self.policies.clone(),
+            cluster: self.cluster_policies.clone(),
+        }
+    }
+
+    pub fn has_cluster_policy(&self, kind: ClusterKind, name: &str) -> bool {
+        self.cluster_policies
+            .iter()
+            .any(|p| p.kind == kind && p.name == name)
+    }
+
+    /// The kinds of cluster policy named `name` (a name may be used once per kind).
+    pub fn cluster_policy_kinds(&self, name: &str) -> Vec<ClusterKind> {
+        self.cluster_policies
+            .iter()
+            .filter(|p| p.name == name)
+            .map(|p| p.kind)
+            .collect()
     }
 
     pub fn namespace_labels(&self, namespace: &str) -> Option<Labels> {
@@ -121,6 +154,20 @@ impl World {
                 }
                 self.policies
                     .retain(|p| !(&p.namespace == namespace && &p.name == name));
+                return Ok(());
+            }
+            Mutation::ApplyClusterPolicy(policy) => {
+                self.cluster_policies
+                    .retain(|p| !(p.kind == policy.kind && p.name == policy.name));
+                self.cluster_policies.push(policy.clone());
+                return Ok(());
+            }
+            Mutation::DeleteClusterPolicy { kind, name } => {
+                if !self.has_cluster_policy(*kind, name) {
+                    return Err(missing(kind.as_str(), name.clone()));
+                }
+                self.cluster_policies
+                    .retain(|p| !(p.kind == *kind && &p.name == name));
                 return Ok(());
             }
             Mutation::SetNamespaceLabels { namespace, labels } => {
@@ -193,6 +240,14 @@ impl World {
     /// the empty world; tearing down is reconciling to it.
     pub fn changes_to(&self, to: &World) -> Vec<Mutation> {
         let mut out = Vec::new();
+        for policy in &self.cluster_policies {
+            if !to.has_cluster_policy(policy.kind, &policy.name) {
+                out.push(Mutation::DeleteClusterPolicy {
+                    kind: policy.kind,
+                    name: policy.name.clone(),
+                });
+            }
+        }
         for policy in &self.policies {
             if !to.has_policy(&policy.namespace, &policy.name) {
                 out.push(Mutation::DeletePolicy {
@@ -241,6 +296,12 @@ impl World {
             }
         }
         out.extend(to.policies.iter().cloned().map(Mutation::ApplyPolicy));
+        out.extend(
+            to.cluster_policies
+                .iter()
+                .cloned()
+                .map(Mutation::ApplyClusterPolicy),
+        );
         out
     }
 }

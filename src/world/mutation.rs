@@ -6,7 +6,7 @@
 use std::fmt;
 
 use crate::model::{Labels, Namespace, Pod, PodRef};
-use crate::policy::Policy;
+use crate::policy::{ClusterKind, ClusterPolicy, Policy};
 
 // A handful per step, never in a hot path: the policy variant's size doesn't matter.
 #[allow(clippy::large_enum_variant)]
@@ -33,6 +33,12 @@ pub enum Mutation {
         namespace: String,
         name: String,
     },
+    /// Create or replace a cluster-scoped policy (identified by kind and name).
+    ApplyClusterPolicy(ClusterPolicy),
+    DeleteClusterPolicy {
+        kind: ClusterKind,
+        name: String,
+    },
 }
 
 impl Mutation {
@@ -56,6 +62,10 @@ impl fmt::Display for Mutation {
             Mutation::ApplyPolicy(policy) => write!(f, "apply policy {}", policy.key()),
             Mutation::DeletePolicy { namespace, name } => {
                 write!(f, "delete policy {namespace}/{name}")
+            }
+            Mutation::ApplyClusterPolicy(policy) => write!(f, "apply {}", policy.key()),
+            Mutation::DeleteClusterPolicy { kind, name } => {
+                write!(f, "delete {}/{name}", kind.short())
             }
         }
     }

@@ -45,6 +45,9 @@ pub struct Expectation {
     pub on: Vec<String>,
     #[serde(default)]
     pub blocked: Vec<String>,
+    /// Cells the spec leaves to the implementation (never failed on real packets).
+    #[serde(default)]
+    pub undefined: Vec<String>,
 }
 
 pub fn corpus_dir() -> PathBuf {
@@ -135,6 +138,30 @@ impl Case {
             }
         }
         Ok(expected)
+    }
+
+    /// Undefined (from, to, "port/PROTO") cells this case expects.
+    pub fn expected_undefined(
+        &self,
+        pods: &[String],
+        probed: &[String],
+    ) -> BTreeSet<(String, String, String)> {
+        let mut expected = BTreeSet::new();
+        for expectation in &self.expect {
+            let on = if expectation.on.is_empty() {
+                probed
+            } else {
+                &expectation.on[..]
+            };
+            for pp in on {
+                for pattern in &expectation.undefined {
+                    for (f, t) in super::expand_pattern(pattern, pods) {
+                        expected.insert((f, t, pp.clone()));
+                    }
+                }
+            }
+        }
+        expected
     }
 }
 

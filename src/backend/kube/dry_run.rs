@@ -124,9 +124,24 @@ impl Recorder {
                 self.transcript
                     .object(&manifests::policy(&self.names, policy, &bases))
             }
+            Mutation::ApplyClusterPolicy(policy) => {
+                let bases: BTreeSet<String> = cluster
+                    .namespaces()
+                    .iter()
+                    .map(|n| n.name.clone())
+                    .collect();
+                self.transcript.comment(&format!(
+                    "the subject (and every namespaces/pods peer) gains {}: {}, so it selects only this run's namespaces",
+                    manifests::RUN_LABEL,
+                    self.names.run_id
+                ));
+                self.transcript
+                    .object(&manifests::cluster_policy(&self.names, policy, &bases))
+            }
             Mutation::DeleteNamespace(_)
             | Mutation::DeletePod(_)
-            | Mutation::DeletePolicy { .. } => Ok(()),
+            | Mutation::DeletePolicy { .. }
+            | Mutation::DeleteClusterPolicy { .. } => Ok(()),
         }
     }
 }

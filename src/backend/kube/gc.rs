@@ -5,15 +5,18 @@
 //! so. Namespaces without a heartbeat (written by older polygraph versions) fall back to their age.
 //! Deletions are issued together, then awaited, as `run` does.
 
+use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use k8s_openapi::api::core::v1::Namespace as KubeNamespace;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client};
 
+use super::cluster_policies;
 use super::connection::{await_deletion, call, delete_namespace};
 use super::manifests::{HEARTBEAT_ANNOTATION, OWNER, OWNER_LABEL, RUN_LABEL, heartbeat_now};
 use crate::backend::BackendError;
+use crate::policy::ClusterKind;
 
 /// How often a live run renews its heartbeat.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(30);
@@ -67,7 +70,7 @@ fn keep_reason(ns: &KubeNamespace, older_than: Duration, now: SystemTime) -> Opt
 /// Deletes polygraph's namespaces of runs that are not live and are at least `older_than` old,
 /// and waits until they are gone.
 pub async fn gc(client: Client, older_than: Duration) -> Result<KubeGcReport, BackendError> {
-    let api: Api<KubeNamespace> = Api::all(client);
+    let api: Api<KubeNamespace> = Api::all(client.clone());
     let selector = format!("{OWNER_LABEL}={OWNER}");
     let list = call("listing polygraph's namespaces", || async {
         api.list(&ListParams::default().labels(&selector)).await
@@ -93,7 +96,40 @@ pub async fn gc(client: Client, older_than: Duration) -> Result<KubeGcReport, Ba
         })
         .await?;
     }
+    // Cluster-scoped policies go with their run: kept when any namespace of the run was kept.
+    let live: BTreeSet<String> = list_runs(&api, &selector).await?;
+    for kind in ClusterKind::ALL {
+        if !cluster_policies::served(&client, kind).await? {
+            continue;
+        }
+        for (name, run) in cluster_policies::owned(&client, kind, None).await? {
+            if live.contains(&run) {
+                report
+                    .kept
+                    .push((format!("{kind} {name}"), format!("its run {run} is kept")));
+                continue;
+            }
+            cluster_policies::delete(&client, kind, &name).await?;
+            report.removed.push(format!("{kind} {name}"));
+        }
+    }
     Ok(report)
+}
+
+/// The run ids of polygraph's namespaces still there.
+async fn list_runs(
+    api: &Api<KubeNamespace>,
+    selector: &str,
+) -> Result<BTreeSet<String>, BackendError> {
+    let list = call("listing polygraph's namespaces", || async {
+        api.list(&ListParams::default().labels(selector)).await
+    })
+    .await?;
+    Ok(list
+        .items
+        .iter()
+        .filter_map(|ns| ns.metadata.labels.as_ref()?.get(RUN_LABEL).cloned())
+        .collect())
 }
 
 /// Renews the heartbeat of every namespace of `run_id` until dropped.

@@ -14,7 +14,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 
 use super::BadOption;
 use crate::model::{NAMESPACE_NAME_LABEL, Namespace, Pod, syntax};
-use crate::policy::Policy;
+use crate::policy::{ClusterKind, ClusterPolicy, Policy};
 
 /// Every object polygraph creates carries this label (`app.kubernetes.io/managed-by: polygraph`).
 pub const OWNER_LABEL: &str = "app.kubernetes.io/managed-by";
@@ -83,7 +83,7 @@ impl RunNames {
         format!("{}-{}-{base}", self.prefix, self.run_id)
     }
 
-    fn labels(&self) -> BTreeMap<String, String> {
+    pub fn labels(&self) -> BTreeMap<String, String> {
         BTreeMap::from([
             (OWNER_LABEL.to_string(), OWNER.to_string()),
             (RUN_LABEL.to_string(), self.run_id.clone()),
@@ -295,6 +295,106 @@ pub fn policy(
     object
 }
 
+/// The real name of a cluster-scoped policy: it carries the run id, like namespaces, so runs never
+/// collide and `gc` can tell whose it is. A BaselineAdminNetworkPolicy must be named `default`
+/// (a singleton, by its CRD): it keeps that name and its labels say whose it is.
+pub fn cluster_policy_name(names: &RunNames, kind: ClusterKind, name: &str) -> String {
+    match kind {
+        ClusterKind::BaselineAdminNetworkPolicy => name.to_string(),
+        _ => format!("{}-{}-{name}", names.prefix, names.run_id),
+    }
+}
+
+/// A cluster-scoped policy as polygraph applies it. **Confined to the run**: the subject's
+/// namespace selector (and every `namespaces`/`pods` peer's) gains the requirement
+/// `polygraph.dev/run-id: <run id>`, which only this run's namespaces carry, so the object can
+/// select nothing else on a shared cluster whatever the scenario wrote. Namespace names in
+/// `kubernetes.io/metadata.name` selectors are rewritten to the run's real names, as for
+/// NetworkPolicy. `networks` peers are addresses and cannot be confined; they only ever act on
+/// this run's pods, the only subjects.
+pub fn cluster_policy(
+    names: &RunNames,
+    policy: &ClusterPolicy,
+    model_namespaces: &BTreeSet<String>,
+) -> serde_json::Value {
+    use serde_json::{Value, json};
+    let mut object = policy.object.clone();
+    object["metadata"] = json!({
+        "name": cluster_policy_name(names, policy.kind, &policy.name),
+        "labels": names.labels(),
+    });
+    if let Some(status) = object.as_object_mut() {
+        status.remove("status");
+    }
+    let confine = |selector: &mut Value| {
+        if !selector.is_object() {
+            *selector = json!({});
+        }
+        let Some(selector) = selector.as_object_mut() else {
+            return;
+        };
+        let labels = selector.entry("matchLabels").or_insert_with(|| json!({}));
+        if !labels.is_object() {
+            *labels = json!({});
+        }
+        if let Some(value) = labels.get_mut(NAMESPACE_NAME_LABEL)
+            && let Some(base) = value.as_str()
+            && model_namespaces.contains(base)
+        {
+            *value = Value::String(names.namespace(base));
+        }
+        labels[RUN_LABEL] = Value::String(names.run_id.clone());
+        let expressions = selector
+            .get_mut("matchExpressions")
+            .and_then(Value::as_array_mut);
+        for requirement in expressions.into_iter().flatten() {
+            if requirement.get("key").and_then(Value::as_str) != Some(NAMESPACE_NAME_LABEL) {
+                continue;
+            }
+            let values = requirement.get_mut("values").and_then(Value::as_array_mut);
+            for value in values.into_iter().flatten() {
+                if let Some(base) = value.as_str()
+                    && model_namespaces.contains(base)
+                {
+                    *value = Value::String(names.namespace(base));
+                }
+            }
+        }
+    };
+    // A `pods` subject or peer: its namespace selector (absent: every namespace) is confined.
+    let confine_pods = |pods: &mut Value| {
+        if let Some(pods) = pods.as_object_mut() {
+            confine(pods.entry("namespaceSelector").or_insert_with(|| json!({})));
+        }
+    };
+    let Some(spec) = object.get_mut("spec").and_then(Value::as_object_mut) else {
+        return object;
+    };
+    if let Some(subject) = spec.get_mut("subject").and_then(Value::as_object_mut) {
+        if let Some(namespaces) = subject.get_mut("namespaces") {
+            confine(namespaces);
+        }
+        if let Some(pods) = subject.get_mut("pods") {
+            confine_pods(pods);
+        }
+    }
+    for (rules, peers) in [("ingress", "from"), ("egress", "to")] {
+        let rules = spec.get_mut(rules).and_then(Value::as_array_mut);
+        for rule in rules.into_iter().flatten() {
+            let peers = rule.get_mut(peers).and_then(Value::as_array_mut);
+            for peer in peers.into_iter().flatten().filter_map(Value::as_object_mut) {
+                if let Some(namespaces) = peer.get_mut("namespaces") {
+                    confine(namespaces);
+                }
+                if let Some(pods) = peer.get_mut("pods") {
+                    confine_pods(pods);
+                }
+            }
+        }
+    }
+    object
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -322,7 +422,7 @@ mod tests {
         let yaml = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x, uid: abc}\nspec:\n  podSelector: {}\n  ingress:\n  - from:\n    - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: y}}\n    - namespaceSelector: {matchExpressions: [{key: kubernetes.io/metadata.name, operator: In, values: [z, elsewhere]}]}\n";
         let policies = parse_policies("p.yaml", yaml, "x").unwrap();
         let bases = BTreeSet::from(["x".to_string(), "y".into(), "z".into()]);
-        let object = policy(&names, &policies[0], &bases);
+        let object = policy(&names, &policies.network[0], &bases);
         assert_eq!(
             object.metadata.namespace.as_deref(),
             Some("polygraph-0a1b2c-x")

@@ -7,6 +7,7 @@
 //! the agent), `placement` (spreading pods over nodes), `cni` (recognising the CNI), `gc`
 //! (cleaning up after dead runs, heartbeats), `dry_run` (the recorder that prints a run's API calls).
 
+mod cluster_policies;
 pub mod cni;
 mod connection;
 pub mod dry_run;
@@ -37,6 +38,7 @@ use self::placement::Spread;
 use crate::backend::{Backend, BackendError, Held, UdpSourcePorts, probe_request};
 use crate::model::{Labels, NAMESPACE_NAME_LABEL, Namespace, Pod, PodRef};
 use crate::policy::Policy;
+use crate::policy::{ClusterKind, ClusterPolicy};
 use crate::world::Mutation;
 
 const FIELD_MANAGER: &str = "polygraph";
@@ -69,6 +71,15 @@ pub fn api_calls(names: &RunNames, mutation: &Mutation) -> Vec<String> {
         Mutation::DeletePolicy { namespace, name } => {
             vec![format!("delete NetworkPolicy {}/{name}", ns(namespace))]
         }
+        Mutation::ApplyClusterPolicy(p) => vec![format!(
+            "apply {} {}",
+            p.kind,
+            manifests::cluster_policy_name(names, p.kind, &p.name)
+        )],
+        Mutation::DeleteClusterPolicy { kind, name } => vec![format!(
+            "delete {kind} {}",
+            manifests::cluster_policy_name(names, *kind, name)
+        )],
     }
 }
 
@@ -90,6 +101,8 @@ pub struct KubeBackend {
     exec_slack: Duration,
     cleaned: bool,
     udp_ports: UdpSourcePorts,
+    /// Which cluster-scoped kinds the API serves, asked once each.
+    served: BTreeMap<ClusterKind, bool>,
     _heartbeat: Heartbeat,
 }
 
@@ -126,6 +139,7 @@ impl KubeBackend {
             exec_slack: Duration::from_secs(15),
             cleaned: false,
             udp_ports: UdpSourcePorts::default(),
+            served: BTreeMap::new(),
             _heartbeat: heartbeat,
         };
         backend.cni = backend.detect_cni().await;
@@ -225,7 +239,54 @@ impl KubeBackend {
 
     /// Deletes every namespace of this run (all at once, then waits for all): what a run leaves is
     /// found by label, so a namespace the bookkeeping missed goes too.
+    /// Whether the API serves `kind`, asked once.
+    async fn serves(&mut self, kind: ClusterKind) -> Result<bool, BackendError> {
+        if let Some(&served) = self.served.get(&kind) {
+            return Ok(served);
+        }
+        let served = cluster_policies::served(&self.client, kind).await?;
+        self.served.insert(kind, served);
+        Ok(served)
+    }
+
+    async fn apply_cluster_policy(&mut self, policy: &ClusterPolicy) -> Result<(), BackendError> {
+        let real = manifests::cluster_policy_name(&self.names, policy.kind, &policy.name);
+        if policy.kind == ClusterKind::BaselineAdminNetworkPolicy {
+            // A singleton: never replace the cluster's own.
+            let foreign = cluster_policies::owned(&self.client, policy.kind, None).await?;
+            let ours = foreign
+                .iter()
+                .any(|(name, run)| name == &real && run == &self.names.run_id);
+            if !ours && cluster_policies::exists(&self.client, policy.kind, &real).await? {
+                return Err(BackendError::Cluster {
+                    what: format!("applying {} {real}", policy.kind),
+                    message: "the cluster already has one that polygraph did not create; polygraph changes nothing it does not own".into(),
+                });
+            }
+        }
+        let bases: BTreeSet<String> = self.namespaces.iter().cloned().collect();
+        let manifest = manifests::cluster_policy(&self.names, policy, &bases);
+        cluster_policies::apply(&self.client, policy.kind, &real, &manifest).await
+    }
+
+    /// Deletes this run's cluster-scoped objects, of every kind the API serves.
+    async fn remove_cluster_policies(&mut self) -> Result<(), BackendError> {
+        for kind in ClusterKind::ALL {
+            if !self.serves(kind).await? {
+                continue;
+            }
+            for (name, _) in
+                cluster_policies::owned(&self.client, kind, Some(&self.names.run_id)).await?
+            {
+                cluster_policies::delete(&self.client, kind, &name).await?;
+            }
+        }
+        Ok(())
+    }
+
     async fn remove_run(&mut self) -> Result<(), BackendError> {
+        // Cluster-scoped objects first: they would otherwise outlive the namespaces they select.
+        self.remove_cluster_policies().await?;
         let api = self.namespaces_api();
         let selector = format!("{OWNER_LABEL}={OWNER},{RUN_LABEL}={}", self.names.run_id);
         let list = call("listing this run's namespaces", || async {
@@ -431,6 +492,11 @@ impl Backend for KubeBackend {
             Mutation::SetPodLabels { pod, labels } => self.set_pod_labels(pod, labels).await,
             Mutation::ApplyPolicy(policy) => self.apply_policy(policy).await,
             Mutation::DeletePolicy { namespace, name } => self.delete_policy(namespace, name).await,
+            Mutation::ApplyClusterPolicy(policy) => self.apply_cluster_policy(policy).await,
+            Mutation::DeleteClusterPolicy { kind, name } => {
+                let real = manifests::cluster_policy_name(&self.names, *kind, name);
+                cluster_policies::delete(&self.client, *kind, &real).await
+            }
         }
     }
 
@@ -487,5 +553,36 @@ impl Backend for KubeBackend {
             return Ok(());
         }
         self.remove_run().await
+    }
+
+    async fn cluster_policy_support(
+        &mut self,
+        kinds: &[ClusterKind],
+        namespaces: &[Namespace],
+    ) -> Result<Vec<String>, String> {
+        let mut warnings = Vec::new();
+        for &kind in kinds {
+            match self.serves(kind).await {
+                Ok(true) => {}
+                Ok(false) => return Err(cluster_policies::unsupported_reason(kind)),
+                Err(e) => return Err(format!("{e}")),
+            }
+            // The scenario's namespaces as they will be created: the model's labels and ours.
+            let real: BTreeMap<String, crate::model::Labels> = namespaces
+                .iter()
+                .map(|ns| {
+                    let object = manifests::namespace(&self.names, ns);
+                    let labels = object.metadata.labels.unwrap_or_default();
+                    (self.names.namespace(&ns.name), labels)
+                })
+                .collect();
+            match cluster_policies::foreign_selecting(&self.client, kind, &real).await {
+                Ok(found) => warnings.extend(found.into_iter().map(|f| {
+                    format!("the cluster's own {f} can select this run's pods: it may change the answers")
+                })),
+                Err(e) => warnings.push(format!("could not list the cluster's own {}: {e}", kind.plural())),
+            }
+        }
+        Ok(warnings)
     }
 }

@@ -34,7 +34,7 @@ use crate::model::{
     Cluster, ClusterDescription, Labels, NAMESPACE_NAME_LABEL, Namespace, NamespaceDescription,
     Pod, PodDescription, PodId, PodRef,
 };
-use crate::policy::Policy;
+use crate::policy::{ClusterKind, ClusterPolicy, Policy};
 use crate::world::Mutation;
 
 /// Where polygraph records which process owns a run, so `gc` leaves live runs alone.
@@ -53,6 +53,7 @@ pub struct LocalBackend {
     namespaces: BTreeMap<String, Labels>,
     pods: BTreeMap<PodRef, LocalPod>,
     policies: BTreeMap<(String, String), Policy>,
+    cluster_policies: BTreeMap<(ClusterKind, String), ClusterPolicy>,
     /// Deleted policies the `policy-deletion-ignored` fault keeps enforcing.
     ghosts: BTreeMap<(String, String), Policy>,
     next_slot: usize,
@@ -105,6 +106,7 @@ impl LocalBackend {
             namespaces: BTreeMap::new(),
             pods: BTreeMap::new(),
             policies: BTreeMap::new(),
+            cluster_policies: BTreeMap::new(),
             ghosts: BTreeMap::new(),
             next_slot: 0,
             programmer: None,
@@ -184,6 +186,10 @@ impl LocalBackend {
         let state = programmer::State {
             at,
             policies: self.options.faults.distort(&enforced),
+            cluster_policies: self
+                .options
+                .faults
+                .distort_cluster(&self.cluster_policies.values().cloned().collect::<Vec<_>>()),
             created: self.pods.values().map(|p| p.created).collect(),
             cluster,
             slots,
@@ -418,6 +424,27 @@ impl Backend for LocalBackend {
             Mutation::SetPodLabels { pod, labels } => self.set_pod_labels(pod, labels).await,
             Mutation::ApplyPolicy(policy) => self.apply_policy(policy).await,
             Mutation::DeletePolicy { namespace, name } => self.delete_policy(namespace, name).await,
+            Mutation::ApplyClusterPolicy(policy) => {
+                self.cluster_policies
+                    .insert((policy.kind, policy.name.clone()), policy.clone());
+                self.sync().await
+            }
+            Mutation::DeleteClusterPolicy { kind, name } => {
+                if self
+                    .cluster_policies
+                    .remove(&(*kind, name.clone()))
+                    .is_none()
+                {
+                    return Err(BackendError::Rejected {
+                        mutation: mutation.to_string(),
+                        source: crate::world::WorldError::Missing {
+                            what: kind.as_str(),
+                            name: name.clone(),
+                        },
+                    });
+                }
+                self.sync().await
+            }
         }
     }
 

@@ -12,6 +12,13 @@
 //!   chain ingress-5          allowed sources `accept`, rest drop
 //! ```
 //!
+//! A pod selected by cluster-scoped policies gets three chains per direction, the tiers in order
+//! (`policy::tiers`): `egress-3` holds the Admin tier's rules (Accept `return`s on to the
+//! ingress check, Deny drops, Pass `goto`s the next tier), `egress-3-np` the NetworkPolicy tier
+//! (its decision is final for a pod it isolates, otherwise `goto egress-3-bl`), `egress-3-bl` the
+//! Baseline tier, ending in the default, allow. Ingress chains are the same with `accept`.
+//! Replies of an accepted connection never reach a pod chain: conntrack passes them first.
+//!
 //! Peers are compiled like a CNI's IP sets: selectors are evaluated against the current pods and
 //! namespaces (with the same `Peer`/`PortMatch` semantics as the oracle), never by asking the
 //! oracle what a cell should be. Named ports resolve on the destination pod: for ingress that is the
@@ -22,7 +29,11 @@ use std::fmt::Write;
 use std::net::IpAddr;
 
 use crate::model::{Cluster, Pod, PodId};
-use crate::policy::{Direction, Peer, Policy, PortMatch, Rule};
+use crate::policy::cluster::ProtocolMatch;
+use crate::policy::{
+    Action, ClusterPeer, ClusterPolicy, ClusterRule, Direction, Peer, Policy, PortMatch, Rule,
+    Tier, tiers,
+};
 
 pub const TABLE: &str = "inet polygraph";
 
@@ -40,7 +51,10 @@ impl Ruleset {
     /// `new-pod-unprotected` fault).
     pub fn without_pod(mut self, slot: usize) -> Ruleset {
         for direction in [Direction::Ingress, Direction::Egress] {
-            self.chains.remove(&chain_name(direction, slot));
+            let name = chain_name(direction, slot);
+            let tier_prefix = format!("{name}-");
+            self.chains
+                .retain(|chain, _| *chain != name && !chain.starts_with(&tier_prefix));
         }
         let iface = format!("\"{}\"", veth_name(slot));
         self.dispatch.retain(|rule| !rule.contains(&iface));
@@ -65,9 +79,25 @@ fn chain_name(direction: Direction, slot: usize) -> String {
     }
 }
 
+/// How the dataplane ends a cluster policy's Deny: a silent drop, as the spec requires, or a
+/// refusal (the `deny-as-reject` fault).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DenyVerdict {
+    #[default]
+    Drop,
+    Reject,
+}
+
 /// Compiles every pod's chains.
-pub fn compile(cluster: &Cluster, policies: &[Policy], slots: &dyn Slots) -> Ruleset {
+pub fn compile(
+    cluster: &Cluster,
+    policies: &[Policy],
+    cluster_policies: &[ClusterPolicy],
+    deny: DenyVerdict,
+    slots: &dyn Slots,
+) -> Ruleset {
     let mut ruleset = Ruleset::default();
+    let order = tiers::ordered(cluster_policies);
     for (id, pod) in cluster.pods().iter().enumerate() {
         let slot = slots.slot(id);
         for direction in [Direction::Egress, Direction::Ingress] {
@@ -75,36 +105,101 @@ pub fn compile(cluster: &Cluster, policies: &[Policy], slots: &dyn Slots) -> Rul
                 .iter()
                 .filter(|p| p.rules(direction).is_some() && p.selects(pod))
                 .collect();
-            if selecting.is_empty() {
+            let tiered: Vec<usize> = order
+                .iter()
+                .copied()
+                .filter(|&i| {
+                    let p = &cluster_policies[i];
+                    !p.rules(direction).is_empty() && p.selects(cluster, pod)
+                })
+                .collect();
+            if selecting.is_empty() && tiered.is_empty() {
                 continue;
             }
             let chain = chain_name(direction, slot);
-            let mut rules = Vec::new();
-            for policy in selecting {
-                for (index, rule) in policy
-                    .rules(direction)
-                    .unwrap_or_default()
-                    .iter()
-                    .enumerate()
-                {
-                    let comment = comment(&format!(
-                        "{} {}[{index}]",
-                        policy.key(),
-                        direction.rules_field()
-                    ));
-                    for matcher in rule_matchers(cluster, policy, rule, direction, pod) {
-                        let verdict = match direction {
-                            Direction::Egress => "return",
-                            Direction::Ingress => "accept",
-                        };
-                        rules.push(format!("{matcher} {verdict} comment {comment}"));
+            let allow = match direction {
+                Direction::Egress => "return",
+                Direction::Ingress => "accept",
+            };
+            let network_rules = |end: String| {
+                let mut rules = Vec::new();
+                for policy in &selecting {
+                    for (index, rule) in policy
+                        .rules(direction)
+                        .unwrap_or_default()
+                        .iter()
+                        .enumerate()
+                    {
+                        let comment = comment(&format!(
+                            "{} {}[{index}]",
+                            policy.key(),
+                            direction.rules_field()
+                        ));
+                        for matcher in rule_matchers(cluster, policy, rule, direction, pod) {
+                            rules.push(format!("{matcher} {allow} comment {comment}"));
+                        }
                     }
                 }
-            }
-            rules.push(format!(
+                rules.push(end);
+                rules
+            };
+            let isolated_end = format!(
                 "counter drop comment {}",
                 comment(&format!("{} isolated", pod.key()))
-            ));
+            );
+            if tiered.is_empty() {
+                ruleset
+                    .chains
+                    .insert(chain.clone(), network_rules(isolated_end));
+            } else {
+                let np_chain = format!("{chain}-np");
+                let bl_chain = format!("{chain}-bl");
+                let tier_rules = |tier: Tier, pass: &str| {
+                    let mut rules = Vec::new();
+                    for &i in tiered.iter().filter(|&&i| cluster_policies[i].tier == tier) {
+                        let policy = &cluster_policies[i];
+                        for (index, rule) in policy.rules(direction).iter().enumerate() {
+                            let verdict = match rule.action {
+                                Action::Accept => allow.to_string(),
+                                Action::Deny if deny == DenyVerdict::Reject => "reject".into(),
+                                Action::Deny => "drop".into(),
+                                Action::Pass => pass.to_string(),
+                            };
+                            let comment = comment(&format!(
+                                "{} {}",
+                                policy.key(),
+                                rule.label(direction, index)
+                            ));
+                            for matcher in cluster_matchers(cluster, rule, direction, pod) {
+                                let counter = if rule.action == Action::Deny {
+                                    "counter "
+                                } else {
+                                    ""
+                                };
+                                rules.push(
+                                    format!("{matcher} {counter}{verdict} comment {comment}")
+                                        .trim_start()
+                                        .to_string(),
+                                );
+                            }
+                        }
+                    }
+                    rules
+                };
+                let to_np = format!("goto {np_chain}");
+                let mut admin = tier_rules(Tier::Admin, &to_np);
+                admin.push(to_np);
+                let network = if selecting.is_empty() {
+                    vec![format!("goto {bl_chain}")]
+                } else {
+                    network_rules(isolated_end)
+                };
+                let mut baseline = tier_rules(Tier::Baseline, allow);
+                baseline.push(allow.to_string());
+                ruleset.chains.insert(chain.clone(), admin);
+                ruleset.chains.insert(np_chain, network);
+                ruleset.chains.insert(bl_chain, baseline);
+            }
             let (keyword, iface) = match direction {
                 Direction::Egress => ("iifname", veth_name(slot)),
                 Direction::Ingress => ("oifname", veth_name(slot)),
@@ -112,12 +207,124 @@ pub fn compile(cluster: &Cluster, policies: &[Policy], slots: &dyn Slots) -> Rul
             ruleset
                 .dispatch
                 .push(format!("{keyword} \"{iface}\" jump {chain}"));
-            ruleset.chains.insert(chain, rules);
         }
     }
     // Egress checks must come before ingress checks: an egress chain `return`s into the rest.
     ruleset.dispatch.sort_by_key(|r| !r.starts_with("iifname"));
     ruleset
+}
+
+/// The match expressions of one cluster rule for the chain of `subject`: peers × protocols. An
+/// empty list means the rule matches nothing here (e.g. only `nodes` or `domainNames` peers,
+/// which never hold a pod's address).
+fn cluster_matchers(
+    cluster: &Cluster,
+    rule: &ClusterRule,
+    direction: Direction,
+    subject: &Pod,
+) -> Vec<String> {
+    let side = match direction {
+        Direction::Ingress => "saddr",
+        Direction::Egress => "daddr",
+    };
+    let mut peer_exprs = Vec::new();
+    for peer in &rule.peers {
+        match peer {
+            ClusterPeer::Networks(nets) => {
+                for fam in ["ip", "ip6"] {
+                    let nets: Vec<String> = nets
+                        .iter()
+                        .filter(|n| family(n.addr()) == fam)
+                        .map(ToString::to_string)
+                        .collect();
+                    if !nets.is_empty() {
+                        peer_exprs.push(format!("{fam} {side} {{ {} }}", nets.join(", ")));
+                    }
+                }
+            }
+            ClusterPeer::Nodes(_) | ClusterPeer::DomainNames(_) => {}
+            ClusterPeer::Namespaces(_) | ClusterPeer::Pods { .. } => {
+                let pods: Vec<&Pod> = cluster
+                    .pods()
+                    .iter()
+                    .filter(|p| peer.matches(cluster, p))
+                    .collect();
+                peer_exprs.extend(address_sets(&pods, side));
+            }
+        }
+    }
+    let Some(protocols) = &rule.protocols else {
+        return peer_exprs;
+    };
+    let mut matchers = Vec::new();
+    for protocol in protocols {
+        match protocol {
+            ProtocolMatch::Range {
+                protocol,
+                start,
+                end,
+            } => {
+                let port = PortMatch::Range {
+                    protocol: *protocol,
+                    start: *start,
+                    end: *end,
+                };
+                matchers.extend(cross(&peer_exprs, &port_expr(&port)));
+            }
+            ProtocolMatch::Named(name) if direction == Direction::Ingress => {
+                // Resolved on the subject, the destination.
+                for port in subject
+                    .ports
+                    .iter()
+                    .filter(|p| p.name.as_deref() == Some(name))
+                {
+                    let port = PortMatch::Range {
+                        protocol: port.protocol,
+                        start: port.port,
+                        end: port.port,
+                    };
+                    matchers.extend(cross(&peer_exprs, &port_expr(&port)));
+                }
+            }
+            ProtocolMatch::Named(name) => {
+                // Resolved on each destination pod the rule's peers match.
+                for dst in cluster.pods() {
+                    if !rule.peer_matches(cluster, dst) {
+                        continue;
+                    }
+                    for port in dst.ports.iter().filter(|p| p.name.as_deref() == Some(name)) {
+                        let proto = port.protocol.as_str().to_ascii_lowercase();
+                        matchers.push(format!(
+                            "{} {side} {} meta l4proto {proto} th dport {}",
+                            family(dst.ip),
+                            dst.ip,
+                            port.port
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    matchers
+}
+
+/// `ip saddr { … }` / `ip6 saddr { … }` for a set of pods: one expression per family present.
+fn address_sets(pods: &[&Pod], side: &str) -> Vec<String> {
+    let (mut v4, mut v6) = (Vec::new(), Vec::new());
+    for pod in pods {
+        match pod.ip {
+            IpAddr::V4(ip) => v4.push(ip.to_string()),
+            IpAddr::V6(ip) => v6.push(ip.to_string()),
+        }
+    }
+    let mut exprs = Vec::new();
+    if !v4.is_empty() {
+        exprs.push(format!("ip {side} {{ {} }}", v4.join(", ")));
+    }
+    if !v6.is_empty() {
+        exprs.push(format!("ip6 {side} {{ {} }}", v6.join(", ")));
+    }
+    exprs
 }
 
 /// nft comments are quoted strings of at most 128 bytes.
@@ -241,23 +448,12 @@ fn peer_exprs(cluster: &Cluster, policy: &Policy, peer: &Peer, side: &str) -> Ve
             vec![expr]
         }
         Peer::Pods { .. } => {
-            let (mut v4, mut v6) = (Vec::new(), Vec::new());
-            for pod in cluster.pods() {
-                if peer.matches(cluster, &policy.namespace, pod) {
-                    match pod.ip {
-                        IpAddr::V4(ip) => v4.push(ip.to_string()),
-                        IpAddr::V6(ip) => v6.push(ip.to_string()),
-                    }
-                }
-            }
-            let mut exprs = Vec::new();
-            if !v4.is_empty() {
-                exprs.push(format!("ip {side} {{ {} }}", v4.join(", ")));
-            }
-            if !v6.is_empty() {
-                exprs.push(format!("ip6 {side} {{ {} }}", v6.join(", ")));
-            }
-            exprs
+            let pods: Vec<&Pod> = cluster
+                .pods()
+                .iter()
+                .filter(|pod| peer.matches(cluster, &policy.namespace, pod))
+                .collect();
+            address_sets(&pods, side)
         }
     }
 }
@@ -298,15 +494,17 @@ fn forward_rules(ruleset: &Ruleset) -> String {
 /// nothing did. Applied with `nft -f`, it is atomic.
 pub fn update(old: &Ruleset, new: &Ruleset) -> Option<String> {
     let mut tx = String::new();
+    // Every new chain exists before any rule `goto`s it.
+    for name in new.chains.keys().filter(|n| !old.chains.contains_key(*n)) {
+        let _ = writeln!(tx, "add chain {TABLE} {name}");
+    }
     for (name, rules) in &new.chains {
         match old.chains.get(name) {
             Some(previous) if previous == rules => continue,
             Some(_) => {
                 let _ = writeln!(tx, "flush chain {TABLE} {name}");
             }
-            None => {
-                let _ = writeln!(tx, "add chain {TABLE} {name}");
-            }
+            None => {}
         }
         for rule in rules {
             let _ = writeln!(tx, "add rule {TABLE} {name} {rule}");
@@ -315,12 +513,17 @@ pub fn update(old: &Ruleset, new: &Ruleset) -> Option<String> {
     if (&old.dispatch, old.stateless) != (&new.dispatch, new.stateless) {
         tx.push_str(&forward_rules(new));
     }
-    // Stale chains go last, once the forward chain no longer jumps to them.
-    for name in old
+    // Stale chains go last, once the forward chain no longer jumps to them; emptied first, since
+    // one stale tier chain may still `goto` another.
+    let stale: Vec<&String> = old
         .chains
         .keys()
         .filter(|name| !new.chains.contains_key(*name))
-    {
+        .collect();
+    for name in &stale {
+        let _ = writeln!(tx, "flush chain {TABLE} {name}");
+    }
+    for name in &stale {
         let _ = writeln!(tx, "delete chain {TABLE} {name}");
     }
     (!tx.is_empty()).then_some(tx)
@@ -342,7 +545,13 @@ mod tests {
     fn ruleset(yaml: &str) -> Ruleset {
         let cluster = default_model().build("model").unwrap();
         let policies = parse_policies("p.yaml", yaml, "x").unwrap();
-        compile(&cluster, &policies, &Identity)
+        compile(
+            &cluster,
+            &policies.network,
+            &policies.cluster,
+            DenyVerdict::Drop,
+            &Identity,
+        )
     }
 
     #[test]

@@ -21,7 +21,7 @@ use crate::backend::BackendError;
 use crate::faults::lag::Lag;
 use crate::faults::{Fault, Faults};
 use crate::model::Cluster;
-use crate::policy::Policy;
+use crate::policy::{ClusterPolicy, Policy};
 
 /// The cluster's state at one instant, as the dataplane must see it.
 pub(super) struct State {
@@ -29,6 +29,7 @@ pub(super) struct State {
     pub cluster: Cluster,
     /// Policies as enforced (already distorted by the policy faults).
     pub policies: Vec<Policy>,
+    pub cluster_policies: Vec<ClusterPolicy>,
     /// Per pod of `cluster`: its slot and when it was created.
     pub slots: Vec<usize>,
     pub created: Vec<Instant>,
@@ -51,9 +52,16 @@ impl Installer {
                 ..nft::Ruleset::default()
             };
         }
+        let deny = if self.faults.rejects_denies() {
+            nft::DenyVerdict::Reject
+        } else {
+            nft::DenyVerdict::Drop
+        };
         let mut ruleset = nft::compile(
             &state.cluster,
             &state.policies,
+            &state.cluster_policies,
+            deny,
             &SlotTable(state.slots.clone()),
         );
         ruleset.stateless = self.faults.has(Fault::Stateless);

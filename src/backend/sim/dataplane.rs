@@ -12,7 +12,7 @@ use crate::faults::lag::Lag;
 use crate::faults::{Fault, Faults};
 use crate::matrix::Cell;
 use crate::model::{Cluster, PodRef, PortProtocol, Protocol};
-use crate::policy::{Direction, Oracle, Policy};
+use crate::policy::{ClusterPolicy, Direction, Oracle, Policy};
 use crate::world::World;
 
 /// A TCP reply travels to the client's ephemeral port (Linux starts at 32768); a UDP one to the
@@ -25,6 +25,7 @@ pub(super) struct State {
     pub cluster: Cluster,
     /// As enforced: distorted by the policy faults, with ignored deletions kept.
     pub policies: Vec<Policy>,
+    pub cluster_policies: Vec<ClusterPolicy>,
     pub created: BTreeMap<PodRef, Instant>,
 }
 
@@ -68,6 +69,7 @@ impl Dataplane {
             at: Instant::now(),
             cluster: self.world.cluster().clone(),
             policies: self.faults.distort(&enforced),
+            cluster_policies: self.faults.distort_cluster(self.world.cluster_policies()),
             created: self.created.clone(),
         });
     }
@@ -87,10 +89,11 @@ impl Dataplane {
         };
         let state = in_effect.and_then(|i| self.states.get(i));
         Judge {
-            oracle: state.map(|s| Oracle::new(&s.cluster, &s.policies)),
+            oracle: state.map(|s| Oracle::tiered(&s.cluster, &s.policies, &s.cluster_policies)),
             state,
             lag: self.lag,
             stateless: self.faults.has(Fault::Stateless),
+            rejects: self.faults.rejects_denies(),
             sctp: self.sctp,
             world: &self.world,
             now,
@@ -105,6 +108,8 @@ pub(super) struct Judge<'a> {
     oracle: Option<Oracle<'a>>,
     lag: Lag,
     stateless: bool,
+    /// `deny-as-reject`: a cluster Deny refuses instead of dropping.
+    rejects: bool,
     sctp: bool,
     world: &'a World,
     now: Instant,
@@ -127,6 +132,9 @@ impl Judge<'_> {
             // A pod's traffic to itself never leaves it: no dataplane sees it.
             Some(dst) if dst.key() == *from => (Outcome::Connected, Some(dst.key())),
             Some(dst) if self.passes(from, &dst.key(), pp) => (Outcome::Connected, Some(dst.key())),
+            Some(dst) if self.rejects && self.denied_by_cluster(from, &dst.key(), pp) => {
+                (Outcome::Refused, None)
+            }
             Some(_) => (Outcome::Timeout, None),
         };
         let elapsed_ms = match outcome {
@@ -142,6 +150,23 @@ impl Judge<'_> {
             elapsed_ms,
             peer: peer.map(|p| p.to_string()),
             detail: None,
+        }
+    }
+
+    /// Whether a cluster policy's Deny blocks the connection (where a drop is required).
+    fn denied_by_cluster(&self, from: &PodRef, to: &PodRef, pp: PortProtocol) -> bool {
+        let (Some(state), Some(oracle)) = (self.state, &self.oracle) else {
+            return false;
+        };
+        match (state.cluster.find_pod(from), state.cluster.find_pod(to)) {
+            (Some(src), Some(dst)) => oracle
+                .explain(Cell {
+                    from: src,
+                    to: dst,
+                    port_protocol: pp,
+                })
+                .drop_required(),
+            _ => false,
         }
     }
 
