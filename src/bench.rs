@@ -211,6 +211,8 @@ fn cluster_peer(rng: &mut fastrand::Rng, egress: bool) -> Value {
             "podSelector": selector(rng),
         }}),
         8 if egress => json!({"networks": [format!("10.244.{}.0/24", rng.u8(0..5))]}),
+        9 if egress && rng.bool() => json!({"domainNames": ["*.example.com"]}),
+        9 if egress => json!({"nodes": {}}),
         _ => json!({"namespaces": {}}),
     }
 }
@@ -237,7 +239,11 @@ fn cluster_rules(rng: &mut fastrand::Rng, peers_key: &str, tier: &str) -> Value 
             let peers: Vec<Value> = (0..rng.usize(1..=2))
                 .map(|_| cluster_peer(rng, egress))
                 .collect();
-            let named = !peers.iter().any(|p| p.get("networks").is_some());
+            let named = !peers.iter().any(|p| {
+                p.get("networks").is_some()
+                    || p.get("domainNames").is_some()
+                    || p.get("nodes").is_some()
+            });
             let mut rule = json!({"name": format!("r{i}"), "action": action, peers_key: peers});
             if rng.u8(0..3) > 0 {
                 rule["protocols"] = (0..rng.usize(1..=2))
@@ -327,6 +333,10 @@ pub struct OracleTiming {
     pub table: Duration,
     pub cells: usize,
     pub allowed: usize,
+    /// Cells the spec leaves to the implementation (cluster-policy ties, DNS).
+    pub undefined: usize,
+    /// Cells a cluster policy's Deny blocks.
+    pub dropped: usize,
 }
 
 impl OracleTiming {
@@ -353,6 +363,8 @@ pub fn time_oracle(
         table: table_time,
         cells: table.len(),
         allowed: table.allowed_count(),
+        undefined: table.cells().filter(|(_, d)| d.undefined).count(),
+        dropped: table.cells().filter(|(_, d)| d.drop).count(),
     }
 }
 
@@ -384,5 +396,7 @@ mod tests {
         );
         assert_eq!(timing.cells, 40 * 40 * 4);
         assert!(timing.allowed > 0 && timing.allowed < timing.cells);
+        // The generator's priorities collide on purpose: ties and drops both occur.
+        assert!(timing.undefined > 0 && timing.dropped > 0, "{timing:?}");
     }
 }

@@ -40,7 +40,7 @@ proptest! {
                 continue;
             }
             prop_assert_eq!(explanation.allowed(), verdict.allowed(), "{:?}: {}", cell, explanation.detail());
-            prop_assert_eq!(explanation.drop_required(), verdict.drop, "drop {:?}: {}", cell, explanation.detail());
+            prop_assert_eq!(explanation.drop_required(), verdict.drop, "drop {:?}: {} (egress drop {}, ingress drop {}: {})", cell, explanation.detail(), explanation.egress.drop, explanation.ingress.drop, explanation.ingress.summary());
         }
     }
 

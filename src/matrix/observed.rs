@@ -228,6 +228,47 @@ mod tests {
     }
 
     #[test]
+    fn undefined_cells_are_never_wrong_and_a_refused_deny_is_its_own_failure() {
+        let pods: Vec<PodRef> = ["x/a", "x/b"].iter().map(|p| p.parse().unwrap()).collect();
+        let pps = vec![PortProtocol::new(80, Protocol::Tcp)];
+        let mut spec = TruthTable::new(pods.clone(), pps.clone());
+        spec.set(
+            0,
+            0,
+            1,
+            Decision {
+                undefined: true,
+                ..Decision::new(true, false)
+            },
+        );
+        spec.set(
+            0,
+            1,
+            0,
+            Decision {
+                drop: true,
+                ..Decision::new(false, true)
+            },
+        );
+        let mut seen = ObservedTable::new(pods, pps);
+        for outcome in [Outcome::Connected, Outcome::Timeout] {
+            seen.set(0, 0, 1, observation(outcome, Some("x/b")));
+            assert_eq!(seen.judge(&spec, 0, 0, 1), Judgement::Undefined);
+        }
+        seen.set(0, 0, 1, observation(Outcome::Connected, Some("x/a")));
+        assert_eq!(
+            seen.judge(&spec, 0, 0, 1),
+            Judgement::Error,
+            "wrong peer first"
+        );
+        seen.set(0, 1, 0, observation(Outcome::Timeout, None));
+        assert_eq!(seen.judge(&spec, 0, 1, 0), Judgement::Match);
+        seen.set(0, 1, 0, observation(Outcome::Refused, None));
+        assert_eq!(seen.judge(&spec, 0, 1, 0), Judgement::RefusedNotDropped);
+        assert!(Judgement::RefusedNotDropped.fails() && !Judgement::Undefined.fails());
+    }
+
+    #[test]
     fn placement_needs_both_nodes() {
         let pods: Vec<PodRef> = ["x/a", "x/b", "x/c"]
             .iter()

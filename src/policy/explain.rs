@@ -31,12 +31,9 @@ impl CellExplanation {
             && (may_block(&self.egress) || may_block(&self.ingress))
     }
 
-    /// A cluster policy's Deny blocks the cell: a drop is required.
+    /// A cluster policy's Deny blocks the cell, whichever reading applies: a drop is required.
     pub fn drop_required(&self) -> bool {
-        !self.allowed()
-            && [&self.egress, &self.ingress].iter().any(
-                |d| matches!(&d.decider, Decider::Cluster(step) if step.action == Action::Deny),
-            )
+        !self.allowed() && !self.undefined() && (self.egress.drop || self.ingress.drop)
     }
 
     /// One line: the verdict and the deciding direction(s).
@@ -114,6 +111,8 @@ pub struct DirectionExplanation {
     pub decider: Decider,
     /// Why the spec leaves this direction to the implementation, when it does.
     pub undefined: Option<String>,
+    /// Every way this direction can block is a cluster policy's Deny: a silent drop is required.
+    pub drop: bool,
 }
 
 /// What settled a direction.

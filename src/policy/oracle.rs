@@ -61,8 +61,43 @@ pub struct Oracle<'a> {
 struct DirectionSets {
     allow: FixedBitSet,
     deny: FixedBitSet,
+    /// Possible denials by a cluster policy's Deny...
     cluster_deny: FixedBitSet,
+    /// ...and by anything else (NetworkPolicy): a drop is required only without these.
+    other_deny: FixedBitSet,
 }
+
+/// What constrains one direction of one pod.
+enum Constraint {
+    /// Nothing: everything allowed.
+    None,
+    /// NetworkPolicy alone: these remote pods allowed, the rest denied.
+    Network(FixedBitSet),
+    /// Cluster tiers too.
+    Tiered(DirectionSets),
+}
+
+impl Constraint {
+    /// (may allow, may deny, every possible denial is a cluster Deny) for `remote`.
+    fn read(&self, remote: usize) -> (bool, bool, bool) {
+        match self {
+            Constraint::None => (true, false, false),
+            Constraint::Network(allowed) => {
+                let a = allowed.contains(remote);
+                (a, !a, false)
+            }
+            Constraint::Tiered(s) => (
+                s.allow.contains(remote),
+                s.deny.contains(remote),
+                s.cluster_deny.contains(remote) && !s.other_deny.contains(remote),
+            ),
+        }
+    }
+}
+
+/// Per cluster policy, per egress rule with named ports: the destinations where its protocols
+/// match on one (port, protocol); shared by every subject.
+type NamedEgress = Vec<Vec<Option<FixedBitSet>>>;
 
 impl<'a> Oracle<'a> {
     /// NetworkPolicy only.
@@ -117,6 +152,7 @@ impl<'a> Oracle<'a> {
         let cluster_order = tiers::ordered(cluster_policies);
         let mut cluster_subjects = [vec![Vec::new(); n], vec![Vec::new(); n]];
         let mut cluster_peer_sets = Vec::with_capacity(cluster_policies.len());
+        let mut cluster_selected: Vec<Vec<PodId>> = Vec::with_capacity(cluster_policies.len());
         for policy in cluster_policies {
             let selected: Vec<PodId> = (0..n)
                 .filter(|&id| policy.selects(cluster, cluster.pod(id)))
@@ -137,20 +173,15 @@ impl<'a> Oracle<'a> {
                     .collect();
             }
             cluster_peer_sets.push(sets);
+            cluster_selected.push(selected);
         }
         for &cp in &cluster_order {
             for direction in DIRECTIONS {
                 if cluster_peer_sets[cp][slot(direction)].is_empty() {
                     continue;
                 }
-                for (pod, subjects) in cluster
-                    .pods()
-                    .iter()
-                    .zip(&mut cluster_subjects[slot(direction)])
-                {
-                    if cluster_policies[cp].selects(cluster, pod) {
-                        subjects.push(cp);
-                    }
+                for &id in &cluster_selected[cp] {
+                    cluster_subjects[slot(direction)][id].push(cp);
                 }
             }
         }
@@ -190,36 +221,30 @@ impl<'a> Oracle<'a> {
         let mut table =
             TruthTable::new(pods.iter().map(Pod::key).collect(), port_protocols.to_vec());
         for (k, &pp) in port_protocols.iter().enumerate() {
-            // `None`: nothing constrains the direction, everything allowed.
+            let named = self.named_egress(pp);
             let mut named_port_cache = HashMap::new();
-            let ingress_from: Vec<Option<DirectionSets>> = (0..n)
-                .map(|dst| self.direction_sets(Direction::Ingress, dst, pp, &mut named_port_cache))
+            let ingress_from: Vec<Constraint> = (0..n)
+                .map(|dst| {
+                    self.constraint(Direction::Ingress, dst, pp, &named, &mut named_port_cache)
+                })
                 .collect();
             let mut named_port_cache = HashMap::new();
-            let egress_to: Vec<Option<DirectionSets>> = (0..n)
-                .map(|src| self.direction_sets(Direction::Egress, src, pp, &mut named_port_cache))
+            let egress_to: Vec<Constraint> = (0..n)
+                .map(|src| {
+                    self.constraint(Direction::Egress, src, pp, &named, &mut named_port_cache)
+                })
                 .collect();
             for (src, egress) in egress_to.iter().enumerate() {
                 for (dst, ingress) in ingress_from.iter().enumerate() {
-                    // (may allow, may deny, may be a cluster Deny)
-                    let read = |sets: &Option<DirectionSets>, remote: usize| match sets {
-                        None => (true, false, false),
-                        Some(s) => (
-                            s.allow.contains(remote),
-                            s.deny.contains(remote),
-                            s.cluster_deny.contains(remote),
-                        ),
-                    };
-                    let (ea, ed, ec) = read(egress, dst);
-                    let (ia, id, ic) = read(ingress, src);
+                    let (ea, ed, ec) = egress.read(dst);
+                    let (ia, id, ic) = ingress.read(src);
                     let may_allow = ea && ia;
                     let may_block = ed || id;
-                    let undefined = may_allow && may_block;
                     let decision = Decision {
                         egress: ea,
                         ingress: ia,
-                        undefined,
-                        drop: !may_allow && ((ec && !ea) || (ic && !ia)),
+                        undefined: may_allow && may_block,
+                        drop: !may_allow && ((ed && !ea && ec) || (id && !ia && ic)),
                     };
                     table.set(k, src, dst, decision);
                 }
@@ -228,15 +253,43 @@ impl<'a> Oracle<'a> {
         table
     }
 
+    /// The destinations of every egress rule with named ports, on `pp`.
+    fn named_egress(&self, pp: PortProtocol) -> NamedEgress {
+        self.cluster_policies
+            .iter()
+            .enumerate()
+            .map(|(cp, policy)| {
+                if self.cluster_peer_sets[cp][slot(Direction::Egress)].is_empty() {
+                    return Vec::new();
+                }
+                policy
+                    .egress
+                    .iter()
+                    .map(|rule| {
+                        rule.has_named_ports().then(|| {
+                            self.cluster
+                                .pods()
+                                .iter()
+                                .enumerate()
+                                .filter(|(_, dst)| rule.protocol_matches(dst, pp))
+                                .map(|(id, _)| id)
+                                .collect()
+                        })
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
     /// One direction of one subject pod: for every remote pod, what the tiers make possible.
-    /// `None` when no policy of any tier constrains it.
-    fn direction_sets(
+    fn constraint(
         &self,
         direction: Direction,
         subject: PodId,
         pp: PortProtocol,
+        named: &NamedEgress,
         named_port_cache: &mut HashMap<(PolicyId, usize), FixedBitSet>,
-    ) -> Option<DirectionSets> {
+    ) -> Constraint {
         let n = self.cluster.pods().len();
         let network = match direction {
             Direction::Ingress => self.allowed_sources(subject, pp),
@@ -244,20 +297,16 @@ impl<'a> Oracle<'a> {
         };
         let cluster = &self.cluster_subjects[slot(direction)][subject];
         if cluster.is_empty() {
-            return network.map(|allow| {
-                let mut deny = allow.clone();
-                deny.toggle_range(..);
-                DirectionSets {
-                    allow,
-                    deny,
-                    cluster_deny: FixedBitSet::with_capacity(n),
-                }
-            });
+            return match network {
+                None => Constraint::None,
+                Some(allowed) => Constraint::Network(allowed),
+            };
         }
         let mut sets = DirectionSets {
             allow: FixedBitSet::with_capacity(n),
             deny: FixedBitSet::with_capacity(n),
             cluster_deny: FixedBitSet::with_capacity(n),
+            other_deny: FixedBitSet::with_capacity(n),
         };
         // A pod to its own IP is not subject to cluster policies.
         let mut undecided = FixedBitSet::with_capacity(n);
@@ -268,8 +317,13 @@ impl<'a> Oracle<'a> {
             .copied()
             .filter(|&cp| self.cluster_policies[cp].tier == Tier::Admin)
             .collect();
-        let mut to_network =
-            self.tier_sets(&admin, direction, subject, pp, &mut undecided, &mut sets);
+        let mut to_network = self.tier_sets(
+            &admin,
+            (direction, subject, pp),
+            named,
+            &mut undecided,
+            &mut sets,
+        );
         to_network.union_with(&undecided);
         to_network.insert(subject);
         let mut to_baseline = match network {
@@ -279,6 +333,7 @@ impl<'a> Oracle<'a> {
                 sets.allow.union_with(&allow);
                 to_network.difference_with(&allowed);
                 sets.deny.union_with(&to_network);
+                sets.other_deny.union_with(&to_network);
                 FixedBitSet::with_capacity(n)
             }
             None => to_network,
@@ -294,15 +349,14 @@ impl<'a> Oracle<'a> {
             .collect();
         let passed = self.tier_sets(
             &baseline,
-            direction,
-            subject,
-            pp,
+            (direction, subject, pp),
+            named,
             &mut to_baseline,
             &mut sets,
         );
         sets.allow.union_with(&passed);
         sets.allow.union_with(&to_baseline);
-        Some(sets)
+        Constraint::Tiered(sets)
     }
 
     /// Runs one tier's policies (in evaluation order) over the `undecided` remote pods: Accept and
@@ -310,78 +364,71 @@ impl<'a> Oracle<'a> {
     fn tier_sets(
         &self,
         tier: &[usize],
-        direction: Direction,
-        subject: PodId,
-        pp: PortProtocol,
+        (direction, subject, pp): (Direction, PodId, PortProtocol),
+        named: &NamedEgress,
         undecided: &mut FixedBitSet,
         sets: &mut DirectionSets,
     ) -> FixedBitSet {
         let n = self.cluster.pods().len();
+        let subject_pod = self.cluster.pod(subject);
         let mut passed = FixedBitSet::with_capacity(n);
+        // Buffers reused across rules: a cell costs bit operations, not allocations.
+        let mut remaining = FixedBitSet::with_capacity(n);
+        let mut matched = FixedBitSet::with_capacity(n);
+        let mut maybe = FixedBitSet::with_capacity(n);
+        let mut decided = FixedBitSet::with_capacity(n);
         for group in tiers::groups(self.cluster_policies, tier) {
-            let mut decided = FixedBitSet::with_capacity(n);
+            if undecided.is_clear() {
+                break;
+            }
+            decided.clear();
             for &cp in group {
                 let policy = &self.cluster_policies[cp];
-                let mut remaining = undecided.clone();
+                remaining.clone_from(undecided);
                 for (r, rule) in policy.rules(direction).iter().enumerate() {
-                    let ports = self.cluster_port_set(cp, r, direction, subject, pp);
-                    let Some(ports) = ports else { continue };
-                    let mut matched = self.cluster_peer_sets[cp][slot(direction)][r].clone();
+                    // Where the rule's protocols match: named egress ports resolve on each
+                    // destination; otherwise on the destination, which for ingress is the subject
+                    // and for egress plays no part.
+                    let ports = match named.get(cp).and_then(|rules| rules.get(r)) {
+                        Some(Some(set)) if direction == Direction::Egress => Some(set),
+                        _ if rule.protocol_matches(subject_pod, pp) => None,
+                        _ => continue,
+                    };
+                    matched.clone_from(&self.cluster_peer_sets[cp][slot(direction)][r]);
                     matched.intersect_with(&remaining);
-                    if let PortSet::Some(ports) = &ports {
+                    if let Some(ports) = ports {
                         matched.intersect_with(ports);
                     }
-                    let mut maybe = FixedBitSet::with_capacity(n);
+                    let target = match rule.action {
+                        Action::Accept => &mut sets.allow,
+                        Action::Deny => {
+                            sets.cluster_deny.union_with(&matched);
+                            &mut sets.deny
+                        }
+                        Action::Pass => &mut passed,
+                    };
+                    target.union_with(&matched);
                     if rule.has_domain_names() {
-                        maybe = remaining.clone();
-                        if let PortSet::Some(ports) = &ports {
+                        // Might match (DNS decides): the action is possible, evaluation goes on.
+                        maybe.clone_from(&remaining);
+                        if let Some(ports) = ports {
                             maybe.intersect_with(ports);
                         }
-                        maybe.difference_with(&matched);
-                    }
-                    let mut both = matched.clone();
-                    both.union_with(&maybe);
-                    match rule.action {
-                        Action::Accept => sets.allow.union_with(&both),
-                        Action::Deny => {
-                            sets.deny.union_with(&both);
-                            sets.cluster_deny.union_with(&both);
+                        target.union_with(&maybe);
+                        if rule.action == Action::Deny {
+                            sets.cluster_deny.union_with(&maybe);
                         }
-                        Action::Pass => passed.union_with(&both),
                     }
                     remaining.difference_with(&matched);
                     decided.union_with(&matched);
+                    if remaining.is_clear() {
+                        break;
+                    }
                 }
             }
             undecided.difference_with(&decided);
         }
         passed
-    }
-
-    /// Where a cluster rule's protocols match: `None` nowhere, `All` wherever its peers match,
-    /// or (egress named ports, resolved on each destination) a set of destinations.
-    fn cluster_port_set(
-        &self,
-        cp: usize,
-        rule: usize,
-        direction: Direction,
-        subject: PodId,
-        pp: PortProtocol,
-    ) -> Option<PortSet> {
-        let r = &self.cluster_policies[cp].rules(direction)[rule];
-        let subject_pod = self.cluster.pod(subject);
-        match direction {
-            // The destination is the subject itself.
-            Direction::Ingress => r.protocol_matches(subject_pod, pp).then_some(PortSet::All),
-            Direction::Egress if r.has_named_ports() => {
-                let set: FixedBitSet = (0..self.cluster.pods().len())
-                    .filter(|&dst| r.protocol_matches(self.cluster.pod(dst), pp))
-                    .collect();
-                Some(PortSet::Some(set))
-            }
-            // Without named ports the destination plays no part.
-            Direction::Egress => r.protocol_matches(subject_pod, pp).then_some(PortSet::All),
-        }
     }
 
     /// Sources the ingress of `dst` accepts on `pp`; `None` when `dst` isn't ingress-isolated.
@@ -488,6 +535,7 @@ impl<'a> Oracle<'a> {
             reached_network_policy: true,
             decider: Decider::Default,
             undefined: None,
+            drop: false,
         };
         self.walk_tiers(&mut explanation, subject, peer, dst, cell);
         explanation
@@ -528,6 +576,7 @@ impl<'a> Oracle<'a> {
                 possible.allow = true;
             } else {
                 possible.deny = true;
+                possible.other_deny = true;
             }
         }
         let baseline = if to_network && !network_decides {
@@ -568,6 +617,8 @@ impl<'a> Oracle<'a> {
         } else {
             Decider::Default
         };
+        explanation.drop =
+            possible.deny && !possible.allow && possible.cluster_deny && !possible.other_deny;
         explanation.cluster = admin.steps;
         explanation.cluster.extend(baseline.steps);
     }
@@ -710,12 +761,6 @@ impl<'a> Oracle<'a> {
 struct TierWalk {
     steps: Vec<TierStep>,
     continues: bool,
-}
-
-/// Where a cluster rule's protocols match (see `Oracle::cluster_port_set`).
-enum PortSet {
-    All,
-    Some(FixedBitSet),
 }
 
 /// Pods any of the rule's peers match, as a bitset over pod ids.

@@ -77,6 +77,8 @@ pub struct Possible {
     pub deny: bool,
     /// Some possible denial is a cluster policy's `Deny`, which must be a silent drop.
     pub cluster_deny: bool,
+    /// Some possible denial is not (NetworkPolicy's), so no drop can be required.
+    pub other_deny: bool,
     /// Evaluation may go on to the next stage.
     pub next: bool,
 }
