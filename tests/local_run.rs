@@ -128,7 +128,10 @@ fn ignored_policies_fail_the_deny_scenarios() {
         serde_json::from_str(&std::fs::read_to_string(&json).expect("json")).expect("schema");
     for step in report.scenarios.iter().flat_map(|s| &s.steps) {
         let c = &step.counts;
-        assert_eq!(step.cells.len(), c.fail + c.error + c.late + c.flapping);
+        assert_eq!(
+            step.cells.len(),
+            c.fail + c.error + c.late + c.flapping + c.not_dropped
+        );
         assert!(step.cells.iter().all(|cell| cell.verdict != "pass"));
     }
     for name in ["deny-all-ingress", "deny-all-egress", "deny-all-both"] {
@@ -164,5 +167,49 @@ fn smoke_tells_enforcing_from_not_enforcing() {
     assert!(
         text.contains("client-b → server: connected (spec: blocked) ✗"),
         "{text}"
+    );
+}
+
+/// Without a dataplane every cluster-policy scenario fails (each has a step with a blocked cell);
+/// with the reference dataplane they all pass (`the_whole_library_passes_…` above).
+#[test]
+#[ignore = "needs root: builds a local cluster (network namespaces, nftables); .ci/run runs it as root"]
+fn ignored_cluster_policies_fail_every_cluster_policy_scenario() {
+    require_local_cluster();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let json = dir.path().join("run.json");
+    let output = common::polygraph(
+        &[
+            "run",
+            "--tags",
+            "cluster-network-policy",
+            "--dataplane",
+            "none",
+            "--probe-timeout",
+            "300ms",
+            "--step-deadline",
+            "1s",
+            "--skip-established",
+            "--json",
+            &json.display().to_string(),
+            "--json-cells",
+            "none",
+        ],
+        "",
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    let report: RunJson =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("json")).expect("schema");
+    assert_eq!(report.scenarios.len(), 13, "{stdout}");
+    let passing: Vec<&str> = report
+        .scenarios
+        .iter()
+        .filter(|s| s.status != "failed")
+        .map(|s| s.name.as_str())
+        .collect();
+    assert!(
+        passing.is_empty(),
+        "not caught without a dataplane: {passing:?}"
     );
 }

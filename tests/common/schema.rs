@@ -39,6 +39,7 @@ pub struct Counts {
     pub unsupported: usize,
     pub error: usize,
     pub not_probed: usize,
+    pub not_dropped: usize,
 }
 
 #[derive(Debug, Deserialize)]
@@ -96,6 +97,11 @@ pub struct ScenarioJson {
     pub status: String,
     pub elapsed_ms: f64,
     pub error: Option<String>,
+    /// Only when the cluster cannot run the scenario (e.g. an unserved CRD).
+    #[serde(default)]
+    pub unsupported: Option<String>,
+    #[serde(default)]
+    pub warnings: Vec<String>,
     pub steps: Vec<StepJson>,
 }
 
@@ -182,7 +188,7 @@ pub struct CellJson {
     pub reason: Option<String>,
 }
 
-pub const VERDICTS: [&str; 8] = [
+pub const VERDICTS: [&str; 9] = [
     "pass",
     "fail",
     "late",
@@ -191,4 +197,5 @@ pub const VERDICTS: [&str; 8] = [
     "unsupported",
     "error",
     "not_probed",
+    "not_dropped",
 ];
