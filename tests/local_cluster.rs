@@ -50,7 +50,7 @@ fn probe_case(case: &Case, extra: &[&str]) -> Result<Probed, String> {
 fn check_against_case(case: &Case, probed: &Probed) -> Result<usize, String> {
     let (pods, pps) = report_axes(&probed.report)?;
     let blocked = case.expected_blocked(&pods, &pps)?;
-    let undefined = case.expected_undefined(&pods, &pps);
+    let undefined = case.expected_undefined(&pods, &pps)?;
     let mut checked = 0;
     let mut wrong = Vec::new();
     for cell in probed.report["cells"].as_array().ok_or("no cells")? {

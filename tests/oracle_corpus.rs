@@ -31,7 +31,7 @@ fn run_case(case: &Case) -> Result<Vec<String>, String> {
         serde_json::from_slice(&output.stdout).map_err(|e| format!("bad JSON: {e}"))?;
     let (pods, probed) = report_axes(&report)?;
     let expected = case.expected_blocked(&pods, &probed)?;
-    let undefined = case.expected_undefined(&pods, &probed);
+    let undefined = case.expected_undefined(&pods, &probed)?;
     let cells = report["cells"].as_array().ok_or("no cells")?;
     if cells.len() != pods.len() * pods.len() * probed.len() {
         return Err(format!(

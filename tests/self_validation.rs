@@ -66,20 +66,22 @@ fn failing(report: &Value) -> BTreeMap<String, Vec<String>> {
         .collect()
 }
 
-/// The scenarios a fault is run against: a cluster-tier fault (its features are `cnp-*`) can only
-/// change what cluster policies do, so it runs on the `cluster-network-policy` scenarios alone;
-/// every other fault on the whole library.
-fn fault_scope(fault: &polygraph::faults::FaultInfo) -> Option<&'static str> {
-    fault
-        .features
-        .iter()
-        .all(|f| f.starts_with("cnp-"))
-        .then_some("cluster-network-policy")
+/// The scenarios a fault is run against, as `run` arguments: a cluster-tier fault (its features
+/// are `cnp-*`) can only change what cluster policies do, so it runs on the
+/// `cluster-network-policy` scenarios alone; every other fault on the whole library (a
+/// NetworkPolicy fault reaches the NetworkPolicies those scenarios hold, and
+/// `policy-deletion-ignored` poisons whatever follows it).
+fn fault_scope(fault: &polygraph::faults::FaultInfo) -> Vec<&'static str> {
+    if fault.features.iter().all(|f| f.starts_with("cnp-")) {
+        vec!["--tags", "cluster-network-policy"]
+    } else {
+        Vec::new()
+    }
 }
 
-/// The scenarios the library (or the `tag`ged part of it) fails on the simulated backend with
+/// The scenarios the library (the part `scope` selects) fails on the simulated backend with
 /// `fault` injected, with the `FAST` settings, on paused tokio time.
-fn simulated_failures(fault: &str, tag: Option<&str>) -> BTreeSet<String> {
+fn simulated_failures(fault: &str, scope: &[&str]) -> BTreeSet<String> {
     use polygraph::backend::Backend;
     use polygraph::backend::sim::{SimBackend, SimOptions};
     use polygraph::run::{RunOptions, Status, run_scenarios};
@@ -106,7 +108,14 @@ fn simulated_failures(fault: &str, tag: Option<&str>) -> BTreeSet<String> {
         let library: Vec<_> = polygraph::scenario::library::load_all()
             .expect("library")
             .into_iter()
-            .filter(|s| tag.is_none_or(|t| s.tags.iter().any(|x| x == t)))
+            .filter(|s| {
+                let tagged = |t: &str| s.tags.iter().any(|x| x == t);
+                match scope {
+                    ["--tags", t] => tagged(t),
+                    ["--exclude-tags", t] => !tagged(t),
+                    _ => true,
+                }
+            })
             .collect();
         let result = run_scenarios(&mut backend, &library, &options, &mut |_| {}).await;
         backend.cleanup().await.expect("cleanup");
@@ -136,7 +145,7 @@ fn every_injected_policy_fault_is_caught_by_the_right_feature() {
         .map(|fault| {
             (
                 fault.name,
-                simulated_failures(fault.name, fault_scope(fault)),
+                simulated_failures(fault.name, &fault_scope(fault)),
             )
         })
         .collect();
@@ -148,9 +157,7 @@ fn every_injected_policy_fault_is_caught_by_the_right_feature() {
                     scope.spawn(move || {
                         let mut args = vec!["--inject", fault.name];
                         args.extend(FAST);
-                        if let Some(tag) = fault_scope(fault) {
-                            args.extend(["--tags", tag]);
-                        }
+                        args.extend(fault_scope(fault));
                         (fault, run_json(&args))
                     })
                 })
@@ -170,9 +177,7 @@ fn every_injected_policy_fault_is_caught_by_the_right_feature() {
             if simulated.iter().ne(local.keys()) {
                 let mut args = vec!["--inject", fault.name];
                 args.extend(FAST);
-                if let Some(tag) = fault_scope(fault) {
-                    args.extend(["--tags", tag]);
-                }
+                args.extend(fault_scope(fault));
                 let alone = failing(&run_json(&args).1);
                 println!(
                     "{}: the loaded local run failed {:?}; alone it failed {:?}",

@@ -551,20 +551,16 @@ impl<'a> Oracle<'a> {
         dst: &Pod,
         cell: Cell,
     ) {
-        // A pod to its own IP is not subject to cluster policies.
-        let own_ip = cell.is_self();
-        let mut possible = Possible::default();
-        let mut reasons = Vec::new();
-        let admin = self.walk_tier(
-            Tier::Admin,
-            explanation.direction,
+        let view = View {
+            direction: explanation.direction,
             subject,
             peer,
             dst,
             cell,
-            own_ip,
-            &mut reasons,
-        );
+        };
+        let mut possible = Possible::default();
+        let mut reasons = Vec::new();
+        let admin = self.walk_tier(Tier::Admin, &view, &mut reasons);
         for step in &admin.steps {
             possible.add(step.action);
         }
@@ -580,16 +576,7 @@ impl<'a> Oracle<'a> {
             }
         }
         let baseline = if to_network && !network_decides {
-            self.walk_tier(
-                Tier::Baseline,
-                explanation.direction,
-                subject,
-                peer,
-                dst,
-                cell,
-                own_ip,
-                &mut reasons,
-            )
+            self.walk_tier(Tier::Baseline, &view, &mut reasons)
         } else {
             TierWalk::default()
         };
@@ -625,23 +612,20 @@ impl<'a> Oracle<'a> {
 
     /// One tier: every rule that might match (domainNames) on the way, then the first priority
     /// group with a certain match; whether evaluation goes on past the tier.
-    #[allow(clippy::too_many_arguments)]
-    fn walk_tier(
-        &self,
-        tier: Tier,
-        direction: Direction,
-        subject: &Pod,
-        peer: &Pod,
-        dst: &Pod,
-        cell: Cell,
-        own_ip: bool,
-        reasons: &mut Vec<String>,
-    ) -> TierWalk {
+    fn walk_tier(&self, tier: Tier, view: &View<'_>, reasons: &mut Vec<String>) -> TierWalk {
+        let View {
+            direction,
+            subject,
+            peer,
+            dst,
+            cell,
+        } = *view;
         let mut walk = TierWalk {
             steps: Vec::new(),
             continues: true,
         };
-        if own_ip {
+        // A pod connecting to its own IP is not subject to cluster policies.
+        if cell.is_self() {
             return walk;
         }
         let order: Vec<usize> = self
@@ -754,6 +738,19 @@ impl<'a> Oracle<'a> {
             },
         }
     }
+}
+
+/// One direction of one cell, as an explanation looks at it.
+#[derive(Clone, Copy)]
+struct View<'a> {
+    direction: Direction,
+    /// The pod whose policies decide.
+    subject: &'a Pod,
+    /// The other end.
+    peer: &'a Pod,
+    /// Where named ports resolve.
+    dst: &'a Pod,
+    cell: Cell,
 }
 
 /// One tier's part of an explanation.

@@ -117,6 +117,25 @@ impl Case {
         pods: &[String],
         probed: &[String],
     ) -> Result<BTreeSet<(String, String, String)>, String> {
+        self.expected(pods, probed, |e| &e.blocked)
+    }
+
+    /// Undefined (from, to, "port/PROTO") cells this case expects.
+    pub fn expected_undefined(
+        &self,
+        pods: &[String],
+        probed: &[String],
+    ) -> Result<BTreeSet<(String, String, String)>, String> {
+        self.expected(pods, probed, |e| &e.undefined)
+    }
+
+    /// The cells one list of patterns (`blocked` or `undefined`) names, on their pairs.
+    fn expected(
+        &self,
+        pods: &[String],
+        probed: &[String],
+        patterns: impl Fn(&Expectation) -> &Vec<String>,
+    ) -> Result<BTreeSet<(String, String, String)>, String> {
         let mut expected = BTreeSet::new();
         for expectation in &self.expect {
             let on = if expectation.on.is_empty() {
@@ -130,7 +149,7 @@ impl Case {
                         "expectation names {pp}, which is not probed ({probed:?})"
                     ));
                 }
-                for pattern in &expectation.blocked {
+                for pattern in patterns(expectation) {
                     for (f, t) in super::expand_pattern(pattern, pods) {
                         expected.insert((f, t, pp.clone()));
                     }
@@ -138,30 +157,6 @@ impl Case {
             }
         }
         Ok(expected)
-    }
-
-    /// Undefined (from, to, "port/PROTO") cells this case expects.
-    pub fn expected_undefined(
-        &self,
-        pods: &[String],
-        probed: &[String],
-    ) -> BTreeSet<(String, String, String)> {
-        let mut expected = BTreeSet::new();
-        for expectation in &self.expect {
-            let on = if expectation.on.is_empty() {
-                probed
-            } else {
-                &expectation.on[..]
-            };
-            for pp in on {
-                for pattern in &expectation.undefined {
-                    for (f, t) in super::expand_pattern(pattern, pods) {
-                        expected.insert((f, t, pp.clone()));
-                    }
-                }
-            }
-        }
-        expected
     }
 }
 

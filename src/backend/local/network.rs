@@ -15,7 +15,9 @@ const GATEWAY_MAC: &str = "ee:ee:ee:ee:ee:ee";
 const GATEWAY_V4: &str = "169.254.1.1";
 const GATEWAY_V6: &str = "fe80::1";
 
-/// Creates the node namespace, with forwarding on.
+/// Creates the node namespace, with forwarding on and ICMP errors not rate-limited: a refusal the
+/// dataplane sends (the `deny-as-reject` fault) must reach every probe, or a rate-limited one would
+/// look like a drop. Both sysctls are per network namespace: the host is untouched.
 pub(super) async fn create_node(node: &str) -> Result<(), BackendError> {
     host::netns_add(node).await?;
     host::ip_batch(node, &["link set lo up".into()]).await?;
@@ -26,6 +28,8 @@ pub(super) async fn create_node(node: &str) -> Result<(), BackendError> {
             "-qw",
             "net.ipv4.ip_forward=1",
             "net.ipv6.conf.all.forwarding=1",
+            "net.ipv4.icmp_ratelimit=0",
+            "net.ipv6.icmp.ratelimit=0",
         ],
         None,
     )

@@ -161,6 +161,7 @@ pub fn compile(
                         for (index, rule) in policy.rules(direction).iter().enumerate() {
                             let verdict = match rule.action {
                                 Action::Accept => allow.to_string(),
+                                // ICMP port unreachable: the probe sees a refusal.
                                 Action::Deny if deny == DenyVerdict::Reject => "reject".into(),
                                 Action::Deny => "drop".into(),
                                 Action::Pass => pass.to_string(),
@@ -214,6 +215,24 @@ pub fn compile(
     ruleset
 }
 
+/// The address a chain matches peers on: the source for ingress, the destination for egress.
+fn side(direction: Direction) -> &'static str {
+    match direction {
+        Direction::Ingress => "saddr",
+        Direction::Egress => "daddr",
+    }
+}
+
+/// One destination pod on one of its ports: how egress named ports are resolved, per destination.
+fn destination_port(dst: &Pod, protocol: crate::model::Protocol, port: u16) -> String {
+    let proto = protocol.as_str().to_ascii_lowercase();
+    format!(
+        "{} daddr {} meta l4proto {proto} th dport {port}",
+        family(dst.ip),
+        dst.ip
+    )
+}
+
 /// The match expressions of one cluster rule for the chain of `subject`: peers × protocols. An
 /// empty list means the rule matches nothing here (e.g. only `nodes` or `domainNames` peers,
 /// which never hold a pod's address).
@@ -223,10 +242,7 @@ fn cluster_matchers(
     direction: Direction,
     subject: &Pod,
 ) -> Vec<String> {
-    let side = match direction {
-        Direction::Ingress => "saddr",
-        Direction::Egress => "daddr",
-    };
+    let side = side(direction);
     let mut peer_exprs = Vec::new();
     for peer in &rule.peers {
         match peer {
@@ -293,13 +309,7 @@ fn cluster_matchers(
                         continue;
                     }
                     for port in dst.ports.iter().filter(|p| p.name.as_deref() == Some(name)) {
-                        let proto = port.protocol.as_str().to_ascii_lowercase();
-                        matchers.push(format!(
-                            "{} {side} {} meta l4proto {proto} th dport {}",
-                            family(dst.ip),
-                            dst.ip,
-                            port.port
-                        ));
+                        matchers.push(destination_port(dst, port.protocol, port.port));
                     }
                 }
             }
@@ -349,10 +359,7 @@ fn rule_matchers(
     direction: Direction,
     subject: &Pod,
 ) -> Vec<String> {
-    let side = match direction {
-        Direction::Ingress => "saddr",
-        Direction::Egress => "daddr",
-    };
+    let side = side(direction);
     let any_peer = || vec![String::new()];
     let peer_exprs: Vec<String> = match &rule.peers {
         None => any_peer(),
@@ -377,12 +384,7 @@ fn rule_matchers(
                             .any(|p| p.matches(cluster, &policy.namespace, dst)),
                     };
                     if let (true, Some(number)) = (allowed_peer, dst.named_port(name, *protocol)) {
-                        let proto = protocol.as_str().to_ascii_lowercase();
-                        matchers.push(format!(
-                            "{} {side} {} meta l4proto {proto} th dport {number}",
-                            family(dst.ip),
-                            dst.ip
-                        ));
+                        matchers.push(destination_port(dst, *protocol, number));
                     }
                 }
             }

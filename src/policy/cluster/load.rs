@@ -204,20 +204,29 @@ fn v1alpha1_ports(entries: &[V1Alpha1Port]) -> Vec<ProtocolMatch> {
         .collect()
 }
 
+/// A compiled rule from what both versions' rules have.
+fn rule(
+    name: &Option<String>,
+    act: &Option<String>,
+    p: Option<&[Peer]>,
+    protocols: Option<Vec<ProtocolMatch>>,
+) -> ClusterRule {
+    ClusterRule {
+        name: name.clone(),
+        action: action(act.as_deref()),
+        peers: peers(p),
+        protocols,
+    }
+}
+
+fn priority(value: Option<i64>) -> u32 {
+    value.and_then(|p| u32::try_from(p).ok()).unwrap_or(0)
+}
+
 fn from_v1alpha2(object: ClusterNetworkPolicy, origin: Origin) -> ClusterPolicy {
     let written = serde_json::to_value(&object).unwrap_or(Value::Null);
     let spec = object.spec.unwrap_or_default();
-    let rule = |name: &Option<String>,
-                act: &Option<String>,
-                p: Option<&[Peer]>,
-                protos: &Option<Vec<ProtocolEntry>>| {
-        ClusterRule {
-            name: name.clone(),
-            action: action(act.as_deref()),
-            peers: peers(p),
-            protocols: protos.as_deref().map(v1alpha2_protocols),
-        }
-    };
+    let protocols = |p: &Option<Vec<ProtocolEntry>>| p.as_deref().map(v1alpha2_protocols);
     ClusterPolicy {
         name: object.metadata.name.unwrap_or_default(),
         kind: ClusterKind::ClusterNetworkPolicy,
@@ -226,22 +235,20 @@ fn from_v1alpha2(object: ClusterNetworkPolicy, origin: Origin) -> ClusterPolicy 
             Some("Baseline") => Tier::Baseline,
             _ => Tier::Admin,
         },
-        priority: spec
-            .priority
-            .and_then(|p| u32::try_from(p).ok())
-            .unwrap_or(0),
+        priority: priority(spec.priority),
         subject: subject(spec.subject.as_ref()),
-        ingress: spec
-            .ingress
-            .iter()
-            .flatten()
-            .map(|r| rule(&r.name, &r.action, r.from.as_deref(), &r.protocols))
+        ingress: (spec.ingress.iter().flatten())
+            .map(|r| {
+                rule(
+                    &r.name,
+                    &r.action,
+                    r.from.as_deref(),
+                    protocols(&r.protocols),
+                )
+            })
             .collect(),
-        egress: spec
-            .egress
-            .iter()
-            .flatten()
-            .map(|r| rule(&r.name, &r.action, r.to.as_deref(), &r.protocols))
+        egress: (spec.egress.iter().flatten())
+            .map(|r| rule(&r.name, &r.action, r.to.as_deref(), protocols(&r.protocols)))
             .collect(),
         object: written,
     }
@@ -250,17 +257,7 @@ fn from_v1alpha2(object: ClusterNetworkPolicy, origin: Origin) -> ClusterPolicy 
 fn from_v1alpha1(object: V1Alpha1Policy, kind: ClusterKind, origin: Origin) -> ClusterPolicy {
     let written = serde_json::to_value(&object).unwrap_or(Value::Null);
     let spec = object.spec.unwrap_or_default();
-    let rule = |name: &Option<String>,
-                act: &Option<String>,
-                p: Option<&[Peer]>,
-                ports: &Option<Vec<V1Alpha1Port>>| {
-        ClusterRule {
-            name: name.clone(),
-            action: action(act.as_deref()),
-            peers: peers(p),
-            protocols: ports.as_deref().map(v1alpha1_ports),
-        }
-    };
+    let ports = |p: &Option<Vec<V1Alpha1Port>>| p.as_deref().map(v1alpha1_ports);
     ClusterPolicy {
         name: object.metadata.name.unwrap_or_default(),
         kind,
@@ -269,22 +266,13 @@ fn from_v1alpha1(object: V1Alpha1Policy, kind: ClusterKind, origin: Origin) -> C
             ClusterKind::BaselineAdminNetworkPolicy => Tier::Baseline,
             _ => Tier::Admin,
         },
-        priority: spec
-            .priority
-            .and_then(|p| u32::try_from(p).ok())
-            .unwrap_or(0),
+        priority: priority(spec.priority),
         subject: subject(spec.subject.as_ref()),
-        ingress: spec
-            .ingress
-            .iter()
-            .flatten()
-            .map(|r| rule(&r.name, &r.action, r.from.as_deref(), &r.ports))
+        ingress: (spec.ingress.iter().flatten())
+            .map(|r| rule(&r.name, &r.action, r.from.as_deref(), ports(&r.ports)))
             .collect(),
-        egress: spec
-            .egress
-            .iter()
-            .flatten()
-            .map(|r| rule(&r.name, &r.action, r.to.as_deref(), &r.ports))
+        egress: (spec.egress.iter().flatten())
+            .map(|r| rule(&r.name, &r.action, r.to.as_deref(), ports(&r.ports)))
             .collect(),
         object: written,
     }

@@ -18,6 +18,7 @@ use super::api::{
 };
 use crate::input::FieldProblem;
 use crate::model::syntax;
+use crate::policy::Direction;
 use crate::policy::cidr;
 use crate::policy::validate::{Problems, validate_selector};
 
@@ -104,46 +105,30 @@ pub fn validate_v1alpha2(policy: &ClusterNetworkPolicy) -> Vec<FieldProblem> {
     }
     validate_priority(spec.priority, true, &mut problems);
     validate_subject(spec.subject.as_ref(), &limits, &mut problems);
+    let protocols =
+        |protocols: &Option<Vec<ProtocolEntry>>, path: &str, problems: &mut Problems| {
+            let protocols = protocols.as_deref()?;
+            validate_protocols(protocols, &format!("{path}.protocols"), problems);
+            Some(protocols.iter().any(|p| p.destination_named_port.is_some()))
+        };
     let ingress = spec.ingress.as_deref().unwrap_or_default();
-    check_count(
-        ingress.len(),
-        0,
-        limits.rules,
-        "spec.ingress",
+    validate_rules(
+        ingress,
+        Direction::Ingress,
+        &limits,
         &mut problems,
+        |r| RuleHead::of(&r.name, &r.action, r.from.as_deref()),
+        |r, path, problems| protocols(&r.protocols, path, problems),
     );
-    for (i, rule) in ingress.iter().enumerate() {
-        let path = format!("spec.ingress[{i}]");
-        validate_rule_head(&rule.name, &rule.action, &path, &limits, &mut problems);
-        validate_peers(
-            rule.from.as_deref(),
-            &format!("{path}.from"),
-            false,
-            &limits,
-            &mut problems,
-        );
-        if let Some(protocols) = &rule.protocols {
-            validate_protocols(protocols, &format!("{path}.protocols"), &mut problems);
-        }
-    }
     let egress = spec.egress.as_deref().unwrap_or_default();
-    check_count(egress.len(), 0, limits.rules, "spec.egress", &mut problems);
-    for (i, rule) in egress.iter().enumerate() {
-        let path = format!("spec.egress[{i}]");
-        validate_rule_head(&rule.name, &rule.action, &path, &limits, &mut problems);
-        validate_peers(
-            rule.to.as_deref(),
-            &format!("{path}.to"),
-            true,
-            &limits,
-            &mut problems,
-        );
-        if let Some(protocols) = &rule.protocols {
-            validate_protocols(protocols, &format!("{path}.protocols"), &mut problems);
-            let named = protocols.iter().any(|p| p.destination_named_port.is_some());
-            named_port_mix(named, rule.to.as_deref(), &path, &mut problems);
-        }
-    }
+    validate_rules(
+        egress,
+        Direction::Egress,
+        &limits,
+        &mut problems,
+        |r| RuleHead::of(&r.name, &r.action, r.to.as_deref()),
+        |r, path, problems| protocols(&r.protocols, path, problems),
+    );
     problems.0
 }
 
@@ -178,47 +163,83 @@ pub fn validate_v1alpha1(policy: &V1Alpha1Policy, kind: ClusterKind) -> Vec<Fiel
         _ => validate_priority(spec.priority, true, &mut problems),
     }
     validate_subject(spec.subject.as_ref(), &limits, &mut problems);
+    let ports = |ports: &Option<Vec<V1Alpha1Port>>, path: &str, problems: &mut Problems| {
+        let ports = ports.as_deref()?;
+        validate_v1alpha1_ports(ports, &format!("{path}.ports"), &limits, problems);
+        Some(ports.iter().any(|p| p.named_port.is_some()))
+    };
     let ingress = spec.ingress.as_deref().unwrap_or_default();
+    validate_rules(
+        ingress,
+        Direction::Ingress,
+        &limits,
+        &mut problems,
+        |r| RuleHead::of(&r.name, &r.action, r.from.as_deref()),
+        |r, path, problems| ports(&r.ports, path, problems),
+    );
+    let egress = spec.egress.as_deref().unwrap_or_default();
+    validate_rules(
+        egress,
+        Direction::Egress,
+        &limits,
+        &mut problems,
+        |r| RuleHead::of(&r.name, &r.action, r.to.as_deref()),
+        |r, path, problems| ports(&r.ports, path, problems),
+    );
+    problems.0
+}
+
+/// What rules of both versions share: a name, an action and peers.
+struct RuleHead<'a> {
+    name: &'a Option<String>,
+    action: &'a Option<String>,
+    peers: Option<&'a [Peer]>,
+}
+
+impl<'a> RuleHead<'a> {
+    fn of(name: &'a Option<String>, action: &'a Option<String>, peers: Option<&'a [Peer]>) -> Self {
+        RuleHead {
+            name,
+            action,
+            peers,
+        }
+    }
+}
+
+/// One direction's rules, in field order: name and action, peers, then the version's own port list
+/// (`ports`, which validates it under the rule's path and says whether it names a port).
+fn validate_rules<'a, R>(
+    rules: &'a [R],
+    direction: Direction,
+    limits: &Limits,
+    problems: &mut Problems,
+    head: impl Fn(&'a R) -> RuleHead<'a>,
+    ports: impl Fn(&'a R, &str, &mut Problems) -> Option<bool>,
+) {
+    let field = direction.rules_field();
     check_count(
-        ingress.len(),
+        rules.len(),
         0,
         limits.rules,
-        "spec.ingress",
-        &mut problems,
+        &format!("spec.{field}"),
+        problems,
     );
-    for (i, rule) in ingress.iter().enumerate() {
-        let path = format!("spec.ingress[{i}]");
-        validate_rule_head(&rule.name, &rule.action, &path, &limits, &mut problems);
+    for (i, rule) in rules.iter().enumerate() {
+        let path = format!("spec.{field}[{i}]");
+        let head = head(rule);
+        validate_rule_head(head.name, head.action, &path, limits, problems);
+        let egress = direction == Direction::Egress;
         validate_peers(
-            rule.from.as_deref(),
-            &format!("{path}.from"),
-            false,
-            &limits,
-            &mut problems,
+            head.peers,
+            &format!("{path}.{}", direction.peers_field()),
+            egress,
+            limits,
+            problems,
         );
-        if let Some(ports) = &rule.ports {
-            validate_v1alpha1_ports(ports, &format!("{path}.ports"), &limits, &mut problems);
+        if ports(rule, &path, problems) == Some(true) && egress {
+            named_port_mix(head.peers, &path, problems);
         }
     }
-    let egress = spec.egress.as_deref().unwrap_or_default();
-    check_count(egress.len(), 0, limits.rules, "spec.egress", &mut problems);
-    for (i, rule) in egress.iter().enumerate() {
-        let path = format!("spec.egress[{i}]");
-        validate_rule_head(&rule.name, &rule.action, &path, &limits, &mut problems);
-        validate_peers(
-            rule.to.as_deref(),
-            &format!("{path}.to"),
-            true,
-            &limits,
-            &mut problems,
-        );
-        if let Some(ports) = &rule.ports {
-            validate_v1alpha1_ports(ports, &format!("{path}.ports"), &limits, &mut problems);
-            let named = ports.iter().any(|p| p.named_port.is_some());
-            named_port_mix(named, rule.to.as_deref(), &path, &mut problems);
-        }
-    }
-    problems.0
 }
 
 fn validate_metadata(metadata: &ObjectMeta, kind: ClusterKind, problems: &mut Problems) {
@@ -613,13 +634,13 @@ fn validate_v1alpha1_protocol(protocol: Option<&str>, path: &str, problems: &mut
     }
 }
 
-/// The experimental CRD's CEL rule on egress rules.
-fn named_port_mix(named: bool, peers: Option<&[Peer]>, path: &str, problems: &mut Problems) {
+/// The experimental CRD's CEL rule on egress rules that name a port.
+fn named_port_mix(peers: Option<&[Peer]>, path: &str, problems: &mut Problems) {
     let cidr_like = peers
         .into_iter()
         .flatten()
         .any(|p| p.networks.is_some() || p.nodes.is_some() || p.domain_names.is_some());
-    if named && cidr_like {
+    if cidr_like {
         problems.add(
             path,
             "Invalid value: networks/nodes/domainNames peer cannot be set with namedPorts since there are no namedPorts for networks/nodes/domainNames",
