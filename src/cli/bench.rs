@@ -163,7 +163,7 @@ fn oracle(args: OracleArgs) -> Result<ExitCode, CliError> {
     let best = &runs[0];
     let median = &runs[runs.len() / 2];
     out!(
-        "cells: {} ({} allowed, {:.1}%; {} undefined by same-priority ties, {} blocked by a cluster Deny)",
+        "cells: {} ({} allowed, {:.1}%; {} undefined (same-priority ties, DNS), {} blocked by a cluster Deny)",
         best.cells,
         best.allowed,
         100.0 * best.allowed as f64 / best.cells.max(1) as f64,

@@ -165,11 +165,7 @@ impl<'a> Oracle<'a> {
                 sets[slot(direction)] = policy
                     .rules(direction)
                     .iter()
-                    .map(|rule| {
-                        (0..n)
-                            .filter(|&id| rule.peer_matches(cluster, cluster.pod(id)))
-                            .collect()
-                    })
+                    .map(|rule| cluster_peer_set(cluster, &pods_by_namespace, rule))
                     .collect();
             }
             cluster_peer_sets.push(sets);
@@ -758,6 +754,50 @@ struct View<'a> {
 struct TierWalk {
     steps: Vec<TierStep>,
     continues: bool,
+}
+
+/// Pods any of a cluster rule's peers match, as a bitset over pod ids. Namespace selectors are
+/// evaluated once per namespace, not once per pod; `ClusterPeer::matches` is the per-pod
+/// definition the explanation uses (the property tests hold the two equal).
+fn cluster_peer_set(
+    cluster: &Cluster,
+    pods_by_namespace: &HashMap<&str, Vec<PodId>>,
+    rule: &super::cluster::ClusterRule,
+) -> FixedBitSet {
+    use super::cluster::ClusterPeer;
+    let n = cluster.pods().len();
+    let mut set = FixedBitSet::with_capacity(n);
+    let in_namespace = |name: &str| pods_by_namespace.get(name).into_iter().flatten().copied();
+    for peer in &rule.peers {
+        match peer {
+            ClusterPeer::Namespaces(selector) => {
+                for ns in cluster
+                    .namespaces()
+                    .iter()
+                    .filter(|ns| selector.matches(&ns.labels))
+                {
+                    set.extend(in_namespace(&ns.name));
+                }
+            }
+            ClusterPeer::Pods { namespaces, pods } => {
+                for ns in cluster
+                    .namespaces()
+                    .iter()
+                    .filter(|ns| namespaces.matches(&ns.labels))
+                {
+                    set.extend(
+                        in_namespace(&ns.name).filter(|&id| pods.matches(&cluster.pod(id).labels)),
+                    );
+                }
+            }
+            ClusterPeer::Networks(_) => {
+                set.extend((0..n).filter(|&id| peer.matches(cluster, cluster.pod(id))));
+            }
+            // Never a pod's address (nodes), or unknowable without DNS (domainNames).
+            ClusterPeer::Nodes(_) | ClusterPeer::DomainNames(_) => {}
+        }
+    }
+    set
 }
 
 /// Pods any of the rule's peers match, as a bitset over pod ids.
