@@ -308,13 +308,11 @@ impl<'a> Oracle<'a> {
         let mut undecided = FixedBitSet::with_capacity(n);
         undecided.insert_range(..);
         undecided.set(subject, false);
-        let admin: Vec<usize> = cluster
-            .iter()
-            .copied()
-            .filter(|&cp| self.cluster_policies[cp].tier == Tier::Admin)
-            .collect();
+        // In evaluation order, so the Admin tier comes first.
+        let (admin, baseline) = cluster
+            .split_at(cluster.partition_point(|&cp| self.cluster_policies[cp].tier == Tier::Admin));
         let mut to_network = self.tier_sets(
-            &admin,
+            admin,
             (direction, subject, pp),
             named,
             &mut undecided,
@@ -338,13 +336,8 @@ impl<'a> Oracle<'a> {
             to_baseline.set(subject, false);
             sets.allow.insert(subject);
         }
-        let baseline: Vec<usize> = cluster
-            .iter()
-            .copied()
-            .filter(|&cp| self.cluster_policies[cp].tier == Tier::Baseline)
-            .collect();
         let passed = self.tier_sets(
-            &baseline,
+            baseline,
             (direction, subject, pp),
             named,
             &mut to_baseline,

@@ -79,13 +79,11 @@ pub struct Possible {
     pub cluster_deny: bool,
     /// Some possible denial is not (NetworkPolicy's), so no drop can be required.
     pub other_deny: bool,
-    /// Evaluation may go on to the next stage.
-    pub next: bool,
 }
 
 impl Possible {
-    /// Adds the possibility `action` opens in `tier`. `Pass` goes on to the next stage; after
-    /// Baseline that stage is the default, allow.
+    /// Adds the possibility `action` opens. `Pass` opens none by itself: evaluation goes on to the
+    /// next stage (after Baseline, the default, allow), which the caller follows.
     pub fn add(&mut self, action: Action) {
         match action {
             Action::Accept => self.allow = true,
@@ -93,7 +91,7 @@ impl Possible {
                 self.deny = true;
                 self.cluster_deny = true;
             }
-            Action::Pass => self.next = true,
+            Action::Pass => {}
         }
     }
 }

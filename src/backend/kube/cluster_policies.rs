@@ -84,14 +84,24 @@ pub async fn delete(client: &Client, kind: ClusterKind, name: &str) -> Result<()
     Ok(())
 }
 
-/// Whether an object of `kind` named `name` exists.
-pub async fn exists(client: &Client, kind: ClusterKind, name: &str) -> Result<bool, BackendError> {
+/// Whether an object of `kind` named `name` exists (`None`: it does not) and, if polygraph
+/// created it, the run it belongs to.
+pub async fn owner(
+    client: &Client,
+    kind: ClusterKind,
+    name: &str,
+) -> Result<Option<Option<String>>, BackendError> {
     let api = api(client, kind);
     let found = call(&format!("reading {kind} {name}"), || async {
         api.get_opt(name).await
     })
     .await?;
-    Ok(found.is_some())
+    Ok(found.map(|object| {
+        let labels = object.metadata.labels.unwrap_or_default();
+        (labels.get(OWNER_LABEL).map(String::as_str) == Some(OWNER))
+            .then(|| labels.get(RUN_LABEL).cloned())
+            .flatten()
+    }))
 }
 
 /// The objects of `kind` polygraph created, by run id (all runs when `run` is `None`).

@@ -252,12 +252,9 @@ impl KubeBackend {
     async fn apply_cluster_policy(&mut self, policy: &ClusterPolicy) -> Result<(), BackendError> {
         let real = manifests::cluster_policy_name(&self.names, policy.kind, &policy.name);
         if policy.kind == ClusterKind::BaselineAdminNetworkPolicy {
-            // A singleton: never replace the cluster's own.
-            let foreign = cluster_policies::owned(&self.client, policy.kind, None).await?;
-            let ours = foreign
-                .iter()
-                .any(|(name, run)| name == &real && run == &self.names.run_id);
-            if !ours && cluster_policies::exists(&self.client, policy.kind, &real).await? {
+            // A singleton: never replace one this run did not create.
+            let owner = cluster_policies::owner(&self.client, policy.kind, &real).await?;
+            if owner.is_some_and(|run| run.as_deref() != Some(self.names.run_id.as_str())) {
                 return Err(BackendError::Cluster {
                     what: format!("applying {} {real}", policy.kind),
                     message: "the cluster already has one that polygraph did not create; polygraph changes nothing it does not own".into(),
