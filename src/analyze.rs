@@ -2,8 +2,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::matrix::TruthTable;
-use crate::model::{Cluster, PortProtocol};
+use std::net::IpAddr;
+
+use crate::matrix::{Cell, TruthTable};
+use crate::model::{Cluster, Pod, PortProtocol, ProbeTarget};
 use crate::policy::{ClusterPolicy, Oracle, Policy, PolicySet};
 
 /// The result of an analysis: the inputs as used, the table, and what the user should know.
@@ -17,11 +19,81 @@ pub struct Analysis {
     pub cluster_policies: Vec<ClusterPolicy>,
     pub table: TruthTable,
     pub warnings: Vec<String>,
+    /// The cells are probes through Services: a pod's hairpin to itself is subject to cluster
+    /// policies (`ProbeTarget::Service`).
+    pub through_services: bool,
 }
 
 impl Analysis {
     pub fn oracle(&self) -> Oracle<'_> {
-        Oracle::tiered(&self.cluster, &self.policies, &self.cluster_policies)
+        let oracle = Oracle::tiered(&self.cluster, &self.policies, &self.cluster_policies);
+        if self.through_services {
+            oracle.through_services()
+        } else {
+            oracle
+        }
+    }
+
+    /// The same question with pods at other addresses (a family's, or the ones a cluster
+    /// assigned): ipBlock and networks answers depend on them. `None` keeps a pod's address.
+    pub fn at_addresses(&self, address: impl Fn(&Pod) -> Option<IpAddr>) -> Analysis {
+        let moved = self
+            .cluster
+            .pods()
+            .iter()
+            .any(|p| address(p).is_some_and(|ip| ip != p.ip));
+        if !moved {
+            return self.clone();
+        }
+        let mut description = self.cluster.description();
+        for (pod, model) in description.pods.iter_mut().zip(self.cluster.pods()) {
+            if let Some(ip) = address(model) {
+                pod.ip = Some(ip.to_string());
+            }
+        }
+        match description.build("real addresses") {
+            Ok(cluster) => {
+                let mut moved = analyze(cluster, self.policy_set(), self.table.port_protocols());
+                if self.through_services {
+                    moved = moved.for_target(ProbeTarget::Service);
+                }
+                moved
+            }
+            // Two pods claiming one address would be the cluster's bug; judge against the model.
+            Err(_) => self.clone(),
+        }
+    }
+
+    /// The analysis for probes through `target`. Through a Service the spec judges a cell at the
+    /// backend pod, after DNAT, so only the hairpin cells change: a pod reaching itself is subject
+    /// to cluster policies, and judged strictly where one decides it.
+    pub fn for_target(&self, target: ProbeTarget) -> Analysis {
+        if target != ProbeTarget::Service || self.through_services {
+            return self.clone();
+        }
+        let mut analysis = self.clone();
+        analysis.through_services = true;
+        let oracle = analysis.oracle();
+        let mut table = oracle.truth_table(self.table.port_protocols());
+        for k in 0..table.port_protocols().len() {
+            for pod in 0..table.pods().len() {
+                let why = oracle.explain(Cell {
+                    from: pod,
+                    to: pod,
+                    port_protocol: table.port_protocols()[k],
+                });
+                let by_cluster = |d: &crate::policy::DirectionExplanation| {
+                    matches!(d.decider, crate::policy::Decider::Cluster(_))
+                };
+                if by_cluster(&why.egress) || by_cluster(&why.ingress) {
+                    let mut decision = table.get(k, pod, pod);
+                    decision.judged_self = true;
+                    table.set(k, pod, pod, decision);
+                }
+            }
+        }
+        analysis.table = table;
+        analysis
     }
 
     /// Both families, as they were analysed.
@@ -63,6 +135,7 @@ pub fn analyze(cluster: Cluster, policies: PolicySet, port_protocols: &[PortProt
         cluster_policies,
         table,
         warnings,
+        through_services: false,
     }
 }
 

@@ -110,6 +110,42 @@ fn the_whole_library_dry_run_is_valid_kubernetes() {
     validate("library", &core);
 }
 
+/// `--target service`: each pod's own Service follows it (created after it, deleted before it),
+/// selects it by a label the pod carries, and the whole run still validates strictly.
+#[test]
+fn the_library_through_services_dry_run_is_valid_kubernetes() {
+    let yaml = dry_run(&["run", "--dry-run", "--target", "service"]);
+    let services = yaml.matches("\nkind: Service\n").count();
+    let pods = yaml.matches("# create Pod ").count();
+    assert_eq!(
+        services, pods,
+        "one Service per pod (every library pod serves a port)"
+    );
+    assert_eq!(
+        yaml.matches("# create Service ").count(),
+        services,
+        "each Service is a call of its own"
+    );
+    assert!(yaml.contains("polygraph.dev/service: "));
+    assert!(yaml.contains("ipFamilyPolicy: PreferDualStack"));
+    let creates: Vec<&str> = yaml
+        .lines()
+        .filter(|l| l.starts_with("# create Pod") || l.starts_with("# create Service"))
+        .collect();
+    for pair in creates.chunks(2) {
+        assert!(
+            pair[0].starts_with("# create Pod") && pair[1].starts_with("# create Service"),
+            "{pair:?}"
+        );
+    }
+    let (core, _) = split_cluster_policies(&yaml);
+    validate("library-services", &core);
+    // Without a target that needs them, no Service is made.
+    let plain = dry_run(&["run", "--dry-run", "deny-all-ingress"]);
+    assert!(!plain.contains("kind: Service"));
+    assert!(!plain.contains("polygraph.dev/service"));
+}
+
 /// The dry run's documents, split: everything else (as YAML text) and the cluster-scoped
 /// policies (parsed).
 fn split_cluster_policies(yaml: &str) -> (String, Vec<serde_json::Value>) {
@@ -270,6 +306,10 @@ fn bad_flags_are_usage_errors() {
     assert_eq!(output.status.code(), Some(2));
     let output = common::polygraph(&["smoke", "--dry-run", "--node-selector", "novalue"], "");
     assert_eq!(output.status.code(), Some(2));
+    // The cluster decides its families; only polygraph's own clusters take --ip-family.
+    let output = common::polygraph(&["smoke", "--dry-run", "--ip-family", "dual"], "");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--ip-family"));
     let output = common::polygraph(&["smoke", "--dry-run", "--toleration", "gpu:Sometimes"], "");
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);

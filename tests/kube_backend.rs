@@ -17,8 +17,10 @@ use polygraph::backend::kube::placement::parse_toleration;
 use polygraph::backend::kube::{KubeBackend, gc};
 use polygraph::backend::sim::{SimBackend, SimOptions};
 use polygraph::backend::{Backend, BackendError, Held};
-use polygraph::model::PodRef;
+use std::net::IpAddr;
+
 use polygraph::model::default_model;
+use polygraph::model::{IpFamilies, PodRef, ProbePath, ProbeTarget};
 use polygraph::policy::parse_policies;
 use polygraph::run::{RunOptions, observe, reconcile, run_scenarios};
 use polygraph::world::Mutation;
@@ -50,6 +52,10 @@ struct State {
     policy_versions: BTreeSet<&'static str>,
     /// Cluster-scoped policies by (plural, name).
     cluster_objects: BTreeMap<(String, String), Value>,
+    /// Services by (namespace, name).
+    services: BTreeMap<(String, String), Value>,
+    /// Pods and Services get an IPv6 address too (`status.podIPs`, `spec.clusterIPs`).
+    dual_stack: bool,
 }
 
 const POLICY_GROUP: &str = "policy.networking.k8s.io";
@@ -240,6 +246,7 @@ fn handle(
             }
             s.pods.retain(|(ns, _), _| *ns != name);
             s.policies.retain(|(ns, _), _| *ns != name);
+            s.services.retain(|(ns, _), _| *ns != name);
             match s.namespaces.remove(&name) {
                 Some(ns) => json_response(StatusCode::OK, ns),
                 None => status(404, "NotFound"),
@@ -263,7 +270,12 @@ fn handle(
                                                               "state": {"waiting": {"reason": reason, "message": "Back-off pulling image"}}}]})
                 }
                 None => {
-                    json!({"phase": "Running", "podIP": format!("10.9.0.{index}"), "conditions": [{"type": "Ready", "status": "True"}]})
+                    let v4 = format!("10.9.0.{index}");
+                    let mut ips = vec![json!({"ip": v4})];
+                    if s.dual_stack {
+                        ips.push(json!({"ip": format!("fd00:9::{index}")}));
+                    }
+                    json!({"phase": "Running", "podIP": v4, "podIPs": ips, "conditions": [{"type": "Ready", "status": "True"}]})
                 }
             };
             s.calls.push(format!("create Pod {ns}/{name}"));
@@ -317,6 +329,37 @@ fn handle(
                         s.calls.push(format!("delete NetworkPolicy {ns}/{name}"));
                     }
                     json_response(StatusCode::OK, policy)
+                }
+                None => status(404, "NotFound"),
+            }
+        }
+        ("POST", ["api", "v1", "namespaces", ns, "services"]) => {
+            let name = body["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let key = (ns.to_string(), name.clone());
+            if s.services.contains_key(&key) {
+                return status(409, "AlreadyExists");
+            }
+            // The allocator's part: one ClusterIP per family the cluster has.
+            let index = s.services.len() + 10;
+            let mut service = body.clone();
+            let mut ips = vec![format!("10.99.0.{index}")];
+            if s.dual_stack {
+                ips.push(format!("fd00:99::{index}"));
+            }
+            service["spec"]["clusterIP"] = json!(ips[0]);
+            service["spec"]["clusterIPs"] = json!(ips);
+            s.calls.push(format!("create Service {ns}/{name}"));
+            s.services.insert(key, service.clone());
+            json_response(StatusCode::CREATED, service)
+        }
+        ("DELETE", ["api", "v1", "namespaces", ns, "services", name]) => {
+            match s.services.remove(&(ns.to_string(), name.to_string())) {
+                Some(service) => {
+                    s.calls.push(format!("delete Service {ns}/{name}"));
+                    json_response(StatusCode::OK, service)
                 }
                 None => status(404, "NotFound"),
             }
@@ -527,9 +570,7 @@ async fn deploys_applies_and_cleans_up() {
         .wait_ready(Duration::from_secs(5))
         .await
         .expect("ready");
-    let real = backend
-        .address(&cluster.pods()[0].key())
-        .expect("an address from the cluster");
+    let real = backend.addresses(&cluster.pods()[0].key())[0];
     assert_eq!(real.to_string(), "10.9.0.10");
 
     let yaml = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: from-y, namespace: x}\nspec:\n  podSelector: {}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: y}}}]}]\n";
@@ -673,6 +714,7 @@ async fn errors_are_reported_and_cleanup_still_removes_everything() {
 /// assigned, never the model's) are answered by the oracle at the model's addresses.
 struct FakeCluster {
     kube: KubeBackend,
+    /// Dual-stack when the fake API server is, so its families match the cluster's.
     sim: SimBackend,
     /// The model's address of each pod, to translate the cluster's addresses back.
     model_ips: BTreeMap<PodRef, std::net::IpAddr>,
@@ -682,10 +724,20 @@ struct FakeCluster {
 
 impl FakeCluster {
     async fn new(state: &Arc<Mutex<State>>) -> FakeCluster {
+        FakeCluster::with_options(state, KubeOptions::default()).await
+    }
+
+    async fn with_options(state: &Arc<Mutex<State>>, options: KubeOptions) -> FakeCluster {
+        let dual = state.lock().expect("state").dual_stack;
         FakeCluster {
-            kube: backend(state).await,
+            kube: backend_with(state, options).await,
             sim: SimBackend::new(SimOptions {
                 sctp: true,
+                families: if dual {
+                    IpFamilies::Dual
+                } else {
+                    IpFamilies::Ipv4
+                },
                 ..SimOptions::default()
             }),
             model_ips: BTreeMap::new(),
@@ -693,21 +745,30 @@ impl FakeCluster {
         }
     }
 
-    /// The target as the simulation knows it; unknown hosts stay as they are (and time out).
+    /// The target as the simulation knows it: the cluster's address of a pod (or of its
+    /// Service) becomes the simulation's address of the same pod (or Service) in the same family;
+    /// unknown hosts stay as they are (and time out).
     fn to_model(&self, target: &Target) -> Target {
         self.probed
             .lock()
             .expect("probed")
             .push(target.host.clone());
+        let same = |real: Vec<IpAddr>, model: Vec<IpAddr>| {
+            let real = real.into_iter().find(|ip| ip.to_string() == target.host)?;
+            model.into_iter().find(|ip| ip.is_ipv4() == real.is_ipv4())
+        };
         let host = self
             .model_ips
-            .iter()
-            .find(|(pod, _)| {
-                self.kube
-                    .address(pod)
-                    .is_some_and(|ip| ip.to_string() == target.host)
+            .keys()
+            .find_map(|pod| {
+                same(self.kube.addresses(pod), self.sim.addresses(pod)).or_else(|| {
+                    same(
+                        self.kube.service_addresses(pod),
+                        self.sim.service_addresses(pod),
+                    )
+                })
             })
-            .map_or(target.host.clone(), |(_, ip)| ip.to_string());
+            .map_or(target.host.clone(), |ip| ip.to_string());
         Target {
             host,
             ..target.clone()
@@ -722,8 +783,11 @@ impl Backend for FakeCluster {
     fn cleanup_message(&self) -> String {
         self.kube.cleanup_message()
     }
-    fn address(&self, pod: &PodRef) -> Option<std::net::IpAddr> {
-        self.kube.address(pod)
+    fn addresses(&self, pod: &PodRef) -> Vec<IpAddr> {
+        self.kube.addresses(pod)
+    }
+    fn service_addresses(&self, pod: &PodRef) -> Vec<IpAddr> {
+        self.kube.service_addresses(pod)
     }
     async fn apply(&mut self, mutation: &Mutation) -> Result<(), BackendError> {
         self.kube.apply(mutation).await?;
@@ -782,6 +846,7 @@ fn run_options() -> RunOptions {
         established: true,
         parallelism: 16,
         poll_interval: Duration::from_millis(10),
+        targets: Vec::new(),
     }
 }
 
@@ -863,9 +928,15 @@ async fn every_probe_goes_to_the_address_the_cluster_assigned() {
     reconcile(&mut cluster, &World::empty(), &world)
         .await
         .expect("deployed");
-    let (real, observed) = observe(&cluster, &analysis, Duration::from_millis(200), 16)
-        .await
-        .expect("probed");
+    let (real, observed) = observe(
+        &cluster,
+        &analysis,
+        ProbePath::default(),
+        Duration::from_millis(200),
+        16,
+    )
+    .await
+    .expect("probed");
     let probed: std::collections::BTreeSet<String> = cluster
         .probed
         .lock()
@@ -1305,4 +1376,201 @@ async fn gc_removes_cluster_policies_of_dead_runs_only() {
     let s = state.lock().expect("state");
     let left: Vec<&String> = s.cluster_objects.keys().map(|(_, n)| n).collect();
     assert_eq!(left, vec!["not-ours", "polygraph-live01-deny"]);
+}
+
+fn with_services() -> KubeOptions {
+    KubeOptions {
+        services: true,
+        ..KubeOptions::default()
+    }
+}
+
+/// With `--target service`, every pod that serves a port gets its own Service selecting it alone
+/// (by a label polygraph keeps through relabelling), deleted with the pod and with the run.
+#[tokio::test]
+async fn services_follow_their_pods_and_leave_with_the_run() {
+    let state = Arc::new(Mutex::new(State::default()));
+    let mut backend = backend_with(&state, with_services()).await;
+    let pods = deploy_default_model(&mut backend).await;
+    {
+        let s = state.lock().expect("state");
+        assert_eq!(s.services.len(), pods.len(), "one Service per pod");
+        let service = &s.services[&("polygraph-abc123-x".to_string(), "a".to_string())];
+        assert_eq!(
+            service["spec"]["selector"],
+            json!({"polygraph.dev/service": "a"})
+        );
+        assert_eq!(service["spec"]["ipFamilyPolicy"], "PreferDualStack");
+        assert_eq!(
+            service["metadata"]["labels"]["polygraph.dev/run-id"],
+            "abc123"
+        );
+        let ports: Vec<String> = service["spec"]["ports"]
+            .as_array()
+            .expect("ports")
+            .iter()
+            .map(|p| {
+                format!(
+                    "{} {} {} {}",
+                    p["name"], p["port"], p["targetPort"], p["protocol"]
+                )
+            })
+            .collect();
+        assert!(
+            ports.contains(&"\"serve-80-tcp\" 80 80 \"TCP\"".to_string()),
+            "the pod's own port names: {ports:?}"
+        );
+        assert_eq!(ports.len(), 6, "{ports:?}");
+        let pod = &s.pods[&("polygraph-abc123-x".to_string(), "a".to_string())];
+        assert_eq!(pod["metadata"]["labels"]["polygraph.dev/service"], "a");
+    }
+    let a = &pods[0];
+    let cluster_ips = backend.service_addresses(a);
+    assert_eq!(cluster_ips.len(), 1);
+    assert!(cluster_ips[0].to_string().starts_with("10.99.0."));
+
+    // Relabelling keeps the selector's label; deleting the pod deletes its Service first.
+    let labels = BTreeMap::from([("role".to_string(), "web".to_string())]);
+    backend
+        .apply(&Mutation::SetPodLabels {
+            pod: a.clone(),
+            labels,
+        })
+        .await
+        .expect("relabel");
+    backend
+        .apply(&Mutation::DeletePod(a.clone()))
+        .await
+        .expect("delete");
+    {
+        let s = state.lock().expect("state");
+        let patch = s
+            .log
+            .iter()
+            .position(|l| l.starts_with("PATCH /api/v1/namespaces/polygraph-abc123-x/pods/a"));
+        assert!(patch.is_some(), "{:?}", s.log);
+        assert!(
+            !s.services
+                .contains_key(&("polygraph-abc123-x".to_string(), "a".to_string()))
+        );
+        let order: Vec<&String> = s.calls.iter().filter(|c| c.starts_with("delete")).collect();
+        assert_eq!(
+            order,
+            [
+                "delete Service polygraph-abc123-x/a",
+                "delete Pod polygraph-abc123-x/a"
+            ]
+        );
+    }
+    assert!(backend.service_addresses(a).is_empty());
+    backend.cleanup().await.expect("cleanup");
+    let s = state.lock().expect("state");
+    assert!(s.services.is_empty() && s.namespaces.is_empty());
+}
+
+/// `--target service` end to end against the fake API server: every probe goes to a ClusterIP the
+/// cluster allocated, the run passes, and its dry run prints exactly the calls it made (Services
+/// included).
+#[tokio::test]
+async fn a_run_through_services_probes_cluster_ips_and_its_dry_run_matches() {
+    let scenarios = library(&EVERY_CHANGE);
+    let options = RunOptions {
+        targets: vec![ProbeTarget::Service],
+        ..run_options()
+    };
+    let state = Arc::new(Mutex::new(State::default()));
+    let mut cluster = FakeCluster::with_options(&state, with_services()).await;
+    let result = run_scenarios(&mut cluster, &scenarios, &options, &mut |_| {}).await;
+    cluster.cleanup().await.expect("cleanup");
+    let failing: Vec<_> = result
+        .scenarios
+        .iter()
+        .filter(|s| !s.passed())
+        .map(|s| (s.scenario.name.clone(), s.error.clone()))
+        .collect();
+    assert!(failing.is_empty(), "{failing:?}");
+    assert!(
+        result
+            .scenarios
+            .iter()
+            .flat_map(|s| &s.steps)
+            .all(|step| step.path.target == ProbeTarget::Service)
+    );
+    let probed: BTreeSet<String> = cluster
+        .probed
+        .lock()
+        .expect("probed")
+        .iter()
+        .cloned()
+        .collect();
+    assert!(
+        probed.iter().all(|h| h.starts_with("10.99.0.")),
+        "a probe skipped the Services: {probed:?}"
+    );
+    let calls = state.lock().expect("state").calls.clone();
+    assert!(calls.iter().any(|c| c.starts_with("create Service")));
+    assert!(calls.iter().any(|c| c.starts_with("delete Service")));
+
+    let names = RunNames::new("polygraph", "abc123").expect("names");
+    let mut recorder = Recorder::new(names, with_services());
+    let transcript = recorder.transcript();
+    let dry = run_scenarios(&mut recorder, &scenarios, &options, &mut |_| {}).await;
+    recorder.cleanup().await.expect("cleanup");
+    assert!(dry.passed());
+    let printed: Vec<String> = transcript
+        .text()
+        .lines()
+        .filter_map(|l| l.strip_prefix("# "))
+        .filter(|l| {
+            ["create ", "delete ", "patch ", "apply "]
+                .iter()
+                .any(|verb| l.starts_with(verb))
+        })
+        .map(str::to_string)
+        .collect();
+    assert_eq!(printed, calls);
+}
+
+/// A dual-stack cluster (pods and Services with both families in `podIPs` / `clusterIPs`) is
+/// probed on both, through both targets: one result per step and path.
+#[tokio::test]
+async fn a_dual_stack_cluster_is_probed_in_both_families() {
+    let scenarios = library(&["deny-all-ingress"]);
+    let options = RunOptions {
+        targets: vec![ProbeTarget::PodIp, ProbeTarget::Service],
+        ..run_options()
+    };
+    let state = Arc::new(Mutex::new(State {
+        dual_stack: true,
+        ..State::default()
+    }));
+    let mut cluster = FakeCluster::with_options(&state, with_services()).await;
+    let result = run_scenarios(&mut cluster, &scenarios, &options, &mut |_| {}).await;
+    cluster.cleanup().await.expect("cleanup");
+    assert!(result.passed(), "{:?}", result.scenarios[0].error);
+    let paths: Vec<String> = result.scenarios[0]
+        .steps
+        .iter()
+        .map(|s| s.path.to_string())
+        .collect();
+    assert_eq!(
+        paths,
+        ["pod-ip IPv4", "pod-ip IPv6", "service IPv4", "service IPv6"]
+    );
+    let probed: BTreeSet<String> = cluster
+        .probed
+        .lock()
+        .expect("probed")
+        .iter()
+        .cloned()
+        .collect();
+    for prefix in ["10.9.0.", "fd00:9::", "10.99.0.", "fd00:99::"] {
+        assert!(
+            probed.iter().any(|h| h.starts_with(prefix)),
+            "nothing probed at {prefix}*: {probed:?}"
+        );
+    }
+    // Each family's expectation is at that family's addresses.
+    let v6 = &result.scenarios[0].steps[1].expected;
+    assert!(v6.cluster.pods().iter().all(|p| p.ip.is_ipv6()));
 }

@@ -201,7 +201,7 @@ fn ignored_cluster_policies_fail_every_cluster_policy_scenario() {
     assert_eq!(output.status.code(), Some(1), "{stdout}");
     let report: RunJson =
         serde_json::from_str(&std::fs::read_to_string(&json).expect("json")).expect("schema");
-    assert_eq!(report.scenarios.len(), 13, "{stdout}");
+    assert_eq!(report.scenarios.len(), 14, "{stdout}");
     let passing: Vec<&str> = report
         .scenarios
         .iter()
@@ -212,4 +212,101 @@ fn ignored_cluster_policies_fail_every_cluster_policy_scenario() {
         passing.is_empty(),
         "not caught without a dataplane: {passing:?}"
     );
+}
+
+/// The scenarios written for Services and dual-stack, and a plain deny one: probed through pod IPs
+/// and through Services, in IPv4 and IPv6.
+const EVERY_PATH: [&str; 4] = [
+    "deny-all-ingress",
+    "service-traffic-filtered",
+    "cnp-hairpin-through-service",
+    "dual-stack-ip-block-per-family",
+];
+
+fn paths_of(report: &RunJson, scenario: &str) -> Vec<(String, String)> {
+    report
+        .scenarios
+        .iter()
+        .filter(|s| s.name == scenario)
+        .flat_map(|s| &s.steps)
+        .map(|step| (format!("{:?}", step.target), format!("{:?}", step.family)))
+        .collect()
+}
+
+/// Every target in both families on real packets: the reference dataplane passes each path (a
+/// pod's hairpin through its own Service included), and without a dataplane every path of the
+/// deny step fails, so each target and family has its failing case.
+#[test]
+#[ignore = "needs root: builds a local cluster (network namespaces, nftables); .ci/run runs it as root"]
+fn every_target_in_both_families_passes_and_each_fails_without_a_dataplane() {
+    require_local_cluster();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let json = dir.path().join("run.json");
+    let run = |extra: &[&str]| {
+        let mut args = vec!["run"];
+        args.extend(EVERY_PATH);
+        args.extend([
+            "--target",
+            "pod-ip,service",
+            "--ip-family",
+            "dual",
+            "--json",
+            json.to_str().expect("utf-8 path"),
+            "--json-cells",
+            "none",
+        ]);
+        args.extend(extra);
+        let output = common::polygraph(&args, "");
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let report: RunJson =
+            serde_json::from_str(&std::fs::read_to_string(&json).expect("json")).expect("schema");
+        (output.status.code(), stdout, report)
+    };
+    let (code, stdout, report) = run(&[]);
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(report.passed);
+    let four: Vec<(String, String)> = [
+        ("PodIp", "IPv4"),
+        ("PodIp", "IPv6"),
+        ("Service", "IPv4"),
+        ("Service", "IPv6"),
+    ]
+    .iter()
+    .map(|(t, f)| (t.to_string(), f.to_string()))
+    .collect();
+    assert_eq!(paths_of(&report, "deny-all-ingress"), four);
+    println!("{}", stdout.lines().last().unwrap_or_default());
+
+    let (code, stdout, report) = run(&[
+        "--dataplane",
+        "none",
+        "--probe-timeout",
+        "300ms",
+        "--step-deadline",
+        "1s",
+        "--skip-established",
+    ]);
+    assert_eq!(code, Some(1), "{stdout}");
+    let deny = report
+        .scenarios
+        .iter()
+        .find(|s| s.name == "deny-all-ingress")
+        .expect("deny-all-ingress");
+    assert_eq!(deny.steps.len(), 4);
+    for step in &deny.steps {
+        assert_eq!(
+            step.status, "failed",
+            "{:?} {:?} passed without a dataplane",
+            step.target, step.family
+        );
+        assert!(step.counts.fail > 0);
+    }
+    for line in [
+        "FAIL deny-all-ingress › deny all ingress in x (built-in",
+        "FAIL deny-all-ingress › deny all ingress in x (through pod-ip IPv6)",
+        "FAIL deny-all-ingress › deny all ingress in x (through service IPv4)",
+        "FAIL deny-all-ingress › deny all ingress in x (through service IPv6)",
+    ] {
+        assert!(stdout.contains(line), "no {line:?} in {stdout}");
+    }
 }

@@ -72,14 +72,21 @@ fn failing(report: &Value) -> BTreeMap<String, Vec<String>> {
 /// NetworkPolicy fault reaches the NetworkPolicies those scenarios hold, and
 /// `policy-deletion-ignored` poisons whatever follows it).
 fn fault_scope(fault: &polygraph::faults::FaultInfo) -> Vec<&'static str> {
-    if fault.features.iter().all(|f| f.starts_with("cnp-")) {
+    let mut scope = if fault.features.iter().all(|f| f.starts_with("cnp-")) {
         vec!["--tags", "cluster-network-policy"]
+    } else if fault.features == ["service"] || fault.features == ["dual-stack"] {
+        // Only traffic through Services, or IPv6 traffic, can meet these faults: the scenarios
+        // that probe it are the ones to run.
+        vec!["--tags", fault.features[0]]
     } else {
         Vec::new()
-    }
+    };
+    scope.extend(fault.needs());
+    scope
 }
 
-/// The scenarios the library (the part `scope` selects) fails on the simulated backend with
+/// The scenarios the library (the part `scope` selects, in the families it asks for) fails on the
+/// simulated backend with
 /// `fault` injected, with the `FAST` settings, on paused tokio time.
 fn simulated_failures(fault: &str, scope: &[&str]) -> BTreeSet<String> {
     use polygraph::backend::Backend;
@@ -91,10 +98,16 @@ fn simulated_failures(fault: &str, scope: &[&str]) -> BTreeSet<String> {
         .build()
         .expect("runtime");
     runtime.block_on(async {
+        let dual = scope.windows(2).any(|w| w == ["--ip-family", "dual"]);
         let mut backend = SimBackend::new(SimOptions {
             faults: polygraph::faults::Faults::parse(&[fault]).expect("fault"),
             // Like this kernel: no SCTP.
             sctp: false,
+            families: if dual {
+                polygraph::model::IpFamilies::Dual
+            } else {
+                polygraph::model::IpFamilies::Ipv4
+            },
         });
         let options = RunOptions {
             probe_timeout: std::time::Duration::from_millis(500),
@@ -104,6 +117,7 @@ fn simulated_failures(fault: &str, scope: &[&str]) -> BTreeSet<String> {
             established: true,
             parallelism: 64,
             poll_interval: std::time::Duration::from_millis(250),
+            targets: Vec::new(),
         };
         let library: Vec<_> = polygraph::scenario::library::load_all()
             .expect("library")
@@ -111,8 +125,8 @@ fn simulated_failures(fault: &str, scope: &[&str]) -> BTreeSet<String> {
             .filter(|s| {
                 let tagged = |t: &str| s.tags.iter().any(|x| x == t);
                 match scope {
-                    ["--tags", t] => tagged(t),
-                    ["--exclude-tags", t] => !tagged(t),
+                    ["--tags", t, ..] => tagged(t),
+                    ["--exclude-tags", t, ..] => !tagged(t),
                     _ => true,
                 }
             })

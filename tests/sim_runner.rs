@@ -7,6 +7,7 @@ use std::time::Duration;
 use polygraph::backend::Backend;
 use polygraph::backend::sim::{SimBackend, SimOptions};
 use polygraph::faults::Faults;
+use polygraph::model::IpFamilies;
 use polygraph::run::smoke::{SmokeVerdict, classify};
 use polygraph::run::{RunOptions, RunResult, Status, Verdict, run_scenarios};
 use polygraph::scenario::{Scenario, library};
@@ -20,6 +21,7 @@ fn options() -> RunOptions {
         established: true,
         parallelism: 64,
         poll_interval: Duration::from_millis(250),
+        targets: Vec::new(),
     }
 }
 
@@ -37,8 +39,21 @@ fn scenarios(names: &[&str]) -> Vec<Scenario> {
 }
 
 async fn run(faults: &[&str], names: &[&str], options: &RunOptions) -> RunResult {
+    run_in(IpFamilies::Ipv4, faults, names, options).await
+}
+
+async fn run_in(
+    families: IpFamilies,
+    faults: &[&str],
+    names: &[&str],
+    options: &RunOptions,
+) -> RunResult {
     let faults = Faults::parse(faults).expect("faults parse");
-    let mut backend = SimBackend::new(SimOptions { faults, sctp: true });
+    let mut backend = SimBackend::new(SimOptions {
+        faults,
+        sctp: true,
+        families,
+    });
     let list = if names.is_empty() {
         library::load_all().expect("the library loads")
     } else {
@@ -90,7 +105,13 @@ async fn every_policy_fault_fails_a_scenario_of_its_feature() {
         .iter()
         .filter(|f| f.fault.is_some())
     {
-        let result = run(&[info.name], &[], &options()).await;
+        // IPv6 traffic exists only on a dual-stack cluster (`FaultInfo::needs`).
+        let families = if info.needs().contains(&"dual") {
+            IpFamilies::Dual
+        } else {
+            IpFamilies::Ipv4
+        };
+        let result = run_in(families, &[info.name], &[], &options()).await;
         assert!(!result.passed(), "{} was not caught", info.name);
         let caught = result.scenarios.iter().any(|s| {
             s.status() == Status::Failed
@@ -227,6 +248,7 @@ async fn smoke_tells_enforcing_not_enforcing_and_partial_apart() {
             let mut backend = SimBackend::new(SimOptions {
                 faults: Faults::parse(faults).expect("faults"),
                 sctp: true,
+                ..SimOptions::default()
             });
             let result = run_scenarios(
                 &mut backend,
@@ -339,6 +361,7 @@ steps:
                 sim: SimBackend::new(SimOptions {
                     faults: Faults::default(),
                     sctp: true,
+                    ..SimOptions::default()
                 }),
                 host,
             };

@@ -95,10 +95,16 @@ pub trait Backend {
     /// What `cleanup` removes, for the message after an interrupt, e.g. `the local cluster was
     /// removed`.
     fn cleanup_message(&self) -> String;
-    /// The pod's real address when the backend assigns its own (a Kubernetes cluster does); `None`
-    /// means the model's address is the real one.
-    fn address(&self, _pod: &PodRef) -> Option<IpAddr> {
-        None
+    /// The pod's real addresses, one per family it has, when the backend assigns its own (a
+    /// Kubernetes cluster does; the local cluster adds an IPv6 one when dual-stack). Empty means
+    /// the model's address is the only one.
+    fn addresses(&self, _pod: &PodRef) -> Vec<IpAddr> {
+        Vec::new()
+    }
+    /// The ClusterIPs of the Service polygraph made for the pod (one per family), for probes with
+    /// `--target service`; empty when there is none.
+    fn service_addresses(&self, _pod: &PodRef) -> Vec<IpAddr> {
+        Vec::new()
     }
     /// The node the pod runs on, when the backend knows: cells are same-node or cross-node.
     fn node(&self, _pod: &PodRef) -> Option<&str> {
@@ -174,8 +180,11 @@ impl Backend for AnyBackend {
     fn cleanup_message(&self) -> String {
         delegate!(self, b => b.cleanup_message())
     }
-    fn address(&self, pod: &PodRef) -> Option<IpAddr> {
-        delegate!(self, b => b.address(pod))
+    fn addresses(&self, pod: &PodRef) -> Vec<IpAddr> {
+        delegate!(self, b => b.addresses(pod))
+    }
+    fn service_addresses(&self, pod: &PodRef) -> Vec<IpAddr> {
+        delegate!(self, b => b.service_addresses(pod))
     }
     fn node(&self, pod: &PodRef) -> Option<&str> {
         delegate!(self, b => b.node(pod))

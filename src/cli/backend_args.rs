@@ -15,6 +15,7 @@ use polygraph::backend::kube::{Connection, KubeBackend};
 use polygraph::backend::local::{AgentCommand, Dataplane, LocalBackend, LocalOptions};
 use polygraph::backend::sim::{SimBackend, SimOptions};
 use polygraph::faults::Faults;
+use polygraph::model::IpFamilies;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum BackendKind {
@@ -78,6 +79,12 @@ pub struct BackendArgs {
     /// (`polygraph run --list-faults` lists them).
     #[arg(long, value_delimiter = ',', value_name = "FAULT")]
     pub inject: Vec<String>,
+    /// Local and simulated backends: the pods' address families. `dual` gives every pod its model
+    /// IPv4 address and an IPv6 one (fd00:10:244::/96 embedding it), and probes both; `ipv6` only
+    /// the IPv6 one. On Kubernetes the cluster decides (each pod's status.podIPs), and a
+    /// dual-stack cluster is probed on both.
+    #[arg(long, value_enum, value_name = "FAMILY")]
+    pub ip_family: Option<IpFamilies>,
 }
 
 impl BackendArgs {
@@ -118,6 +125,12 @@ impl BackendArgs {
                     .into(),
             ));
         }
+        if self.ip_family.is_some() && (self.kind() == BackendKind::Kube || self.dry_run) {
+            return Err(CliError::Usage(
+                "--ip-family sets the local and simulated clusters' families; on Kubernetes the cluster decides (a dual-stack cluster is probed on both)"
+                    .into(),
+            ));
+        }
         if !faults.is_empty() && (self.kind() == BackendKind::Kube || self.dry_run) {
             return Err(CliError::Usage(
                 "--inject works on the local and simulated backends only (it changes polygraph's own dataplane)"
@@ -150,22 +163,28 @@ impl BackendArgs {
     }
 
     /// The backend of this invocation: the dry-run recorder with `--dry-run`, else `--backend`.
-    pub async fn start(&self) -> Result<AnyBackend, CliError> {
+    /// `services`: some probe goes through a Service, so Kubernetes needs one per pod (the local
+    /// and simulated clusters always have them: they cost a rule).
+    pub async fn start(&self, services: bool) -> Result<AnyBackend, CliError> {
+        let families = self.ip_family.unwrap_or_default();
+        // Checked here too, so a bad combination never reaches a cluster.
+        self.faults()?;
         if self.dry_run {
-            return Ok(AnyBackend::DryRun(Recorder::new(
-                self.names()?,
-                self.options()?,
-            )));
+            let mut options = self.options()?;
+            options.services = services;
+            return Ok(AnyBackend::DryRun(Recorder::new(self.names()?, options)));
         }
         Ok(match self.kind() {
             BackendKind::Sim => AnyBackend::Sim(SimBackend::new(SimOptions {
                 faults: self.faults()?,
                 sctp: self.sim_sctp == SimSctp::Supported,
+                families,
             })),
             BackendKind::Kube => {
+                let mut options = self.options()?;
+                options.services = services;
                 let backend =
-                    KubeBackend::connect(&self.connection(), self.options()?, self.names()?)
-                        .await?;
+                    KubeBackend::connect(&self.connection(), options, self.names()?).await?;
                 AnyBackend::Kube(backend)
             }
             _ => AnyBackend::Local(
@@ -173,6 +192,7 @@ impl BackendArgs {
                     dataplane: self.dataplane,
                     agent: AgentCommand::this_binary()?,
                     faults: self.faults()?,
+                    families,
                 })
                 .await?,
             ),

@@ -12,9 +12,9 @@ use polygraph::bench::{
     generate_policies, time_oracle,
 };
 use polygraph::faults::Faults;
-use polygraph::model::default_model;
+use polygraph::model::{IpFamilies, ProbeTarget, default_model};
 use polygraph::policy::parse_policies;
-use polygraph::run::{probe_matrix, reconcile};
+use polygraph::run::{path_analysis, paths, probe_matrix, reconcile};
 use polygraph::world::World;
 
 use super::session::session;
@@ -34,9 +34,21 @@ pub struct ProbeBenchArgs {
     /// Probe timeout.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     timeout: Duration,
-    /// Timed rounds on the same cluster.
+    /// Timed rounds on the same cluster (per target).
     #[arg(long, default_value_t = 5)]
     iterations: usize,
+    /// How probes reach their destinations; with several, their rounds alternate on one cluster
+    /// and the report gives each one's figures and their ratio to the first.
+    #[arg(
+        long = "target",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "pod-ip"
+    )]
+    targets: Vec<ProbeTarget>,
+    /// The local cluster's address families (each family is its own matrix, timed apart).
+    #[arg(long, value_enum, default_value = "ipv4")]
+    ip_family: IpFamilies,
 }
 
 #[derive(Debug, Args)]
@@ -79,11 +91,11 @@ fn probe(args: ProbeBenchArgs) -> Result<ExitCode, CliError> {
     let cluster = default_model().build("built-in model")?;
     let policies = parse_policies("bench", DENY_X, "x")?;
     let analysis = analyze(cluster, policies, &[]);
-    let cells = analysis.table.len();
     let options = LocalOptions {
         dataplane: Dataplane::Nftables,
         agent: AgentCommand::this_binary()?,
         faults: Faults::default(),
+        families: args.ip_family,
     };
     let world = World::with_policies(&analysis.cluster, &analysis.policy_set())?;
     let started = Instant::now();
@@ -91,38 +103,62 @@ fn probe(args: ProbeBenchArgs) -> Result<ExitCode, CliError> {
     let finished = session(start, async |backend| {
         reconcile(backend, &World::empty(), &world).await?;
         out!("local cluster up in {}", ms(started.elapsed()))?;
-        let mut rounds = Vec::new();
+        let paths = paths(&*backend, &analysis.cluster, &args.targets);
+        let expected: Vec<_> = paths
+            .iter()
+            .map(|&path| path_analysis(&*backend, &analysis, path))
+            .collect();
+        let mut rounds = vec![Vec::new(); paths.len()];
+        // Alternating, so that any drift of the machine falls on every path alike.
         for _ in 0..args.iterations {
-            let round = Instant::now();
-            let observed = probe_matrix(
-                &*backend,
-                &analysis.cluster,
-                analysis.table.port_protocols(),
-                args.timeout,
-                64,
-            )
-            .await?;
-            rounds.push(round.elapsed());
-            let summary = polygraph::report::probe::summarize(&analysis, &observed);
-            if summary.failed() {
-                return Err(CliError::Usage(format!(
-                    "the reference dataplane disagreed with the spec: {}",
-                    polygraph::report::probe::summary_line(&summary)
-                )));
+            for (i, &path) in paths.iter().enumerate() {
+                let round = Instant::now();
+                let observed = probe_matrix(
+                    &*backend,
+                    &expected[i].cluster,
+                    expected[i].table.port_protocols(),
+                    path,
+                    args.timeout,
+                    64,
+                )
+                .await?;
+                rounds[i].push(round.elapsed());
+                let summary = polygraph::report::probe::summarize(&expected[i], &observed);
+                if summary.failed() {
+                    return Err(CliError::Usage(format!(
+                        "the reference dataplane disagreed with the spec through {path}: {}",
+                        polygraph::report::probe::summary_line(&summary)
+                    )));
+                }
             }
         }
-        Ok(rounds)
+        Ok((paths, expected, rounds))
     })?;
-    let mut rounds = finished.value;
-    rounds.sort();
-    out!(
-        "{cells} cells, timeout {}: fastest round {}, median {}, slowest {} ({} rounds)",
-        humantime::format_duration(args.timeout),
-        ms(rounds[0]),
-        ms(rounds[rounds.len() / 2]),
-        ms(rounds[rounds.len() - 1]),
-        rounds.len()
-    )?;
+    let (paths, expected, mut rounds) = finished.value;
+    let mut first_median = None;
+    for ((path, analysis), rounds) in paths.iter().zip(&expected).zip(&mut rounds) {
+        rounds.sort();
+        let median = rounds[rounds.len() / 2];
+        let ratio = match first_median {
+            None => {
+                first_median = Some(median);
+                String::new()
+            }
+            Some(first) => format!(
+                ", {:.2}× the first",
+                median.as_secs_f64() / Duration::max(first, Duration::from_nanos(1)).as_secs_f64()
+            ),
+        };
+        out!(
+            "{path}: {} cells, timeout {}: fastest round {}, median {}, slowest {} ({} rounds){ratio}",
+            analysis.table.len(),
+            humantime::format_duration(args.timeout),
+            ms(rounds[0]),
+            ms(median),
+            ms(rounds[rounds.len() - 1]),
+            rounds.len()
+        )?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -9,8 +9,9 @@ use super::model_args::ModelArgs;
 use super::session::{Finished, session};
 use super::{CliError, EXIT_WRONG, OutputFormat, use_color};
 use polygraph::backend::Backend;
+use polygraph::model::ProbeTarget;
 use polygraph::report::probe;
-use polygraph::run::{observe, reconcile};
+use polygraph::run::{observe, paths, reconcile};
 use polygraph::world::World;
 
 #[derive(Debug, Args)]
@@ -23,11 +24,20 @@ pub struct ProbeArgs {
     /// How many source pods probe at once.
     #[arg(long, default_value_t = 64)]
     parallel: usize,
+    /// How probes reach their destinations: `pod-ip` (the pod's address) and/or `service` (its
+    /// own Service's ClusterIP, DNATed to it), e.g. `--target pod-ip,service`.
+    #[arg(
+        long = "target",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "pod-ip"
+    )]
+    targets: Vec<ProbeTarget>,
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value = "table")]
     output: OutputFormat,
     #[command(flatten)]
-    target: BackendArgs,
+    backend: BackendArgs,
 }
 
 pub fn run(args: ProbeArgs) -> Result<ExitCode, CliError> {
@@ -37,43 +47,64 @@ pub fn run(args: ProbeArgs) -> Result<ExitCode, CliError> {
     let cluster = args.model.cluster()?;
     let analysis = args.model.analysis(cluster)?;
     let world = World::with_policies(&analysis.cluster, &analysis.policy_set())?;
-    let table = args.output == OutputFormat::Table && !args.target.dry_run;
-    let Finished { value, transcript } = session(args.target.start(), async |backend| {
-        let backend_name = backend.describe();
-        if table {
-            out!("backend: {backend_name}")?;
-        }
-        reconcile(backend, &World::empty(), &world).await?;
-        let started = Instant::now();
-        // Probed and judged where the cluster put the pods, not where the model planned them.
-        let (real, observed) = observe(&*backend, &analysis, args.timeout, args.parallel).await?;
-        Ok((real, observed, started.elapsed(), backend_name))
-    })?;
+    let table = args.output == OutputFormat::Table && !args.backend.dry_run;
+    let needs_services = args.targets.iter().any(|t| t.needs_services());
+    let Finished { value, transcript } =
+        session(args.backend.start(needs_services), async |backend| {
+            let backend_name = backend.describe();
+            if table {
+                out!("backend: {backend_name}")?;
+            }
+            reconcile(backend, &World::empty(), &world).await?;
+            let started = Instant::now();
+            // Probed and judged where the cluster put the pods, not where the model planned them, on
+            // every path (target and family).
+            let mut probes = Vec::new();
+            for path in paths(&*backend, &analysis.cluster, &args.targets) {
+                let (analysis, observed) =
+                    observe(&*backend, &analysis, path, args.timeout, args.parallel).await?;
+                probes.push(probe::PathProbe {
+                    path,
+                    analysis,
+                    observed,
+                });
+            }
+            Ok((probes, started.elapsed(), backend_name))
+        })?;
     let mut out = std::io::stdout().lock();
     if let Some(transcript) = transcript {
         write!(out, "{}", transcript.text())?;
         return Ok(ExitCode::SUCCESS);
     }
-    let (analysis, observed, elapsed, backend_name) = value;
-    let summary = probe::summarize(&analysis, &observed);
+    let (probes, elapsed, backend_name) = value;
+    let mut total = probe::ProbeSummary::default();
+    for p in &probes {
+        total.add(&probe::summarize(&p.analysis, &p.observed));
+    }
     match args.output {
         OutputFormat::Table => {
-            write!(
-                out,
-                "{}",
-                probe::render(&analysis, &observed, &summary, use_color(), 40)
-            )?;
+            for p in &probes {
+                // One path is the matrix as it always was; several are named.
+                if probes.len() > 1 || !p.path.is_plain() {
+                    writeln!(out, "── through {} ──", p.path)?;
+                }
+                let summary = probe::summarize(&p.analysis, &p.observed);
+                write!(
+                    out,
+                    "{}",
+                    probe::render(&p.analysis, &p.observed, &summary, use_color(), 40)
+                )?;
+            }
             writeln!(out, "probing took {:.2} s", elapsed.as_secs_f64())?;
         }
         OutputFormat::Json => {
-            serde_json::to_writer_pretty(
-                &mut out,
-                &probe::report(&analysis, &observed, backend_name),
-            )?;
-            writeln!(out)?;
+            if let Some(report) = probe::report_paths(&probes, backend_name) {
+                serde_json::to_writer_pretty(&mut out, &report)?;
+                writeln!(out)?;
+            }
         }
     }
-    Ok(if summary.failed() {
+    Ok(if total.failed() {
         ExitCode::from(EXIT_WRONG)
     } else {
         ExitCode::SUCCESS

@@ -12,6 +12,7 @@ use super::session::{Finished, session};
 use super::{CliError, EXIT_WRONG, use_color, write_file};
 use polygraph::backend::Backend;
 use polygraph::faults;
+use polygraph::model::ProbeTarget;
 use polygraph::report::run_json::CellSelection;
 use polygraph::report::{junit, run_json, run_terminal};
 use polygraph::run::{Event, RunOptions, RunResult, run_scenarios};
@@ -67,6 +68,10 @@ pub struct RunArgs {
     /// How many source pods probe at once.
     #[arg(long, default_value_t = 64)]
     parallel: usize,
+    /// How probes reach their destinations, for every scenario (overriding their `target:`):
+    /// `pod-ip` and/or `service` (each pod's own Service's ClusterIP, DNATed to it).
+    #[arg(long = "target", value_enum, value_delimiter = ',')]
+    targets: Vec<ProbeTarget>,
     /// A line for every step even on a terminal.
     #[arg(short, long)]
     verbose: bool,
@@ -99,7 +104,17 @@ pub fn load(names: &[String]) -> Result<Vec<Scenario>, CliError> {
 pub fn run(args: RunArgs) -> Result<ExitCode, CliError> {
     if args.list_faults {
         for fault in faults::CATALOGUE {
-            out!("{:<28}{}", fault.name, fault.imitates)?;
+            let needs = fault.needs();
+            if needs.is_empty() {
+                out!("{:<28}{}", fault.name, fault.imitates)?;
+            } else {
+                out!(
+                    "{:<28}{} (shows with {})",
+                    fault.name,
+                    fault.imitates,
+                    needs.join(" ")
+                )?;
+            }
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -134,6 +149,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode, CliError> {
         established: !args.skip_established,
         parallelism: args.parallel,
         poll_interval: args.poll_interval,
+        targets: args.targets.clone(),
     };
     let color = use_color();
     let Finished {
@@ -176,7 +192,13 @@ pub fn execute(
     verbose: bool,
 ) -> Result<Finished<RunResult>, CliError> {
     let steps: usize = scenarios.iter().map(|s| s.steps.len()).sum();
-    session(target.start(), async |backend| {
+    let services = options.targets.iter().any(|t| t.needs_services())
+        || (options.targets.is_empty()
+            && scenarios
+                .iter()
+                .flat_map(|s| &s.targets)
+                .any(|t| t.needs_services()));
+    session(target.start(services), async |backend| {
         let transcript = backend.transcript();
         if transcript.is_none() {
             out!(

@@ -33,6 +33,7 @@ pub fn run(args: SmokeArgs) -> Result<ExitCode, CliError> {
         established: false,
         parallelism: 8,
         poll_interval: Duration::from_millis(250),
+        targets: Vec::new(),
     };
     let Finished {
         value: result,

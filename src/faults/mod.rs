@@ -40,6 +40,22 @@ pub enum Fault {
     RuleOrderIgnored,
     DenyAsReject,
     NetworksSkipPods,
+    ServiceTrafficUnfiltered,
+    Ipv6Unfiltered,
+}
+
+impl Fault {
+    /// Whether the fault is a misreading of policies (`distort`), rather than of the traffic or
+    /// the bookkeeping around them.
+    fn distorts_policies(self) -> bool {
+        !matches!(
+            self,
+            Fault::Stateless
+                | Fault::PolicyDeletionIgnored
+                | Fault::ServiceTrafficUnfiltered
+                | Fault::Ipv6Unfiltered
+        )
+    }
 }
 
 /// Every fault: its name, the scenario tags whose failure names it, and what it imitates.
@@ -49,6 +65,17 @@ pub struct FaultInfo {
     /// The feature tags of the scenarios expected to catch it.
     pub features: &'static [&'static str],
     pub imitates: &'static str,
+}
+
+impl FaultInfo {
+    /// The `run` arguments without which the fault cannot show at all (IPv6 traffic needs a
+    /// dual-stack cluster); `--list-faults` prints them.
+    pub fn needs(&self) -> &'static [&'static str] {
+        match self.fault {
+            Some(Fault::Ipv6Unfiltered) => &["--ip-family", "dual"],
+            _ => &[],
+        }
+    }
 }
 
 pub const CATALOGUE: &[FaultInfo] = &[
@@ -190,6 +217,18 @@ pub const CATALOGUE: &[FaultInfo] = &[
         features: &["cnp-networks"],
         imitates: "networks peers are applied only to traffic leaving the cluster, never to pod addresses",
     },
+    FaultInfo {
+        name: "service-traffic-unfiltered",
+        fault: Some(Fault::ServiceTrafficUnfiltered),
+        features: &["service"],
+        imitates: "traffic the service proxy DNATed (to a ClusterIP) skips the policies: only pod-IP traffic is filtered",
+    },
+    FaultInfo {
+        name: "ipv6-unfiltered",
+        fault: Some(Fault::Ipv6Unfiltered),
+        features: &["dual-stack"],
+        imitates: "only IPv4 is filtered: IPv6 traffic of a dual-stack pod passes whatever the policies say",
+    },
 ];
 
 /// An `--inject` value that names no fault, or misses its duration.
@@ -278,11 +317,7 @@ impl Faults {
     /// The policies as the faulty CNI understands them.
     pub fn distort(&self, policies: &[Policy]) -> Vec<Policy> {
         // Without a policy fault (the default) there is nothing to distort on every sync.
-        if self
-            .set
-            .iter()
-            .all(|f| *f == Fault::Stateless || *f == Fault::PolicyDeletionIgnored)
-        {
+        if self.set.iter().all(|f| !f.distorts_policies()) {
             return policies.to_vec();
         }
         policies.iter().map(|p| self.distort_policy(p)).collect()

@@ -153,7 +153,7 @@ impl ObservedTable {
         if spec.drop && !spec.allowed() && observation.outcome == Outcome::Refused {
             return Judgement::RefusedNotDropped;
         }
-        match (allowed == spec.allowed(), from == to) {
+        match (allowed == spec.allowed(), from == to && !spec.judged_self) {
             (true, _) => Judgement::Match,
             (false, true) => Judgement::SelfDiffers,
             (false, false) => Judgement::Wrong,

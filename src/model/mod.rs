@@ -6,6 +6,7 @@
 mod cluster;
 mod description;
 mod error;
+mod path;
 mod protocol;
 pub mod syntax;
 
@@ -14,6 +15,7 @@ pub use description::{
     ClusterDescription, NamespaceDescription, PodDescription, PortDescription, default_model,
 };
 pub use error::{ModelError, Problem};
+pub use path::{Family, IpFamilies, ProbePath, ProbeTarget, embed_v4};
 pub use protocol::{PortProtocol, Protocol};
 
 /// The label every namespace carries with its own name (set by the API server since 1.21).

@@ -15,6 +15,8 @@ pub struct CellExplanation {
     pub to: PodRef,
     pub egress: DirectionExplanation,
     pub ingress: DirectionExplanation,
+    /// The cell is a pod's hairpin through its own Service (subject to cluster policies).
+    pub hairpin: bool,
 }
 
 impl CellExplanation {
@@ -58,10 +60,23 @@ impl CellExplanation {
             }
         }
         let mut line = parts.join("; ");
-        if self.cell.is_self() {
-            line.push_str(" (self traffic: undefined by the spec, CNIs differ)");
-        }
+        line.push_str(self.self_note());
         line
+    }
+
+    /// What the spec says about a pod reaching itself, when it does.
+    fn self_note(&self) -> &'static str {
+        let by_cluster = |d: &DirectionExplanation| matches!(d.decider, Decider::Cluster(_));
+        match (self.cell.is_self(), self.hairpin) {
+            (false, _) => "",
+            (true, false) => " (self traffic: undefined by the spec, CNIs differ)",
+            (true, true) if by_cluster(&self.egress) || by_cluster(&self.ingress) => {
+                " (a pod's hairpin through its own Service: subject to cluster policies)"
+            }
+            (true, true) => {
+                " (a pod's hairpin through its own Service: NetworkPolicy leaves it undefined, CNIs differ)"
+            }
+        }
     }
 
     /// Several lines: the verdict, then every isolating policy's rules and why they (don't) match.
@@ -80,7 +95,7 @@ impl CellExplanation {
             }
         );
         if self.cell.is_self() {
-            text.push_str("  note: self traffic is undefined by the spec (CNIs differ)\n");
+            let _ = writeln!(text, "  note:{}", self.self_note());
         }
         for d in [&self.egress, &self.ingress] {
             let _ = writeln!(text, "  {}", d.summary());

@@ -55,6 +55,9 @@ pub struct Oracle<'a> {
     cluster_subjects: [Vec<Vec<usize>>; 2],
     /// Per cluster policy, per direction, per rule: the pods its peers certainly match.
     cluster_peer_sets: Vec<[Vec<FixedBitSet>; 2]>,
+    /// Whether a pod's traffic to itself goes through a Service (hairpin): then it is subject to
+    /// cluster policies like any other cell. To its own IP it is not.
+    hairpin: bool,
 }
 
 /// One direction's possibilities for every remote pod, from one subject's point of view.
@@ -190,7 +193,16 @@ impl<'a> Oracle<'a> {
             cluster_order,
             cluster_subjects,
             cluster_peer_sets,
+            hairpin: false,
         }
+    }
+
+    /// The same oracle for traffic through Services: a pod reaching itself through its own
+    /// Service's address is subject to cluster policies (the ClusterNetworkPolicy docs' hairpin
+    /// rule), where its own IP is not.
+    pub fn through_services(mut self) -> Self {
+        self.hairpin = true;
+        self
     }
 
     pub fn cluster_policies(&self) -> &[ClusterPolicy] {
@@ -241,6 +253,7 @@ impl<'a> Oracle<'a> {
                         ingress: ia,
                         undefined: may_allow && may_block,
                         drop: !may_allow && ((ed && !ea && ec) || (id && !ia && ic)),
+                        judged_self: false,
                     };
                     table.set(k, src, dst, decision);
                 }
@@ -304,10 +317,10 @@ impl<'a> Oracle<'a> {
             cluster_deny: FixedBitSet::with_capacity(n),
             other_deny: FixedBitSet::with_capacity(n),
         };
-        // A pod to its own IP is not subject to cluster policies.
+        // A pod to its own IP is not subject to cluster policies (through a Service it is).
         let mut undecided = FixedBitSet::with_capacity(n);
         undecided.insert_range(..);
-        undecided.set(subject, false);
+        undecided.set(subject, self.hairpin);
         // In evaluation order, so the Admin tier comes first.
         let (admin, baseline) = cluster
             .split_at(cluster.partition_point(|&cp| self.cluster_policies[cp].tier == Tier::Admin));
@@ -319,7 +332,9 @@ impl<'a> Oracle<'a> {
             &mut sets,
         );
         to_network.union_with(&undecided);
-        to_network.insert(subject);
+        if !self.hairpin {
+            to_network.insert(subject);
+        }
         let mut to_baseline = match network {
             Some(allowed) => {
                 let mut allow = to_network.clone();
@@ -332,7 +347,7 @@ impl<'a> Oracle<'a> {
             }
             None => to_network,
         };
-        if to_baseline.contains(subject) {
+        if !self.hairpin && to_baseline.contains(subject) {
             to_baseline.set(subject, false);
             sets.allow.insert(subject);
         }
@@ -484,6 +499,7 @@ impl<'a> Oracle<'a> {
             to: self.cluster.pod(cell.to).key(),
             egress: self.explain_direction(Direction::Egress, cell),
             ingress: self.explain_direction(Direction::Ingress, cell),
+            hairpin: self.hairpin,
         }
     }
 
@@ -613,8 +629,9 @@ impl<'a> Oracle<'a> {
             steps: Vec::new(),
             continues: true,
         };
-        // A pod connecting to its own IP is not subject to cluster policies.
-        if cell.is_self() {
+        // A pod connecting to its own IP is not subject to cluster policies (through a Service
+        // it is).
+        if cell.is_self() && !self.hairpin {
             return walk;
         }
         let order: Vec<usize> = self

@@ -91,7 +91,7 @@ pub fn report(result: &RunResult) -> Report {
                 }
                 s
             };
-            let mut case = TestCase::new(step.name.as_str(), status);
+            let mut case = TestCase::new(step.title().as_str(), status);
             case.set_classname(scenario.scenario.name.as_str());
             case.set_time(step.elapsed);
             // The Surefire schema has no properties on a testcase: details go to its output.

@@ -12,6 +12,7 @@ use super::analyze_json::{self, AnalyzeReport, CellJson};
 use super::matrix_table::pod_matrix;
 use crate::analyze::Analysis;
 use crate::matrix::{Judgement, ObservedTable, Placement, TruthTable};
+use crate::model::{Family, ProbePath, ProbeTarget};
 
 pub const LEGEND: &str = "legend: ✓ connected · ✗ timed out (dropped) · ⊘ refused · ? unsupported here · ! probe error · \
                           · not probed (nothing listens, or another IP family) · * differs from the spec · ( ) a pod to itself: undefined by the spec";
@@ -36,6 +37,25 @@ pub struct ProbeSummary {
 }
 
 impl ProbeSummary {
+    /// Adds another path's counts.
+    pub fn add(&mut self, other: &ProbeSummary) {
+        self.cells += other.cells;
+        self.probed += other.probed;
+        self.matching += other.matching;
+        self.wrong += other.wrong;
+        self.unsupported += other.unsupported;
+        self.errors += other.errors;
+        self.self_differs += other.self_differs;
+        self.undefined += other.undefined;
+        self.not_dropped += other.not_dropped;
+        self.not_probed += other.not_probed;
+        for protocol in &other.unsupported_protocols {
+            if !self.unsupported_protocols.contains(protocol) {
+                self.unsupported_protocols.push(protocol.clone());
+            }
+        }
+    }
+
     pub fn failed(&self) -> bool {
         self.wrong > 0 || self.errors > 0 || self.not_dropped > 0
     }
@@ -276,6 +296,10 @@ pub struct ModelJson {
 pub struct ProbeCellJson {
     #[serde(flatten)]
     pub spec: CellJson,
+    /// How the probe reached the destination: `pod-ip` or `service`.
+    pub target: ProbeTarget,
+    /// `IPv4` or `IPv6`.
+    pub family: Family,
     /// The outcome word (`connected`, `refused`, `timeout`, `unsupported`, `error`); null when not probed.
     pub observed: Option<Outcome>,
     /// Whether the observation matches the spec's `allowed`.
@@ -292,7 +316,32 @@ pub struct ProbeCellJson {
     pub detail: Option<String>,
 }
 
-pub fn report(analysis: &Analysis, observed: &ObservedTable, backend: String) -> ProbeReport {
+/// One path's probe (target and family), as `probe` keeps it.
+pub struct PathProbe {
+    pub path: ProbePath,
+    pub analysis: Analysis,
+    pub observed: ObservedTable,
+}
+
+/// The JSON report of every path: the cells of all of them (each with its target and family), the
+/// counts summed, the model as the first path saw it.
+pub fn report_paths(paths: &[PathProbe], backend: String) -> Option<ProbeReport> {
+    let (first, rest) = paths.split_first()?;
+    let mut report = report(first.path, &first.analysis, &first.observed, backend);
+    for other in rest {
+        let more = self::report(other.path, &other.analysis, &other.observed, String::new());
+        report.cells.extend(more.cells);
+        report.probe_summary.add(&more.probe_summary);
+    }
+    Some(report)
+}
+
+pub fn report(
+    path: ProbePath,
+    analysis: &Analysis,
+    observed: &ObservedTable,
+    backend: String,
+) -> ProbeReport {
     let AnalyzeReport {
         cells,
         port_protocols,
@@ -307,6 +356,8 @@ pub fn report(analysis: &Analysis, observed: &ObservedTable, backend: String) ->
         .zip(observed.judged(&analysis.table))
         .map(|(spec, (_, cell, judgement, observation))| ProbeCellJson {
             spec,
+            target: path.target,
+            family: path.family,
             placement: observed.placement(cell.from, cell.to),
             observed: observation.map(|o| o.outcome),
             matches: judgement == Judgement::Match,

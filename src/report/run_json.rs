@@ -3,7 +3,7 @@
 use serde::Serialize;
 
 use crate::matrix::Placement;
-use crate::model::Protocol;
+use crate::model::{Family, ProbeTarget, Protocol};
 use crate::run::timing::{Change, FlowFate, Race, StepTiming};
 use crate::run::{RunResult, RunTotals, Status, Verdict};
 use polygraph_agent::wire::Outcome;
@@ -94,6 +94,11 @@ pub struct ScenarioJson {
 pub struct StepJson {
     pub name: String,
     pub origin: String,
+    /// How this result's probes reached their destinations: `pod-ip` or `service`. A step probed
+    /// on several paths has one entry per path, with the same name and origin.
+    pub target: ProbeTarget,
+    /// `IPv4` or `IPv6`.
+    pub family: Family,
     pub passed: bool,
     /// passed, failed or unsupported (no cell could be judged).
     pub status: Status,
@@ -230,6 +235,8 @@ pub fn report(result: &RunResult, selection: CellSelection) -> RunJson {
                     StepJson {
                         name: step.name.clone(),
                         origin: step.origin.clone(),
+                        target: step.path.target,
+                        family: step.path.family,
                         passed: step.passed(),
                         status: step.status(),
                         elapsed_ms: ms(step.elapsed),

@@ -102,7 +102,7 @@ pub fn step_line(scenario: &Scenario, step: &StepResult) -> String {
     let mut line = format!(
         "{status}  {} › {}  ({} round{}, {})",
         scenario.name,
-        step.name,
+        step.title(),
         step.rounds,
         if step.rounds == 1 { "" } else { "s" },
         seconds(step.elapsed)
@@ -144,7 +144,9 @@ fn failing_step(text: &mut String, scenario: &ScenarioResult, index: usize, colo
     let _ = writeln!(
         text,
         "\nFAIL {} › {} ({})",
-        scenario.scenario.name, step.name, step.origin
+        scenario.scenario.name,
+        step.title(),
+        step.origin
     );
     if let Some(e) = &step.error {
         let _ = writeln!(text, "  error: {e}");
@@ -222,7 +224,7 @@ fn timing_section(text: &mut String, result: &RunResult, color: bool) {
             if t.late_deny + t.late_allow + t.never_converged + t.flapping > 0 {
                 any_race = true;
                 racing.add_row(vec![
-                    Cell::new(format!("{} › {}", scenario.scenario.name, step.name)),
+                    Cell::new(format!("{} › {}", scenario.scenario.name, step.title())),
                     Cell::new(t.late_deny),
                     Cell::new(t.max_leak_ms.map_or("-".into(), ms)),
                     Cell::new(t.late_allow),

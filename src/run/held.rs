@@ -6,11 +6,12 @@ use std::collections::BTreeMap;
 use polygraph_agent::wire::{Outcome, Target};
 
 use super::result::{RunOptions, StepResult};
+use super::target_host;
 use super::timing::{Change, FlowFate, FlowSummary};
 use crate::analyze::Analysis;
 use crate::backend::{Backend, Held};
 use crate::matrix::Grid;
-use crate::model::Protocol;
+use crate::model::{ProbePath, Protocol};
 
 /// Connections one source holds across a step: the agent session and, per target, its cell.
 pub(super) struct HeldFlows {
@@ -22,16 +23,18 @@ pub(super) struct HeldFlows {
 }
 
 /// Before an allow→deny step: opens a long-lived connection (TCP) or flow (UDP) for every cell
-/// that goes from allowed to blocked, one agent session per source pod.
+/// that goes from allowed to blocked, one agent session per source pod. `analysis` is the step's,
+/// on `path` (pods at the path's addresses).
 pub(super) async fn hold_flows<B: Backend>(
     backend: &B,
     analysis: &Analysis,
+    path: ProbePath,
     changes: &Grid<Change>,
     options: &RunOptions,
 ) -> Vec<HeldFlows> {
     let pods = analysis.cluster.pods();
     let pps = analysis.table.port_protocols();
-    let address = |id: usize| backend.address(&pods[id].key()).unwrap_or(pods[id].ip);
+    let address = |id: usize| target_host(backend, &pods[id], path).ok().flatten();
     // Per source: the targets, and each one's (port/protocol index, destination).
     type Plan = (Vec<Target>, Vec<(usize, usize)>);
     let mut per_source: BTreeMap<usize, Plan> = BTreeMap::new();
@@ -46,9 +49,12 @@ pub(super) async fn hold_flows<B: Backend>(
         {
             continue;
         }
+        let Some(host) = address(cell.to) else {
+            continue;
+        };
         let entry = per_source.entry(cell.from).or_default();
         entry.0.push(Target {
-            host: address(cell.to).to_string(),
+            host: host.to_string(),
             port: pp.port,
             protocol: pp.protocol,
         });

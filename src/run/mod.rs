@@ -4,6 +4,7 @@
 //! probe rounds, verdicts), `held` (connections held across a step), `timing` (per-cell timelines),
 //! `summary` (step, scenario and run totals), `result` (what a run produces), `smoke`.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 mod held;
@@ -21,45 +22,90 @@ pub use summary::{RunTotals, ScenarioTotals, TagCounts};
 use futures::StreamExt;
 use polygraph_agent::wire::Target;
 
-use crate::analyze::{Analysis, analyze};
+use crate::analyze::Analysis;
 use crate::backend::{Backend, BackendError};
 use crate::matrix::{Observation, ObservedTable};
-use crate::model::{Cluster, PortProtocol};
+use crate::model::{Cluster, Family, Pod, PortProtocol, ProbePath, ProbeTarget};
 use crate::world::World;
 
 /// How long pods may take to serve their ports.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The analysis with every pod at the address the backend gave it. Kubernetes assigns its own pod
-/// IPs, and ipBlock answers depend on them; the local backend uses the model's, so this is a no-op
-/// there.
-pub fn at_real_addresses<B: Backend>(backend: &B, analysis: &Analysis) -> Analysis {
-    let moved = analysis
-        .cluster
-        .pods()
+/// A pod's address in `family`, where the backend put it (Kubernetes assigns its own; the local
+/// cluster adds an IPv6 one when dual-stack); the model's address when the backend has none.
+pub fn pod_address<B: Backend>(backend: &B, pod: &Pod, family: Family) -> Option<IpAddr> {
+    let real = backend.addresses(&pod.key());
+    if real.is_empty() {
+        return (Family::of(pod.ip) == family).then_some(pod.ip);
+    }
+    real.into_iter().find(|ip| Family::of(*ip) == family)
+}
+
+/// The paths a step is probed on: each target in each family some pod has, IPv4 first.
+pub fn paths<B: Backend>(
+    backend: &B,
+    cluster: &Cluster,
+    targets: &[ProbeTarget],
+) -> Vec<ProbePath> {
+    let families: Vec<Family> = [Family::V4, Family::V6]
+        .into_iter()
+        .filter(|&f| {
+            cluster
+                .pods()
+                .iter()
+                .any(|p| pod_address(backend, p, f).is_some())
+        })
+        .collect();
+    let targets = if targets.is_empty() {
+        &[ProbeTarget::PodIp][..]
+    } else {
+        targets
+    };
+    targets
         .iter()
-        .any(|p| backend.address(&p.key()).is_some_and(|ip| ip != p.ip));
-    if !moved {
-        return analysis.clone();
+        .flat_map(|&target| {
+            families
+                .iter()
+                .map(move |&family| ProbePath { target, family })
+        })
+        .collect()
+}
+
+/// The analysis of one path: every pod at its address in the path's family (ipBlock answers
+/// depend on it), judged the way traffic through the path's target is. Pods without an address in
+/// the family keep theirs and are not probed on this path.
+pub fn path_analysis<B: Backend>(backend: &B, analysis: &Analysis, path: ProbePath) -> Analysis {
+    analysis
+        .at_addresses(|pod| pod_address(backend, pod, path.family))
+        .for_target(path.target)
+}
+
+/// Where a probe on `path` to `dst` (a pod of the path's analysis) goes: its own address, or its
+/// Service's address in the family. `Ok(None)`: the pod has no address in the family, or serves
+/// nothing.
+pub fn target_host<B: Backend>(
+    backend: &B,
+    dst: &Pod,
+    path: ProbePath,
+) -> Result<Option<IpAddr>, BackendError> {
+    // A pod serving nothing is never a destination (and has no Service).
+    if Family::of(dst.ip) != path.family || dst.ports.is_empty() {
+        return Ok(None);
     }
-    let mut description = analysis.cluster.description();
-    for pod in &mut description.pods {
-        let key = crate::model::PodRef {
-            namespace: pod.namespace.clone(),
-            name: pod.name.clone(),
-        };
-        if let Some(ip) = backend.address(&key) {
-            pod.ip = Some(ip.to_string());
-        }
-    }
-    match description.build("real addresses") {
-        Ok(cluster) => analyze(
-            cluster,
-            analysis.policy_set(),
-            analysis.table.port_protocols(),
-        ),
-        // Two pods claiming one address would be the cluster's bug; judge against the model then.
-        Err(_) => analysis.clone(),
+    match path.target {
+        ProbeTarget::PodIp => Ok(Some(dst.ip)),
+        ProbeTarget::Service => backend
+            .service_addresses(&dst.key())
+            .into_iter()
+            .find(|ip| Family::of(*ip) == path.family)
+            .map(Some)
+            .ok_or_else(|| BackendError::Pod {
+                pod: dst.key(),
+                message: format!(
+                    "no {} Service address to probe (--target service)",
+                    path.family
+                ),
+            }),
     }
 }
 
@@ -76,19 +122,21 @@ pub async fn reconcile<B: Backend>(
     backend.wait_ready(READY_TIMEOUT).await
 }
 
-/// Probes the matrix of `analysis` at the pods' real addresses; returns the analysis at those
-/// addresses (the yardstick) with what was observed.
+/// Probes the matrix of `analysis` on `path`; returns the path's analysis (the yardstick) with
+/// what was observed.
 pub async fn observe<B: Backend>(
     backend: &B,
     analysis: &Analysis,
+    path: ProbePath,
     timeout: Duration,
     parallelism: usize,
 ) -> Result<(Analysis, ObservedTable), BackendError> {
-    let real = at_real_addresses(backend, analysis);
+    let real = path_analysis(backend, analysis, path);
     let observed = probe_matrix(
         backend,
         &real.cluster,
         real.table.port_protocols(),
+        path,
         timeout,
         parallelism,
     )
@@ -96,24 +144,28 @@ pub async fn observe<B: Backend>(
     Ok((real, observed))
 }
 
-/// Probes every (from, to, port/protocol) cell whose destination serves that port and shares the
-/// source's IP family (a single-stack IPv4 pod has no route to an IPv6 one, whatever the policies
-/// say): one batch per source pod, sources in parallel up to `parallelism`.
+/// Probes every (from, to, port/protocol) cell on `path` whose destination serves that port, with
+/// both pods in the path's family (`cluster` is the path's analysis: pods at their family's
+/// addresses; a single-stack IPv4 pod has no route to an IPv6 one, whatever the policies say): one
+/// batch per source pod, sources in parallel up to `parallelism`.
 pub async fn probe_matrix<B: Backend>(
     backend: &B,
     cluster: &Cluster,
     port_protocols: &[PortProtocol],
+    path: ProbePath,
     timeout: Duration,
     parallelism: usize,
 ) -> Result<ObservedTable, BackendError> {
     let pods = cluster.pods();
+    let hosts: Vec<Option<IpAddr>> = pods
+        .iter()
+        .map(|dst| target_host(backend, dst, path))
+        .collect::<Result<_, _>>()?;
     // Per source, the targets and where each result goes: (pp index, destination).
     let mut plan: Vec<(Target, usize, usize)> = Vec::new();
     for (k, &pp) in port_protocols.iter().enumerate() {
         for (to, dst) in pods.iter().enumerate() {
-            if dst.serves(pp) {
-                // The address the cluster gave the pod: the model's may belong to another pod.
-                let host = backend.address(&dst.key()).unwrap_or(dst.ip);
+            if let (true, Some(host)) = (dst.serves(pp), hosts[to]) {
                 let target = Target {
                     host: host.to_string(),
                     port: pp.port,
@@ -123,24 +175,18 @@ pub async fn probe_matrix<B: Backend>(
             }
         }
     }
-    // The plan per address family; each source uses its own family's.
-    let family_plan = |v4: bool| -> Vec<(Target, usize, usize)> {
-        plan.iter()
-            .filter(|(_, _, to)| pods[*to].ip.is_ipv4() == v4)
-            .cloned()
-            .collect()
-    };
-    let plans = [family_plan(true), family_plan(false)];
-    let mut batches = futures::stream::iter(pods.iter().enumerate().map(|(from, src)| {
-        let plan = &plans[usize::from(!src.ip.is_ipv4())];
-        async move {
-            let targets: Vec<Target> = plan.iter().map(|(t, _, _)| t.clone()).collect();
-            (
-                from,
-                plan,
-                backend.probe(&src.key(), &targets, timeout).await,
-            )
-        }
+    let sources = pods
+        .iter()
+        .enumerate()
+        .filter(|(_, src)| Family::of(src.ip) == path.family);
+    let plan = &plan;
+    let mut batches = futures::stream::iter(sources.map(|(from, src)| async move {
+        let targets: Vec<Target> = plan.iter().map(|(t, _, _)| t.clone()).collect();
+        (
+            from,
+            plan,
+            backend.probe(&src.key(), &targets, timeout).await,
+        )
     }))
     .buffer_unordered(parallelism.max(1));
 

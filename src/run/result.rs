@@ -7,6 +7,7 @@ use super::summary::{RunTotals, ScenarioTotals};
 use super::timing::{CellTiming, Change, FlowFate, StepTiming};
 use crate::analyze::Analysis;
 use crate::matrix::{Grid, ObservedTable};
+use crate::model::{ProbePath, ProbeTarget};
 use crate::scenario::Scenario;
 
 #[derive(Debug, Clone)]
@@ -25,6 +26,9 @@ pub struct RunOptions {
     /// The least time between the starts of two probe rounds of a step: rounds that finish fast
     /// (everything connects) must not spin.
     pub poll_interval: Duration,
+    /// How probes reach their destinations (`--target`); empty: each scenario's own `target:`,
+    /// or pod IPs.
+    pub targets: Vec<ProbeTarget>,
 }
 
 /// A cell's verdict at the end of a step.
@@ -87,6 +91,9 @@ pub enum Status {
 pub struct StepResult {
     pub name: String,
     pub origin: String,
+    /// How this result's probes reached their destinations (target, family): a step has one
+    /// result per path.
+    pub path: ProbePath,
     /// From the start of the action to the end of the last probe round.
     pub elapsed: Duration,
     /// How long the action itself took (the backend accepting the change).
@@ -112,6 +119,16 @@ pub struct StepResult {
 }
 
 impl StepResult {
+    /// The step's name, with the path when it is not the plain one (pod IPs over IPv4), e.g.
+    /// `deny all ingress in x (through service IPv6)`.
+    pub fn title(&self) -> String {
+        if self.path.is_plain() {
+            self.name.clone()
+        } else {
+            format!("{} (through {})", self.name, self.path)
+        }
+    }
+
     pub fn passed(&self) -> bool {
         self.status() == Status::Passed
     }
@@ -162,10 +179,12 @@ impl ScenarioResult {
             return Status::Unsupported;
         }
         let statuses: Vec<Status> = self.steps.iter().map(StepResult::status).collect();
-        if self.error.is_some()
-            || self.steps.len() != self.scenario.steps.len()
-            || statuses.contains(&Status::Failed)
-        {
+        let all_run = self.scenario.steps.iter().all(|step| {
+            self.steps
+                .iter()
+                .any(|r| r.name == step.name && r.origin == step.origin)
+        });
+        if self.error.is_some() || !all_run || statuses.contains(&Status::Failed) {
             Status::Failed
         } else if statuses.contains(&Status::Passed) {
             Status::Passed

@@ -9,10 +9,11 @@ use tokio::time::Instant;
 use super::result::{RunOptions, RunResult, ScenarioResult, StepResult};
 use super::step::run_step;
 use super::summary::{RunTotals, ScenarioTotals};
-use super::{at_real_addresses, probe_matrix, reconcile};
+use super::{path_analysis, paths, probe_matrix, reconcile};
 use crate::analyze::Analysis;
 use crate::backend::Backend;
 use crate::matrix::Judgement;
+use crate::model::ProbeTarget;
 use crate::policy::ClusterKind;
 use crate::scenario::Scenario;
 use crate::world::{Mutation, World};
@@ -43,9 +44,15 @@ pub enum Event<'a> {
 async fn await_baseline<B: Backend>(
     backend: &B,
     initial: &Analysis,
+    targets: &[ProbeTarget],
     options: &RunOptions,
 ) -> Result<(), String> {
-    let analysis = at_real_addresses(backend, initial);
+    // The first path is enough: the question is which policies the dataplane enforces.
+    let path = paths(backend, &initial.cluster, targets)
+        .first()
+        .copied()
+        .unwrap_or_default();
+    let analysis = path_analysis(backend, initial, path);
     let started = Instant::now();
     loop {
         let round_began = Instant::now();
@@ -53,6 +60,7 @@ async fn await_baseline<B: Backend>(
             backend,
             &analysis.cluster,
             analysis.table.port_protocols(),
+            path,
             options.probe_timeout,
             options.parallelism,
         )
@@ -120,8 +128,13 @@ pub async fn run_scenarios<B: Backend>(
                 }
             }
             let initial = initial_analysis(scenario);
+            let targets = if options.targets.is_empty() {
+                scenario.targets.clone()
+            } else {
+                options.targets.clone()
+            };
             let set_up = match reconcile(backend, &deployed, &scenario.initial).await {
-                Ok(()) => await_baseline(&*backend, &initial, options).await,
+                Ok(()) => await_baseline(&*backend, &initial, &targets, options).await,
                 Err(e) => Err(e.to_string()),
             };
             match set_up {
@@ -134,17 +147,20 @@ pub async fn run_scenarios<B: Backend>(
                 Ok(()) => {
                     for index in 0..scenario.steps.len() {
                         let before = match index.checked_sub(1) {
-                            Some(previous) => &scenario.steps[previous].analysis.table,
-                            None => &initial.table,
+                            Some(previous) => &scenario.steps[previous].analysis,
+                            None => &initial,
                         };
                         on_event(Event::StepStarted { scenario, index });
-                        let step = run_step(backend, scenario, index, before, options).await;
-                        let stop = step.error.is_some();
-                        on_event(Event::StepFinished {
-                            scenario,
-                            step: &step,
-                        });
-                        result.steps.push(step);
+                        let steps =
+                            run_step(backend, scenario, index, before, &targets, options).await;
+                        let stop = steps.iter().any(|s| s.error.is_some());
+                        for step in steps {
+                            on_event(Event::StepFinished {
+                                scenario,
+                                step: &step,
+                            });
+                            result.steps.push(step);
+                        }
                         if stop {
                             result.error = Some(
                                 "a step could not be carried out; the rest were skipped".into(),
@@ -154,8 +170,12 @@ pub async fn run_scenarios<B: Backend>(
                     }
                     // Where the cluster is now: every action the backend accepted, replayed.
                     let mut now = scenario.initial.clone();
-                    for (step, done) in scenario.steps.iter().zip(&result.steps) {
-                        if done.applied {
+                    for step in &scenario.steps {
+                        let applied = result
+                            .steps
+                            .iter()
+                            .any(|r| r.applied && r.name == step.name && r.origin == step.origin);
+                        if applied {
                             let _ = now.apply_all(&step.action.mutations());
                         }
                     }

@@ -10,9 +10,11 @@ use super::held::{check_flows, hold_flows};
 use super::result::{RunOptions, StepResult, Verdict};
 use super::summary::summarize;
 use super::timing::{CellTiming, Race, StepTiming, changes};
-use super::{READY_TIMEOUT, at_real_addresses, probe_matrix};
+use super::{READY_TIMEOUT, path_analysis, paths, probe_matrix};
+use crate::analyze::Analysis;
 use crate::backend::{Backend, BackendError};
 use crate::matrix::{Grid, Judgement, TruthTable};
+use crate::model::{ProbePath, ProbeTarget};
 use crate::scenario::{Action, Scenario};
 
 /// Carries out a step's action; returns the moment of the change (for a new pod: when the backend
@@ -32,52 +34,112 @@ pub(super) async fn perform<B: Backend>(
     Ok(changed)
 }
 
-/// Runs step `index`; `before` is what the spec said before it (the previous step's answer, or
-/// the initial world's).
+/// Runs step `index` on every path of `targets` (one result per path, in order); `before` is what
+/// the spec said before it (the previous step's analysis, or the initial world's). The action is
+/// carried out once; the paths are then probed one after the other, each until it converges, so
+/// timing races are measured on the first.
 pub(super) async fn run_step<B: Backend>(
     backend: &mut B,
     scenario: &Scenario,
     index: usize,
-    before: &TruthTable,
+    before: &Analysis,
+    targets: &[ProbeTarget],
     options: &RunOptions,
-) -> StepResult {
+) -> Vec<StepResult> {
     let step = &scenario.steps[index];
-    let pods = step.analysis.table.pods().to_vec();
-    let pps = step.analysis.table.port_protocols().to_vec();
-    let mut result = StepResult {
+    // Held connections go on the first path the cluster has before the change.
+    let held_path = paths(&*backend, &before.cluster, targets)
+        .first()
+        .copied()
+        .unwrap_or_default();
+    let held_changes = changes(
+        &path_analysis(&*backend, before, held_path).table,
+        &path_analysis(&*backend, &step.analysis, held_path).table,
+    );
+    let mut flows = if options.established {
+        let analysis = path_analysis(&*backend, &step.analysis, held_path);
+        hold_flows(&*backend, &analysis, held_path, &held_changes, options).await
+    } else {
+        Vec::new()
+    };
+    let started = Instant::now();
+    let performed = perform(backend, &step.action).await;
+    let apply_time = started.elapsed();
+    let changed = match performed {
+        Ok(at) => at,
+        Err(e) => {
+            let mut result = blank(step, held_path, held_changes, before.table.clone());
+            result.error = Some(e.to_string());
+            result.elapsed = started.elapsed();
+            result.apply_time = apply_time;
+            return vec![result];
+        }
+    };
+    let mut results = Vec::new();
+    for (i, path) in paths(&*backend, &step.analysis.cluster, targets)
+        .into_iter()
+        .enumerate()
+    {
+        // Judge against the pods' addresses on this path (a Kubernetes cluster assigns its own).
+        let expected = path_analysis(&*backend, &step.analysis, path);
+        let path_changes = changes(
+            &path_analysis(&*backend, before, path).table,
+            &expected.table,
+        );
+        let mut result = blank(step, path, path_changes, expected.table.clone());
+        result.expected = expected;
+        result.applied = true;
+        result.apply_time = changed.saturating_duration_since(started);
+        probe_until_settled(&*backend, &mut result, changed, options).await;
+        result.elapsed = started.elapsed();
+        if i == 0 {
+            check_flows(&mut flows, &mut result, options).await;
+        }
+        let stop = result.error.is_some();
+        results.push(result);
+        if stop {
+            break;
+        }
+    }
+    results
+}
+
+/// A step's result before anything was observed on `path`.
+fn blank(
+    step: &crate::scenario::Step,
+    path: ProbePath,
+    changes: Grid<crate::run::timing::Change>,
+    table: TruthTable,
+) -> StepResult {
+    let pods = table.pods().to_vec();
+    let pps = table.port_protocols().to_vec();
+    StepResult {
         expected: step.analysis.clone(),
         name: step.name.clone(),
         origin: step.origin.clone(),
+        path,
         elapsed: Duration::ZERO,
         apply_time: Duration::ZERO,
         rounds: 0,
         applied: false,
         observed: None,
-        changes: changes(before, &step.analysis.table),
+        changes,
         timing: Grid::new(pods.clone(), pps.clone(), CellTiming::default()),
         established: Grid::new(pods.clone(), pps.clone(), None),
         verdicts: Grid::new(pods, pps, Verdict::NotProbed),
         summary: StepTiming::default(),
         error: None,
-    };
-    let mut flows = if options.established {
-        hold_flows(&*backend, &step.analysis, &result.changes, options).await
-    } else {
-        Vec::new()
-    };
-    let started = Instant::now();
-    let changed = match perform(backend, &step.action).await {
-        Ok(at) => at,
-        Err(e) => {
-            result.error = Some(e.to_string());
-            result.elapsed = started.elapsed();
-            return result;
-        }
-    };
-    result.applied = true;
-    result.apply_time = changed.saturating_duration_since(started);
-    // Judge against the pods' real addresses (a Kubernetes cluster assigns its own).
-    result.expected = at_real_addresses(&*backend, &step.analysis);
+    }
+}
+
+/// Probes `result.expected` on its path until every cell matches and stays so for the stability
+/// window, or the deadline passes; then gives every cell its verdict.
+async fn probe_until_settled<B: Backend>(
+    backend: &B,
+    result: &mut StepResult,
+    changed: Instant,
+    options: &RunOptions,
+) {
     let analysis = result.expected.clone();
     let expected = &analysis.table;
     let mut round_starts: Vec<f64> = Vec::new();
@@ -87,9 +149,10 @@ pub(super) async fn run_step<B: Backend>(
         let round_start = changed.elapsed();
         let round_began = Instant::now();
         let observed = match probe_matrix(
-            &*backend,
+            backend,
             &analysis.cluster,
             expected.port_protocols(),
+            result.path,
             options.probe_timeout,
             options.parallelism,
         )
@@ -131,7 +194,6 @@ pub(super) async fn run_step<B: Backend>(
         }
         tokio::time::sleep(options.poll_interval.saturating_sub(round_began.elapsed())).await;
     }
-    result.elapsed = started.elapsed();
     if let Some(observed) = &result.observed {
         let max_ms = options.max_latency.map(|d| d.as_secs_f64() * 1e3);
         let cells: Vec<_> = observed
@@ -157,8 +219,6 @@ pub(super) async fn run_step<B: Backend>(
             };
             result.verdicts.set(k, cell.from, cell.to, verdict);
         }
-        result.summary = summarize(&result, observed, &round_starts);
+        result.summary = summarize(result, observed, &round_starts);
     }
-    check_flows(&mut flows, &mut result, options).await;
-    result
 }

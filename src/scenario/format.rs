@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
-use crate::model::{ClusterDescription, Labels, NamespaceDescription, PodDescription};
+use crate::model::{ClusterDescription, Labels, NamespaceDescription, PodDescription, ProbeTarget};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -24,7 +24,27 @@ pub struct ScenarioDoc {
     pub cluster: Option<ClusterDescription>,
     #[serde(default)]
     pub probe: ProbeDoc,
+    /// How probes reach their destinations: one target or a list (`pod-ip`, `service`).
+    #[serde(default)]
+    pub target: Option<OneOrMany<ProbeTarget>>,
     pub steps: Vec<Spanned<StepDoc>>,
+}
+
+/// A value written alone or as a list.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
+impl<T> OneOrMany<T> {
+    pub fn into_vec(self) -> Vec<T> {
+        match self {
+            OneOrMany::One(one) => vec![one],
+            OneOrMany::Many(many) => many,
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]

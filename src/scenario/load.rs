@@ -8,7 +8,7 @@ use std::path::Path;
 use serde_json::Value;
 
 use super::Action;
-use super::format::{ExpectDoc, ScenarioDoc, StepDoc};
+use super::format::{ExpectDoc, OneOrMany, ScenarioDoc, StepDoc};
 use super::patterns::expand_pattern;
 use super::{Scenario, ScenarioError, Step, library};
 use crate::analyze::{Analysis, analyze};
@@ -90,6 +90,18 @@ pub fn parse(source: &str, text: &str, base_dir: Option<&Path>) -> Result<Scenar
     if doc.steps.is_empty() {
         return Err(error(source, "steps: a scenario needs at least one step"));
     }
+    let mut targets = match doc.target {
+        Some(OneOrMany::Many(list)) if list.is_empty() => {
+            return Err(error(
+                source,
+                "target: an empty list (leave it out to probe pod IPs)",
+            ));
+        }
+        Some(written) => written.into_vec(),
+        None => Vec::new(),
+    };
+    targets.sort();
+    targets.dedup();
 
     let mut world = initial.clone();
     let mut steps = Vec::with_capacity(doc.steps.len());
@@ -101,7 +113,10 @@ pub fn parse(source: &str, text: &str, base_dir: Option<&Path>) -> Result<Scenar
             .map_err(|e| error(&origin, e.to_string()))?;
         let analysis = analyze(world.cluster().clone(), world.policy_set(), &port_protocols);
         if let Some(expects) = &spanned.value.expect {
-            check_pins(source, expects, &analysis)?;
+            // Pins state the first target's answer (pod IPs when listed): through a Service only
+            // a pod's hairpin to itself differs.
+            let pinned = analysis.for_target(targets.first().copied().unwrap_or_default());
+            check_pins(source, expects, &pinned)?;
         }
         steps.push(Step {
             name: spanned
@@ -123,6 +138,7 @@ pub fn parse(source: &str, text: &str, base_dir: Option<&Path>) -> Result<Scenar
         model_key,
         initial,
         port_protocols,
+        targets,
         steps,
     })
 }

@@ -16,7 +16,7 @@ pub use action::Action;
 pub use load::parse;
 
 use crate::analyze::Analysis;
-use crate::model::PortProtocol;
+use crate::model::{PortProtocol, ProbeTarget};
 
 /// A scenario that can't be run, located: `file:line: message`, with the error beneath it when
 /// something below the scenario failed (reading a file, a policy in it).
@@ -57,6 +57,8 @@ pub struct Scenario {
     pub model_key: String,
     pub initial: World,
     pub port_protocols: Vec<PortProtocol>,
+    /// How its probes reach their destinations (`target:`); empty: pod IPs. `--target` overrides.
+    pub targets: Vec<ProbeTarget>,
     pub steps: Vec<Step>,
 }
 

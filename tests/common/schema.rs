@@ -105,12 +105,27 @@ pub struct ScenarioJson {
     pub steps: Vec<StepJson>,
 }
 
+#[derive(Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Target {
+    PodIp,
+    Service,
+}
+
+#[derive(Debug, Deserialize, PartialEq, Eq)]
+pub enum FamilyJson {
+    IPv4,
+    IPv6,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct StepJson {
     pub name: String,
     pub origin: String,
+    pub target: Target,
+    pub family: FamilyJson,
     pub passed: bool,
     pub status: String,
     pub elapsed_ms: f64,

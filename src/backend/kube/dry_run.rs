@@ -84,7 +84,7 @@ impl Recorder {
 
     /// The object a call sends, as the world stands after the mutation.
     fn record(&self, mutation: &Mutation) -> Result<(), BackendError> {
-        for call in api_calls(&self.names, mutation) {
+        for call in api_calls(&self.names, &self.options, mutation) {
             self.transcript.comment(&call);
         }
         let cluster = self.world.cluster();
@@ -105,7 +105,11 @@ impl Recorder {
             // Node affinity is chosen at run time, from the cluster's nodes.
             Mutation::CreatePod(pod) => {
                 self.transcript
-                    .object(&manifests::pod(&self.names, &self.options, pod, None))
+                    .object(&manifests::pod(&self.names, &self.options, pod, None))?;
+                match manifests::service(&self.names, pod).filter(|_| self.options.services) {
+                    Some(service) => self.transcript.object(&service),
+                    None => Ok(()),
+                }
             }
             Mutation::SetPodLabels { pod, .. } => match self.world.pod(pod) {
                 Some(pod) => {
@@ -153,6 +157,14 @@ impl Backend for Recorder {
 
     fn cleanup_message(&self) -> String {
         "nothing was contacted".into()
+    }
+
+    fn addresses(&self, pod: &PodRef) -> Vec<std::net::IpAddr> {
+        self.sim.addresses(pod)
+    }
+
+    fn service_addresses(&self, pod: &PodRef) -> Vec<std::net::IpAddr> {
+        self.sim.service_addresses(pod)
     }
 
     async fn apply(&mut self, mutation: &Mutation) -> Result<(), BackendError> {

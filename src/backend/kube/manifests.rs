@@ -7,10 +7,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, Container, ContainerPort, EmptyDirVolumeSource, ExecAction,
     Namespace as KubeNamespace, Pod as KubePod, PodSecurityContext, PodSpec, Probe, SeccompProfile,
-    SecurityContext, Sysctl, Toleration, Volume, VolumeMount,
+    SecurityContext, Service, ServicePort, ServiceSpec, Sysctl, Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::BadOption;
 use crate::model::{NAMESPACE_NAME_LABEL, Namespace, Pod, syntax};
@@ -26,6 +27,9 @@ pub const RUN_LABEL: &str = "polygraph.dev/run-id";
 pub const HEARTBEAT_ANNOTATION: &str = "polygraph.dev/heartbeat";
 /// A namespace's name in the model (`x`), its real name being `<prefix>-<run id>-x`.
 pub const BASE_NAME_LABEL: &str = "polygraph.dev/base-name";
+/// On a probe pod when Services are made: the name of its own Service, which selects it by this
+/// label alone (the model's labels may be shared by other pods).
+pub const SERVICE_LABEL: &str = "polygraph.dev/service";
 
 const READY_FILE: &str = "/run/polygraph/ready";
 const AGENT_PATH: &str = "/polygraph-agent";
@@ -39,6 +43,8 @@ pub struct KubeOptions {
     pub node_selector: BTreeMap<String, String>,
     /// Taints probe pods tolerate (`--toleration`), e.g. a kind control plane's.
     pub tolerations: Vec<Toleration>,
+    /// Create a Service per probe pod (some probe goes through one: `--target service`).
+    pub services: bool,
 }
 
 impl Default for KubeOptions {
@@ -52,6 +58,7 @@ impl Default for KubeOptions {
             pull_policy: "IfNotPresent".into(),
             node_selector: BTreeMap::new(),
             tolerations: Vec::new(),
+            services: false,
         }
     }
 }
@@ -117,6 +124,75 @@ pub fn namespace(names: &RunNames, namespace: &Namespace) -> KubeNamespace {
         },
         ..KubeNamespace::default()
     }
+}
+
+/// The name of a pod's own Service: the pod's name when it is a DNS-1035 label (as Service names
+/// must be: lowercase, starting with a letter, at most 63 characters), otherwise `svc-` and a hash
+/// of it, so every pod name has one.
+pub fn service_name(pod: &str) -> String {
+    let dns1035 = pod.len() <= 63
+        && pod.starts_with(|c: char| c.is_ascii_lowercase())
+        && !pod.ends_with('-')
+        && pod
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if dns1035 {
+        return pod.to_string();
+    }
+    // FNV-1a: stable across runs and versions, unlike the standard library's hasher.
+    let hash = pod.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    format!("svc-{hash:016x}")
+}
+
+/// A probe pod's own Service: every port it serves (named as the pod names them, else
+/// `<protocol>-<port>`), to the same port number, selecting that pod alone; both families where
+/// the cluster has them. Pods serving nothing get none (a ClusterIP Service needs a port).
+pub fn service(names: &RunNames, pod: &Pod) -> Option<Service> {
+    if pod.ports.is_empty() {
+        return None;
+    }
+    let mut used = BTreeSet::new();
+    let ports = pod
+        .ports
+        .iter()
+        .map(|p| {
+            let mut name = p.name.clone().unwrap_or_else(|| {
+                format!("{}-{}", p.protocol.as_str().to_ascii_lowercase(), p.port)
+            });
+            if !used.insert(name.clone()) {
+                name = format!("{}-{}", p.protocol.as_str().to_ascii_lowercase(), p.port);
+                used.insert(name.clone());
+            }
+            ServicePort {
+                name: Some(name),
+                port: i32::from(p.port),
+                target_port: Some(IntOrString::Int(i32::from(p.port))),
+                protocol: Some(p.protocol.as_str().into()),
+                ..ServicePort::default()
+            }
+        })
+        .collect();
+    let name = service_name(&pod.name);
+    let mut labels = names.labels();
+    labels.insert(SERVICE_LABEL.into(), name.clone());
+    Some(Service {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            namespace: Some(names.namespace(&pod.namespace)),
+            labels: Some(labels),
+            ..ObjectMeta::default()
+        },
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            ip_family_policy: Some("PreferDualStack".into()),
+            selector: Some(BTreeMap::from([(SERVICE_LABEL.to_string(), name)])),
+            ports: Some(ports),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    })
 }
 
 /// The heartbeat's value for now: Unix seconds.
@@ -199,11 +275,15 @@ pub fn pod(
         }),
         ..Container::default()
     };
+    let mut labels = names.with_own_labels(&pod.labels);
+    if options.services {
+        labels.insert(SERVICE_LABEL.into(), service_name(&pod.name));
+    }
     KubePod {
         metadata: ObjectMeta {
             name: Some(pod.name.clone()),
             namespace: Some(names.namespace(&pod.namespace)),
-            labels: Some(names.with_own_labels(&pod.labels)),
+            labels: Some(labels),
             ..ObjectMeta::default()
         },
         spec: Some(PodSpec {

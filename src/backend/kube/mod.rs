@@ -22,7 +22,9 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{Event, Namespace as KubeNamespace, Node, Pod as KubePod};
+use k8s_openapi::api::core::v1::{
+    Event, Namespace as KubeNamespace, Node, Pod as KubePod, Service,
+};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
@@ -50,9 +52,27 @@ pub struct BadOption(pub String);
 
 /// The API calls polygraph makes for a mutation, in order; the fake-API-server test and the dry
 /// run both hold the backend to this list.
-pub fn api_calls(names: &RunNames, mutation: &Mutation) -> Vec<String> {
+pub fn api_calls(names: &RunNames, options: &KubeOptions, mutation: &Mutation) -> Vec<String> {
     let ns = |base: &str| names.namespace(base);
     match mutation {
+        // With Services: each pod that serves a port gets its own, created after it and deleted
+        // before it (a pod of the same name may come back).
+        Mutation::CreatePod(p) if options.services && !p.ports.is_empty() => vec![
+            format!("create Pod {}/{}", ns(&p.namespace), p.name),
+            format!(
+                "create Service {}/{}",
+                ns(&p.namespace),
+                manifests::service_name(&p.name)
+            ),
+        ],
+        Mutation::DeletePod(p) if options.services => vec![
+            format!(
+                "delete Service {}/{}",
+                ns(&p.namespace),
+                manifests::service_name(&p.name)
+            ),
+            format!("delete Pod {}/{}", ns(&p.namespace), p.name),
+        ],
         Mutation::CreateNamespace(n) => vec![format!("create Namespace {}", ns(&n.name))],
         Mutation::DeleteNamespace(n) => vec![format!("delete Namespace {}", ns(n))],
         Mutation::SetNamespaceLabels { namespace, .. } => {
@@ -91,7 +111,9 @@ pub struct KubeBackend {
     cni: Option<String>,
     namespaces: BTreeSet<String>,
     pods: BTreeSet<PodRef>,
-    addresses: BTreeMap<PodRef, IpAddr>,
+    addresses: BTreeMap<PodRef, Vec<IpAddr>>,
+    /// The ClusterIPs of each pod's own Service (with `KubeOptions::services`).
+    services: BTreeMap<PodRef, Vec<IpAddr>>,
     /// The node each ready pod runs on.
     nodes: BTreeMap<PodRef, String>,
     /// Namespaces being deleted (real names): `wait_ready` and re-creation wait for them.
@@ -133,6 +155,7 @@ impl KubeBackend {
             namespaces: BTreeSet::new(),
             pods: BTreeSet::new(),
             addresses: BTreeMap::new(),
+            services: BTreeMap::new(),
             nodes: BTreeMap::new(),
             deleting: BTreeSet::new(),
             spread: Spread::default(),
@@ -304,6 +327,7 @@ impl KubeBackend {
         self.namespaces.clear();
         self.pods.clear();
         self.addresses.clear();
+        self.services.clear();
         self.nodes.clear();
         self.cleaned = true;
         Ok(())
@@ -338,6 +362,7 @@ impl KubeBackend {
         self.namespaces.remove(name);
         self.pods.retain(|p| p.namespace != name);
         self.addresses.retain(|p, _| p.namespace != name);
+        self.services.retain(|p, _| p.namespace != name);
         self.nodes.retain(|p, _| p.namespace != name);
         Ok(())
     }
@@ -376,10 +401,60 @@ impl KubeBackend {
         })
         .await?;
         self.pods.insert(pod.key());
+        if !self.options.services {
+            return Ok(());
+        }
+        let Some(service) = manifests::service(&self.names, pod) else {
+            return Ok(());
+        };
+        let api: Api<Service> =
+            Api::namespaced(self.client.clone(), &self.names.namespace(&pod.namespace));
+        let created = call(
+            &format!("creating the Service of pod {}", pod.key()),
+            || async { api.create(&PostParams::default(), &service).await },
+        )
+        .await?;
+        // The API server allocates the ClusterIPs on creation: one per family it serves.
+        let spec = created.spec.unwrap_or_default();
+        let ips: Vec<IpAddr> = spec
+            .cluster_ips
+            .into_iter()
+            .flatten()
+            .chain(spec.cluster_ip)
+            .filter_map(|ip| ip.parse().ok())
+            .fold(Vec::new(), |mut all, ip| {
+                if !all.contains(&ip) {
+                    all.push(ip);
+                }
+                all
+            });
+        if ips.is_empty() {
+            return Err(BackendError::Cluster {
+                what: format!("creating the Service of pod {}", pod.key()),
+                message: "the API server allocated no ClusterIP".into(),
+            });
+        }
+        self.services.insert(pod.key(), ips);
         Ok(())
     }
 
     async fn delete_pod(&mut self, pod: &PodRef) -> Result<(), BackendError> {
+        if self.options.services {
+            let api: Api<Service> =
+                Api::namespaced(self.client.clone(), &self.names.namespace(&pod.namespace));
+            let name = manifests::service_name(&pod.name);
+            // A pod serving nothing has no Service: nothing to delete is fine.
+            let deleted = call(&format!("deleting the Service of pod {pod}"), || async {
+                api.delete(&name, &DeleteParams::default()).await
+            })
+            .await;
+            match deleted {
+                Ok(_) => {}
+                Err(BackendError::Kube { source, .. }) if connection::is_not_found(&source) => {}
+                Err(e) => return Err(e),
+            }
+            self.services.remove(pod);
+        }
         let api = self.pods_api(&pod.namespace);
         call(&format!("deleting pod {pod}"), || async {
             api.delete(&pod.name, &DeleteParams::default().grace_period(0))
@@ -400,10 +475,16 @@ impl KubeBackend {
             api.get(&pod.name).await
         })
         .await?;
-        let own = BTreeMap::from([
+        let mut own = BTreeMap::from([
             (OWNER_LABEL.to_string(), OWNER.to_string()),
             (RUN_LABEL.to_string(), self.names.run_id.clone()),
         ]);
+        if self.options.services {
+            own.insert(
+                manifests::SERVICE_LABEL.to_string(),
+                manifests::service_name(&pod.name),
+            );
+        }
         let patch = Self::label_patch(&current.metadata.labels.unwrap_or_default(), labels, &own);
         call(&format!("relabelling pod {pod}"), || async {
             api.patch(&pod.name, &PatchParams::default(), &Patch::Merge(&patch))
@@ -469,8 +550,12 @@ impl Backend for KubeBackend {
         )
     }
 
-    fn address(&self, pod: &PodRef) -> Option<IpAddr> {
-        self.addresses.get(pod).copied()
+    fn addresses(&self, pod: &PodRef) -> Vec<IpAddr> {
+        self.addresses.get(pod).cloned().unwrap_or_default()
+    }
+
+    fn service_addresses(&self, pod: &PodRef) -> Vec<IpAddr> {
+        self.services.get(pod).cloned().unwrap_or_default()
     }
 
     fn node(&self, pod: &PodRef) -> Option<&str> {
@@ -511,7 +596,7 @@ impl Backend for KubeBackend {
             let events: Api<Event> =
                 Api::namespaced(self.client.clone(), &self.names.namespace(&pod.namespace));
             let placed = readiness::await_pod(&api, &events, &pod, deadline).await?;
-            self.addresses.insert(pod.clone(), placed.ip);
+            self.addresses.insert(pod.clone(), placed.ips);
             if let Some(node) = placed.node {
                 self.nodes.insert(pod, node);
             }

@@ -24,7 +24,8 @@ const HOPELESS: [&str; 5] = [
 
 /// A ready pod: its address and node.
 pub(super) struct Placed {
-    pub ip: IpAddr,
+    /// One per family the pod has, the primary first.
+    pub ips: Vec<IpAddr>,
     pub node: Option<String>,
 }
 
@@ -47,10 +48,21 @@ pub(super) async fn await_pod(
             .iter()
             .flatten()
             .any(|c| c.type_ == "Ready" && c.status == "True");
-        let ip = status
-            .pod_ip
-            .as_deref()
-            .and_then(|ip| ip.parse::<IpAddr>().ok());
+        // `podIPs` lists every family of a dual-stack pod; `podIP` is its first.
+        let mut ips: Vec<IpAddr> = status
+            .pod_ips
+            .iter()
+            .flatten()
+            .filter_map(|p| p.ip.parse().ok())
+            .collect();
+        if ips.is_empty() {
+            ips.extend(
+                status
+                    .pod_ip
+                    .as_deref()
+                    .and_then(|ip| ip.parse::<IpAddr>().ok()),
+            );
+        }
         let hopeless = status.container_statuses.iter().flatten().any(|c| {
             c.state
                 .as_ref()
@@ -58,8 +70,8 @@ pub(super) async fn await_pod(
                 .and_then(|w| w.reason.as_deref())
                 .is_some_and(|r| HOPELESS.contains(&r))
         });
-        match (ready, ip) {
-            (true, Some(ip)) => return Ok(Placed { ip, node }),
+        match (ready, ips.is_empty()) {
+            (true, false) => return Ok(Placed { ips, node }),
             _ if hopeless || tokio::time::Instant::now() > deadline => {
                 return Err(BackendError::Pod {
                     pod: pod.clone(),

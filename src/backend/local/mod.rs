@@ -3,8 +3,8 @@
 //! reference dataplane (nftables, `nft`, installed by `programmer`) enforces NetworkPolicy.
 //!
 //! Layout: `options` (what to run), `network` (namespaces and links), `agent` (the agent
-//! processes), `nft` and `programmer` (the dataplane), `host` (commands), `gc` (what killed runs
-//! left).
+//! processes), `nft` and `programmer` (the dataplane), `proxy` (the Services: DNAT, hairpin),
+//! `host` (commands), `gc` (what killed runs left).
 
 mod agent;
 mod gc;
@@ -13,8 +13,10 @@ mod network;
 pub mod nft;
 mod options;
 mod programmer;
+pub mod proxy;
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -31,8 +33,8 @@ use programmer::Programmer;
 use super::{Backend, BackendError, Held, UdpSourcePorts, probe_request};
 use crate::faults::Fault;
 use crate::model::{
-    Cluster, ClusterDescription, Labels, NAMESPACE_NAME_LABEL, Namespace, NamespaceDescription,
-    Pod, PodDescription, PodId, PodRef,
+    Cluster, ClusterDescription, Family, IpFamilies, Labels, NAMESPACE_NAME_LABEL, Namespace,
+    NamespaceDescription, Pod, PodDescription, PodId, PodRef,
 };
 use crate::policy::{ClusterKind, ClusterPolicy, Policy};
 use crate::world::Mutation;
@@ -43,6 +45,8 @@ const OWNER_DIR: &str = "/run/polygraph";
 struct LocalPod {
     slot: usize,
     pod: Pod,
+    /// One per family (`--ip-family`), from the model's address.
+    addresses: Vec<IpAddr>,
     created: tokio::time::Instant,
     agent: Option<Agent>,
 }
@@ -64,11 +68,18 @@ pub struct LocalBackend {
     udp_ports: UdpSourcePorts,
 }
 
-struct SlotTable(Vec<usize>);
+struct SlotTable {
+    slots: Vec<usize>,
+    families: IpFamilies,
+}
 
 impl nft::Slots for SlotTable {
     fn slot(&self, pod: PodId) -> usize {
-        self.0[pod]
+        self.slots[pod]
+    }
+
+    fn addresses(&self, pod: &Pod) -> Vec<IpAddr> {
+        self.families.addresses(pod.ip)
     }
 }
 
@@ -84,10 +95,11 @@ impl LocalBackend {
                 hint: "install iproute2 (apt-get install -y iproute2)",
             });
         }
-        if options.dataplane == Dataplane::Nftables && !host::have("nft") {
+        // The service proxy needs nft whatever the dataplane.
+        if !host::have("nft") {
             return Err(BackendError::MissingTool {
                 tool: "nft",
-                hint: "install nftables (apt-get install -y nftables), or use --dataplane none",
+                hint: "install nftables (apt-get install -y nftables)",
             });
         }
         let existing = host::netns_list();
@@ -135,6 +147,7 @@ impl LocalBackend {
         self.owner_file = Some(owner);
         let node = self.names.node();
         network::create_node(&node).await?;
+        host::nft(&node, &proxy::install()).await?;
         if self.options.dataplane == Dataplane::Nftables {
             self.programmer = Some(Programmer::start(node, self.options.faults.clone()).await?);
         }
@@ -168,6 +181,16 @@ impl LocalBackend {
         Ok((cluster, slots))
     }
 
+    /// Brings the service proxy in line with the current pods: one transaction.
+    async fn sync_services(&self) -> Result<(), BackendError> {
+        let backends = self.pods.values().map(|p| proxy::Backend {
+            slot: p.slot,
+            pod: &p.pod,
+            addresses: &p.addresses,
+        });
+        host::nft(&self.names.node(), &proxy::update(backends)).await
+    }
+
     /// Brings the dataplane in line with the current pods, labels and policies: one atomic
     /// transaction touching only the chains that changed.
     async fn sync(&mut self) -> Result<(), BackendError> {
@@ -193,6 +216,7 @@ impl LocalBackend {
             created: self.pods.values().map(|p| p.created).collect(),
             cluster,
             slots,
+            families: self.options.families,
         };
         match &mut self.programmer {
             Some(programmer) => programmer.program(state).await,
@@ -288,10 +312,15 @@ impl LocalBackend {
         if self.pods.contains_key(&key) {
             return Err(fail("already exists".into()));
         }
-        if let Some(other) = self.pods.values().find(|p| p.pod.ip == pod.ip) {
+        let addresses = self.options.families.addresses(pod.ip);
+        if let Some((other, ip)) = self.pods.values().find_map(|p| {
+            addresses
+                .iter()
+                .find(|ip| p.addresses.contains(ip))
+                .map(|ip| (p, ip))
+        }) {
             return Err(fail(format!(
-                "IP {} is already used by {}",
-                pod.ip,
+                "IP {ip} is already used by {}",
                 other.pod.key()
             )));
         }
@@ -302,17 +331,19 @@ impl LocalBackend {
             LocalPod {
                 slot,
                 pod: pod.clone(),
+                addresses: addresses.clone(),
                 created: tokio::time::Instant::now(),
                 agent: None,
             },
         );
         let netns = self.names.pod(slot);
         let started = async {
-            network::create_pod_link(&self.names.node(), &netns, slot, pod.ip).await?;
+            network::create_pod_link(&self.names.node(), &netns, slot, &addresses).await?;
             // Rules first, link second: the reference dataplane never lets a new pod start
             // unprotected.
             self.sync().await?;
-            network::bring_up_pod(&netns, pod.ip).await?;
+            self.sync_services().await?;
+            network::bring_up_pod(&netns, &addresses).await?;
             Agent::serve(&self.options.agent, &netns, pod)
         }
         .await;
@@ -325,6 +356,7 @@ impl LocalBackend {
                 self.pods.remove(&key);
                 host::netns_delete_now(&netns);
                 let _ = self.sync().await;
+                let _ = self.sync_services().await;
                 Err(e)
             }
         }
@@ -336,6 +368,7 @@ impl LocalBackend {
             agent.stop().await;
         }
         host::netns_delete_now(&self.names.pod(local.slot));
+        self.sync_services().await?;
         self.sync().await
     }
 
@@ -410,6 +443,25 @@ impl Backend for LocalBackend {
 
     fn cleanup_message(&self) -> String {
         "the local cluster was removed".into()
+    }
+
+    fn addresses(&self, pod: &PodRef) -> Vec<IpAddr> {
+        self.pods
+            .get(pod)
+            .map(|p| p.addresses.clone())
+            .unwrap_or_default()
+    }
+
+    fn service_addresses(&self, pod: &PodRef) -> Vec<IpAddr> {
+        self.pods
+            .get(pod)
+            .map(|p| {
+                p.addresses
+                    .iter()
+                    .map(|ip| proxy::cluster_ip(p.slot, Family::of(*ip)))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     async fn apply(&mut self, mutation: &Mutation) -> Result<(), BackendError> {

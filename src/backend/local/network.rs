@@ -7,7 +7,7 @@
 
 use std::net::IpAddr;
 
-use super::{host, nft};
+use super::{host, nft, proxy};
 use crate::backend::BackendError;
 
 /// The MAC every node-side veth carries; pods reach their gateway through a static neighbour entry.
@@ -17,10 +17,19 @@ const GATEWAY_V6: &str = "fe80::1";
 
 /// Creates the node namespace, with forwarding on and ICMP errors not rate-limited: a refusal the
 /// dataplane sends (the `deny-as-reject` fault) must reach every probe, or a rate-limited one would
-/// look like a drop. Both sysctls are per network namespace: the host is untouched.
+/// look like a drop. Both sysctls are per network namespace: the host is untouched. The node's own
+/// addresses sit on its loopback: the service proxy masquerades hairpin traffic to them.
 pub(super) async fn create_node(node: &str) -> Result<(), BackendError> {
     host::netns_add(node).await?;
-    host::ip_batch(node, &["link set lo up".into()]).await?;
+    host::ip_batch(
+        node,
+        &[
+            "link set lo up".into(),
+            format!("addr add {}/32 dev lo", proxy::NODE_V4),
+            format!("addr add {}/128 dev lo", proxy::NODE_V6),
+        ],
+    )
+    .await?;
     host::exec_in(
         node,
         "sysctl",
@@ -38,12 +47,12 @@ pub(super) async fn create_node(node: &str) -> Result<(), BackendError> {
 }
 
 /// The pod's namespace and the node's side of its link (down on the pod's side until
-/// `bring_up_pod`).
+/// `bring_up_pod`), with a route to each of the pod's addresses (one per family).
 pub(super) async fn create_pod_link(
     node: &str,
     netns: &str,
     slot: usize,
-    ip: IpAddr,
+    addresses: &[IpAddr],
 ) -> Result<(), BackendError> {
     let veth = nft::veth_name(slot);
     host::netns_add(netns).await?;
@@ -51,30 +60,34 @@ pub(super) async fn create_pod_link(
         format!("link add {veth} type veth peer name eth0 netns {netns}"),
         format!("link set {veth} address {GATEWAY_MAC} up"),
     ];
-    match ip {
-        IpAddr::V4(ip) => node_lines.push(format!("route add {ip}/32 dev {veth}")),
-        IpAddr::V6(ip) => node_lines.extend([
-            format!("addr add {GATEWAY_V6}/64 dev {veth} nodad"),
-            format!("route add {ip}/128 dev {veth}"),
-        ]),
+    for ip in addresses {
+        match ip {
+            IpAddr::V4(ip) => node_lines.push(format!("route add {ip}/32 dev {veth}")),
+            IpAddr::V6(ip) => node_lines.extend([
+                format!("addr add {GATEWAY_V6}/64 dev {veth} nodad"),
+                format!("route add {ip}/128 dev {veth}"),
+            ]),
+        }
     }
     host::ip_batch(node, &node_lines).await
 }
 
 /// Addresses and routes inside the pod: from here on it can send and receive.
-pub(super) async fn bring_up_pod(netns: &str, ip: IpAddr) -> Result<(), BackendError> {
+pub(super) async fn bring_up_pod(netns: &str, addresses: &[IpAddr]) -> Result<(), BackendError> {
     let mut lines = vec!["link set lo up".to_string(), "link set eth0 up".to_string()];
-    match ip {
-        IpAddr::V4(ip) => lines.extend([
-            format!("addr add {ip}/32 dev eth0"),
-            format!("route add {GATEWAY_V4} dev eth0 scope link"),
-            format!("route add default via {GATEWAY_V4} dev eth0"),
-            format!("neigh add {GATEWAY_V4} lladdr {GATEWAY_MAC} dev eth0 nud permanent"),
-        ]),
-        IpAddr::V6(ip) => lines.extend([
-            format!("addr add {ip}/128 dev eth0 nodad"),
-            format!("route add ::/0 via {GATEWAY_V6} dev eth0"),
-        ]),
+    for ip in addresses {
+        match ip {
+            IpAddr::V4(ip) => lines.extend([
+                format!("addr add {ip}/32 dev eth0"),
+                format!("route add {GATEWAY_V4} dev eth0 scope link"),
+                format!("route add default via {GATEWAY_V4} dev eth0"),
+                format!("neigh add {GATEWAY_V4} lladdr {GATEWAY_MAC} dev eth0 nud permanent"),
+            ]),
+            IpAddr::V6(ip) => lines.extend([
+                format!("addr add {ip}/128 dev eth0 nodad"),
+                format!("route add ::/0 via {GATEWAY_V6} dev eth0"),
+            ]),
+        }
     }
     host::ip_batch(netns, &lines).await
 }

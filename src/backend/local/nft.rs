@@ -44,6 +44,9 @@ pub struct Ruleset {
     pub dispatch: Vec<String>,
     /// The `stateless` fault: no conntrack shortcut for replies (see `faults`).
     pub stateless: bool,
+    /// Traffic a faulty dataplane lets past every policy, right after conntrack: `ct status dnat`
+    /// (`service-traffic-unfiltered`), `meta nfproto ipv6` (`ipv6-unfiltered`).
+    pub unfiltered: Vec<String>,
 }
 
 impl Ruleset {
@@ -66,6 +69,10 @@ impl Ruleset {
 /// in a cluster snapshot (which shifts when pods come and go).
 pub trait Slots {
     fn slot(&self, pod: PodId) -> usize;
+    /// Every address of a pod (one per family on a dual-stack cluster): a peer set holds them all.
+    fn addresses(&self, pod: &Pod) -> Vec<IpAddr> {
+        vec![pod.ip]
+    }
 }
 
 pub fn veth_name(slot: usize) -> String {
@@ -135,7 +142,7 @@ pub fn compile(
                             policy.key(),
                             direction.rules_field()
                         ));
-                        for matcher in rule_matchers(cluster, policy, rule, direction, pod) {
+                        for matcher in rule_matchers(cluster, slots, policy, rule, direction, pod) {
                             rules.push(format!("{matcher} {allow} comment {comment}"));
                         }
                     }
@@ -171,7 +178,7 @@ pub fn compile(
                                 policy.key(),
                                 rule.label(direction, index)
                             ));
-                            for matcher in cluster_matchers(cluster, rule, direction, pod) {
+                            for matcher in cluster_matchers(cluster, slots, rule, direction, pod) {
                                 let counter = if rule.action == Action::Deny {
                                     "counter "
                                 } else {
@@ -224,13 +231,23 @@ fn side(direction: Direction) -> &'static str {
 }
 
 /// One destination pod on one of its ports: how egress named ports are resolved, per destination.
-fn destination_port(dst: &Pod, protocol: crate::model::Protocol, port: u16) -> String {
+fn destination_port(
+    slots: &dyn Slots,
+    dst: &Pod,
+    protocol: crate::model::Protocol,
+    port: u16,
+) -> Vec<String> {
     let proto = protocol.as_str().to_ascii_lowercase();
-    format!(
-        "{} daddr {} meta l4proto {proto} th dport {port}",
-        family(dst.ip),
-        dst.ip
-    )
+    slots
+        .addresses(dst)
+        .into_iter()
+        .map(|ip| {
+            format!(
+                "{} daddr {ip} meta l4proto {proto} th dport {port}",
+                family(ip)
+            )
+        })
+        .collect()
 }
 
 /// The match expressions of one cluster rule for the chain of `subject`: peers × protocols. An
@@ -238,6 +255,7 @@ fn destination_port(dst: &Pod, protocol: crate::model::Protocol, port: u16) -> S
 /// which never hold a pod's address).
 fn cluster_matchers(
     cluster: &Cluster,
+    slots: &dyn Slots,
     rule: &ClusterRule,
     direction: Direction,
     subject: &Pod,
@@ -265,7 +283,7 @@ fn cluster_matchers(
                     .iter()
                     .filter(|p| peer.matches(cluster, p))
                     .collect();
-                peer_exprs.extend(address_sets(&pods, side));
+                peer_exprs.extend(address_sets(slots, &pods, side));
             }
         }
     }
@@ -309,7 +327,7 @@ fn cluster_matchers(
                         continue;
                     }
                     for port in dst.ports.iter().filter(|p| p.name.as_deref() == Some(name)) {
-                        matchers.push(destination_port(dst, port.protocol, port.port));
+                        matchers.extend(destination_port(slots, dst, port.protocol, port.port));
                     }
                 }
             }
@@ -319,10 +337,10 @@ fn cluster_matchers(
 }
 
 /// `ip saddr { … }` / `ip6 saddr { … }` for a set of pods: one expression per family present.
-fn address_sets(pods: &[&Pod], side: &str) -> Vec<String> {
+fn address_sets(slots: &dyn Slots, pods: &[&Pod], side: &str) -> Vec<String> {
     let (mut v4, mut v6) = (Vec::new(), Vec::new());
-    for pod in pods {
-        match pod.ip {
+    for ip in pods.iter().flat_map(|pod| slots.addresses(pod)) {
+        match ip {
             IpAddr::V4(ip) => v4.push(ip.to_string()),
             IpAddr::V6(ip) => v6.push(ip.to_string()),
         }
@@ -354,6 +372,7 @@ fn comment(text: &str) -> String {
 /// port expressions. An empty list means the rule allows nothing here.
 fn rule_matchers(
     cluster: &Cluster,
+    slots: &dyn Slots,
     policy: &Policy,
     rule: &Rule,
     direction: Direction,
@@ -365,7 +384,7 @@ fn rule_matchers(
         None => any_peer(),
         Some(peers) => peers
             .iter()
-            .flat_map(|peer| peer_exprs(cluster, policy, peer, side))
+            .flat_map(|peer| peer_exprs(cluster, slots, policy, peer, side))
             .collect(),
     };
     let Some(ports) = &rule.ports else {
@@ -384,7 +403,7 @@ fn rule_matchers(
                             .any(|p| p.matches(cluster, &policy.namespace, dst)),
                     };
                     if let (true, Some(number)) = (allowed_peer, dst.named_port(name, *protocol)) {
-                        matchers.push(destination_port(dst, *protocol, number));
+                        matchers.extend(destination_port(slots, dst, *protocol, number));
                     }
                 }
             }
@@ -438,7 +457,13 @@ fn port_expr(port: &PortMatch) -> String {
 }
 
 /// Expressions matching the addresses a peer selects: one per address family present.
-fn peer_exprs(cluster: &Cluster, policy: &Policy, peer: &Peer, side: &str) -> Vec<String> {
+fn peer_exprs(
+    cluster: &Cluster,
+    slots: &dyn Slots,
+    policy: &Policy,
+    peer: &Peer,
+    side: &str,
+) -> Vec<String> {
     match peer {
         Peer::IpBlock { cidr, except } => {
             let fam = family(cidr.addr());
@@ -455,7 +480,7 @@ fn peer_exprs(cluster: &Cluster, policy: &Policy, peer: &Peer, side: &str) -> Ve
                 .iter()
                 .filter(|pod| peer.matches(cluster, &policy.namespace, pod))
                 .collect();
-            address_sets(&pods, side)
+            address_sets(slots, &pods, side)
         }
     }
 }
@@ -471,7 +496,7 @@ pub fn install(ruleset: &Ruleset) -> String {
         "add table {TABLE}\nadd chain {TABLE} forward {{ type filter hook forward priority filter; policy accept; }}\n"
     );
     tx.push_str(&update(&Ruleset::default(), ruleset).unwrap_or_default());
-    if ruleset.dispatch.is_empty() {
+    if ruleset.dispatch.is_empty() && ruleset.unfiltered.is_empty() {
         // `update` writes the forward chain only when dispatch changes; a fresh table needs it.
         tx.push_str(&forward_rules(ruleset));
     }
@@ -483,8 +508,10 @@ fn forward_rules(ruleset: &Ruleset) -> String {
     let base = FORWARD_BASE
         .iter()
         .filter(|r| !(ruleset.stateless && r.starts_with("ct state established")));
+    let unfiltered = ruleset.unfiltered.iter().map(|r| format!("{r} accept"));
     for rule in base
         .map(|r| r.to_string())
+        .chain(unfiltered)
         .chain(ruleset.dispatch.iter().cloned())
     {
         let _ = writeln!(tx, "add rule {TABLE} forward {rule}");
@@ -512,7 +539,9 @@ pub fn update(old: &Ruleset, new: &Ruleset) -> Option<String> {
             let _ = writeln!(tx, "add rule {TABLE} {name} {rule}");
         }
     }
-    if (&old.dispatch, old.stateless) != (&new.dispatch, new.stateless) {
+    if (&old.dispatch, old.stateless, &old.unfiltered)
+        != (&new.dispatch, new.stateless, &new.unfiltered)
+    {
         tx.push_str(&forward_rules(new));
     }
     // Stale chains go last, once the forward chain no longer jumps to them; emptied first, since

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use crate::faults::Faults;
+use crate::model::IpFamilies;
 
 /// What enforces policies in the local cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,4 +51,6 @@ pub struct LocalOptions {
     pub agent: AgentCommand,
     /// Bugs to imitate (`--inject`); none by default.
     pub faults: Faults,
+    /// The pods' address families (`--ip-family`).
+    pub families: IpFamilies,
 }

@@ -32,6 +32,8 @@ pub(super) struct State {
     pub cluster_policies: Vec<ClusterPolicy>,
     /// Per pod of `cluster`: its slot and when it was created.
     pub slots: Vec<usize>,
+    /// The pods' address families: each pod's addresses are in its chains' sets.
+    pub families: crate::model::IpFamilies,
     pub created: Vec<Instant>,
 }
 
@@ -47,10 +49,7 @@ impl Installer {
     /// grace left out.
     fn target(&self, state: &State, now: Instant) -> nft::Ruleset {
         if self.lag.in_gap(now) {
-            return nft::Ruleset {
-                stateless: self.faults.has(Fault::Stateless),
-                ..nft::Ruleset::default()
-            };
+            return base(&self.faults);
         }
         let deny = if self.faults.rejects_denies() {
             nft::DenyVerdict::Reject
@@ -62,9 +61,14 @@ impl Installer {
             &state.policies,
             &state.cluster_policies,
             deny,
-            &SlotTable(state.slots.clone()),
+            &SlotTable {
+                slots: state.slots.clone(),
+                families: state.families,
+            },
         );
-        ruleset.stateless = self.faults.has(Fault::Stateless);
+        let base = base(&self.faults);
+        ruleset.stateless = base.stateless;
+        ruleset.unfiltered = base.unfiltered;
         for (slot, created) in state.slots.iter().zip(&state.created) {
             if self.lag.unprotected(*created, now) {
                 ruleset = ruleset.without_pod(*slot);
@@ -82,6 +86,22 @@ impl Installer {
     }
 }
 
+/// The rules that depend on the faults alone: no policy in them.
+fn base(faults: &Faults) -> nft::Ruleset {
+    let mut unfiltered = Vec::new();
+    if faults.has(Fault::ServiceTrafficUnfiltered) {
+        unfiltered.push("ct status dnat".to_string());
+    }
+    if faults.has(Fault::Ipv6Unfiltered) {
+        unfiltered.push("meta nfproto ipv6".to_string());
+    }
+    nft::Ruleset {
+        stateless: faults.has(Fault::Stateless),
+        unfiltered,
+        ..nft::Ruleset::default()
+    }
+}
+
 #[derive(Default)]
 struct Queue {
     /// States not yet superseded, oldest first.
@@ -94,7 +114,7 @@ struct Queue {
 pub(super) struct Programmer(Mode);
 
 enum Mode {
-    Now(Installer),
+    Now(Box<Installer>),
     Lagged {
         queue: Arc<Mutex<Queue>>,
         wake: Arc<Notify>,
@@ -105,10 +125,7 @@ enum Mode {
 impl Programmer {
     /// Installs the empty table's rules, then programs now or through a worker.
     pub(super) async fn start(node: String, faults: Faults) -> Result<Programmer, BackendError> {
-        let empty = nft::Ruleset {
-            stateless: faults.has(Fault::Stateless),
-            ..nft::Ruleset::default()
-        };
+        let empty = base(&faults);
         host::nft(&node, &nft::install(&empty)).await?;
         let lags = faults.lags();
         let installer = Installer {
@@ -118,7 +135,7 @@ impl Programmer {
             lag: Lag::new(&faults, Instant::now()),
         };
         if !lags {
-            return Ok(Programmer(Mode::Now(installer)));
+            return Ok(Programmer(Mode::Now(Box::new(installer))));
         }
         let queue = Arc::new(Mutex::new(Queue::default()));
         let wake = Arc::new(Notify::new());

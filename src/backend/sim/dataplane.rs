@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use crate::faults::lag::Lag;
 use crate::faults::{Fault, Faults};
 use crate::matrix::Cell;
-use crate::model::{Cluster, PodRef, PortProtocol, Protocol};
+use crate::model::{Cluster, Family, IpFamilies, PodRef, PortProtocol, Protocol};
 use crate::policy::{ClusterPolicy, Direction, Oracle, Policy};
 use crate::world::World;
 
@@ -22,7 +22,9 @@ const TCP_REPLY_PORT: u16 = 32768;
 /// The cluster as the dataplane was told at one instant.
 pub(super) struct State {
     pub at: Instant,
-    pub cluster: Cluster,
+    /// Per family the pods have: the cluster with every pod at its address in that family (ipBlock
+    /// answers depend on it).
+    pub clusters: Vec<(Family, Cluster)>,
     /// As enforced: distorted by the policy faults, with ignored deletions kept.
     pub policies: Vec<Policy>,
     pub cluster_policies: Vec<ClusterPolicy>,
@@ -33,6 +35,10 @@ pub(super) struct State {
 pub(super) struct Dataplane {
     pub faults: Faults,
     pub sctp: bool,
+    pub families: IpFamilies,
+    /// Per pod, the slot its Service's ClusterIPs come from (the local cluster's plan).
+    pub services: BTreeMap<PodRef, usize>,
+    next_slot: usize,
     pub lag: Lag,
     /// What the API holds now.
     pub world: World,
@@ -44,16 +50,25 @@ pub(super) struct Dataplane {
 }
 
 impl Dataplane {
-    pub fn new(faults: Faults, sctp: bool) -> Dataplane {
+    pub fn new(faults: Faults, sctp: bool, families: IpFamilies) -> Dataplane {
         Dataplane {
             lag: Lag::new(&faults, Instant::now()),
             faults,
             sctp,
+            families,
+            services: BTreeMap::new(),
+            next_slot: 0,
             world: World::empty(),
             ghosts: Vec::new(),
             created: BTreeMap::new(),
             states: Vec::new(),
         }
+    }
+
+    /// Gives a new pod its Service (a slot, as the local cluster would).
+    pub fn add_service(&mut self, pod: PodRef) {
+        self.services.insert(pod, self.next_slot);
+        self.next_slot += 1;
     }
 
     /// Records the world as it now stands, for the dataplane to enforce (now, or late).
@@ -65,9 +80,30 @@ impl Dataplane {
             .chain(self.world.policies())
             .cloned()
             .collect();
+        let cluster = self.world.cluster();
+        let clusters = [Family::V4, Family::V6]
+            .into_iter()
+            .filter_map(|family| {
+                let mut description = cluster.description();
+                let mut any = false;
+                for (pod, model) in description.pods.iter_mut().zip(cluster.pods()) {
+                    if let Some(ip) = self
+                        .families
+                        .addresses(model.ip)
+                        .into_iter()
+                        .find(|ip| Family::of(*ip) == family)
+                    {
+                        pod.ip = Some(ip.to_string());
+                        any = true;
+                    }
+                }
+                let built = description.build("simulated cluster").ok()?;
+                any.then_some((family, built))
+            })
+            .collect();
         self.states.push(State {
             at: Instant::now(),
-            cluster: self.world.cluster().clone(),
+            clusters,
             policies: self.faults.distort(&enforced),
             cluster_policies: self.faults.distort_cluster(self.world.cluster_policies()),
             created: self.created.clone(),
@@ -88,9 +124,21 @@ impl Dataplane {
                 })
         };
         let state = in_effect.and_then(|i| self.states.get(i));
+        let mut oracles = Vec::new();
+        if let Some(s) = state {
+            for (family, cluster) in &s.clusters {
+                let oracle = || Oracle::tiered(cluster, &s.policies, &s.cluster_policies);
+                oracles.push((*family, false, cluster, oracle()));
+                oracles.push((*family, true, cluster, oracle().through_services()));
+            }
+        }
         Judge {
-            oracle: state.map(|s| Oracle::tiered(&s.cluster, &s.policies, &s.cluster_policies)),
-            state,
+            oracles,
+            in_effect: state.is_some(),
+            created: state.map(|s| &s.created),
+            faults: &self.faults,
+            families: self.families,
+            services: &self.services,
             lag: self.lag,
             stateless: self.faults.has(Fault::Stateless),
             rejects: self.faults.rejects_denies(),
@@ -101,11 +149,23 @@ impl Dataplane {
     }
 }
 
+/// How a probe travelled: the family of its addresses, and whether the service proxy DNATed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Route {
+    pub family: Family,
+    pub service: bool,
+}
+
 /// The dataplane's answers at one instant.
 pub(super) struct Judge<'a> {
-    /// `None`: nothing enforced (no rules yet, or a resync gap).
-    state: Option<&'a State>,
-    oracle: Option<Oracle<'a>>,
+    /// Whether any state is enforced (not before the first rules, nor in a resync gap).
+    in_effect: bool,
+    /// Per family, plain and through Services (hairpin judged): the oracle of the state in effect.
+    oracles: Vec<(Family, bool, &'a Cluster, Oracle<'a>)>,
+    created: Option<&'a BTreeMap<PodRef, Instant>>,
+    faults: &'a Faults,
+    families: IpFamilies,
+    services: &'a BTreeMap<PodRef, usize>,
     lag: Lag,
     stateless: bool,
     /// `deny-as-reject`: a cluster Deny refuses instead of dropping.
@@ -116,10 +176,42 @@ pub(super) struct Judge<'a> {
 }
 
 impl Judge<'_> {
-    /// The pod of the current world at `host`.
-    fn pod_at(&self, host: &str) -> Option<&crate::model::Pod> {
+    /// The pod of the current world at `host` (one of its addresses, or its Service's), and how
+    /// traffic to it travels.
+    pub fn pod_at(&self, host: &str) -> Option<(&crate::model::Pod, Route)> {
         let ip: IpAddr = host.parse().ok()?;
-        self.world.cluster().pods().iter().find(|p| p.ip == ip)
+        let family = Family::of(ip);
+        self.world.cluster().pods().iter().find_map(|p| {
+            let addresses = self.families.addresses(p.ip);
+            if addresses.contains(&ip) {
+                return Some((
+                    p,
+                    Route {
+                        family,
+                        service: false,
+                    },
+                ));
+            }
+            let slot = *self.services.get(&p.key())?;
+            let service = addresses.iter().any(|a| {
+                Family::of(*a) == family
+                    && crate::backend::local::proxy::cluster_ip(slot, family) == ip
+            });
+            service.then_some((
+                p,
+                Route {
+                    family,
+                    service: true,
+                },
+            ))
+        })
+    }
+
+    fn oracle(&self, route: Route) -> Option<(&Cluster, &Oracle<'_>)> {
+        self.oracles
+            .iter()
+            .find(|(family, hairpin, _, _)| (*family, *hairpin) == (route.family, route.service))
+            .map(|(_, _, cluster, oracle)| (*cluster, oracle))
     }
 
     /// One probe from `from` to `target`.
@@ -128,11 +220,19 @@ impl Judge<'_> {
         let (outcome, peer) = match self.pod_at(&target.host) {
             None => (Outcome::Timeout, None),
             Some(_) if pp.protocol == Protocol::Sctp && !self.sctp => (Outcome::Unsupported, None),
-            Some(dst) if !dst.serves(pp) => (Outcome::Refused, None),
-            // A pod's traffic to itself never leaves it: no dataplane sees it.
-            Some(dst) if dst.key() == *from => (Outcome::Connected, Some(dst.key())),
-            Some(dst) if self.passes(from, &dst.key(), pp) => (Outcome::Connected, Some(dst.key())),
-            Some(dst) if self.rejects && self.denied_by_cluster(from, &dst.key(), pp) => {
+            Some((dst, _)) if !dst.serves(pp) => (Outcome::Refused, None),
+            // A pod's traffic to its own IP never leaves it: no dataplane sees it. Through its
+            // Service it goes to the node and back (hairpin), and is filtered.
+            Some((dst, route)) if dst.key() == *from && !route.service => {
+                (Outcome::Connected, Some(dst.key()))
+            }
+            Some((dst, route)) if self.unfiltered(route) => (Outcome::Connected, Some(dst.key())),
+            Some((dst, route)) if self.passes(from, &dst.key(), pp, route) => {
+                (Outcome::Connected, Some(dst.key()))
+            }
+            Some((dst, route))
+                if self.rejects && self.denied_by_cluster(from, &dst.key(), pp, route) =>
+            {
                 (Outcome::Refused, None)
             }
             Some(_) => (Outcome::Timeout, None),
@@ -153,12 +253,25 @@ impl Judge<'_> {
         }
     }
 
+    /// Traffic the faults let past every policy: DNATed (`service-traffic-unfiltered`), IPv6
+    /// (`ipv6-unfiltered`).
+    fn unfiltered(&self, route: Route) -> bool {
+        (route.service && self.faults.has(Fault::ServiceTrafficUnfiltered))
+            || (route.family == Family::V6 && self.faults.has(Fault::Ipv6Unfiltered))
+    }
+
     /// Whether a cluster policy's Deny blocks the connection (where a drop is required).
-    fn denied_by_cluster(&self, from: &PodRef, to: &PodRef, pp: PortProtocol) -> bool {
-        let (Some(state), Some(oracle)) = (self.state, &self.oracle) else {
+    fn denied_by_cluster(
+        &self,
+        from: &PodRef,
+        to: &PodRef,
+        pp: PortProtocol,
+        route: Route,
+    ) -> bool {
+        let Some((cluster, oracle)) = self.oracle(route) else {
             return false;
         };
-        match (state.cluster.find_pod(from), state.cluster.find_pod(to)) {
+        match (cluster.find_pod(from), cluster.find_pod(to)) {
             (Some(src), Some(dst)) => oracle
                 .explain(Cell {
                     from: src,
@@ -171,11 +284,14 @@ impl Judge<'_> {
     }
 
     /// Whether a new connection gets through, replies included.
-    pub fn passes(&self, from: &PodRef, to: &PodRef, pp: PortProtocol) -> bool {
-        let (Some(state), Some(oracle)) = (self.state, &self.oracle) else {
+    pub fn passes(&self, from: &PodRef, to: &PodRef, pp: PortProtocol, route: Route) -> bool {
+        if !self.in_effect || self.unfiltered(route) {
+            return true;
+        }
+        let Some((cluster, oracle)) = self.oracle(route) else {
             return true;
         };
-        let forward = self.allows(state, oracle, from, to, pp);
+        let forward = self.allows(cluster, oracle, from, to, pp);
         if !forward || !self.stateless {
             return forward;
         }
@@ -184,7 +300,7 @@ impl Judge<'_> {
             _ => TCP_REPLY_PORT,
         };
         self.allows(
-            state,
+            cluster,
             oracle,
             to,
             from,
@@ -197,17 +313,15 @@ impl Judge<'_> {
     /// its own, and matches no other pod's peers.
     fn allows(
         &self,
-        state: &State,
+        cluster: &Cluster,
         oracle: &Oracle<'_>,
         from: &PodRef,
         to: &PodRef,
         pp: PortProtocol,
     ) -> bool {
-        let cluster = &state.cluster;
         let unprotected = |pod: &PodRef| {
-            state
-                .created
-                .get(pod)
+            self.created
+                .and_then(|c| c.get(pod))
                 .is_some_and(|created| self.lag.unprotected(*created, self.now))
         };
         match (cluster.find_pod(from), cluster.find_pod(to)) {

@@ -90,9 +90,10 @@ async fn serve(
                     let alive = open.outcome == Outcome::Connected
                         && (!stateless || {
                             let to = open.peer.as_deref().and_then(|p| p.parse().ok());
-                            to.is_some_and(|to| {
+                            let route = judge.pod_at(&open.host).map(|(_, route)| route);
+                            to.zip(route).is_some_and(|(to, route)| {
                                 let pp = PortProtocol::new(open.port, open.protocol);
-                                judge.passes(&from, &to, pp)
+                                judge.passes(&from, &to, pp, route)
                             })
                         });
                     if !alive {

@@ -21,7 +21,10 @@ use tokio::time::Instant;
 
 use super::{Backend, BackendError, Held};
 use crate::faults::{Fault, Faults};
-use crate::model::PodRef;
+use std::net::IpAddr;
+
+use crate::backend::local::proxy::cluster_ip;
+use crate::model::{Family, IpFamilies, PodRef};
 use crate::world::Mutation;
 use dataplane::Dataplane;
 
@@ -31,6 +34,8 @@ pub struct SimOptions {
     pub faults: Faults,
     /// Whether the simulated nodes serve SCTP.
     pub sctp: bool,
+    /// The pods' address families (`--ip-family`), as the local cluster gives them.
+    pub families: IpFamilies,
 }
 
 pub struct SimBackend {
@@ -44,7 +49,11 @@ impl SimBackend {
         SimBackend {
             run_id: format!("{:06x}", fastrand::u32(..0x0100_0000)),
             faults: options.faults.to_string(),
-            dataplane: Arc::new(Mutex::new(Dataplane::new(options.faults, options.sctp))),
+            dataplane: Arc::new(Mutex::new(Dataplane::new(
+                options.faults,
+                options.sctp,
+                options.families,
+            ))),
         }
     }
 
@@ -73,6 +82,26 @@ impl Backend for SimBackend {
         "the simulated cluster was discarded".into()
     }
 
+    fn addresses(&self, pod: &PodRef) -> Vec<IpAddr> {
+        let dataplane = self.dataplane();
+        let families = dataplane.families;
+        dataplane
+            .world
+            .pod(pod)
+            .map(|p| families.addresses(p.ip))
+            .unwrap_or_default()
+    }
+
+    fn service_addresses(&self, pod: &PodRef) -> Vec<IpAddr> {
+        let Some(slot) = self.dataplane().services.get(pod).copied() else {
+            return Vec::new();
+        };
+        self.addresses(pod)
+            .into_iter()
+            .map(|ip| cluster_ip(slot, Family::of(ip)))
+            .collect()
+    }
+
     async fn apply(&mut self, mutation: &Mutation) -> Result<(), BackendError> {
         let mut dataplane = self.dataplane();
         // What a deletion removes, for the `policy-deletion-ignored` fault to keep enforcing.
@@ -96,12 +125,15 @@ impl Backend for SimBackend {
         match mutation {
             Mutation::CreatePod(pod) => {
                 dataplane.created.insert(pod.key(), Instant::now());
+                dataplane.add_service(pod.key());
             }
             Mutation::DeletePod(pod) => {
                 dataplane.created.remove(pod);
+                dataplane.services.remove(pod);
             }
             Mutation::DeleteNamespace(name) => {
                 dataplane.created.retain(|p, _| &p.namespace != name);
+                dataplane.services.retain(|p, _| &p.namespace != name);
                 dataplane.ghosts.retain(|g| &g.namespace != name);
             }
             Mutation::ApplyPolicy(policy) => dataplane
@@ -151,7 +183,8 @@ impl Backend for SimBackend {
         let mut dataplane = self.dataplane();
         let faults = dataplane.faults.clone();
         let sctp = dataplane.sctp;
-        *dataplane = Dataplane::new(faults, sctp);
+        let families = dataplane.families;
+        *dataplane = Dataplane::new(faults, sctp, families);
         Ok(())
     }
 }

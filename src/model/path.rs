@@ -1,0 +1,199 @@
+//! How a probe reaches its destination pod: the *target* (the pod's own IP, or its Service's
+//! ClusterIP, where the service proxy DNATs to the pod) and the *address family*. A step is probed
+//! once per path; each path has its own expectation, because the spec judges a cell at the
+//! addresses the packets really carry (the destination pod after DNAT, the family's address).
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// How a probe addresses its destination pod.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProbeTarget {
+    /// The pod's own address: what every NetworkPolicy tester probes.
+    #[default]
+    PodIp,
+    /// The ClusterIP of a Service selecting only that pod: the packets are DNATed by the service
+    /// proxy, and the policies judge them at the backend pod. A pod reaching itself this way
+    /// (hairpin) is subject to cluster policies, unlike a pod's own IP.
+    Service,
+}
+
+impl ProbeTarget {
+    pub const ALL: [ProbeTarget; 2] = [ProbeTarget::PodIp, ProbeTarget::Service];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProbeTarget::PodIp => "pod-ip",
+            ProbeTarget::Service => "service",
+        }
+    }
+
+    /// Whether the backend must create a Service per pod for this target.
+    pub fn needs_services(self) -> bool {
+        self != ProbeTarget::PodIp
+    }
+}
+
+impl fmt::Display for ProbeTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for ProbeTarget {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ProbeTarget::ALL
+            .into_iter()
+            .find(|t| t.as_str() == s)
+            .ok_or_else(|| format!("unknown target {s:?} (expected pod-ip or service)"))
+    }
+}
+
+/// An IP address family.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+pub enum Family {
+    #[serde(rename = "IPv4")]
+    V4,
+    #[serde(rename = "IPv6")]
+    V6,
+}
+
+impl Family {
+    pub fn of(ip: IpAddr) -> Family {
+        if ip.is_ipv4() { Family::V4 } else { Family::V6 }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        }
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Which families the pods of a cluster polygraph builds get (`--ip-family`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum IpFamilies {
+    /// Every pod at its model address (IPv4 unless the model says otherwise).
+    #[default]
+    Ipv4,
+    /// Every pod at an IPv6 address: the model's, or the one derived from its IPv4 address.
+    Ipv6,
+    /// Every pod at both: its model IPv4 address and the IPv6 address derived from it.
+    Dual,
+}
+
+impl IpFamilies {
+    /// A pod's addresses, from its model address. The derived IPv6 address embeds the IPv4 one in
+    /// `fd00:10:244::/96` (10.244.1.10 → fd00:10:244::af4:10a), so a reader can map one to the other.
+    /// A model address that is already IPv6 stays the pod's only one: nothing derives an IPv4
+    /// address from it.
+    pub fn addresses(self, model: IpAddr) -> Vec<IpAddr> {
+        match (self, model) {
+            (IpFamilies::Ipv4, ip) | (_, ip @ IpAddr::V6(_)) => vec![ip],
+            (IpFamilies::Ipv6, IpAddr::V4(v4)) => vec![IpAddr::V6(embed_v4(POD_V6_PREFIX, v4))],
+            (IpFamilies::Dual, IpAddr::V4(v4)) => {
+                vec![IpAddr::V4(v4), IpAddr::V6(embed_v4(POD_V6_PREFIX, v4))]
+            }
+        }
+    }
+}
+
+/// Where derived IPv6 pod addresses live.
+const POD_V6_PREFIX: [u16; 3] = [0xfd00, 0x10, 0x244];
+
+/// An IPv4 address in the last 32 bits of a /96.
+pub fn embed_v4(prefix: [u16; 3], v4: Ipv4Addr) -> Ipv6Addr {
+    let [a, b, c, d] = v4.octets();
+    Ipv6Addr::new(
+        prefix[0],
+        prefix[1],
+        prefix[2],
+        0,
+        0,
+        0,
+        u16::from_be_bytes([a, b]),
+        u16::from_be_bytes([c, d]),
+    )
+}
+
+/// One way of probing a step: a target in a family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ProbePath {
+    pub target: ProbeTarget,
+    pub family: Family,
+}
+
+impl Default for ProbePath {
+    fn default() -> Self {
+        ProbePath {
+            target: ProbeTarget::PodIp,
+            family: Family::V4,
+        }
+    }
+}
+
+impl ProbePath {
+    /// The path every step had before targets and families: IPv4 pod IPs. Reports name a path
+    /// only when it is not this one.
+    pub fn is_plain(&self) -> bool {
+        *self == ProbePath::default()
+    }
+}
+
+impl fmt::Display for ProbePath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.target, self.family)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn derived_addresses_embed_the_ipv4_one() {
+        let v4: IpAddr = "10.244.1.10".parse().unwrap();
+        assert_eq!(
+            IpFamilies::Dual.addresses(v4),
+            vec![v4, "fd00:10:244::af4:10a".parse::<IpAddr>().unwrap()]
+        );
+        assert_eq!(
+            IpFamilies::Ipv6.addresses(v4),
+            vec!["fd00:10:244::af4:10a".parse::<IpAddr>().unwrap()]
+        );
+        assert_eq!(IpFamilies::Ipv4.addresses(v4), vec![v4]);
+        let v6: IpAddr = "fd00::5".parse().unwrap();
+        assert_eq!(IpFamilies::Dual.addresses(v6), vec![v6]);
+    }
+
+    #[test]
+    fn targets_parse_as_written() {
+        assert_eq!("service".parse::<ProbeTarget>(), Ok(ProbeTarget::Service));
+        assert!("Service".parse::<ProbeTarget>().is_err());
+    }
+}
