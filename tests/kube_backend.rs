@@ -56,6 +56,8 @@ struct State {
     services: BTreeMap<(String, String), Value>,
     /// Pods and Services get an IPv6 address too (`status.podIPs`, `spec.clusterIPs`).
     dual_stack: bool,
+    /// Pods the endpoint controller never adds to their Service's slices.
+    no_endpoints: BTreeSet<String>,
 }
 
 const POLICY_GROUP: &str = "policy.networking.k8s.io";
@@ -354,6 +356,50 @@ fn handle(
             s.calls.push(format!("create Service {ns}/{name}"));
             s.services.insert(key, service.clone());
             json_response(StatusCode::CREATED, service)
+        }
+        // The endpoint controller's part: a Service's slices list the ready pods its selector
+        // picks, one slice per address family.
+        (
+            "GET",
+            [
+                "apis",
+                "discovery.k8s.io",
+                "v1",
+                "namespaces",
+                ns,
+                "endpointslices",
+            ],
+        ) => {
+            let service = query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("labelSelector=kubernetes.io%2Fservice-name%3D"))
+                .unwrap_or_default()
+                .to_string();
+            let pods: Vec<&Value> = s
+                .pods
+                .iter()
+                .filter(|((pod_ns, name), pod)| {
+                    pod_ns == ns
+                        && !s.no_endpoints.contains(name)
+                        && pod["metadata"]["labels"]["polygraph.dev/service"] == service.as_str()
+                        && s.services.contains_key(&(ns.to_string(), service.clone()))
+                })
+                .map(|(_, pod)| pod)
+                .collect();
+            let slices: Vec<Value> = ["IPv4", "IPv6"]
+                .iter()
+                .map(|family| {
+                    let endpoints: Vec<Value> = pods
+                        .iter()
+                        .flat_map(|pod| pod["status"]["podIPs"].as_array().cloned().unwrap_or_default())
+                        .filter_map(|ip| ip["ip"].as_str().map(str::to_string))
+                        .filter(|ip| ip.contains(':') == (*family == "IPv6"))
+                        .map(|ip| json!({"addresses": [ip], "conditions": {"ready": true}}))
+                        .collect();
+                    json!({"metadata": {"name": format!("{service}-{family}")}, "addressType": family, "endpoints": endpoints})
+                })
+                .collect();
+            list("EndpointSliceList", slices)
         }
         ("DELETE", ["api", "v1", "namespaces", ns, "services", name]) => {
             match s.services.remove(&(ns.to_string(), name.to_string())) {
@@ -1424,6 +1470,15 @@ async fn services_follow_their_pods_and_leave_with_the_run() {
         let pod = &s.pods[&("polygraph-abc123-x".to_string(), "a".to_string())];
         assert_eq!(pod["metadata"]["labels"]["polygraph.dev/service"], "a");
     }
+    assert!(
+        state
+            .lock()
+            .expect("state")
+            .log
+            .iter()
+            .any(|l| l.contains("endpointslices?") && l.contains("service-name%3Da")),
+        "ready means the Service has the pod as an endpoint"
+    );
     let a = &pods[0];
     let cluster_ips = backend.service_addresses(a);
     assert_eq!(cluster_ips.len(), 1);
@@ -1573,4 +1628,32 @@ async fn a_dual_stack_cluster_is_probed_in_both_families() {
     // Each family's expectation is at that family's addresses.
     let v6 = &result.scenarios[0].steps[1].expected;
     assert!(v6.cluster.pods().iter().all(|p| p.ip.is_ipv6()));
+}
+
+/// A pod its Service never lists as an endpoint is not ready: probing through the Service would
+/// meet a proxy with nowhere to send the packets, which would look like a drop.
+#[tokio::test]
+async fn a_pod_missing_from_its_services_endpoints_is_not_ready() {
+    let state = Arc::new(Mutex::new(State::default()));
+    state.lock().expect("state").no_endpoints.insert("a".into());
+    let mut backend = backend_with(&state, with_services()).await;
+    let cluster = default_model().build("model").expect("model");
+    backend
+        .apply(&Mutation::CreateNamespace(cluster.namespaces()[0].clone()))
+        .await
+        .expect("namespace");
+    backend
+        .apply(&Mutation::CreatePod(cluster.pods()[0].clone()))
+        .await
+        .expect("pod");
+    let error = backend
+        .wait_ready(Duration::from_millis(600))
+        .await
+        .expect_err("no endpoint")
+        .to_string();
+    assert!(
+        error.starts_with("pod x/a: its Service a has no ready endpoint for 10.9.0.10"),
+        "{error}"
+    );
+    backend.cleanup().await.expect("cleanup");
 }

@@ -25,6 +25,7 @@ use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{
     Event, Namespace as KubeNamespace, Node, Pod as KubePod, Service,
 };
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
@@ -596,6 +597,12 @@ impl Backend for KubeBackend {
             let events: Api<Event> =
                 Api::namespaced(self.client.clone(), &self.names.namespace(&pod.namespace));
             let placed = readiness::await_pod(&api, &events, &pod, deadline).await?;
+            if self.services.contains_key(&pod) {
+                let slices: Api<EndpointSlice> =
+                    Api::namespaced(self.client.clone(), &self.names.namespace(&pod.namespace));
+                let service = manifests::service_name(&pod.name);
+                readiness::await_endpoints(&slices, &service, &pod, &placed.ips, deadline).await?;
+            }
             self.addresses.insert(pod.clone(), placed.ips);
             if let Some(node) = placed.node {
                 self.nodes.insert(pod, node);

@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Event, Pod as KubePod};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
 use kube::api::ListParams;
 
@@ -80,6 +81,55 @@ pub(super) async fn await_pod(
             }
             _ => tokio::time::sleep(Duration::from_millis(500)).await,
         }
+    }
+}
+
+/// Polls the EndpointSlices of a pod's own Service (`service`, in the namespace `api` covers) until
+/// every address of the pod is a ready endpoint: the first probe through the Service must not meet a
+/// service proxy with no endpoint yet, which would look like a drop. (The proxy's own programming,
+/// which follows the slice within moments, cannot be observed through the API; the step's
+/// convergence loop absorbs it.)
+pub(super) async fn await_endpoints(
+    api: &Api<EndpointSlice>,
+    service: &str,
+    pod: &PodRef,
+    addresses: &[IpAddr],
+    deadline: tokio::time::Instant,
+) -> Result<(), BackendError> {
+    let selector = format!("kubernetes.io/service-name={service}");
+    loop {
+        let slices = call(
+            &format!("listing the endpoints of pod {pod}'s Service"),
+            || async { api.list(&ListParams::default().labels(&selector)).await },
+        )
+        .await?;
+        let ready: Vec<IpAddr> = slices
+            .items
+            .iter()
+            .flat_map(|slice| &slice.endpoints)
+            // A nil condition means ready (the API's own reading).
+            .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
+            .flat_map(|e| &e.addresses)
+            .filter_map(|a| a.parse().ok())
+            .collect();
+        let missing: Vec<String> = addresses
+            .iter()
+            .filter(|a| !ready.contains(a))
+            .map(ToString::to_string)
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(BackendError::Pod {
+                pod: pod.clone(),
+                message: format!(
+                    "its Service {service} has no ready endpoint for {} (the endpoint controller did not add the pod)",
+                    missing.join(", ")
+                ),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
