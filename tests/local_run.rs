@@ -310,3 +310,74 @@ fn every_target_in_both_families_passes_and_each_fails_without_a_dataplane() {
         assert!(stdout.contains(line), "no {line:?} in {stdout}");
     }
 }
+
+/// Through a NodePort from outside the cluster, and out to a server beyond it, in both families:
+/// the reference dataplane passes every path, and without a dataplane the NodePort and external
+/// paths fail too (each has its failing case).
+#[test]
+#[ignore = "needs root: builds a local cluster (network namespaces, nftables); .ci/run runs it as root"]
+fn node_ports_and_external_destinations_pass_and_each_fails_without_a_dataplane() {
+    require_local_cluster();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let json = dir.path().join("run.json");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "run",
+            "node-port-ingress",
+            "external-egress",
+            "--ip-family",
+            "dual",
+            "--json",
+            json.to_str().expect("utf-8 path"),
+            "--json-cells",
+            "none",
+        ];
+        args.extend(extra);
+        let output = common::polygraph(&args, "");
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let report: RunJson =
+            serde_json::from_str(&std::fs::read_to_string(&json).expect("json")).expect("schema");
+        (output.status.code(), stdout, report)
+    };
+    let (code, stdout, report) = run(&[]);
+    assert_eq!(code, Some(0), "{stdout}");
+    let targets: std::collections::BTreeSet<String> = report
+        .scenarios
+        .iter()
+        .flat_map(|s| &s.steps)
+        .map(|s| format!("{:?} {:?}", s.target, s.family))
+        .collect();
+    for path in [
+        "NodePort IPv4",
+        "NodePort IPv6",
+        "External IPv4",
+        "External IPv6",
+    ] {
+        assert!(targets.contains(path), "no {path} results: {targets:?}");
+    }
+    println!("{}", stdout.lines().last().unwrap_or_default());
+
+    let (code, stdout, report) = run(&[
+        "--dataplane",
+        "none",
+        "--probe-timeout",
+        "300ms",
+        "--step-deadline",
+        "1s",
+        "--skip-established",
+    ]);
+    assert_eq!(code, Some(1), "{stdout}");
+    let failed: std::collections::BTreeSet<String> = report
+        .scenarios
+        .iter()
+        .flat_map(|s| &s.steps)
+        .filter(|s| s.status == "failed")
+        .map(|s| format!("{:?} {:?}", s.target, s.family))
+        .collect();
+    for path in ["NodePort IPv4", "NodePort IPv6", "External IPv4"] {
+        assert!(
+            failed.contains(path),
+            "{path} never failed without a dataplane: {stdout}"
+        );
+    }
+}

@@ -5,7 +5,10 @@ use polygraph::bench::{
     WorldSize, bench_port_protocols, generate_cluster, generate_cluster_policies,
     generate_policies, generate_policy_objects,
 };
+use std::net::IpAddr;
+
 use polygraph::matrix::Cell;
+use polygraph::model::Pod;
 use polygraph::policy::{Direction, Oracle, parse_policies};
 use proptest::prelude::*;
 
@@ -41,6 +44,51 @@ proptest! {
             }
             prop_assert_eq!(explanation.allowed(), verdict.allowed(), "{:?}: {}", cell, explanation.detail());
             prop_assert_eq!(explanation.drop_required(), verdict.drop, "drop {:?}: {} (egress drop {}, ingress drop {}: {})", cell, explanation.detail(), explanation.egress.drop, explanation.ingress.drop, explanation.ingress.summary());
+        }
+    }
+
+    /// Hosts outside the cluster (a NodePort client, an external server) belong to no namespace:
+    /// only ipBlock and networks peers can match them, and the index must find them as the direct
+    /// evaluation does (it once narrowed ipBlock peers by namespace and missed them).
+    #[test]
+    fn hosts_outside_the_cluster_are_judged_alike_by_index_and_explanation(
+        size in world(),
+        thirds in proptest::collection::vec((0u8..6, 1u8..250), 1..4),
+    ) {
+        let cluster = generate_cluster(&size);
+        // Some inside the generated ipBlocks and networks (10.244.0-5.x), some beyond them.
+        let hosts: Vec<Pod> = thirds
+            .iter()
+            .enumerate()
+            .map(|(i, (third, last))| Pod {
+                namespace: String::new(),
+                name: format!("host{i}"),
+                labels: Default::default(),
+                ip: IpAddr::from([10, 244, *third, *last]),
+                ports: cluster.pods()[0].ports.clone(),
+            })
+            .chain([Pod {
+                namespace: String::new(),
+                name: "far".into(),
+                labels: Default::default(),
+                ip: IpAddr::from([203, 0, 113, 10]),
+                ports: cluster.pods()[0].ports.clone(),
+            }])
+            .collect();
+        let cluster = cluster.with_outside(&hosts);
+        let policies = generate_policies(&size);
+        let cluster_policies = generate_cluster_policies(&size);
+        let oracle = Oracle::tiered(&cluster, &policies, &cluster_policies);
+        let table = oracle.truth_table(&bench_port_protocols());
+        for (cell, verdict) in table.cells() {
+            if !(cluster.is_outside(cell.from) || cluster.is_outside(cell.to)) {
+                continue;
+            }
+            let explanation = oracle.explain(cell);
+            prop_assert_eq!(explanation.undefined(), verdict.undefined, "undefined {:?}: {}", cell, explanation.detail());
+            if !verdict.undefined {
+                prop_assert_eq!(explanation.allowed(), verdict.allowed(), "{:?}: {}", cell, explanation.detail());
+            }
         }
     }
 

@@ -74,7 +74,7 @@ fn failing(report: &Value) -> BTreeMap<String, Vec<String>> {
 fn fault_scope(fault: &polygraph::faults::FaultInfo) -> Vec<&'static str> {
     let mut scope = if fault.features.iter().all(|f| f.starts_with("cnp-")) {
         vec!["--tags", "cluster-network-policy"]
-    } else if fault.features == ["service"] || fault.features == ["dual-stack"] {
+    } else if ["service", "dual-stack", "node-port"].contains(&fault.features.join(",").as_str()) {
         // Only traffic through Services, or IPv6 traffic, can meet these faults: the scenarios
         // that probe it are the ones to run.
         vec!["--tags", fault.features[0]]

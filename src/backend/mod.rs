@@ -110,6 +110,28 @@ pub trait Backend {
     fn node(&self, _pod: &PodRef) -> Option<&str> {
         None
     }
+    /// Where a NodePort probe for `pod`'s `pp` goes in `family`: its node's address and the node
+    /// port of the pod's own Service; `None` when the backend has none.
+    fn node_port(
+        &self,
+        _pod: &PodRef,
+        _pp: crate::model::PortProtocol,
+        _family: crate::model::Family,
+    ) -> Option<(IpAddr, u16)> {
+        None
+    }
+    /// The hosts outside the cluster a path with `target` needs (`ProbeTarget::needs_outside`):
+    /// the client of NodePort probes, or the servers of external ones, each a `Pod` in
+    /// `model::OUTSIDE_NAMESPACE` with its address and served ports. `port_protocols` are what the
+    /// scenario probes, for a backend that runs its own servers. `Err(reason)`: the path cannot be
+    /// probed here, and scenarios that need it are unsupported.
+    async fn outside(
+        &mut self,
+        target: crate::model::ProbeTarget,
+        _port_protocols: &[crate::model::PortProtocol],
+    ) -> Result<Vec<crate::model::Pod>, String> {
+        Err(format!("this backend cannot probe the {target} target"))
+    }
     /// Carries out one change; returns once the backend has accepted it (pods may not be ready).
     async fn apply(&mut self, mutation: &Mutation) -> Result<(), BackendError>;
     /// Waits until every pod serves its ports (and deletions have finished), or names the pod
@@ -188,6 +210,21 @@ impl Backend for AnyBackend {
     }
     fn node(&self, pod: &PodRef) -> Option<&str> {
         delegate!(self, b => b.node(pod))
+    }
+    fn node_port(
+        &self,
+        pod: &PodRef,
+        pp: crate::model::PortProtocol,
+        family: crate::model::Family,
+    ) -> Option<(IpAddr, u16)> {
+        delegate!(self, b => b.node_port(pod, pp, family))
+    }
+    async fn outside(
+        &mut self,
+        target: crate::model::ProbeTarget,
+        port_protocols: &[crate::model::PortProtocol],
+    ) -> Result<Vec<crate::model::Pod>, String> {
+        delegate!(self, b => b.outside(target, port_protocols).await)
     }
     async fn apply(&mut self, mutation: &Mutation) -> Result<(), BackendError> {
         delegate!(self, b => b.apply(mutation).await)

@@ -14,7 +14,7 @@ use polygraph::bench::{
 use polygraph::faults::Faults;
 use polygraph::model::{IpFamilies, ProbeTarget, default_model};
 use polygraph::policy::parse_policies;
-use polygraph::run::{path_analysis, paths, probe_matrix, reconcile};
+use polygraph::run::{PathPlan, probe_matrix, reconcile};
 use polygraph::world::World;
 
 use super::session::session;
@@ -103,10 +103,11 @@ fn probe(args: ProbeBenchArgs) -> Result<ExitCode, CliError> {
     let finished = session(start, async |backend| {
         reconcile(backend, &World::empty(), &world).await?;
         out!("local cluster up in {}", ms(started.elapsed()))?;
-        let paths = paths(&*backend, &analysis.cluster, &args.targets);
+        let plan = PathPlan::of(&args.targets);
+        let paths = plan.paths(&*backend, &analysis);
         let expected: Vec<_> = paths
             .iter()
-            .map(|&path| path_analysis(&*backend, &analysis, path))
+            .map(|&path| plan.analysis(&*backend, &analysis, path))
             .collect();
         let mut rounds = vec![Vec::new(); paths.len()];
         // Alternating, so that any drift of the machine falls on every path alike.

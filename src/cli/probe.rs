@@ -11,7 +11,7 @@ use super::{CliError, EXIT_WRONG, OutputFormat, use_color};
 use polygraph::backend::Backend;
 use polygraph::model::ProbeTarget;
 use polygraph::report::probe;
-use polygraph::run::{observe, paths, reconcile};
+use polygraph::run::{PathPlan, observe, reconcile};
 use polygraph::world::World;
 
 #[derive(Debug, Args)]
@@ -59,10 +59,25 @@ pub fn run(args: ProbeArgs) -> Result<ExitCode, CliError> {
             let started = Instant::now();
             // Probed and judged where the cluster put the pods, not where the model planned them, on
             // every path (target and family).
+            let mut plan = PathPlan::of(&args.targets);
+            for &target in args.targets.iter().filter(|t| t.needs_outside()) {
+                let hosts = backend
+                    .outside(target, analysis.table.port_protocols())
+                    .await
+                    .map_err(|reason| CliError::Usage(format!("--target {target}: {reason}")))?;
+                plan.outside.push((target, hosts));
+            }
             let mut probes = Vec::new();
-            for path in paths(&*backend, &analysis.cluster, &args.targets) {
-                let (analysis, observed) =
-                    observe(&*backend, &analysis, path, args.timeout, args.parallel).await?;
+            for path in plan.paths(&*backend, &analysis) {
+                let (analysis, observed) = observe(
+                    &*backend,
+                    &analysis,
+                    &plan,
+                    path,
+                    args.timeout,
+                    args.parallel,
+                )
+                .await?;
                 probes.push(probe::PathProbe {
                     path,
                     analysis,

@@ -42,6 +42,7 @@ pub enum Fault {
     NetworksSkipPods,
     ServiceTrafficUnfiltered,
     Ipv6Unfiltered,
+    NodePortUnfiltered,
 }
 
 impl Fault {
@@ -54,6 +55,7 @@ impl Fault {
                 | Fault::PolicyDeletionIgnored
                 | Fault::ServiceTrafficUnfiltered
                 | Fault::Ipv6Unfiltered
+                | Fault::NodePortUnfiltered
         )
     }
 }
@@ -222,6 +224,12 @@ pub const CATALOGUE: &[FaultInfo] = &[
         fault: Some(Fault::ServiceTrafficUnfiltered),
         features: &["service"],
         imitates: "traffic the service proxy DNATed (to a ClusterIP) skips the policies: only pod-IP traffic is filtered",
+    },
+    FaultInfo {
+        name: "nodeport-unfiltered",
+        fault: Some(Fault::NodePortUnfiltered),
+        features: &["node-port"],
+        imitates: "traffic arriving through a NodePort skips the policies: ingress from outside the cluster is never filtered",
     },
     FaultInfo {
         name: "ipv6-unfiltered",

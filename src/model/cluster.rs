@@ -89,8 +89,12 @@ impl std::str::FromStr for PodRef {
     }
 }
 
+/// The namespace of hosts outside the cluster in a path's analysis (`Cluster::with_outside`): not a
+/// valid namespace name, so no policy, selector or user namespace can ever name it.
+pub const OUTSIDE_NAMESPACE: &str = "(outside)";
+
 /// A consistent cluster: every pod's namespace exists, names and IPs are unique. Built from a
-/// `ClusterDescription`, which does the checking.
+/// `ClusterDescription`, which does the checking. (`with_outside` adds hosts that are not pods.)
 #[derive(Debug, Clone, Default)]
 pub struct Cluster {
     namespaces: Vec<Namespace>,
@@ -134,6 +138,24 @@ impl Cluster {
 
     pub fn find_pod(&self, pod: &PodRef) -> Option<PodId> {
         self.pod_index.get(pod).copied()
+    }
+
+    /// The cluster plus hosts outside it, appended after the pods, in `OUTSIDE_NAMESPACE`, which the
+    /// cluster does not have: no namespace or pod selector, no policy and no cluster policy subject
+    /// can match them, so only `ipBlock` and `networks` peers do, by address — what the spec says
+    /// of traffic from or to outside the cluster. Not a cluster a description could build.
+    pub fn with_outside(&self, hosts: &[Pod]) -> Cluster {
+        let mut pods = self.pods.clone();
+        pods.extend(hosts.iter().map(|h| Pod {
+            namespace: OUTSIDE_NAMESPACE.to_string(),
+            ..h.clone()
+        }));
+        Cluster::from_parts(self.namespaces.clone(), pods)
+    }
+
+    /// Whether the pod at `id` is a host outside the cluster (see `with_outside`).
+    pub fn is_outside(&self, id: PodId) -> bool {
+        self.pods[id].namespace == OUTSIDE_NAMESPACE
     }
 
     /// The cluster as a description again, every pod with its IP: to rebuild it with changes.

@@ -10,7 +10,9 @@ mod path;
 mod protocol;
 pub mod syntax;
 
-pub use cluster::{Cluster, ContainerPort, Labels, Namespace, Pod, PodId, PodRef};
+pub use cluster::{
+    Cluster, ContainerPort, Labels, Namespace, OUTSIDE_NAMESPACE, Pod, PodId, PodRef,
+};
 pub use description::{
     ClusterDescription, NamespaceDescription, PodDescription, PortDescription, default_model,
 };

@@ -30,21 +30,39 @@ pub enum ProbeTarget {
     /// proxy, and the policies judge them at the backend pod. A pod reaching itself this way
     /// (hairpin) is subject to cluster policies, unlike a pod's own IP.
     Service,
+    /// A client outside the cluster reaching the pod through a NodePort on its node's address
+    /// (`externalTrafficPolicy: Local`, so the pod sees the client's own address).
+    NodePort,
+    /// The other way out: pods reaching a server outside the cluster.
+    External,
 }
 
 impl ProbeTarget {
-    pub const ALL: [ProbeTarget; 2] = [ProbeTarget::PodIp, ProbeTarget::Service];
+    pub const ALL: [ProbeTarget; 4] = [
+        ProbeTarget::PodIp,
+        ProbeTarget::Service,
+        ProbeTarget::NodePort,
+        ProbeTarget::External,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             ProbeTarget::PodIp => "pod-ip",
             ProbeTarget::Service => "service",
+            ProbeTarget::NodePort => "node-port",
+            ProbeTarget::External => "external",
         }
     }
 
     /// Whether the backend must create a Service per pod for this target.
     pub fn needs_services(self) -> bool {
-        self != ProbeTarget::PodIp
+        matches!(self, ProbeTarget::Service | ProbeTarget::NodePort)
+    }
+
+    /// Whether the path has a host outside the cluster at one end: the client of a NodePort, the
+    /// server of an external destination.
+    pub fn needs_outside(self) -> bool {
+        matches!(self, ProbeTarget::NodePort | ProbeTarget::External)
     }
 }
 
@@ -61,7 +79,9 @@ impl std::str::FromStr for ProbeTarget {
         ProbeTarget::ALL
             .into_iter()
             .find(|t| t.as_str() == s)
-            .ok_or_else(|| format!("unknown target {s:?} (expected pod-ip or service)"))
+            .ok_or_else(|| {
+                format!("unknown target {s:?} (expected pod-ip, service, node-port or external)")
+            })
     }
 }
 

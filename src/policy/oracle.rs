@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use fixedbitset::FixedBitSet;
 
 use super::cluster::{Action, ClusterPolicy, Tier};
-use super::compiled::{Direction, Policy, Rule};
+use super::compiled::{Direction, Peer, Policy, Rule};
 use super::explain::{
     CellExplanation, Decider, DirectionExplanation, RuleExplanation, RuleResult, TierStep,
 };
@@ -824,6 +824,14 @@ fn peer_set(
         return set;
     };
     for peer in peers {
+        // An ipBlock matches by address alone: every pod, and hosts outside the cluster (which
+        // belong to no namespace of it), are candidates.
+        if let Peer::IpBlock { .. } = peer {
+            set.extend(
+                (0..n).filter(|&id| peer.matches(cluster, &policy.namespace, cluster.pod(id))),
+            );
+            continue;
+        }
         // Narrow by namespace first: most peers name one namespace, so most pods are never visited.
         for ns in cluster.namespaces() {
             if !peer.selects_namespace(cluster, &policy.namespace, &ns.name) {

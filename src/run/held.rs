@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use polygraph_agent::wire::{Outcome, Target};
 
+use super::paths::probe_target;
 use super::result::{RunOptions, StepResult};
-use super::target_host;
 use super::timing::{Change, FlowFate, FlowSummary};
 use crate::analyze::Analysis;
 use crate::backend::{Backend, Held};
@@ -32,9 +32,12 @@ pub(super) async fn hold_flows<B: Backend>(
     changes: &Grid<Change>,
     options: &RunOptions,
 ) -> Vec<HeldFlows> {
+    // Connections are held between pods; a path with a host outside the cluster holds none.
+    if path.target.needs_outside() {
+        return Vec::new();
+    }
     let pods = analysis.cluster.pods();
     let pps = analysis.table.port_protocols();
-    let address = |id: usize| target_host(backend, &pods[id], path).ok().flatten();
     // Per source: the targets, and each one's (port/protocol index, destination).
     type Plan = (Vec<Target>, Vec<(usize, usize)>);
     let mut per_source: BTreeMap<usize, Plan> = BTreeMap::new();
@@ -49,15 +52,11 @@ pub(super) async fn hold_flows<B: Backend>(
         {
             continue;
         }
-        let Some(host) = address(cell.to) else {
+        let Ok(Some(target)) = probe_target(backend, dst, false, pp, path) else {
             continue;
         };
         let entry = per_source.entry(cell.from).or_default();
-        entry.0.push(Target {
-            host: host.to_string(),
-            port: pp.port,
-            protocol: pp.protocol,
-        });
+        entry.0.push(target);
         entry.1.push((k, cell.to));
     }
     let opened = per_source

@@ -9,11 +9,10 @@ use tokio::time::Instant;
 use super::result::{RunOptions, RunResult, ScenarioResult, StepResult};
 use super::step::run_step;
 use super::summary::{RunTotals, ScenarioTotals};
-use super::{path_analysis, paths, probe_matrix, reconcile};
+use super::{PathPlan, probe_matrix, reconcile};
 use crate::analyze::Analysis;
 use crate::backend::Backend;
 use crate::matrix::Judgement;
-use crate::model::ProbeTarget;
 use crate::policy::ClusterKind;
 use crate::scenario::Scenario;
 use crate::world::{Mutation, World};
@@ -44,15 +43,16 @@ pub enum Event<'a> {
 async fn await_baseline<B: Backend>(
     backend: &B,
     initial: &Analysis,
-    targets: &[ProbeTarget],
+    plan: &PathPlan,
     options: &RunOptions,
 ) -> Result<(), String> {
     // The first path is enough: the question is which policies the dataplane enforces.
-    let path = paths(backend, &initial.cluster, targets)
+    let path = plan
+        .paths(backend, initial)
         .first()
         .copied()
         .unwrap_or_default();
-    let analysis = path_analysis(backend, initial, path);
+    let analysis = plan.analysis(backend, initial, path);
     let started = Instant::now();
     loop {
         let round_began = Instant::now();
@@ -133,8 +133,26 @@ pub async fn run_scenarios<B: Backend>(
             } else {
                 options.targets.clone()
             };
+            // Hosts outside the cluster, for the targets that need one; a backend that has none
+            // makes the scenario unsupported, with its reason.
+            let mut plan = PathPlan::of(&targets);
+            for &target in targets.iter().filter(|t| t.needs_outside()) {
+                match backend.outside(target, &scenario.port_protocols).await {
+                    Ok(hosts) => plan.outside.push((target, hosts)),
+                    Err(reason) => {
+                        result.unsupported = Some(reason);
+                        break;
+                    }
+                }
+            }
+            if result.unsupported.is_some() {
+                result.elapsed = scenario_start.elapsed();
+                on_event(Event::ScenarioFinished { result: &result });
+                results.push(result);
+                continue;
+            }
             let set_up = match reconcile(backend, &deployed, &scenario.initial).await {
-                Ok(()) => await_baseline(&*backend, &initial, &targets, options).await,
+                Ok(()) => await_baseline(&*backend, &initial, &plan, options).await,
                 Err(e) => Err(e.to_string()),
             };
             match set_up {
@@ -152,7 +170,7 @@ pub async fn run_scenarios<B: Backend>(
                         };
                         on_event(Event::StepStarted { scenario, index });
                         let steps =
-                            run_step(backend, scenario, index, before, &targets, options).await;
+                            run_step(backend, scenario, index, before, &plan, options).await;
                         let stop = steps.iter().any(|s| s.error.is_some());
                         for step in steps {
                             on_event(Event::StepFinished {

@@ -10,11 +10,11 @@ use super::held::{check_flows, hold_flows};
 use super::result::{RunOptions, StepResult, Verdict};
 use super::summary::summarize;
 use super::timing::{CellTiming, Race, StepTiming, changes};
-use super::{READY_TIMEOUT, path_analysis, paths, probe_matrix};
+use super::{PathPlan, READY_TIMEOUT, probe_matrix};
 use crate::analyze::Analysis;
 use crate::backend::{Backend, BackendError};
 use crate::matrix::{Grid, Judgement, TruthTable};
-use crate::model::{ProbePath, ProbeTarget};
+use crate::model::ProbePath;
 use crate::scenario::{Action, Scenario};
 
 /// Carries out a step's action; returns the moment of the change (for a new pod: when the backend
@@ -43,21 +43,22 @@ pub(super) async fn run_step<B: Backend>(
     scenario: &Scenario,
     index: usize,
     before: &Analysis,
-    targets: &[ProbeTarget],
+    plan: &PathPlan,
     options: &RunOptions,
 ) -> Vec<StepResult> {
     let step = &scenario.steps[index];
     // Held connections go on the first path the cluster has before the change.
-    let held_path = paths(&*backend, &before.cluster, targets)
+    let held_path = plan
+        .paths(&*backend, before)
         .first()
         .copied()
         .unwrap_or_default();
     let held_changes = changes(
-        &path_analysis(&*backend, before, held_path).table,
-        &path_analysis(&*backend, &step.analysis, held_path).table,
+        &plan.analysis(&*backend, before, held_path).table,
+        &plan.analysis(&*backend, &step.analysis, held_path).table,
     );
     let mut flows = if options.established {
-        let analysis = path_analysis(&*backend, &step.analysis, held_path);
+        let analysis = plan.analysis(&*backend, &step.analysis, held_path);
         hold_flows(&*backend, &analysis, held_path, &held_changes, options).await
     } else {
         Vec::new()
@@ -76,14 +77,15 @@ pub(super) async fn run_step<B: Backend>(
         }
     };
     let mut results = Vec::new();
-    for (i, path) in paths(&*backend, &step.analysis.cluster, targets)
+    for (i, path) in plan
+        .paths(&*backend, &step.analysis)
         .into_iter()
         .enumerate()
     {
         // Judge against the pods' addresses on this path (a Kubernetes cluster assigns its own).
-        let expected = path_analysis(&*backend, &step.analysis, path);
+        let expected = plan.analysis(&*backend, &step.analysis, path);
         let path_changes = changes(
-            &path_analysis(&*backend, before, path).table,
+            &plan.analysis(&*backend, before, path).table,
             &expected.table,
         );
         let mut result = blank(step, path, path_changes, expected.table.clone());

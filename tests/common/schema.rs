@@ -110,6 +110,8 @@ pub struct ScenarioJson {
 pub enum Target {
     PodIp,
     Service,
+    NodePort,
+    External,
 }
 
 #[derive(Debug, Deserialize, PartialEq, Eq)]

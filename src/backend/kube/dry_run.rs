@@ -167,6 +167,15 @@ impl Backend for Recorder {
         self.sim.service_addresses(pod)
     }
 
+    /// As on Kubernetes: not yet.
+    async fn outside(
+        &mut self,
+        target: crate::model::ProbeTarget,
+        _port_protocols: &[crate::model::PortProtocol],
+    ) -> Result<Vec<crate::model::Pod>, String> {
+        Err(super::outside_unsupported(target))
+    }
+
     async fn apply(&mut self, mutation: &Mutation) -> Result<(), BackendError> {
         self.sim.apply(mutation).await?;
         self.world

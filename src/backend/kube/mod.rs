@@ -104,6 +104,17 @@ pub fn api_calls(names: &RunNames, options: &KubeOptions, mutation: &Mutation) -
     }
 }
 
+/// Why a path beyond the cluster can't be probed on Kubernetes yet. A NodePort client outside the
+/// cluster would have to be polygraph itself, and the address its probes arrive from (after
+/// whatever NAT lies between it and the nodes) decides every ipBlock answer; an external server
+/// would have to be one the user names. Rather than guess either, such scenarios are unsupported.
+pub fn outside_unsupported(target: crate::model::ProbeTarget) -> String {
+    match target {
+        crate::model::ProbeTarget::NodePort => "probing NodePorts from outside the cluster is not supported on Kubernetes yet: polygraph would have to know the address its probes arrive from".into(),
+        _ => "probing destinations outside the cluster is not supported on Kubernetes yet (it needs a destination you name)".into(),
+    }
+}
+
 pub struct KubeBackend {
     client: Client,
     names: RunNames,
@@ -557,6 +568,14 @@ impl Backend for KubeBackend {
 
     fn service_addresses(&self, pod: &PodRef) -> Vec<IpAddr> {
         self.services.get(pod).cloned().unwrap_or_default()
+    }
+
+    async fn outside(
+        &mut self,
+        target: crate::model::ProbeTarget,
+        _port_protocols: &[crate::model::PortProtocol],
+    ) -> Result<Vec<Pod>, String> {
+        Err(outside_unsupported(target))
     }
 
     fn node(&self, pod: &PodRef) -> Option<&str> {

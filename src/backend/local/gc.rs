@@ -15,13 +15,14 @@ pub struct GcReport {
     pub live: Vec<(String, i32)>,
 }
 
-/// The run id of a namespace polygraph made: `pg-<6 hex digits>-<node or slot>`.
+/// The run id of a namespace polygraph made: `pg-<6 hex digits>-<node, outside or slot>`.
 fn run_id(netns: &str) -> Option<&str> {
     let rest = netns.strip_prefix(NETNS_PREFIX)?;
     let (id, suffix) = rest.split_once('-')?;
     let id_ok = id.len() == 6 && id.chars().all(|c| c.is_ascii_hexdigit());
-    let suffix_ok =
-        suffix == "node" || (!suffix.is_empty() && suffix.chars().all(|c| c.is_ascii_digit()));
+    let suffix_ok = suffix == "node"
+        || suffix == "outside"
+        || (!suffix.is_empty() && suffix.chars().all(|c| c.is_ascii_digit()));
     (id_ok && suffix_ok).then_some(id)
 }
 

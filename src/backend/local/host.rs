@@ -22,6 +22,11 @@ impl Names {
         format!("{NETNS_PREFIX}{}-node", self.run_id)
     }
 
+    /// The host outside the cluster: NodePort client, external server.
+    pub fn outside(&self) -> String {
+        format!("{NETNS_PREFIX}{}-outside", self.run_id)
+    }
+
     pub fn pod(&self, slot: usize) -> String {
         format!("{NETNS_PREFIX}{}-{slot}", self.run_id)
     }

@@ -33,8 +33,9 @@ use programmer::Programmer;
 use super::{Backend, BackendError, Held, UdpSourcePorts, probe_request};
 use crate::faults::Fault;
 use crate::model::{
-    Cluster, ClusterDescription, Family, IpFamilies, Labels, NAMESPACE_NAME_LABEL, Namespace,
-    NamespaceDescription, Pod, PodDescription, PodId, PodRef,
+    Cluster, ClusterDescription, ContainerPort, Family, IpFamilies, Labels, NAMESPACE_NAME_LABEL,
+    Namespace, NamespaceDescription, OUTSIDE_NAMESPACE, Pod, PodDescription, PodId, PodRef,
+    PortProtocol, ProbeTarget,
 };
 use crate::policy::{ClusterKind, ClusterPolicy, Policy};
 use crate::world::Mutation;
@@ -47,6 +48,8 @@ struct LocalPod {
     pod: Pod,
     /// One per family (`--ip-family`), from the model's address.
     addresses: Vec<IpAddr>,
+    /// Per served (port, protocol), the NodePort of its Service.
+    node_ports: Vec<(PortProtocol, u16)>,
     created: tokio::time::Instant,
     agent: Option<Agent>,
 }
@@ -66,7 +69,23 @@ pub struct LocalBackend {
     owner_file: Option<PathBuf>,
     cleaned: bool,
     udp_ports: UdpSourcePorts,
+    next_node_port: u16,
+    /// The host outside the cluster, once a path needs it.
+    outside: Option<Outside>,
 }
+
+/// The host outside the cluster: a network namespace routed to the node like a pod, but no pod
+/// (no policy selects it, nothing in the cluster knows it), at a documentation address
+/// (203.0.113.10, 2001:db8::10). NodePort probes start there; external ones end there.
+struct Outside {
+    /// As the analysis sees it: `model::OUTSIDE_NAMESPACE`, its address, the ports it serves.
+    host: Pod,
+    addresses: Vec<IpAddr>,
+    agent: Option<Agent>,
+}
+
+const OUTSIDE_V4: std::net::Ipv4Addr = std::net::Ipv4Addr::new(203, 0, 113, 10);
+const OUTSIDE_V6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10);
 
 struct SlotTable {
     slots: Vec<usize>,
@@ -125,6 +144,8 @@ impl LocalBackend {
             owner_file: None,
             cleaned: false,
             udp_ports: UdpSourcePorts::default(),
+            next_node_port: proxy::NODE_PORT_FIRST,
+            outside: None,
         };
         if let Err(e) = backend.create_node().await {
             backend.remove_everything().await;
@@ -187,6 +208,7 @@ impl LocalBackend {
             slot: p.slot,
             pod: &p.pod,
             addresses: &p.addresses,
+            node_ports: &p.node_ports,
         });
         host::nft(&self.names.node(), &proxy::update(backends)).await
     }
@@ -234,12 +256,18 @@ impl LocalBackend {
                 agent.stop().await;
             }
         }
+        if let Some(agent) = self.outside.as_mut().and_then(|o| o.agent.as_mut()) {
+            agent.stop().await;
+        }
         self.remove_namespaces_now();
     }
 
     fn remove_namespaces_now(&mut self) {
         for local in self.pods.values() {
             host::netns_delete_now(&self.names.pod(local.slot));
+        }
+        if self.outside.take().is_some() {
+            host::netns_delete_now(&self.names.outside());
         }
         host::netns_delete_now(&self.names.node());
         if let Some(owner) = self.owner_file.take() {
@@ -326,12 +354,24 @@ impl LocalBackend {
         }
         let slot = self.next_slot;
         self.next_slot += 1;
+        let mut node_ports = Vec::new();
+        for port in &pod.ports {
+            // The range is Kubernetes' (30000-32767); a run with more ports than that gets none.
+            if self.next_node_port <= 32767 {
+                node_ports.push((
+                    PortProtocol::new(port.port, port.protocol),
+                    self.next_node_port,
+                ));
+                self.next_node_port += 1;
+            }
+        }
         self.pods.insert(
             key.clone(),
             LocalPod {
                 slot,
                 pod: pod.clone(),
                 addresses: addresses.clone(),
+                node_ports,
                 created: tokio::time::Instant::now(),
                 agent: None,
             },
@@ -401,7 +441,71 @@ impl LocalBackend {
         self.sync().await
     }
 
+    /// Creates the outside host on first use, serving `port_protocols` (restarted when they
+    /// change).
+    async fn ensure_outside(
+        &mut self,
+        port_protocols: &[PortProtocol],
+    ) -> Result<Pod, BackendError> {
+        let netns = self.names.outside();
+        if self.outside.is_none() {
+            let addresses: Vec<IpAddr> = match self.options.families {
+                IpFamilies::Ipv4 => vec![IpAddr::V4(OUTSIDE_V4)],
+                IpFamilies::Ipv6 => vec![IpAddr::V6(OUTSIDE_V6)],
+                IpFamilies::Dual => vec![IpAddr::V4(OUTSIDE_V4), IpAddr::V6(OUTSIDE_V6)],
+            };
+            network::create_outside_link(&self.names.node(), &netns, &addresses).await?;
+            network::bring_up_pod(&netns, &addresses).await?;
+            self.outside = Some(Outside {
+                host: Pod {
+                    namespace: OUTSIDE_NAMESPACE.into(),
+                    name: "host".into(),
+                    labels: Labels::new(),
+                    ip: addresses[0],
+                    ports: Vec::new(),
+                },
+                addresses,
+                agent: None,
+            });
+        }
+        let Some(outside) = self.outside.as_mut() else {
+            return Err(BackendError::Io {
+                what: "creating the outside host".into(),
+                source: std::io::Error::other("it vanished"),
+            });
+        };
+        let ports: Vec<ContainerPort> = port_protocols
+            .iter()
+            .map(|pp| ContainerPort {
+                name: None,
+                port: pp.port,
+                protocol: pp.protocol,
+            })
+            .collect();
+        if outside.host.ports != ports {
+            if let Some(agent) = &mut outside.agent {
+                agent.stop().await;
+            }
+            outside.host.ports = ports;
+            outside.agent = Agent::serve(&self.options.agent, &netns, &outside.host)?;
+            let timeout = Duration::from_secs(10);
+            if let Some(agent) = &mut outside.agent {
+                agent
+                    .await_ready(
+                        &outside.host.key(),
+                        tokio::time::Instant::now() + timeout,
+                        timeout,
+                    )
+                    .await?;
+            }
+        }
+        Ok(outside.host.clone())
+    }
+
     fn netns_of(&self, pod: &PodRef) -> Result<String, BackendError> {
+        if self.outside.as_ref().is_some_and(|o| o.host.key() == *pod) {
+            return Ok(self.names.outside());
+        }
         let local = self.pods.get(pod).ok_or_else(|| BackendError::Probe {
             pod: pod.clone(),
             message: "no such pod".into(),
@@ -446,10 +550,34 @@ impl Backend for LocalBackend {
     }
 
     fn addresses(&self, pod: &PodRef) -> Vec<IpAddr> {
+        if let Some(outside) = self.outside.as_ref().filter(|o| o.host.key() == *pod) {
+            return outside.addresses.clone();
+        }
         self.pods
             .get(pod)
             .map(|p| p.addresses.clone())
             .unwrap_or_default()
+    }
+
+    fn node_port(&self, pod: &PodRef, pp: PortProtocol, family: Family) -> Option<(IpAddr, u16)> {
+        let local = self.pods.get(pod)?;
+        if !local.addresses.iter().any(|ip| Family::of(*ip) == family) {
+            return None;
+        }
+        let (_, port) = local.node_ports.iter().find(|(p, _)| *p == pp)?;
+        Some((proxy::node_address(family), *port))
+    }
+
+    /// The outside namespace, for both NodePort clients and external servers.
+    async fn outside(
+        &mut self,
+        _target: ProbeTarget,
+        port_protocols: &[PortProtocol],
+    ) -> Result<Vec<Pod>, String> {
+        match self.ensure_outside(port_protocols).await {
+            Ok(host) => Ok(vec![host]),
+            Err(e) => Err(format!("the outside host could not be set up: {e}")),
+        }
     }
 
     fn service_addresses(&self, pod: &PodRef) -> Vec<IpAddr> {
@@ -556,6 +684,9 @@ impl Drop for LocalBackend {
                 if let Some(agent) = &mut local.agent {
                     agent.kill();
                 }
+            }
+            if let Some(agent) = self.outside.as_mut().and_then(|o| o.agent.as_mut()) {
+                agent.kill();
             }
             self.remove_namespaces_now();
         }

@@ -54,7 +54,28 @@ pub(super) async fn create_pod_link(
     slot: usize,
     addresses: &[IpAddr],
 ) -> Result<(), BackendError> {
-    let veth = nft::veth_name(slot);
+    create_link(node, netns, &nft::veth_name(slot), addresses).await
+}
+
+/// The namespace of a host outside the cluster and its link to the node (`OUTSIDE_VETH`): routed
+/// like a pod's, so the node is its only way anywhere, and nothing links it to the host's network.
+pub(super) async fn create_outside_link(
+    node: &str,
+    netns: &str,
+    addresses: &[IpAddr],
+) -> Result<(), BackendError> {
+    create_link(node, netns, OUTSIDE_VETH, addresses).await
+}
+
+/// The node's side of the outside host's link.
+pub(super) const OUTSIDE_VETH: &str = "pgout";
+
+async fn create_link(
+    node: &str,
+    netns: &str,
+    veth: &str,
+    addresses: &[IpAddr],
+) -> Result<(), BackendError> {
     host::netns_add(netns).await?;
     let mut node_lines = vec![
         format!("link add {veth} type veth peer name eth0 netns {netns}"),

@@ -95,6 +95,10 @@ fn base(faults: &Faults) -> nft::Ruleset {
     if faults.has(Fault::Ipv6Unfiltered) {
         unfiltered.push("meta nfproto ipv6".to_string());
     }
+    if faults.has(Fault::NodePortUnfiltered) {
+        unfiltered.push(format!("ct original ip daddr {}", super::proxy::NODE_V4));
+        unfiltered.push(format!("ct original ip6 daddr {}", super::proxy::NODE_V6));
+    }
     nft::Ruleset {
         stateless: faults.has(Fault::Stateless),
         unfiltered,

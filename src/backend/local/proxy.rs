@@ -4,8 +4,12 @@
 //! ```text
 //! table inet polygraph-nat                    in the node namespace
 //!   chain prerouting   hook prerouting, dstnat:  ClusterIP + served port → the pod (DNAT)
+//!                                                node address + NodePort → the pod's port (DNAT)
 //!   chain postrouting  hook postrouting, srcnat: a pod reaching itself → SNAT to the node address
 //! ```
+//!
+//! NodePorts behave as with `externalTrafficPolicy: Local`: no SNAT, so the pod (and the policies)
+//! see the client's own address. The cluster has one node, so every pod is local to it.
 //!
 //! DNAT happens before the forward hook, so the reference dataplane (`nft`) sees the backend pod as
 //! the destination, as real CNIs do. Hairpin traffic (a pod to its own Service) is masqueraded to
@@ -17,7 +21,7 @@
 use std::fmt::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::model::{Family, Pod, Protocol};
+use crate::model::{Family, Pod, PortProtocol, Protocol};
 
 pub const NAT_TABLE: &str = "inet polygraph-nat";
 
@@ -43,11 +47,24 @@ pub fn cluster_ip(slot: usize, family: Family) -> IpAddr {
     }
 }
 
-/// A pod as the proxy sees it: its slot, its ports, its addresses.
+/// A pod as the proxy sees it: its slot, its ports, its addresses, its Service's node ports.
 pub struct Backend<'a> {
     pub slot: usize,
     pub pod: &'a Pod,
     pub addresses: &'a [IpAddr],
+    /// Per served (port, protocol): the NodePort that reaches it.
+    pub node_ports: &'a [(PortProtocol, u16)],
+}
+
+/// The first NodePort, as Kubernetes' default range (30000-32767) starts.
+pub const NODE_PORT_FIRST: u16 = 30000;
+
+/// The node's address in `family`.
+pub fn node_address(family: Family) -> IpAddr {
+    match family {
+        Family::V4 => IpAddr::V4(NODE_V4),
+        Family::V6 => IpAddr::V6(NODE_V6),
+    }
 }
 
 /// The transaction that creates the NAT table (once, with the node).
@@ -91,6 +108,19 @@ pub fn update<'a>(pods: impl IntoIterator<Item = Backend<'a>>) -> String {
                 "add rule {NAT_TABLE} postrouting {fam} saddr {ip} {fam} daddr {ip} ct status dnat snat {fam} to {node} comment \"hairpin of {}\"",
                 backend.pod.key()
             );
+            let to = match ip {
+                IpAddr::V4(v4) => format!("{v4}"),
+                IpAddr::V6(v6) => format!("[{v6}]"),
+            };
+            for (pp, node_port) in backend.node_ports {
+                let _ = writeln!(
+                    tx,
+                    "add rule {NAT_TABLE} prerouting {fam} daddr {node} meta l4proto {} th dport {node_port} dnat {fam} to {to}:{} comment \"node port of {} {pp}\"",
+                    l4proto(pp.protocol),
+                    pp.port,
+                    backend.pod.key()
+                );
+            }
         }
     }
     tx
@@ -121,10 +151,12 @@ mod tests {
         let cluster = default_model().build("model").unwrap();
         let pod = &cluster.pods()[0];
         let addresses = [pod.ip, "fd00:10:244::1".parse().unwrap()];
+        let node_ports = [(PortProtocol::new(80, Protocol::Tcp), 30007)];
         let tx = update([Backend {
             slot: 3,
             pod,
             addresses: &addresses,
+            node_ports: &node_ports,
         }]);
         assert!(tx.starts_with("flush chain inet polygraph-nat prerouting\n"));
         assert!(tx.contains(&format!(
@@ -136,5 +168,13 @@ mod tests {
             "ip saddr {0} ip daddr {0} ct status dnat snat ip to 172.18.0.2",
             pod.ip
         )));
+        assert!(
+            tx.contains(&format!(
+                "ip daddr 172.18.0.2 meta l4proto tcp th dport 30007 dnat ip to {}:80",
+                pod.ip
+            )),
+            "{tx}"
+        );
+        assert!(tx.contains("ip6 daddr fd00:18::2 meta l4proto tcp th dport 30007 dnat ip6 to [fd00:10:244::1]:80"), "{tx}");
     }
 }

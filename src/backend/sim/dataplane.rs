@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use crate::faults::lag::Lag;
 use crate::faults::{Fault, Faults};
 use crate::matrix::Cell;
-use crate::model::{Cluster, Family, IpFamilies, PodRef, PortProtocol, Protocol};
+use crate::model::{Cluster, Family, IpFamilies, Pod, PodRef, PortProtocol, Protocol};
 use crate::policy::{ClusterPolicy, Direction, Oracle, Policy};
 use crate::world::World;
 
@@ -38,7 +38,12 @@ pub(super) struct Dataplane {
     pub families: IpFamilies,
     /// Per pod, the slot its Service's ClusterIPs come from (the local cluster's plan).
     pub services: BTreeMap<PodRef, usize>,
+    /// Per pod, the NodePort of each served (port, protocol), as the local cluster allocates them.
+    pub node_ports: BTreeMap<PodRef, Vec<(PortProtocol, u16)>>,
     next_slot: usize,
+    next_node_port: u16,
+    /// The host outside the cluster, once a path needs it, with its addresses.
+    pub outside: Option<(Pod, Vec<IpAddr>)>,
     pub lag: Lag,
     /// What the API holds now.
     pub world: World,
@@ -57,7 +62,10 @@ impl Dataplane {
             sctp,
             families,
             services: BTreeMap::new(),
+            node_ports: BTreeMap::new(),
             next_slot: 0,
+            next_node_port: crate::backend::local::proxy::NODE_PORT_FIRST,
+            outside: None,
             world: World::empty(),
             ghosts: Vec::new(),
             created: BTreeMap::new(),
@@ -65,10 +73,25 @@ impl Dataplane {
         }
     }
 
-    /// Gives a new pod its Service (a slot, as the local cluster would).
-    pub fn add_service(&mut self, pod: PodRef) {
-        self.services.insert(pod, self.next_slot);
+    /// Gives a new pod its Service (a slot and node ports, as the local cluster would).
+    pub fn add_service(&mut self, pod: &Pod) {
+        self.services.insert(pod.key(), self.next_slot);
         self.next_slot += 1;
+        let mut ports = Vec::new();
+        for port in &pod.ports {
+            ports.push((
+                PortProtocol::new(port.port, port.protocol),
+                self.next_node_port,
+            ));
+            self.next_node_port = self.next_node_port.saturating_add(1);
+        }
+        self.node_ports.insert(pod.key(), ports);
+    }
+
+    /// Forgets the Services of the pods `gone` says are gone.
+    pub fn remove_services(&mut self, gone: impl Fn(&PodRef) -> bool) {
+        self.services.retain(|p, _| !gone(p));
+        self.node_ports.retain(|p, _| !gone(p));
     }
 
     /// Records the world as it now stands, for the dataplane to enforce (now, or late).
@@ -98,7 +121,19 @@ impl Dataplane {
                     }
                 }
                 let built = description.build("simulated cluster").ok()?;
-                any.then_some((family, built))
+                // The outside host, where a path has one, at its address in the family.
+                let outside: Vec<Pod> = self
+                    .outside
+                    .iter()
+                    .filter_map(|(host, addresses)| {
+                        let ip = addresses.iter().find(|ip| Family::of(**ip) == family)?;
+                        Some(Pod {
+                            ip: *ip,
+                            ..host.clone()
+                        })
+                    })
+                    .collect();
+                any.then(|| (family, built.with_outside(&outside)))
             })
             .collect();
         self.states.push(State {
@@ -139,6 +174,8 @@ impl Dataplane {
             faults: &self.faults,
             families: self.families,
             services: &self.services,
+            node_ports: &self.node_ports,
+            outside: self.outside.as_ref(),
             lag: self.lag,
             stateless: self.faults.has(Fault::Stateless),
             rejects: self.faults.rejects_denies(),
@@ -149,11 +186,23 @@ impl Dataplane {
     }
 }
 
-/// How a probe travelled: the family of its addresses, and whether the service proxy DNATed it.
+/// How a probe travelled: the family of its addresses, and whether the service proxy DNATed it
+/// from a ClusterIP or a NodePort.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Route {
     pub family: Family,
     pub service: bool,
+    pub node_port: bool,
+}
+
+impl Route {
+    fn plain(family: Family) -> Route {
+        Route {
+            family,
+            service: false,
+            node_port: false,
+        }
+    }
 }
 
 /// The dataplane's answers at one instant.
@@ -166,6 +215,8 @@ pub(super) struct Judge<'a> {
     faults: &'a Faults,
     families: IpFamilies,
     services: &'a BTreeMap<PodRef, usize>,
+    node_ports: &'a BTreeMap<PodRef, Vec<(PortProtocol, u16)>>,
+    outside: Option<&'a (Pod, Vec<IpAddr>)>,
     lag: Lag,
     stateless: bool,
     /// `deny-as-reject`: a cluster Deny refuses instead of dropping.
@@ -176,21 +227,35 @@ pub(super) struct Judge<'a> {
 }
 
 impl Judge<'_> {
-    /// The pod of the current world at `host` (one of its addresses, or its Service's), and how
-    /// traffic to it travels.
-    pub fn pod_at(&self, host: &str) -> Option<(&crate::model::Pod, Route)> {
+    /// The pod of the current world at `host` and `port` (one of its addresses, its Service's, a
+    /// NodePort of its node, or the outside host's address), and how traffic to it travels.
+    pub fn pod_at(&self, host: &str, port: u16) -> Option<(&Pod, Route)> {
         let ip: IpAddr = host.parse().ok()?;
         let family = Family::of(ip);
+        if let Some((outside, addresses)) = self.outside
+            && addresses.contains(&ip)
+        {
+            return Some((outside, Route::plain(family)));
+        }
+        if ip == crate::backend::local::proxy::node_address(family) {
+            let pod = self
+                .node_ports
+                .iter()
+                .find_map(|(pod, ports)| ports.iter().any(|(_, p)| *p == port).then_some(pod))?;
+            let pod = self.world.pod(pod)?;
+            return Some((
+                pod,
+                Route {
+                    family,
+                    service: false,
+                    node_port: true,
+                },
+            ));
+        }
         self.world.cluster().pods().iter().find_map(|p| {
             let addresses = self.families.addresses(p.ip);
             if addresses.contains(&ip) {
-                return Some((
-                    p,
-                    Route {
-                        family,
-                        service: false,
-                    },
-                ));
+                return Some((p, Route::plain(family)));
             }
             let slot = *self.services.get(&p.key())?;
             let service = addresses.iter().any(|a| {
@@ -202,9 +267,22 @@ impl Judge<'_> {
                 Route {
                     family,
                     service: true,
+                    node_port: false,
                 },
             ))
         })
+    }
+
+    /// The (port, protocol) a NodePort probe reaches on the pod; the probe's own otherwise.
+    fn served_port(&self, dst: &Pod, target: &Target, route: Route) -> PortProtocol {
+        let probed = PortProtocol::new(target.port, target.protocol);
+        if !route.node_port {
+            return probed;
+        }
+        self.node_ports
+            .get(&dst.key())
+            .and_then(|ports| ports.iter().find(|(_, p)| *p == target.port))
+            .map_or(probed, |(pp, _)| *pp)
     }
 
     fn oracle(&self, route: Route) -> Option<(&Cluster, &Oracle<'_>)> {
@@ -216,8 +294,11 @@ impl Judge<'_> {
 
     /// One probe from `from` to `target`.
     pub fn probe(&self, from: &PodRef, target: &Target, timeout: Duration) -> ProbeResult {
-        let pp = PortProtocol::new(target.port, target.protocol);
-        let (outcome, peer) = match self.pod_at(&target.host) {
+        let found = self
+            .pod_at(&target.host, target.port)
+            .map(|(dst, route)| (dst, route, self.served_port(dst, target, route)));
+        let pp = found.map_or(PortProtocol::new(target.port, target.protocol), |f| f.2);
+        let (outcome, peer) = match found.map(|(dst, route, _)| (dst, route)) {
             None => (Outcome::Timeout, None),
             Some(_) if pp.protocol == Protocol::Sctp && !self.sctp => (Outcome::Unsupported, None),
             Some((dst, _)) if !dst.serves(pp) => (Outcome::Refused, None),
@@ -256,7 +337,8 @@ impl Judge<'_> {
     /// Traffic the faults let past every policy: DNATed (`service-traffic-unfiltered`), IPv6
     /// (`ipv6-unfiltered`).
     fn unfiltered(&self, route: Route) -> bool {
-        (route.service && self.faults.has(Fault::ServiceTrafficUnfiltered))
+        ((route.service || route.node_port) && self.faults.has(Fault::ServiceTrafficUnfiltered))
+            || (route.node_port && self.faults.has(Fault::NodePortUnfiltered))
             || (route.family == Family::V6 && self.faults.has(Fault::Ipv6Unfiltered))
     }
 

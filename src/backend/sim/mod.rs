@@ -24,7 +24,9 @@ use crate::faults::{Fault, Faults};
 use std::net::IpAddr;
 
 use crate::backend::local::proxy::cluster_ip;
-use crate::model::{Family, IpFamilies, PodRef};
+use crate::model::{
+    ContainerPort, Family, IpFamilies, OUTSIDE_NAMESPACE, Pod, PodRef, PortProtocol, ProbeTarget,
+};
 use crate::world::Mutation;
 use dataplane::Dataplane;
 
@@ -84,12 +86,63 @@ impl Backend for SimBackend {
 
     fn addresses(&self, pod: &PodRef) -> Vec<IpAddr> {
         let dataplane = self.dataplane();
+        if let Some((_, addresses)) = dataplane.outside.as_ref().filter(|(h, _)| h.key() == *pod) {
+            return addresses.clone();
+        }
         let families = dataplane.families;
         dataplane
             .world
             .pod(pod)
             .map(|p| families.addresses(p.ip))
             .unwrap_or_default()
+    }
+
+    fn node_port(&self, pod: &PodRef, pp: PortProtocol, family: Family) -> Option<(IpAddr, u16)> {
+        let has_family = self
+            .addresses(pod)
+            .iter()
+            .any(|ip| Family::of(*ip) == family);
+        let dataplane = self.dataplane();
+        let (_, port) = dataplane
+            .node_ports
+            .get(pod)?
+            .iter()
+            .find(|(p, _)| *p == pp)?;
+        has_family.then(|| (crate::backend::local::proxy::node_address(family), *port))
+    }
+
+    /// A host outside the cluster at the local cluster's addresses (203.0.113.10,
+    /// 2001:db8::10), serving what the scenario probes.
+    async fn outside(
+        &mut self,
+        _target: ProbeTarget,
+        port_protocols: &[PortProtocol],
+    ) -> Result<Vec<Pod>, String> {
+        let mut dataplane = self.dataplane();
+        let v4 = IpAddr::from([203, 0, 113, 10]);
+        let v6 = IpAddr::from([0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10u16]);
+        let addresses = match dataplane.families {
+            IpFamilies::Ipv4 => vec![v4],
+            IpFamilies::Ipv6 => vec![v6],
+            IpFamilies::Dual => vec![v4, v6],
+        };
+        let host = Pod {
+            namespace: OUTSIDE_NAMESPACE.into(),
+            name: "host".into(),
+            labels: Default::default(),
+            ip: addresses[0],
+            ports: port_protocols
+                .iter()
+                .map(|pp| ContainerPort {
+                    name: None,
+                    port: pp.port,
+                    protocol: pp.protocol,
+                })
+                .collect(),
+        };
+        dataplane.outside = Some((host.clone(), addresses));
+        dataplane.record();
+        Ok(vec![host])
     }
 
     fn service_addresses(&self, pod: &PodRef) -> Vec<IpAddr> {
@@ -125,15 +178,15 @@ impl Backend for SimBackend {
         match mutation {
             Mutation::CreatePod(pod) => {
                 dataplane.created.insert(pod.key(), Instant::now());
-                dataplane.add_service(pod.key());
+                dataplane.add_service(pod);
             }
             Mutation::DeletePod(pod) => {
                 dataplane.created.remove(pod);
-                dataplane.services.remove(pod);
+                dataplane.remove_services(|p| p == pod);
             }
             Mutation::DeleteNamespace(name) => {
                 dataplane.created.retain(|p, _| &p.namespace != name);
-                dataplane.services.retain(|p, _| &p.namespace != name);
+                dataplane.remove_services(|p| &p.namespace == name);
                 dataplane.ghosts.retain(|g| &g.namespace != name);
             }
             Mutation::ApplyPolicy(policy) => dataplane
@@ -157,7 +210,11 @@ impl Backend for SimBackend {
         timeout: Duration,
     ) -> Result<Vec<ProbeResult>, BackendError> {
         let mut dataplane = self.dataplane();
-        if dataplane.world.pod(from).is_none() {
+        let outside = dataplane
+            .outside
+            .as_ref()
+            .is_some_and(|(h, _)| h.key() == *from);
+        if dataplane.world.pod(from).is_none() && !outside {
             return Err(BackendError::Probe {
                 pod: from.clone(),
                 message: "no such pod".into(),

@@ -1,0 +1,194 @@
+//! Which paths a step is probed on, and what the spec says on each: targets × families, each path
+//! with its own analysis (pods at their family's addresses, a hairpin through a Service subject to
+//! cluster policies, hosts outside the cluster where the path has one) and its own probe targets.
+
+use std::net::IpAddr;
+
+use polygraph_agent::wire::Target;
+
+use crate::analyze::{Analysis, analyze};
+use crate::backend::{Backend, BackendError};
+use crate::model::{Family, Pod, PodId, PortProtocol, ProbePath, ProbeTarget};
+
+/// How a scenario is probed: its targets, and the hosts outside the cluster the backend provided
+/// for the targets that need them (`Backend::outside`).
+#[derive(Debug, Clone, Default)]
+pub struct PathPlan {
+    pub targets: Vec<ProbeTarget>,
+    /// Per target that needs one: the hosts outside the cluster (the NodePort client, the external
+    /// servers), in `model::OUTSIDE_NAMESPACE`.
+    pub outside: Vec<(ProbeTarget, Vec<Pod>)>,
+}
+
+impl PathPlan {
+    /// Pod IPs only: the plan of every run before targets existed.
+    pub fn pod_ips() -> PathPlan {
+        PathPlan::default()
+    }
+
+    /// A plan for targets that need nothing outside the cluster.
+    pub fn of(targets: &[ProbeTarget]) -> PathPlan {
+        PathPlan {
+            targets: targets.to_vec(),
+            outside: Vec::new(),
+        }
+    }
+
+    fn outside_hosts(&self, target: ProbeTarget) -> &[Pod] {
+        self.outside
+            .iter()
+            .find(|(t, _)| *t == target)
+            .map_or(&[], |(_, hosts)| hosts.as_slice())
+    }
+
+    /// The paths a step is probed on: each target in each family some pod has, IPv4 first.
+    pub fn paths<B: Backend>(&self, backend: &B, analysis: &Analysis) -> Vec<ProbePath> {
+        let families: Vec<Family> = [Family::V4, Family::V6]
+            .into_iter()
+            .filter(|&f| {
+                analysis
+                    .cluster
+                    .pods()
+                    .iter()
+                    .any(|p| pod_address(backend, p, f).is_some())
+            })
+            .collect();
+        let targets = if self.targets.is_empty() {
+            &[ProbeTarget::PodIp][..]
+        } else {
+            &self.targets
+        };
+        targets
+            .iter()
+            .flat_map(|&target| {
+                families
+                    .iter()
+                    .map(move |&family| ProbePath { target, family })
+            })
+            // An outside host without an address in the family has nothing to probe there.
+            .filter(|path| {
+                !path.target.needs_outside()
+                    || self
+                        .outside_hosts(path.target)
+                        .iter()
+                        .any(|h| pod_address(backend, h, path.family).is_some())
+            })
+            .collect()
+    }
+
+    /// The spec's answer on one path: every pod at its address in the path's family (ipBlock
+    /// answers depend on it), judged the way traffic through the path's target is, with the
+    /// path's hosts outside the cluster added (`Cluster::with_outside`). Pods without an address
+    /// in the family keep theirs and are not probed on this path.
+    pub fn analysis<B: Backend>(
+        &self,
+        backend: &B,
+        analysis: &Analysis,
+        path: ProbePath,
+    ) -> Analysis {
+        let base = analysis
+            .at_addresses(|pod| pod_address(backend, pod, path.family))
+            .for_target(path.target);
+        if !path.target.needs_outside() {
+            return base;
+        }
+        let hosts: Vec<Pod> = self
+            .outside_hosts(path.target)
+            .iter()
+            .filter_map(|h| {
+                let ip = pod_address(backend, h, path.family)?;
+                Some(Pod { ip, ..h.clone() })
+            })
+            .collect();
+        // External servers serve their own ports; a NodePort reaches the pods' own.
+        let port_protocols: Vec<PortProtocol> = match path.target {
+            ProbeTarget::External => {
+                let mut served: Vec<PortProtocol> = hosts
+                    .iter()
+                    .flat_map(|h| {
+                        h.ports
+                            .iter()
+                            .map(|p| PortProtocol::new(p.port, p.protocol))
+                    })
+                    .collect();
+                served.sort();
+                served.dedup();
+                served
+            }
+            _ => base.table.port_protocols().to_vec(),
+        };
+        let mut outside = analyze(
+            base.cluster.with_outside(&hosts),
+            base.policy_set(),
+            &port_protocols,
+        );
+        outside.warnings = base.warnings;
+        outside
+    }
+}
+
+/// A pod's address in `family`, where the backend put it (Kubernetes assigns its own; the local
+/// cluster adds an IPv6 one when dual-stack); the model's address when the backend has none.
+pub fn pod_address<B: Backend>(backend: &B, pod: &Pod, family: Family) -> Option<IpAddr> {
+    let real = backend.addresses(&pod.key());
+    if real.is_empty() {
+        return (Family::of(pod.ip) == family).then_some(pod.ip);
+    }
+    real.into_iter().find(|ip| Family::of(*ip) == family)
+}
+
+/// Whether the pod at `id` of a path's analysis probes on that path: hosts outside the cluster
+/// only as NodePort clients, pods otherwise; in the path's family either way.
+pub fn is_source(analysis_pods: &[Pod], outside: &[bool], id: PodId, path: ProbePath) -> bool {
+    Family::of(analysis_pods[id].ip) == path.family
+        && outside[id] == (path.target == ProbeTarget::NodePort)
+}
+
+/// The probe for destination `dst` (a pod of the path's analysis, `outside` if it is a host beyond
+/// the cluster) on `pp`: its own address, its Service's, its node's NodePort, or the outside
+/// server's. `Ok(None)`: not a destination on this path (another family, the wrong side of the
+/// cluster's edge, nothing served).
+pub fn probe_target<B: Backend>(
+    backend: &B,
+    dst: &Pod,
+    outside: bool,
+    pp: PortProtocol,
+    path: ProbePath,
+) -> Result<Option<Target>, BackendError> {
+    if Family::of(dst.ip) != path.family || !dst.serves(pp) {
+        return Ok(None);
+    }
+    let to = |host: IpAddr, port: u16| {
+        Ok(Some(Target {
+            host: host.to_string(),
+            port,
+            protocol: pp.protocol,
+        }))
+    };
+    let missing = |what: &str| BackendError::Pod {
+        pod: dst.key(),
+        message: format!(
+            "no {} {what} to probe (--target {})",
+            path.family, path.target
+        ),
+    };
+    match (path.target, outside) {
+        (ProbeTarget::External, true) => to(dst.ip, pp.port),
+        (ProbeTarget::External, false) | (_, true) => Ok(None),
+        (ProbeTarget::PodIp, false) => to(dst.ip, pp.port),
+        (ProbeTarget::Service, false) => {
+            let service = backend
+                .service_addresses(&dst.key())
+                .into_iter()
+                .find(|ip| Family::of(*ip) == path.family)
+                .ok_or_else(|| missing("Service address"))?;
+            to(service, pp.port)
+        }
+        (ProbeTarget::NodePort, false) => {
+            let (node, port) = backend
+                .node_port(&dst.key(), pp, path.family)
+                .ok_or_else(|| missing("NodePort"))?;
+            to(node, port)
+        }
+    }
+}
