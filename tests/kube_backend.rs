@@ -673,15 +673,7 @@ async fn a_pod_that_never_gets_ready_is_named_with_its_cause_and_events() {
         .broken
         .insert("a".into(), "ImagePullBackOff".into());
     let mut backend = backend(&state).await;
-    let cluster = default_model().build("model").expect("model");
-    backend
-        .apply(&Mutation::CreateNamespace(cluster.namespaces()[0].clone()))
-        .await
-        .expect("namespace");
-    backend
-        .apply(&Mutation::CreatePod(cluster.pods()[0].clone()))
-        .await
-        .expect("pod");
+    create_first_pod(&mut backend).await;
     let error = backend
         .wait_ready(Duration::from_secs(5))
         .await
@@ -951,17 +943,7 @@ async fn a_dry_run_prints_exactly_the_api_calls_a_run_makes() {
     let dry = run_scenarios(&mut recorder, &scenarios, &run_options(), &mut |_| {}).await;
     recorder.cleanup().await.expect("cleanup");
     assert!(dry.passed());
-    let printed: Vec<String> = transcript
-        .text()
-        .lines()
-        .filter_map(|l| l.strip_prefix("# "))
-        .filter(|l| {
-            ["create ", "delete ", "patch ", "apply "]
-                .iter()
-                .any(|verb| l.starts_with(verb))
-        })
-        .map(str::to_string)
-        .collect();
+    let printed = printed_calls(&transcript);
     assert!(calls.len() > 30, "{calls:?}");
     for verb in ["create Pod", "delete Pod", "patch Pod", "patch Namespace"] {
         assert!(calls.iter().any(|c| c.starts_with(verb)), "no {verb}");
@@ -1432,6 +1414,34 @@ async fn gc_removes_cluster_policies_of_dead_runs_only() {
     assert_eq!(left, vec!["not-ours", "polygraph-live01-deny"]);
 }
 
+/// Namespace x and pod x/a of the default model, created (not awaited).
+async fn create_first_pod(backend: &mut KubeBackend) {
+    let cluster = default_model().build("model").expect("model");
+    backend
+        .apply(&Mutation::CreateNamespace(cluster.namespaces()[0].clone()))
+        .await
+        .expect("namespace");
+    backend
+        .apply(&Mutation::CreatePod(cluster.pods()[0].clone()))
+        .await
+        .expect("pod");
+}
+
+/// The API calls a dry run printed, as `kube::api_calls` words them.
+fn printed_calls(transcript: &polygraph::backend::kube::dry_run::Transcript) -> Vec<String> {
+    transcript
+        .text()
+        .lines()
+        .filter_map(|l| l.strip_prefix("# "))
+        .filter(|l| {
+            ["create ", "delete ", "patch ", "apply "]
+                .iter()
+                .any(|verb| l.starts_with(verb))
+        })
+        .map(str::to_string)
+        .collect()
+}
+
 fn with_services() -> KubeOptions {
     KubeOptions {
         services: true,
@@ -1580,17 +1590,7 @@ async fn a_run_through_services_probes_cluster_ips_and_its_dry_run_matches() {
     let dry = run_scenarios(&mut recorder, &scenarios, &options, &mut |_| {}).await;
     recorder.cleanup().await.expect("cleanup");
     assert!(dry.passed());
-    let printed: Vec<String> = transcript
-        .text()
-        .lines()
-        .filter_map(|l| l.strip_prefix("# "))
-        .filter(|l| {
-            ["create ", "delete ", "patch ", "apply "]
-                .iter()
-                .any(|verb| l.starts_with(verb))
-        })
-        .map(str::to_string)
-        .collect();
+    let printed = printed_calls(&transcript);
     assert_eq!(printed, calls);
 }
 
@@ -1645,15 +1645,7 @@ async fn a_pod_missing_from_its_services_endpoints_is_not_ready() {
     let state = Arc::new(Mutex::new(State::default()));
     state.lock().expect("state").no_endpoints.insert("a".into());
     let mut backend = backend_with(&state, with_services()).await;
-    let cluster = default_model().build("model").expect("model");
-    backend
-        .apply(&Mutation::CreateNamespace(cluster.namespaces()[0].clone()))
-        .await
-        .expect("namespace");
-    backend
-        .apply(&Mutation::CreatePod(cluster.pods()[0].clone()))
-        .await
-        .expect("pod");
+    create_first_pod(&mut backend).await;
     let error = backend
         .wait_ready(Duration::from_millis(600))
         .await

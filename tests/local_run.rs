@@ -223,6 +223,36 @@ const EVERY_PATH: [&str; 4] = [
     "dual-stack-ip-block-per-family",
 ];
 
+/// `polygraph run ARGS --json FILE --json-cells none`: exit code, stdout and the report.
+fn run_report(args: &[&str]) -> (Option<i32>, String, RunJson) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let json = dir.path().join("run.json");
+    let mut all = vec!["run"];
+    all.extend(args);
+    all.extend([
+        "--json",
+        json.to_str().expect("utf-8 path"),
+        "--json-cells",
+        "none",
+    ]);
+    let output = common::polygraph(&all, "");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let report: RunJson =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("json")).expect("schema");
+    (output.status.code(), stdout, report)
+}
+
+/// What a run without a dataplane needs to fail fast.
+const NO_DATAPLANE: [&str; 7] = [
+    "--dataplane",
+    "none",
+    "--probe-timeout",
+    "300ms",
+    "--step-deadline",
+    "1s",
+    "--skip-established",
+];
+
 fn paths_of(report: &RunJson, scenario: &str) -> Vec<(String, String)> {
     report
         .scenarios
@@ -240,27 +270,11 @@ fn paths_of(report: &RunJson, scenario: &str) -> Vec<(String, String)> {
 #[ignore = "needs root: builds a local cluster (network namespaces, nftables); .ci/run runs it as root"]
 fn every_target_in_both_families_passes_and_each_fails_without_a_dataplane() {
     require_local_cluster();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let json = dir.path().join("run.json");
     let run = |extra: &[&str]| {
-        let mut args = vec!["run"];
-        args.extend(EVERY_PATH);
-        args.extend([
-            "--target",
-            "pod-ip,service",
-            "--ip-family",
-            "dual",
-            "--json",
-            json.to_str().expect("utf-8 path"),
-            "--json-cells",
-            "none",
-        ]);
+        let mut args = EVERY_PATH.to_vec();
+        args.extend(["--target", "pod-ip,service", "--ip-family", "dual"]);
         args.extend(extra);
-        let output = common::polygraph(&args, "");
-        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-        let report: RunJson =
-            serde_json::from_str(&std::fs::read_to_string(&json).expect("json")).expect("schema");
-        (output.status.code(), stdout, report)
+        run_report(&args)
     };
     let (code, stdout, report) = run(&[]);
     assert_eq!(code, Some(0), "{stdout}");
@@ -277,15 +291,7 @@ fn every_target_in_both_families_passes_and_each_fails_without_a_dataplane() {
     assert_eq!(paths_of(&report, "deny-all-ingress"), four);
     println!("{}", stdout.lines().last().unwrap_or_default());
 
-    let (code, stdout, report) = run(&[
-        "--dataplane",
-        "none",
-        "--probe-timeout",
-        "300ms",
-        "--step-deadline",
-        "1s",
-        "--skip-established",
-    ]);
+    let (code, stdout, report) = run(&NO_DATAPLANE);
     assert_eq!(code, Some(1), "{stdout}");
     let deny = report
         .scenarios
@@ -318,26 +324,15 @@ fn every_target_in_both_families_passes_and_each_fails_without_a_dataplane() {
 #[ignore = "needs root: builds a local cluster (network namespaces, nftables); .ci/run runs it as root"]
 fn node_ports_and_external_destinations_pass_and_each_fails_without_a_dataplane() {
     require_local_cluster();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let json = dir.path().join("run.json");
     let run = |extra: &[&str]| {
         let mut args = vec![
-            "run",
             "node-port-ingress",
             "external-egress",
             "--ip-family",
             "dual",
-            "--json",
-            json.to_str().expect("utf-8 path"),
-            "--json-cells",
-            "none",
         ];
         args.extend(extra);
-        let output = common::polygraph(&args, "");
-        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-        let report: RunJson =
-            serde_json::from_str(&std::fs::read_to_string(&json).expect("json")).expect("schema");
-        (output.status.code(), stdout, report)
+        run_report(&args)
     };
     let (code, stdout, report) = run(&[]);
     assert_eq!(code, Some(0), "{stdout}");
@@ -357,15 +352,7 @@ fn node_ports_and_external_destinations_pass_and_each_fails_without_a_dataplane(
     }
     println!("{}", stdout.lines().last().unwrap_or_default());
 
-    let (code, stdout, report) = run(&[
-        "--dataplane",
-        "none",
-        "--probe-timeout",
-        "300ms",
-        "--step-deadline",
-        "1s",
-        "--skip-established",
-    ]);
+    let (code, stdout, report) = run(&NO_DATAPLANE);
     assert_eq!(code, Some(1), "{stdout}");
     let failed: std::collections::BTreeSet<String> = report
         .scenarios

@@ -15,7 +15,7 @@ use polygraph::backend::kube::{Connection, KubeBackend};
 use polygraph::backend::local::{AgentCommand, Dataplane, LocalBackend, LocalOptions};
 use polygraph::backend::sim::{SimBackend, SimOptions};
 use polygraph::faults::Faults;
-use polygraph::model::IpFamilies;
+use polygraph::model::{IpFamilies, ProbeTarget};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum BackendKind {
@@ -36,6 +36,22 @@ pub enum SimSctp {
     Supported,
     /// SCTP probes come back `unsupported`, as on a node without the kernel module.
     Unsupported,
+}
+
+/// How probes reach their destinations (`probe`, `bench probe`; `run` has its own, defaulting to
+/// each scenario's `target:`).
+#[derive(Debug, Args)]
+pub struct TargetArgs {
+    /// `pod-ip` (the pod's address), `service` (its own Service's ClusterIP, DNATed to it),
+    /// `node-port` (from a host outside the cluster, through a NodePort) or `external` (pods to a
+    /// server outside the cluster); several with commas, e.g. `--target pod-ip,service`.
+    #[arg(
+        long = "target",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "pod-ip"
+    )]
+    pub targets: Vec<ProbeTarget>,
 }
 
 #[derive(Debug, Args)]

@@ -4,6 +4,7 @@ use std::time::{Duration, Instant};
 use clap::{Args, Subcommand};
 
 use super::CliError;
+use super::backend_args::TargetArgs;
 use polygraph::analyze::analyze;
 use polygraph::backend::AnyBackend;
 use polygraph::backend::local::{AgentCommand, Dataplane, LocalBackend, LocalOptions};
@@ -12,7 +13,7 @@ use polygraph::bench::{
     generate_policies, time_oracle,
 };
 use polygraph::faults::Faults;
-use polygraph::model::{IpFamilies, ProbeTarget, default_model};
+use polygraph::model::{IpFamilies, default_model};
 use polygraph::policy::parse_policies;
 use polygraph::run::{PathPlan, probe_matrix, reconcile};
 use polygraph::world::World;
@@ -37,15 +38,10 @@ pub struct ProbeBenchArgs {
     /// Timed rounds on the same cluster (per target).
     #[arg(long, default_value_t = 5)]
     iterations: usize,
-    /// How probes reach their destinations; with several, their rounds alternate on one cluster
-    /// and the report gives each one's figures and their ratio to the first.
-    #[arg(
-        long = "target",
-        value_enum,
-        value_delimiter = ',',
-        default_value = "pod-ip"
-    )]
-    targets: Vec<ProbeTarget>,
+    /// With several targets, their rounds alternate on one cluster and the report gives each
+    /// one's figures and their ratio to the first.
+    #[command(flatten)]
+    paths: TargetArgs,
     /// The local cluster's address families (each family is its own matrix, timed apart).
     #[arg(long, value_enum, default_value = "ipv4")]
     ip_family: IpFamilies,
@@ -103,7 +99,13 @@ fn probe(args: ProbeBenchArgs) -> Result<ExitCode, CliError> {
     let finished = session(start, async |backend| {
         reconcile(backend, &World::empty(), &world).await?;
         out!("local cluster up in {}", ms(started.elapsed()))?;
-        let plan = PathPlan::of(&args.targets);
+        let plan = PathPlan::prepare(
+            backend,
+            &args.paths.targets,
+            analysis.table.port_protocols(),
+        )
+        .await
+        .map_err(CliError::Usage)?;
         let paths = plan.paths(&*backend, &analysis);
         let expected: Vec<_> = paths
             .iter()

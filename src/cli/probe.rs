@@ -4,12 +4,11 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 
-use super::backend_args::BackendArgs;
+use super::backend_args::{BackendArgs, TargetArgs};
 use super::model_args::ModelArgs;
 use super::session::{Finished, session};
 use super::{CliError, EXIT_WRONG, OutputFormat, use_color};
 use polygraph::backend::Backend;
-use polygraph::model::ProbeTarget;
 use polygraph::report::probe;
 use polygraph::run::{PathPlan, observe, reconcile};
 use polygraph::world::World;
@@ -24,15 +23,8 @@ pub struct ProbeArgs {
     /// How many source pods probe at once.
     #[arg(long, default_value_t = 64)]
     parallel: usize,
-    /// How probes reach their destinations: `pod-ip` (the pod's address) and/or `service` (its
-    /// own Service's ClusterIP, DNATed to it), e.g. `--target pod-ip,service`.
-    #[arg(
-        long = "target",
-        value_enum,
-        value_delimiter = ',',
-        default_value = "pod-ip"
-    )]
-    targets: Vec<ProbeTarget>,
+    #[command(flatten)]
+    paths: TargetArgs,
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value = "table")]
     output: OutputFormat,
@@ -48,7 +40,7 @@ pub fn run(args: ProbeArgs) -> Result<ExitCode, CliError> {
     let analysis = args.model.analysis(cluster)?;
     let world = World::with_policies(&analysis.cluster, &analysis.policy_set())?;
     let table = args.output == OutputFormat::Table && !args.backend.dry_run;
-    let needs_services = args.targets.iter().any(|t| t.needs_services());
+    let needs_services = args.paths.targets.iter().any(|t| t.needs_services());
     let Finished { value, transcript } =
         session(args.backend.start(needs_services), async |backend| {
             let backend_name = backend.describe();
@@ -59,14 +51,13 @@ pub fn run(args: ProbeArgs) -> Result<ExitCode, CliError> {
             let started = Instant::now();
             // Probed and judged where the cluster put the pods, not where the model planned them, on
             // every path (target and family).
-            let mut plan = PathPlan::of(&args.targets);
-            for &target in args.targets.iter().filter(|t| t.needs_outside()) {
-                let hosts = backend
-                    .outside(target, analysis.table.port_protocols())
-                    .await
-                    .map_err(|reason| CliError::Usage(format!("--target {target}: {reason}")))?;
-                plan.outside.push((target, hosts));
-            }
+            let plan = PathPlan::prepare(
+                backend,
+                &args.paths.targets,
+                analysis.table.port_protocols(),
+            )
+            .await
+            .map_err(CliError::Usage)?;
             let mut probes = Vec::new();
             for path in plan.paths(&*backend, &analysis) {
                 let (analysis, observed) = observe(

@@ -34,6 +34,22 @@ impl PathPlan {
         }
     }
 
+    /// The plan for `targets`, asking the backend for the hosts outside the cluster those that
+    /// need one require (serving `port_protocols` where the backend runs them). `Err(reason)`: the
+    /// backend cannot probe one of the targets.
+    pub async fn prepare<B: Backend>(
+        backend: &mut B,
+        targets: &[ProbeTarget],
+        port_protocols: &[PortProtocol],
+    ) -> Result<PathPlan, String> {
+        let mut plan = PathPlan::of(targets);
+        for &target in targets.iter().filter(|t| t.needs_outside()) {
+            let hosts = backend.outside(target, port_protocols).await?;
+            plan.outside.push((target, hosts));
+        }
+        Ok(plan)
+    }
+
     fn outside_hosts(&self, target: ProbeTarget) -> &[Pod] {
         self.outside
             .iter()

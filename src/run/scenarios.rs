@@ -113,44 +113,20 @@ pub async fn run_scenarios<B: Backend>(
                 warnings: Vec::new(),
                 totals: ScenarioTotals::default(),
             };
-            let kinds = cluster_kinds(scenario);
-            if !kinds.is_empty() {
-                let namespaces = scenario.initial.cluster().namespaces();
-                match backend.cluster_policy_support(&kinds, namespaces).await {
-                    Ok(warnings) => result.warnings = warnings,
-                    Err(reason) => {
-                        result.unsupported = Some(reason);
-                        result.elapsed = scenario_start.elapsed();
-                        on_event(Event::ScenarioFinished { result: &result });
-                        results.push(result);
-                        continue;
-                    }
+            let plan = match prepare(backend, scenario, options).await {
+                Ok((warnings, plan)) => {
+                    result.warnings = warnings;
+                    plan
                 }
-            }
-            let initial = initial_analysis(scenario);
-            let targets = if options.targets.is_empty() {
-                scenario.targets.clone()
-            } else {
-                options.targets.clone()
+                Err(reason) => {
+                    result.unsupported = Some(reason);
+                    result.elapsed = scenario_start.elapsed();
+                    on_event(Event::ScenarioFinished { result: &result });
+                    results.push(result);
+                    continue;
+                }
             };
-            // Hosts outside the cluster, for the targets that need one; a backend that has none
-            // makes the scenario unsupported, with its reason.
-            let mut plan = PathPlan::of(&targets);
-            for &target in targets.iter().filter(|t| t.needs_outside()) {
-                match backend.outside(target, &scenario.port_protocols).await {
-                    Ok(hosts) => plan.outside.push((target, hosts)),
-                    Err(reason) => {
-                        result.unsupported = Some(reason);
-                        break;
-                    }
-                }
-            }
-            if result.unsupported.is_some() {
-                result.elapsed = scenario_start.elapsed();
-                on_event(Event::ScenarioFinished { result: &result });
-                results.push(result);
-                continue;
-            }
+            let initial = initial_analysis(scenario);
             let set_up = match reconcile(backend, &deployed, &scenario.initial).await {
                 Ok(()) => await_baseline(&*backend, &initial, &plan, options).await,
                 Err(e) => Err(e.to_string()),
@@ -215,6 +191,31 @@ pub async fn run_scenarios<B: Backend>(
         elapsed: started.elapsed(),
         options: options.clone(),
     }
+}
+
+/// What a scenario needs from the backend before anything is deployed: the cluster-scoped kinds
+/// it uses (with warnings about the cluster's own policies that could change the answers) and the
+/// hosts outside the cluster its targets need (`--target` overrides the scenario's own).
+/// `Err(reason)`: the scenario cannot run here, and is unsupported.
+async fn prepare<B: Backend>(
+    backend: &mut B,
+    scenario: &Scenario,
+    options: &RunOptions,
+) -> Result<(Vec<String>, PathPlan), String> {
+    let kinds = cluster_kinds(scenario);
+    let warnings = if kinds.is_empty() {
+        Vec::new()
+    } else {
+        let namespaces = scenario.initial.cluster().namespaces();
+        backend.cluster_policy_support(&kinds, namespaces).await?
+    };
+    let targets = if options.targets.is_empty() {
+        &scenario.targets
+    } else {
+        &options.targets
+    };
+    let plan = PathPlan::prepare(backend, targets, &scenario.port_protocols).await?;
+    Ok((warnings, plan))
 }
 
 /// The cluster-scoped kinds a scenario uses, at its start or in any step.
