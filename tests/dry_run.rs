@@ -306,6 +306,29 @@ fn bad_flags_are_usage_errors() {
     assert_eq!(output.status.code(), Some(2));
     let output = common::polygraph(&["smoke", "--dry-run", "--node-selector", "novalue"], "");
     assert_eq!(output.status.code(), Some(2));
+    // Servers beyond the cluster: TCP only, and only for Kubernetes.
+    let output = common::polygraph(
+        &[
+            "run",
+            "--dry-run",
+            "--external-target",
+            "203.0.113.10:53/UDP",
+        ],
+        "",
+    );
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("only TCP"));
+    let output = common::polygraph(
+        &[
+            "run",
+            "--backend",
+            "sim",
+            "--external-target",
+            "203.0.113.10:80/TCP",
+        ],
+        "",
+    );
+    assert_eq!(output.status.code(), Some(2));
     // The cluster decides its families; only polygraph's own clusters take --ip-family.
     let output = common::polygraph(&["smoke", "--dry-run", "--ip-family", "dual"], "");
     assert_eq!(output.status.code(), Some(2));

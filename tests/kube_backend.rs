@@ -851,7 +851,14 @@ impl Backend for FakeCluster {
         timeout: Duration,
     ) -> Result<Vec<ProbeResult>, BackendError> {
         let targets: Vec<Target> = targets.iter().map(|t| self.to_model(t)).collect();
-        self.sim.probe(from, &targets, timeout).await
+        let mut results = self.sim.probe(from, &targets, timeout).await?;
+        // A server outside the cluster is not polygraph's agent: it answers, but with no identity.
+        for result in &mut results {
+            if result.peer.as_deref() == Some("(outside)/host") {
+                result.peer = None;
+            }
+        }
+        Ok(results)
     }
     async fn hold(
         &self,
@@ -871,7 +878,11 @@ impl Backend for FakeCluster {
         target: ProbeTarget,
         port_protocols: &[polygraph::model::PortProtocol],
     ) -> Result<Vec<polygraph::model::Pod>, String> {
-        self.kube.outside(target, port_protocols).await
+        let hosts = self.kube.outside(target, port_protocols).await?;
+        // The simulation answers for its own outside host (203.0.113.10), the address the tests
+        // name.
+        self.sim.outside(target, port_protocols).await?;
+        Ok(hosts)
     }
     async fn cluster_policy_support(
         &mut self,
@@ -1690,4 +1701,68 @@ async fn paths_beyond_the_cluster_are_unsupported_on_kubernetes_with_the_reason(
     );
     assert_eq!(reasons[2].1, None);
     assert_eq!(result.scenarios[2].status(), Status::Passed);
+}
+
+/// With a server named outside the cluster (`--external-target`), pods probe it over TCP and the
+/// egress policies are judged against its address.
+#[tokio::test]
+async fn a_named_server_outside_the_cluster_is_probed_over_tcp() {
+    let scenarios = library(&["external-egress"]);
+    let state = Arc::new(Mutex::new(State::default()));
+    let options = KubeOptions {
+        external: vec!["203.0.113.10:80".parse().expect("address")],
+        ..KubeOptions::default()
+    };
+    let mut cluster = FakeCluster::with_options(&state, options).await;
+    // The external path alone: the fake cluster's pods sit at other addresses than the
+    // simulation's, which the scenario's pod-CIDR ipBlock would tell apart.
+    let run = RunOptions {
+        targets: vec![ProbeTarget::External],
+        ..run_options()
+    };
+    let result = run_scenarios(&mut cluster, &scenarios, &run, &mut |_| {}).await;
+    cluster.cleanup().await.expect("cleanup");
+    let failing: Vec<String> = result.scenarios[0]
+        .steps
+        .iter()
+        .filter(|s| !s.passed())
+        .map(|s| {
+            let cells: Vec<String> = s
+                .verdicts
+                .cells()
+                .filter(|(_, _, v)| v.fails())
+                .map(|(k, c, v)| {
+                    format!(
+                        "{}->{} {} {v:?}",
+                        s.verdicts.pods()[c.from],
+                        s.verdicts.pods()[c.to],
+                        s.verdicts.port_protocols()[k]
+                    )
+                })
+                .collect();
+            format!("{} ({}): {:?} {:?}", s.name, s.path, s.error, cells)
+        })
+        .collect();
+    assert!(
+        result.passed(),
+        "{failing:?} {:?}",
+        result.scenarios[0].error
+    );
+    let external: Vec<&polygraph::run::StepResult> = result.scenarios[0]
+        .steps
+        .iter()
+        .filter(|s| s.path.target == ProbeTarget::External)
+        .collect();
+    assert_eq!(external.len(), 2);
+    // Only what was named is probed: 80/TCP, not the scenario's UDP.
+    assert_eq!(
+        external[0].expected.table.port_protocols(),
+        [polygraph::model::PortProtocol::new(
+            80,
+            polygraph::model::Protocol::Tcp
+        )]
+    );
+    assert!(external[1].count(polygraph::run::Verdict::Pass) >= 3);
+    let probed = cluster.probed.lock().expect("probed").clone();
+    assert!(probed.iter().any(|h| h == "203.0.113.10"), "{probed:?}");
 }

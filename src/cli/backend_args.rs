@@ -101,6 +101,33 @@ pub struct BackendArgs {
     /// dual-stack cluster is probed on both.
     #[arg(long, value_enum, value_name = "FAMILY")]
     pub ip_family: Option<IpFamilies>,
+    /// Kubernetes: a server outside the cluster for the `external` target, IP:PORT/TCP
+    /// (repeatable; IPv6 as [ADDR]:PORT/TCP). Without one, scenarios probing beyond the cluster are
+    /// unsupported there. TCP only: a UDP server that is not polygraph's agent does not answer
+    /// its probe, which would look like a drop.
+    #[arg(long = "external-target", value_name = "IP:PORT/TCP")]
+    pub external_targets: Vec<String>,
+}
+
+/// `--external-target`: `IP:PORT/TCP` (`[IPv6]:PORT/TCP`).
+fn external_target(text: &str) -> Result<std::net::SocketAddr, CliError> {
+    let bad = |why: &str| CliError::Usage(format!("--external-target {text:?}: {why}"));
+    let (address, protocol) = text
+        .rsplit_once('/')
+        .ok_or_else(|| bad("expected IP:PORT/TCP, e.g. 203.0.113.10:443/TCP"))?;
+    let protocol: polygraph::model::Protocol = protocol.parse().map_err(|e: String| bad(&e))?;
+    if protocol != polygraph::model::Protocol::Tcp {
+        return Err(bad(
+            "only TCP: a server outside the cluster that is not polygraph's agent does not answer a UDP or SCTP probe, which would look like a drop",
+        ));
+    }
+    let address: std::net::SocketAddr = address
+        .parse()
+        .map_err(|_| bad("expected IP:PORT/TCP, e.g. 203.0.113.10:443/TCP"))?;
+    if address.port() == 0 {
+        return Err(bad("port must be 1-65535"));
+    }
+    Ok(address)
 }
 
 impl BackendArgs {
@@ -121,6 +148,11 @@ impl BackendArgs {
             selector.insert(key.to_string(), value.to_string());
         }
         options.node_selector = selector;
+        options.external = self
+            .external_targets
+            .iter()
+            .map(|t| external_target(t))
+            .collect::<Result<_, _>>()?;
         options.tolerations = self
             .tolerations
             .iter()
@@ -138,6 +170,12 @@ impl BackendArgs {
         {
             return Err(CliError::Usage(
                 "--inject changes the nftables dataplane; --dataplane none has nothing to break"
+                    .into(),
+            ));
+        }
+        if !self.external_targets.is_empty() && self.kind() != BackendKind::Kube && !self.dry_run {
+            return Err(CliError::Usage(
+                "--external-target names servers beyond a Kubernetes cluster; the local and simulated clusters have their own (203.0.113.10)"
                     .into(),
             ));
         }

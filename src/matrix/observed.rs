@@ -3,7 +3,7 @@
 use polygraph_agent::wire::Outcome;
 
 use super::{Cell, Decision, Grid, TruthTable};
-use crate::model::{PodRef, PortProtocol};
+use crate::model::{OUTSIDE_NAMESPACE, PodRef, PortProtocol};
 
 /// One probe's result as the runner keeps it.
 #[derive(Debug, Clone, PartialEq)]
@@ -138,8 +138,14 @@ impl ObservedTable {
             Outcome::Unsupported => return Judgement::Unsupported,
             Outcome::Error => return Judgement::Error,
             Outcome::Connected => {
-                // Reaching some other pod (or something that isn't an agent) proves nothing.
-                if observation.peer.as_deref() != Some(self.pods()[to].to_string().as_str()) {
+                // Reaching some other pod (or something that isn't an agent) proves nothing. A
+                // server beyond the cluster the user named need not be polygraph's: a connection
+                // is its answer, unless it claims another identity.
+                let to = &self.pods()[to];
+                let silent_outsider =
+                    to.namespace == OUTSIDE_NAMESPACE && observation.peer.is_none();
+                if !silent_outsider && observation.peer.as_deref() != Some(to.to_string().as_str())
+                {
                     return Judgement::Error;
                 }
                 true

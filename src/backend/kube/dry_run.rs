@@ -167,13 +167,13 @@ impl Backend for Recorder {
         self.sim.service_addresses(pod)
     }
 
-    /// As on Kubernetes: not yet.
+    /// As on Kubernetes: the servers named with `--external-target`, no NodePort client.
     async fn outside(
         &mut self,
         target: crate::model::ProbeTarget,
         _port_protocols: &[crate::model::PortProtocol],
     ) -> Result<Vec<crate::model::Pod>, String> {
-        Err(super::outside_unsupported(target))
+        super::outside_hosts(&self.options, target)
     }
 
     async fn apply(&mut self, mutation: &Mutation) -> Result<(), BackendError> {

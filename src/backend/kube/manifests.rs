@@ -45,6 +45,9 @@ pub struct KubeOptions {
     pub tolerations: Vec<Toleration>,
     /// Create a Service per probe pod (some probe goes through one: `--target service`).
     pub services: bool,
+    /// Servers outside the cluster the user named (`--external-target`), for the `external`
+    /// target: TCP only.
+    pub external: Vec<std::net::SocketAddr>,
 }
 
 impl Default for KubeOptions {
@@ -59,6 +62,7 @@ impl Default for KubeOptions {
             node_selector: BTreeMap::new(),
             tolerations: Vec::new(),
             services: false,
+            external: Vec::new(),
         }
     }
 }

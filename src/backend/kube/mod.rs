@@ -104,15 +104,42 @@ pub fn api_calls(names: &RunNames, options: &KubeOptions, mutation: &Mutation) -
     }
 }
 
-/// Why a path beyond the cluster can't be probed on Kubernetes yet. A NodePort client outside the
-/// cluster would have to be polygraph itself, and the address its probes arrive from (after
-/// whatever NAT lies between it and the nodes) decides every ipBlock answer; an external server
-/// would have to be one the user names. Rather than guess either, such scenarios are unsupported.
-pub fn outside_unsupported(target: crate::model::ProbeTarget) -> String {
-    match target {
-        crate::model::ProbeTarget::NodePort => "probing NodePorts from outside the cluster is not supported on Kubernetes yet: polygraph would have to know the address its probes arrive from".into(),
-        _ => "probing destinations outside the cluster is not supported on Kubernetes yet (it needs a destination you name)".into(),
+/// The hosts beyond the cluster a path needs, on Kubernetes: for `external`, the servers the user
+/// named (`--external-target`), one host per address with its TCP ports; never guessed. A NodePort
+/// client outside the cluster would have to be polygraph itself, and the address its probes arrive
+/// from (after whatever NAT lies between it and the nodes) decides every ipBlock answer: rather
+/// than guess it, such scenarios are unsupported, with the reason.
+pub fn outside_hosts(
+    options: &KubeOptions,
+    target: crate::model::ProbeTarget,
+) -> Result<Vec<Pod>, String> {
+    if target == crate::model::ProbeTarget::NodePort {
+        return Err("probing NodePorts from outside the cluster is not supported on Kubernetes yet: polygraph would have to know the address its probes arrive from".into());
     }
+    if options.external.is_empty() {
+        return Err(
+            "no destination outside the cluster was named (--external-target IP:PORT/TCP)".into(),
+        );
+    }
+    let mut hosts: Vec<Pod> = Vec::new();
+    for target in &options.external {
+        let port = crate::model::ContainerPort {
+            name: None,
+            port: target.port(),
+            protocol: crate::model::Protocol::Tcp,
+        };
+        match hosts.iter_mut().find(|h| h.ip == target.ip()) {
+            Some(host) => host.ports.push(port),
+            None => hosts.push(Pod {
+                namespace: crate::model::OUTSIDE_NAMESPACE.into(),
+                name: target.ip().to_string(),
+                labels: Labels::new(),
+                ip: target.ip(),
+                ports: vec![port],
+            }),
+        }
+    }
+    Ok(hosts)
 }
 
 pub struct KubeBackend {
@@ -575,7 +602,7 @@ impl Backend for KubeBackend {
         target: crate::model::ProbeTarget,
         _port_protocols: &[crate::model::PortProtocol],
     ) -> Result<Vec<Pod>, String> {
-        Err(outside_unsupported(target))
+        outside_hosts(&self.options, target)
     }
 
     fn node(&self, pod: &PodRef) -> Option<&str> {
