@@ -266,9 +266,9 @@ impl LocalBackend {
         for local in self.pods.values() {
             host::netns_delete_now(&self.names.pod(local.slot));
         }
-        if self.outside.take().is_some() {
-            host::netns_delete_now(&self.names.outside());
-        }
+        // Unconditionally: a half-made outside host has a namespace but no record.
+        self.outside = None;
+        host::netns_delete_now(&self.names.outside());
         host::netns_delete_now(&self.names.node());
         if let Some(owner) = self.owner_file.take() {
             let _ = std::fs::remove_file(owner);
@@ -448,31 +448,28 @@ impl LocalBackend {
         port_protocols: &[PortProtocol],
     ) -> Result<Pod, BackendError> {
         let netns = self.names.outside();
-        if self.outside.is_none() {
-            let addresses: Vec<IpAddr> = match self.options.families {
-                IpFamilies::Ipv4 => vec![IpAddr::V4(OUTSIDE_V4)],
-                IpFamilies::Ipv6 => vec![IpAddr::V6(OUTSIDE_V6)],
-                IpFamilies::Dual => vec![IpAddr::V4(OUTSIDE_V4), IpAddr::V6(OUTSIDE_V6)],
-            };
-            network::create_outside_link(&self.names.node(), &netns, &addresses).await?;
-            network::bring_up_pod(&netns, &addresses).await?;
-            self.outside = Some(Outside {
-                host: Pod {
-                    namespace: OUTSIDE_NAMESPACE.into(),
-                    name: "host".into(),
-                    labels: Labels::new(),
-                    ip: addresses[0],
-                    ports: Vec::new(),
-                },
-                addresses,
-                agent: None,
-            });
-        }
-        let Some(outside) = self.outside.as_mut() else {
-            return Err(BackendError::Io {
-                what: "creating the outside host".into(),
-                source: std::io::Error::other("it vanished"),
-            });
+        let outside = match self.outside {
+            Some(ref mut outside) => outside,
+            None => {
+                let addresses: Vec<IpAddr> = match self.options.families {
+                    IpFamilies::Ipv4 => vec![IpAddr::V4(OUTSIDE_V4)],
+                    IpFamilies::Ipv6 => vec![IpAddr::V6(OUTSIDE_V6)],
+                    IpFamilies::Dual => vec![IpAddr::V4(OUTSIDE_V4), IpAddr::V6(OUTSIDE_V6)],
+                };
+                network::create_outside_link(&self.names.node(), &netns, &addresses).await?;
+                network::bring_up_pod(&netns, &addresses).await?;
+                self.outside.insert(Outside {
+                    host: Pod {
+                        namespace: OUTSIDE_NAMESPACE.into(),
+                        name: "host".into(),
+                        labels: Labels::new(),
+                        ip: addresses[0],
+                        ports: Vec::new(),
+                    },
+                    addresses,
+                    agent: None,
+                })
+            }
         };
         let ports: Vec<ContainerPort> = port_protocols
             .iter()
