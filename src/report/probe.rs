@@ -15,7 +15,7 @@ use crate::matrix::{Judgement, ObservedTable, Placement, TruthTable};
 use crate::model::{Family, ProbePath, ProbeTarget};
 
 pub const LEGEND: &str = "legend: ✓ connected · ✗ timed out (dropped) · ⊘ refused · ? unsupported here · ! probe error · \
-                          · not probed (nothing listens, or another IP family) · * differs from the spec · ( ) a pod to itself: undefined by the spec";
+                          · not probed (nothing listens, or another IP family) · * differs from the spec · ( ) a pod to itself: undefined by the spec (through its own Service: judged where a cluster policy decides)";
 
 /// Counts of each judgement.
 #[derive(Debug, Default, Clone, Serialize)]
