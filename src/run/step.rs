@@ -53,13 +53,13 @@ pub(super) async fn run_step<B: Backend>(
         .first()
         .copied()
         .unwrap_or_default();
+    let held_after = plan.analysis(&*backend, &step.analysis, held_path);
     let held_changes = changes(
         &plan.analysis(&*backend, before, held_path).table,
-        &plan.analysis(&*backend, &step.analysis, held_path).table,
+        &held_after.table,
     );
     let mut flows = if options.established {
-        let analysis = plan.analysis(&*backend, &step.analysis, held_path);
-        hold_flows(&*backend, &analysis, held_path, &held_changes, options).await
+        hold_flows(&*backend, &held_after, held_path, &held_changes, options).await
     } else {
         Vec::new()
     };
