@@ -176,31 +176,10 @@ fn smoke_tells_enforcing_from_not_enforcing() {
 #[ignore = "needs root: builds a local cluster (network namespaces, nftables); .ci/run runs it as root"]
 fn ignored_cluster_policies_fail_every_cluster_policy_scenario() {
     require_local_cluster();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let json = dir.path().join("run.json");
-    let output = common::polygraph(
-        &[
-            "run",
-            "--tags",
-            "cluster-network-policy",
-            "--dataplane",
-            "none",
-            "--probe-timeout",
-            "300ms",
-            "--step-deadline",
-            "1s",
-            "--skip-established",
-            "--json",
-            &json.display().to_string(),
-            "--json-cells",
-            "none",
-        ],
-        "",
-    );
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert_eq!(output.status.code(), Some(1), "{stdout}");
-    let report: RunJson =
-        serde_json::from_str(&std::fs::read_to_string(&json).expect("json")).expect("schema");
+    let mut args = vec!["--tags", "cluster-network-policy"];
+    args.extend(NO_DATAPLANE);
+    let (code, stdout, report) = run_report(&args);
+    assert_eq!(code, Some(1), "{stdout}");
     assert_eq!(report.scenarios.len(), 14, "{stdout}");
     let passing: Vec<&str> = report
         .scenarios
