@@ -68,7 +68,7 @@ impl Analysis {
     /// backend pod, after DNAT, so only the hairpin cells change: a pod reaching itself is subject
     /// to cluster policies, and judged strictly where one decides it.
     pub fn for_target(&self, target: ProbeTarget) -> Analysis {
-        if target != ProbeTarget::Service || self.through_services {
+        if !target.through_cluster_ip() || self.through_services {
             return self.clone();
         }
         let mut analysis = self.clone();

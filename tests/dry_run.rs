@@ -75,8 +75,14 @@ fn the_whole_library_dry_run_is_valid_kubernetes() {
         "a base namespace name leaked"
     );
     assert!(
-        !yaml.contains("kubernetes.io/metadata.name: kube-system\n"),
+        !yaml.contains("kubernetes.io/metadata.name: monitoring\n"),
         "a selector was not rewritten"
+    );
+    // The real kube-system (the cluster's own DNS, probed by name) is not the run's: a
+    // selector of it stays as written where the scenario's model has no namespace of that name.
+    assert!(
+        yaml.contains("kubernetes.io/metadata.name: kube-system\n"),
+        "the DNS scenario's selector of the cluster's own kube-system"
     );
     assert!(yaml.contains("app.kubernetes.io/managed-by: polygraph"));
     let (core, cluster) = split_cluster_policies(&yaml);
@@ -112,6 +118,27 @@ fn the_whole_library_dry_run_is_valid_kubernetes() {
 
 /// `--target service`: each pod's own Service follows it (created after it, deleted before it),
 /// selects it by a label the pod carries, and the whole run still validates strictly.
+/// Names through the cluster's DNS (the DNS-egress scenario's own target) need the same Services,
+/// and nothing in the cluster's own `kube-system`.
+#[test]
+fn names_need_services_and_touch_nothing_of_the_clusters_dns() {
+    let yaml = dry_run(&["run", "seed-dns-egress", "--dry-run"]);
+    assert_eq!(
+        yaml.matches("# create Service ").count(),
+        yaml.matches("# create Pod ").count()
+    );
+    assert!(
+        !yaml
+            .lines()
+            .filter(|l| ["# create ", "# apply ", "# patch ", "# delete "]
+                .iter()
+                .any(|call| l.starts_with(call)))
+            .any(|l| l.contains("kube-system")),
+        "{yaml}"
+    );
+    validate("dns-egress", &yaml);
+}
+
 #[test]
 fn the_library_through_services_dry_run_is_valid_kubernetes() {
     let yaml = dry_run(&["run", "--dry-run", "--target", "service"]);

@@ -222,7 +222,12 @@ fn handle(
             json_response(StatusCode::CREATED, body)
         }
         ("GET", ["api", "v1", "namespaces"]) => {
-            let items = s.namespaces.values().cloned().collect();
+            let items = s
+                .namespaces
+                .values()
+                .filter(|ns| selected(ns, query))
+                .cloned()
+                .collect();
             list("NamespaceList", items)
         }
         ("GET", ["api", "v1", "namespaces", name]) => match s.namespaces.get(*name) {
@@ -283,6 +288,15 @@ fn handle(
             s.calls.push(format!("create Pod {ns}/{name}"));
             s.pods.insert((ns.to_string(), name), pod.clone());
             json_response(StatusCode::CREATED, pod)
+        }
+        ("GET", ["api", "v1", "namespaces", ns, "pods"]) => {
+            let items = s
+                .pods
+                .iter()
+                .filter(|((n, _), pod)| n == ns && selected(pod, query))
+                .map(|(_, pod)| pod.clone())
+                .collect();
+            list("PodList", items)
         }
         ("GET", ["api", "v1", "namespaces", ns, "pods", name]) => {
             match s.pods.get(&(ns.to_string(), name.to_string())) {
@@ -795,6 +809,17 @@ impl FakeCluster {
             let real = real.into_iter().find(|ip| ip.to_string() == target.host)?;
             model.into_iter().find(|ip| ip.is_ipv4() == real.is_ipv4())
         };
+        // A name: the simulation's name of the same pod's Service.
+        if let Some(pod) = self
+            .model_ips
+            .keys()
+            .find(|pod| self.kube.service_name(pod).as_deref() == Some(target.host.as_str()))
+        {
+            return Target {
+                host: self.sim.service_name(pod).unwrap_or_default(),
+                ..target.clone()
+            };
+        }
         let host = self
             .model_ips
             .keys()
@@ -826,6 +851,16 @@ impl Backend for FakeCluster {
     }
     fn service_addresses(&self, pod: &PodRef) -> Vec<IpAddr> {
         self.kube.service_addresses(pod)
+    }
+    fn service_name(&self, pod: &PodRef) -> Option<String> {
+        self.kube.service_name(pod)
+    }
+    /// The cluster's own DNS pods, as the API server lists them; the simulation answers the
+    /// queries with its own.
+    async fn dns(&mut self) -> Result<polygraph::model::ClusterDns, String> {
+        let dns = self.kube.dns().await?;
+        self.sim.dns().await?;
+        Ok(dns)
     }
     async fn apply(&mut self, mutation: &Mutation) -> Result<(), BackendError> {
         self.kube.apply(mutation).await?;
@@ -1765,4 +1800,141 @@ async fn a_named_server_outside_the_cluster_is_probed_over_tcp() {
     assert!(external[1].count(polygraph::run::Verdict::Pass) >= 3);
     let probed = cluster.probed.lock().expect("probed").clone();
     assert!(probed.iter().any(|h| h == "203.0.113.10"), "{probed:?}");
+}
+
+/// A cluster's DNS as kind has it: `kube-system` and one CoreDNS pod labelled `k8s-app=kube-dns`.
+fn with_cluster_dns(state: &mut State) {
+    state.namespaces.insert(
+        "kube-system".into(),
+        json!({"metadata": {"name": "kube-system", "labels": {"kubernetes.io/metadata.name": "kube-system"}}}),
+    );
+    state.pods.insert(
+        ("kube-system".into(), "coredns-7db6d8ff4d-x2x9q".into()),
+        json!({"metadata": {"name": "coredns-7db6d8ff4d-x2x9q", "namespace": "kube-system",
+                            "labels": {"k8s-app": "kube-dns", "pod-template-hash": "7db6d8ff4d"}},
+               "spec": {"containers": [{"name": "coredns", "image": "coredns",
+                        "ports": [{"name": "dns", "containerPort": 53, "protocol": "UDP"},
+                                  {"name": "dns-tcp", "containerPort": 53, "protocol": "TCP"}]}]},
+               "status": {"phase": "Running", "podIP": "10.9.1.53", "podIPs": [{"ip": "10.9.1.53"}]}}),
+    );
+}
+
+/// `--target service-name`: every probe names a Service of the run, fully qualified, resolved by
+/// the cluster's own DNS, whose pods are read from `kube-system` (never changed) and judged as
+/// the policies' peers; the DNS-egress scenario passes. Without DNS pods the scenario is
+/// unsupported, with the reason.
+#[tokio::test]
+async fn names_go_through_the_clusters_own_dns_or_the_scenario_is_unsupported() {
+    let scenarios = library(&["seed-dns-egress"]);
+    let options = RunOptions {
+        targets: vec![ProbeTarget::ServiceName],
+        ..run_options()
+    };
+    let state = Arc::new(Mutex::new(State::default()));
+    with_cluster_dns(&mut state.lock().expect("state"));
+    let mut cluster = FakeCluster::with_options(&state, with_services()).await;
+    let result = run_scenarios(&mut cluster, &scenarios, &options, &mut |_| {}).await;
+    cluster.cleanup().await.expect("cleanup");
+    let scenario = &result.scenarios[0];
+    assert!(
+        scenario.passed(),
+        "{:?} {:?}",
+        scenario.error,
+        scenario.unsupported
+    );
+    assert_eq!(scenario.steps.len(), 4);
+    // The first step's sources cannot resolve: their cells expect dns-failed.
+    let first = &scenario.steps[0].expected.table;
+    assert!(first.cells().any(|(_, d)| d.no_dns));
+    let probed: BTreeSet<String> = cluster
+        .probed
+        .lock()
+        .expect("probed")
+        .iter()
+        .cloned()
+        .collect();
+    assert!(
+        probed.iter().all(
+            |h| h.ends_with(".polygraph-abc123-production.svc.cluster.local.")
+                || h.ends_with(".polygraph-abc123-monitoring.svc.cluster.local.")
+        ),
+        "{probed:?}"
+    );
+    {
+        let s = state.lock().expect("state");
+        assert!(
+            !s.calls.iter().any(|c| c.contains("kube-system")),
+            "the cluster's DNS is read, never changed: {:?}",
+            s.calls
+        );
+        assert!(s.namespaces.contains_key("kube-system"));
+        assert!(
+            s.log.iter().any(
+                |l| l.starts_with("GET /api/v1/namespaces/kube-system/pods?")
+                    && l.contains("k8s-app%3Dkube-dns")
+            ),
+            "{:?}",
+            s.log
+        );
+    }
+
+    let bare = Arc::new(Mutex::new(State::default()));
+    let mut cluster = FakeCluster::with_options(&bare, with_services()).await;
+    let result = run_scenarios(&mut cluster, &scenarios, &options, &mut |_| {}).await;
+    cluster.cleanup().await.expect("cleanup");
+    let reason = result.scenarios[0].unsupported.clone().unwrap_or_default();
+    assert!(
+        reason.contains("cannot be found") || reason.contains("k8s-app=kube-dns"),
+        "{reason}"
+    );
+    assert_eq!(result.scenarios[0].status(), Status::Unsupported);
+}
+
+#[test]
+fn the_clusters_dns_is_its_running_kube_dns_pods_with_their_named_ports() {
+    use k8s_openapi::api::core::v1::{Namespace, Pod};
+    let namespace: Namespace = serde_json::from_value(
+        json!({"metadata": {"name": "kube-system", "labels": {"team": "platform"}}}),
+    )
+    .expect("namespace");
+    let pod = |name: &str, phase: &str, ip: Option<&str>| -> Pod {
+        serde_json::from_value(json!({"metadata": {"name": name, "labels": {"k8s-app": "kube-dns"}},
+            "spec": {"containers": [{"name": "coredns", "ports": [{"name": "dns", "containerPort": 53, "protocol": "UDP"}, {"name": "metrics", "containerPort": 9153}]}]},
+            "status": {"phase": phase, "podIP": ip}}))
+        .expect("pod")
+    };
+    let dns = polygraph::backend::kube::cluster_dns(
+        &namespace,
+        &[
+            pod("coredns-a", "Running", Some("10.244.0.3")),
+            pod("coredns-b", "Pending", None),
+        ],
+    )
+    .expect("dns");
+    assert_eq!(dns.namespace.name, "kube-system");
+    assert_eq!(
+        dns.namespace
+            .labels
+            .get("kubernetes.io/metadata.name")
+            .map(String::as_str),
+        Some("kube-system")
+    );
+    assert_eq!(
+        dns.namespace.labels.get("team").map(String::as_str),
+        Some("platform")
+    );
+    assert_eq!(dns.servers.len(), 1, "only running pods with an address");
+    let server = &dns.servers[0];
+    assert_eq!(server.ip.to_string(), "10.244.0.3");
+    assert_eq!(
+        server.named_port("dns", polygraph::model::Protocol::Udp),
+        Some(53)
+    );
+    assert_eq!(
+        server.named_port("metrics", polygraph::model::Protocol::Tcp),
+        Some(9153)
+    );
+    let none =
+        polygraph::backend::kube::cluster_dns(&namespace, &[pod("coredns-b", "Pending", None)]);
+    assert!(none.unwrap_err().contains("k8s-app=kube-dns"));
 }

@@ -137,16 +137,8 @@ async fn backend(url: &str, slack: Duration) -> KubeBackend {
 
 fn targets() -> Vec<Target> {
     vec![
-        Target {
-            host: "10.9.0.11".into(),
-            port: 80,
-            protocol: Protocol::Tcp,
-        },
-        Target {
-            host: "10.9.0.12".into(),
-            port: 80,
-            protocol: Protocol::Udp,
-        },
+        Target::new("10.9.0.11", 80, Protocol::Tcp),
+        Target::new("10.9.0.12", 80, Protocol::Udp),
     ]
 }
 

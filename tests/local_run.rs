@@ -156,6 +156,16 @@ fn smoke_tells_enforcing_from_not_enforcing() {
     let text = String::from_utf8_lossy(&enforcing.stdout);
     assert_eq!(enforcing.status.code(), Some(0), "{text}");
     assert!(text.contains("\nENFORCING:"), "{text}");
+    // The DNS check: names through the cluster's DNS fail where egress is denied, resolve where
+    // DNS alone is allowed (and then the connection is blocked).
+    assert!(
+        text.contains("client-b → server: dns-failed (spec: dns-failed)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("client-b may resolve names, and nothing else: client-a → server: connected (spec: allowed), client-b → server: timeout (spec: blocked)"),
+        "{text}"
+    );
 
     let ignored = common::polygraph(
         &["smoke", "--dataplane", "none", "--step-deadline", "1s"],
@@ -294,6 +304,42 @@ fn every_target_in_both_families_passes_and_each_fails_without_a_dataplane() {
     ] {
         assert!(stdout.contains(line), "no {line:?} in {stdout}");
     }
+}
+
+/// Names through the local cluster's DNS pod, in both families: the DNS-egress scenario passes on
+/// real packets (a denied source's names do not resolve, an allowed one's do), and fails without
+/// a dataplane and with a dataplane that drops DNS (`dns-egress-blocked`).
+#[test]
+#[ignore = "needs root: builds a local cluster (network namespaces, nftables); .ci/run runs it as root"]
+fn names_resolve_only_where_dns_egress_is_allowed_and_each_failure_is_caught() {
+    require_local_cluster();
+    let run = |extra: &[&str]| {
+        let mut args = vec!["seed-dns-egress", "--ip-family", "dual"];
+        args.extend(extra);
+        run_report(&args)
+    };
+    let (code, stdout, report) = run(&[]);
+    assert_eq!(code, Some(0), "{stdout}");
+    let paths = paths_of(&report, "seed-dns-egress");
+    assert_eq!(paths.len(), 8, "{paths:?}");
+    assert!(paths.iter().all(|(t, _)| t == "ServiceName"), "{paths:?}");
+    assert!(paths.iter().any(|(_, f)| f == "IPv6"), "{paths:?}");
+    println!("{}", stdout.lines().last().unwrap_or_default());
+
+    let (code, stdout, report) = run(&NO_DATAPLANE);
+    assert_eq!(code, Some(1), "{stdout}");
+    let first = &report.scenarios[0].steps[0];
+    assert_eq!(first.status, "failed", "{stdout}");
+    assert!(
+        stdout.contains("the spec says dns-failed"),
+        "the failing cells say why: {stdout}"
+    );
+
+    let mut blocked = vec!["--inject", "dns-egress-blocked"];
+    blocked.extend(&NO_DATAPLANE[2..]);
+    let (code, stdout, report) = run(&blocked);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert_eq!(report.scenarios[0].status, "failed", "{stdout}");
 }
 
 /// Through a NodePort from outside the cluster, and out to a server beyond it, in both families:

@@ -74,8 +74,10 @@ fn failing(report: &Value) -> BTreeMap<String, Vec<String>> {
 fn fault_scope(fault: &polygraph::faults::FaultInfo) -> Vec<&'static str> {
     let mut scope = if fault.features.iter().all(|f| f.starts_with("cnp-")) {
         vec!["--tags", "cluster-network-policy"]
-    } else if ["service", "dual-stack", "node-port"].contains(&fault.features.join(",").as_str()) {
-        // Only traffic through Services, or IPv6 traffic, can meet these faults: the scenarios
+    } else if ["service", "dual-stack", "node-port", "dns"]
+        .contains(&fault.features.join(",").as_str())
+    {
+        // Only traffic through Services, IPv6 traffic or names can meet these faults: the scenarios
         // that probe it are the ones to run.
         vec!["--tags", fault.features[0]]
     } else {

@@ -133,6 +133,29 @@ fn smoke_prints_every_wrong_cell_whatever_its_direction() {
         stdout.contains("ENFORCING") && !stdout.contains("also wrong"),
         "{stdout}"
     );
+    assert!(
+        stdout.contains("client-b → server: dns-failed (spec: dns-failed)"),
+        "the DNS check: {stdout}"
+    );
+    // A dataplane that drops DNS: names never resolve, so the DNS check cannot pass.
+    let output = common::polygraph(
+        &[
+            "smoke",
+            "--backend",
+            "sim",
+            "--inject",
+            "dns-egress-blocked",
+            "--step-deadline",
+            "1s",
+        ],
+        "",
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("smoke-dns: ✗ setting up the cluster"),
+        "{stdout}"
+    );
 }
 
 /// Ctrl-C during a run: the backend cleans up and says what it removed, in its own words.

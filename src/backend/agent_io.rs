@@ -12,21 +12,39 @@ use super::BackendError;
 
 /// Per source pod, where its next batch's UDP source ports start: each batch takes the next block,
 /// so no UDP 5-tuple repeats until the agent's port range wraps (see
-/// `polygraph_agent::wire::udp_source_port`).
+/// `polygraph_agent::wire::udp_source_port`). A pod seen for the first time starts where the
+/// furthest pod has got to, not at zero: a new pod may have the address of one deleted a moment
+/// ago (the next scenario's model reuses it), and that pod's flows are still in conntrack, where
+/// the same ports would meet them and pass as "established" whatever the policies say.
 #[derive(Debug, Default)]
-pub struct UdpSourcePorts(std::sync::Mutex<std::collections::BTreeMap<PodRef, u32>>);
+pub struct UdpSourcePorts(std::sync::Mutex<Cursors>);
+
+#[derive(Debug, Default)]
+pub struct Cursors {
+    by_pod: std::collections::BTreeMap<PodRef, u32>,
+    /// How far any pod has got (counting on from a wrap).
+    furthest: u32,
+}
 
 impl UdpSourcePorts {
     /// The base for a batch of `targets` from `from`, advancing the pod's cursor past it.
     pub fn next(&self, from: &PodRef, targets: &[Target]) -> u32 {
+        // UDP probes, then one lookup per distinct name, each from its own port.
         let udp = targets
             .iter()
             .filter(|t| t.protocol == polygraph_agent::wire::Protocol::Udp)
-            .count();
+            .count()
+            + polygraph_agent::resolve::distinct_names(targets).len();
         let mut cursors = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let cursor = cursors.entry(from.clone()).or_insert(0);
+        let furthest = cursors.furthest;
+        let cursor = cursors.by_pod.entry(from.clone()).or_insert(furthest);
         let base = *cursor;
         *cursor = cursor.wrapping_add(u32::try_from(udp).unwrap_or(u32::MAX));
+        let advanced = *cursor;
+        // Ahead of `furthest` by less than half the range: the cursor has got further.
+        if advanced.wrapping_sub(furthest) < u32::MAX / 2 {
+            cursors.furthest = advanced;
+        }
         base
     }
 }
@@ -36,11 +54,13 @@ pub fn probe_request(
     targets: &[Target],
     timeout: Duration,
     udp_source_base: Option<u32>,
+    nameserver: Option<std::net::SocketAddr>,
 ) -> String {
     let request = polygraph_agent::wire::ProbeRequest {
         timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
         targets: targets.to_vec(),
         udp_source_base,
+        nameserver,
     };
     // Plain data of strings and numbers: serialization cannot fail.
     serde_json::to_string(&request).unwrap_or_default()
@@ -88,6 +108,7 @@ impl Held {
         from: PodRef,
         targets: &[Target],
         timeout: Duration,
+        nameserver: Option<std::net::SocketAddr>,
         stdin: impl tokio::io::AsyncWrite + Send + 'static,
         stdout: impl tokio::io::AsyncRead + Send + 'static,
         session: impl Send + 'static,
@@ -96,7 +117,7 @@ impl Held {
         let mut stdin: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>> = Box::pin(stdin);
         let stdout: std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>> = Box::pin(stdout);
         // Held flows keep their sockets: kernel-chosen ports, outside the probes' range.
-        let line = format!("{}\n", probe_request(targets, timeout, None));
+        let line = format!("{}\n", probe_request(targets, timeout, None, nameserver));
         stdin
             .write_all(line.as_bytes())
             .await
@@ -155,5 +176,48 @@ fn held_io(from: &PodRef, e: std::io::Error) -> BackendError {
     BackendError::Probe {
         pod: from.clone(),
         message: format!("holding connections: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use polygraph_agent::wire::Protocol;
+
+    fn pod(name: &str) -> PodRef {
+        name.parse().expect("pod")
+    }
+
+    #[test]
+    fn each_batch_takes_a_block_for_its_udp_probes_and_its_names() {
+        let ports = UdpSourcePorts::default();
+        let batch = [
+            Target::new("10.0.0.1", 80, Protocol::Udp),
+            Target::new("10.0.0.1", 80, Protocol::Tcp),
+            Target::new("b.x.svc.cluster.local.", 80, Protocol::Tcp),
+            Target::new("b.x.svc.cluster.local.", 80, Protocol::Udp),
+        ];
+        assert_eq!(ports.next(&pod("x/a"), &batch), 0);
+        // One UDP probe, two UDP probes by name (one name): three ports.
+        assert_eq!(ports.next(&pod("x/a"), &batch), 3);
+        assert_eq!(ports.next(&pod("x/a"), &batch[1..2]), 6);
+        assert_eq!(ports.next(&pod("x/a"), &batch), 6);
+    }
+
+    #[test]
+    fn a_new_pod_starts_past_every_port_used_so_far() {
+        // x/a may get the address of y/a, deleted a moment ago: y/a's ports must not repeat.
+        let ports = UdpSourcePorts::default();
+        let udp = [Target::new("10.0.0.1", 80, Protocol::Udp); 1];
+        for _ in 0..5 {
+            ports.next(&pod("y/a"), &udp);
+        }
+        assert_eq!(ports.next(&pod("x/a"), &udp), 5);
+        assert_eq!(
+            ports.next(&pod("y/a"), &udp),
+            5,
+            "an old pod keeps its own cursor"
+        );
+        assert_eq!(ports.next(&pod("z/a"), &udp), 6);
     }
 }

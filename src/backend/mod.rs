@@ -132,6 +132,17 @@ pub trait Backend {
     ) -> Result<Vec<crate::model::Pod>, String> {
         Err(format!("this backend cannot probe the {target} target"))
     }
+    /// The fully qualified name of the Service polygraph made for the pod
+    /// (`<service>.<namespace>.svc.<domain>.`), for probes with `--target service-name`.
+    fn service_name(&self, _pod: &PodRef) -> Option<String> {
+        None
+    }
+    /// The cluster's DNS, for paths that resolve names (`ProbeTarget::needs_dns`): the namespace
+    /// and pods the servers are, so the analysis can judge each source's DNS egress. `Err(reason)`:
+    /// names cannot be probed here, and scenarios that need them are unsupported.
+    async fn dns(&mut self) -> Result<crate::model::ClusterDns, String> {
+        Err("this backend has no cluster DNS".into())
+    }
     /// Carries out one change; returns once the backend has accepted it (pods may not be ready).
     async fn apply(&mut self, mutation: &Mutation) -> Result<(), BackendError>;
     /// Waits until every pod serves its ports (and deletions have finished), or names the pod
@@ -225,6 +236,12 @@ impl Backend for AnyBackend {
         port_protocols: &[crate::model::PortProtocol],
     ) -> Result<Vec<crate::model::Pod>, String> {
         delegate!(self, b => b.outside(target, port_protocols).await)
+    }
+    fn service_name(&self, pod: &PodRef) -> Option<String> {
+        delegate!(self, b => b.service_name(pod))
+    }
+    async fn dns(&mut self) -> Result<crate::model::ClusterDns, String> {
+        delegate!(self, b => b.dns().await)
     }
     async fn apply(&mut self, mutation: &Mutation) -> Result<(), BackendError> {
         delegate!(self, b => b.apply(mutation).await)

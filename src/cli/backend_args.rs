@@ -43,7 +43,7 @@ pub enum SimSctp {
 #[derive(Debug, Args)]
 pub struct TargetArgs {
     /// `pod-ip` (the pod's address), `service` (its own Service's ClusterIP, DNATed to it),
-    /// `node-port` (from a host outside the cluster, through a NodePort) or `external` (pods to a
+    /// `service-name` (that Service's name, resolved through the cluster's DNS), `node-port` (from a host outside the cluster, through a NodePort) or `external` (pods to a
     /// server outside the cluster); several with commas, e.g. `--target pod-ip,service`.
     #[arg(
         long = "target",
@@ -107,6 +107,29 @@ pub struct BackendArgs {
     /// its probe, which would look like a drop.
     #[arg(long = "external-target", value_name = "IP:PORT/TCP")]
     pub external_targets: Vec<String>,
+    /// Kubernetes: the cluster's DNS domain, for the names `--target service-name` resolves
+    /// (`<service>.<namespace>.svc.DOMAIN.`). The local cluster's is cluster.local.
+    #[arg(long, value_name = "DOMAIN", default_value = "cluster.local")]
+    pub cluster_domain: String,
+}
+
+/// `--cluster-domain`: dot-separated DNS labels (lowercase letters, digits, `-`).
+fn cluster_domain(text: &str) -> Result<String, CliError> {
+    let domain = text.trim_end_matches('.');
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    };
+    if domain.is_empty() || !domain.split('.').all(label_ok) {
+        return Err(CliError::Usage(format!(
+            "--cluster-domain {text:?}: expected a DNS domain such as cluster.local"
+        )));
+    }
+    Ok(domain.to_string())
 }
 
 /// `--external-target`: `IP:PORT/TCP` (`[IPv6]:PORT/TCP`).
@@ -148,6 +171,7 @@ impl BackendArgs {
             selector.insert(key.to_string(), value.to_string());
         }
         options.node_selector = selector;
+        options.cluster_domain = cluster_domain(&self.cluster_domain)?;
         options.external = self
             .external_targets
             .iter()

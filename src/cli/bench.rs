@@ -15,7 +15,7 @@ use polygraph::bench::{
 use polygraph::faults::Faults;
 use polygraph::model::{IpFamilies, default_model};
 use polygraph::policy::parse_policies;
-use polygraph::run::{PathPlan, probe_matrix, reconcile};
+use polygraph::run::{PathPlan, namespace_names, probe_matrix, reconcile};
 use polygraph::world::World;
 
 use super::session::session;
@@ -103,6 +103,7 @@ fn probe(args: ProbeBenchArgs) -> Result<ExitCode, CliError> {
             backend,
             &args.paths.targets,
             analysis.table.port_protocols(),
+            &namespace_names(&analysis),
         )
         .await
         .map_err(CliError::Usage)?;

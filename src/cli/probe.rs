@@ -10,7 +10,7 @@ use super::session::{Finished, session};
 use super::{CliError, EXIT_WRONG, OutputFormat, use_color};
 use polygraph::backend::Backend;
 use polygraph::report::probe;
-use polygraph::run::{PathPlan, observe, reconcile};
+use polygraph::run::{PathPlan, namespace_names, observe, reconcile};
 use polygraph::world::World;
 
 #[derive(Debug, Args)]
@@ -55,6 +55,7 @@ pub fn run(args: ProbeArgs) -> Result<ExitCode, CliError> {
                 backend,
                 &args.paths.targets,
                 analysis.table.port_protocols(),
+                &namespace_names(&analysis),
             )
             .await
             .map_err(CliError::Usage)?;

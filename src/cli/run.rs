@@ -69,8 +69,8 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 64)]
     parallel: usize,
     /// How probes reach their destinations, for every scenario (overriding their `target:`):
-    /// `pod-ip`, `service` (each pod's own Service's ClusterIP, DNATed to it), `node-port` (from a
-    /// host outside the cluster) or `external` (to a server outside it); several with commas.
+    /// `pod-ip`, `service` (each pod's own Service's ClusterIP, DNATed to it), `service-name` (that
+    /// Service's name, through the cluster's DNS), `node-port` (from a host outside the cluster) or `external` (to a server outside it); several with commas.
     #[arg(long = "target", value_enum, value_delimiter = ',')]
     targets: Vec<ProbeTarget>,
     /// A line for every step even on a terminal.

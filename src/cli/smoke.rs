@@ -24,7 +24,12 @@ pub struct SmokeArgs {
 }
 
 pub fn run(args: SmokeArgs) -> Result<ExitCode, CliError> {
-    let scenario = library::smoke().map_err(CliError::Scenario)?;
+    // The enforcement check, then the DNS one (names resolve only where DNS egress is allowed;
+    // unsupported where polygraph finds no cluster DNS).
+    let scenarios = [
+        library::smoke().map_err(CliError::Scenario)?,
+        library::smoke_dns().map_err(CliError::Scenario)?,
+    ];
     let options = RunOptions {
         probe_timeout: args.probe_timeout,
         step_deadline: args.step_deadline,
@@ -38,24 +43,30 @@ pub fn run(args: SmokeArgs) -> Result<ExitCode, CliError> {
     let Finished {
         value: result,
         transcript,
-    } = execute(
-        std::slice::from_ref(&scenario),
-        &options,
-        &args.target,
-        true,
-    )?;
+    } = execute(&scenarios, &options, &args.target, true)?;
     if let Some(transcript) = transcript {
         out_inline!("{}", transcript.text())?;
         return Ok(ExitCode::SUCCESS);
     }
     let verdict = classify(&result);
     out!()?;
+    for scenario in &result.scenarios {
+        if let Some(reason) = &scenario.unsupported {
+            out!("{}: not checked: {reason}", scenario.scenario.name)?;
+        }
+        if let Some(error) = &scenario.error {
+            out!("{}: ✗ {error}", scenario.scenario.name)?;
+        }
+    }
     for step in result.scenarios.iter().flat_map(|s| s.steps.iter()) {
         let table = &step.expected.table;
         let pods = table.pods();
         let describe = |k: usize, from: usize, to: usize, verdict: Verdict| {
             let observed = step.observed.as_ref().and_then(|o| o.get(k, from, to));
-            let spec = if table.get(k, from, to).allowed() {
+            let decision = table.get(k, from, to);
+            let spec = if decision.no_dns {
+                "dns-failed"
+            } else if decision.allowed() {
                 "allowed"
             } else {
                 "blocked"

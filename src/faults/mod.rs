@@ -43,6 +43,7 @@ pub enum Fault {
     ServiceTrafficUnfiltered,
     Ipv6Unfiltered,
     NodePortUnfiltered,
+    DnsEgressBlocked,
 }
 
 impl Fault {
@@ -56,6 +57,7 @@ impl Fault {
                 | Fault::ServiceTrafficUnfiltered
                 | Fault::Ipv6Unfiltered
                 | Fault::NodePortUnfiltered
+                | Fault::DnsEgressBlocked
         )
     }
 }
@@ -236,6 +238,12 @@ pub const CATALOGUE: &[FaultInfo] = &[
         fault: Some(Fault::Ipv6Unfiltered),
         features: &["dual-stack"],
         imitates: "only IPv4 is filtered: IPv6 traffic of a dual-stack pod passes whatever the policies say",
+    },
+    FaultInfo {
+        name: "dns-egress-blocked",
+        fault: Some(Fault::DnsEgressBlocked),
+        features: &["dns"],
+        imitates: "DNS to the cluster's DNS pods (UDP and TCP 53) is dropped even where a policy allows it: names never resolve",
     },
 ];
 

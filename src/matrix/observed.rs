@@ -134,9 +134,15 @@ impl ObservedTable {
         let Some(observation) = self.get(pp_index, from, to) else {
             return Judgement::NotProbed;
         };
+        let spec: Decision = expected.get(pp_index, from, to);
         let allowed = match observation.outcome {
             Outcome::Unsupported => return Judgement::Unsupported,
             Outcome::Error => return Judgement::Error,
+            // Whether a name resolves does not depend on hairpin: judged strictly, self included.
+            Outcome::DnsFailed if spec.undefined => return Judgement::Undefined,
+            Outcome::DnsFailed if spec.no_dns => return Judgement::Match,
+            Outcome::DnsFailed => return Judgement::Wrong,
+            _ if spec.no_dns && !spec.undefined => return Judgement::Wrong,
             Outcome::Connected => {
                 // Reaching some other pod (or something that isn't an agent) proves nothing. A
                 // server beyond the cluster the user named need not be polygraph's: a connection
@@ -152,7 +158,6 @@ impl ObservedTable {
             }
             Outcome::Refused | Outcome::Timeout => false,
         };
-        let spec: Decision = expected.get(pp_index, from, to);
         if spec.undefined {
             return Judgement::Undefined;
         }
@@ -272,6 +277,57 @@ mod tests {
         seen.set(0, 1, 0, observation(Outcome::Refused, None));
         assert_eq!(seen.judge(&spec, 0, 1, 0), Judgement::RefusedNotDropped);
         assert!(Judgement::RefusedNotDropped.fails() && !Judgement::Undefined.fails());
+    }
+
+    #[test]
+    fn a_failed_name_matches_only_where_the_source_cannot_reach_dns() {
+        let pods: Vec<PodRef> = ["x/a", "x/b"].iter().map(|p| p.parse().unwrap()).collect();
+        let pps = vec![PortProtocol::new(80, Protocol::Tcp)];
+        let mut spec = TruthTable::new(pods.clone(), pps.clone());
+        let no_dns = Decision {
+            no_dns: true,
+            ..Decision::new(true, true)
+        };
+        spec.set(0, 0, 1, no_dns);
+        spec.set(0, 0, 0, no_dns);
+        spec.set(0, 1, 0, Decision::new(false, true));
+        let mut seen = ObservedTable::new(pods, pps);
+        seen.set(0, 0, 1, observation(Outcome::DnsFailed, None));
+        assert_eq!(seen.judge(&spec, 0, 0, 1), Judgement::Match);
+        for (outcome, peer) in [
+            (Outcome::Connected, Some("x/b")),
+            (Outcome::Timeout, None),
+            (Outcome::Refused, None),
+        ] {
+            seen.set(0, 0, 1, observation(outcome, peer));
+            assert_eq!(
+                seen.judge(&spec, 0, 0, 1),
+                Judgement::Wrong,
+                "{outcome}: the name resolved although DNS is blocked"
+            );
+        }
+        seen.set(0, 0, 0, observation(Outcome::Connected, Some("x/a")));
+        assert_eq!(
+            seen.judge(&spec, 0, 0, 0),
+            Judgement::Wrong,
+            "resolution is judged on a pod's own name too"
+        );
+        seen.set(0, 1, 0, observation(Outcome::DnsFailed, None));
+        assert_eq!(
+            seen.judge(&spec, 0, 1, 0),
+            Judgement::Wrong,
+            "blocked is not dns-failed: the name must resolve"
+        );
+        spec.set(
+            0,
+            1,
+            0,
+            Decision {
+                undefined: true,
+                ..no_dns
+            },
+        );
+        assert_eq!(seen.judge(&spec, 0, 1, 0), Judgement::Undefined);
     }
 
     #[test]

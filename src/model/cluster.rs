@@ -93,6 +93,18 @@ impl std::str::FromStr for PodRef {
 /// valid namespace name, so no policy, selector or user namespace can ever name it.
 pub const OUTSIDE_NAMESPACE: &str = "(outside)";
 
+/// The cluster's DNS as a name-resolving path's analysis needs it: the namespace its servers run
+/// in (with its labels, `kubernetes.io/metadata.name` included) and the servers, as pods with
+/// their labels and addresses. Policies judge a source's DNS egress against these, as a CNI does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterDns {
+    pub namespace: Namespace,
+    pub servers: Vec<Pod>,
+}
+
+/// The port the cluster's DNS answers on; resolvers ask over UDP first.
+pub const DNS_PORT: u16 = 53;
+
 /// A consistent cluster: every pod's namespace exists, names and IPs are unique. Built from a
 /// `ClusterDescription`, which does the checking. (`with_outside` adds hosts that are not pods.)
 #[derive(Debug, Clone, Default)]
@@ -151,6 +163,25 @@ impl Cluster {
             ..h.clone()
         }));
         Cluster::from_parts(self.namespaces.clone(), pods)
+    }
+
+    /// The cluster plus its DNS servers, appended after the pods, in their own namespace. Callers
+    /// make sure the cluster has no namespace of that name (a model's own `kube-system` would
+    /// be a second one). The servers are peers like any pod; whether they are also subjects of
+    /// policies is the caller's question (polygraph's never select them).
+    pub fn with_dns(&self, dns: &ClusterDns) -> Cluster {
+        let mut namespaces = self.namespaces.clone();
+        if self.namespace(&dns.namespace.name).is_none() {
+            namespaces.push(dns.namespace.clone());
+        }
+        let mut pods = self.pods.clone();
+        pods.extend(
+            dns.servers
+                .iter()
+                .filter(|p| self.find_pod(&p.key()).is_none())
+                .cloned(),
+        );
+        Cluster::from_parts(namespaces, pods)
     }
 
     /// Whether the pod at `id` is a host outside the cluster (see `with_outside`).

@@ -11,7 +11,8 @@ mod protocol;
 pub mod syntax;
 
 pub use cluster::{
-    Cluster, ContainerPort, Labels, Namespace, OUTSIDE_NAMESPACE, Pod, PodId, PodRef,
+    Cluster, ClusterDns, ContainerPort, DNS_PORT, Labels, Namespace, OUTSIDE_NAMESPACE, Pod, PodId,
+    PodRef,
 };
 pub use description::{
     ClusterDescription, NamespaceDescription, PodDescription, PortDescription, default_model,

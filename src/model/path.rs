@@ -30,6 +30,10 @@ pub enum ProbeTarget {
     /// proxy, and the policies judge them at the backend pod. A pod reaching itself this way
     /// (hairpin) is subject to cluster policies, unlike a pod's own IP.
     Service,
+    /// The name of that Service (`<service>.<namespace>.svc.<domain>`), resolved by the source pod
+    /// through the cluster's DNS, then probed like `service`. A source whose egress to the
+    /// cluster DNS is blocked cannot resolve it: the cell's answer is `dns-failed`.
+    ServiceName,
     /// A client outside the cluster reaching the pod through a NodePort on its node's address
     /// (`externalTrafficPolicy: Local`, so the pod sees the client's own address).
     NodePort,
@@ -38,9 +42,10 @@ pub enum ProbeTarget {
 }
 
 impl ProbeTarget {
-    pub const ALL: [ProbeTarget; 4] = [
+    pub const ALL: [ProbeTarget; 5] = [
         ProbeTarget::PodIp,
         ProbeTarget::Service,
+        ProbeTarget::ServiceName,
         ProbeTarget::NodePort,
         ProbeTarget::External,
     ];
@@ -49,6 +54,7 @@ impl ProbeTarget {
         match self {
             ProbeTarget::PodIp => "pod-ip",
             ProbeTarget::Service => "service",
+            ProbeTarget::ServiceName => "service-name",
             ProbeTarget::NodePort => "node-port",
             ProbeTarget::External => "external",
         }
@@ -56,7 +62,21 @@ impl ProbeTarget {
 
     /// Whether the backend must create a Service per pod for this target.
     pub fn needs_services(self) -> bool {
-        matches!(self, ProbeTarget::Service | ProbeTarget::NodePort)
+        matches!(
+            self,
+            ProbeTarget::Service | ProbeTarget::ServiceName | ProbeTarget::NodePort
+        )
+    }
+
+    /// Whether traffic goes through a Service's ClusterIP (DNATed to the pod; a pod's hairpin to
+    /// itself is subject to cluster policies).
+    pub fn through_cluster_ip(self) -> bool {
+        matches!(self, ProbeTarget::Service | ProbeTarget::ServiceName)
+    }
+
+    /// Whether the source resolves a name through the cluster's DNS first.
+    pub fn needs_dns(self) -> bool {
+        self == ProbeTarget::ServiceName
     }
 
     /// Whether the path has a host outside the cluster at one end: the client of a NodePort, the
@@ -80,7 +100,9 @@ impl std::str::FromStr for ProbeTarget {
             .into_iter()
             .find(|t| t.as_str() == s)
             .ok_or_else(|| {
-                format!("unknown target {s:?} (expected pod-ip, service, node-port or external)")
+                format!(
+                    "unknown target {s:?} (expected pod-ip, service, service-name, node-port or external)"
+                )
             })
     }
 }

@@ -254,6 +254,7 @@ impl<'a> Oracle<'a> {
                         undefined: may_allow && may_block,
                         drop: !may_allow && ((ed && !ea && ec) || (id && !ia && ic)),
                         judged_self: false,
+                        no_dns: false,
                     };
                     table.set(k, src, dst, decision);
                 }

@@ -9,12 +9,16 @@ use crate::model::PodRef;
 /// Shown under the analyze matrices.
 pub const LEGEND: &str = "legend: ✓ allowed · ✗ blocked (e: by the source's egress, i: by the destination's ingress) · \
                           ~ undefined: left to the implementation by the spec (--explain says why) · \
+                          D the name cannot resolve: the source's egress to the cluster DNS is blocked · \
                           ( ) a pod to itself: undefined by the spec, CNIs differ";
 
 /// The glyph for an oracle verdict.
 pub fn decision_glyph(verdict: Decision) -> &'static str {
     if verdict.undefined {
         return "~";
+    }
+    if verdict.no_dns {
+        return "D";
     }
     match (verdict.egress, verdict.ingress) {
         (true, true) => "✓",

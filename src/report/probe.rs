@@ -14,7 +14,7 @@ use crate::analyze::Analysis;
 use crate::matrix::{Judgement, ObservedTable, Placement, TruthTable};
 use crate::model::{Family, ProbePath, ProbeTarget};
 
-pub const LEGEND: &str = "legend: ✓ connected · ✗ timed out (dropped) · ⊘ refused · ? unsupported here · ! probe error · \
+pub const LEGEND: &str = "legend: ✓ connected · ✗ timed out (dropped) · ⊘ refused · ? unsupported here · D the name did not resolve (dns-failed) · ! probe error · \
                           · not probed (nothing listens, or another IP family) · * differs from the spec · ( ) a pod to itself: undefined by the spec (through its own Service: judged where a cluster policy decides)";
 
 /// Counts of each judgement.
@@ -93,6 +93,7 @@ fn glyph(outcome: Outcome) -> &'static str {
         Outcome::Timeout => "✗",
         Outcome::Refused => "⊘",
         Outcome::Unsupported => "?",
+        Outcome::DnsFailed => "D",
         Outcome::Error => "!",
     }
 }
@@ -135,7 +136,7 @@ pub fn wrong_cells(analysis: &Analysis, observed: &ObservedTable, max: usize) ->
     let mut lines: Vec<String> = failing
         .iter()
         .take(max)
-        .map(|(_, cell, judgement, observation)| {
+        .map(|(k, cell, judgement, observation)| {
             let (from, to) = (&pods[cell.from], &pods[cell.to]);
             let seen = observation.map_or("nothing".to_string(), |o| match &o.detail {
                 Some(d) => format!("{} ({d})", o.outcome),
@@ -145,6 +146,17 @@ pub fn wrong_cells(analysis: &Analysis, observed: &ObservedTable, max: usize) ->
                 return format!("{from} -> {to} {}: probe error: {seen}", cell.port_protocol);
             }
             let explanation = oracle.explain(*cell);
+            let decision = analysis.table.get(*k, cell.from, cell.to);
+            let placement = observed
+                .placement(cell.from, cell.to)
+                .map_or(String::new(), |p| format!(" [{p}]"));
+            if decision.no_dns {
+                return format!(
+                    "{from} -> {to} {}{placement}: observed {seen}; the spec says dns-failed: \
+                     {from}'s egress to the cluster's DNS (53/UDP) is blocked, so the name cannot resolve",
+                    cell.port_protocol
+                );
+            }
             if *judgement == Judgement::RefusedNotDropped {
                 return format!(
                     "{from} -> {to} {}: refused, but a cluster policy's Deny requires a silent drop: {}",
@@ -157,9 +169,13 @@ pub fn wrong_cells(analysis: &Analysis, observed: &ObservedTable, max: usize) ->
             } else {
                 "blocked"
             };
-            let placement = observed
-                .placement(cell.from, cell.to)
-                .map_or(String::new(), |p| format!(" [{p}]"));
+            if observation.is_some_and(|o| o.outcome == Outcome::DnsFailed) {
+                return format!(
+                    "{from} -> {to} {}{placement}: the name did not resolve ({seen}), but {from} may reach the cluster's DNS; the spec says {expected}: {}",
+                    cell.port_protocol,
+                    explanation.reason()
+                );
+            }
             format!(
                 "{from} -> {to} {}{placement}: observed {seen}; the spec says {expected}: {}",
                 cell.port_protocol,
@@ -296,11 +312,16 @@ pub struct ModelJson {
 pub struct ProbeCellJson {
     #[serde(flatten)]
     pub spec: CellJson,
-    /// How the probe reached the destination: `pod-ip` or `service`.
+    /// How the probe reached the destination: `pod-ip`, `service`, `service-name`, ...
     pub target: ProbeTarget,
+    /// The spec's answer is `dns-failed`: the probe goes by name and the source cannot reach the
+    /// cluster's DNS (the connection itself is what `allowed` says). Present only then.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub dns_failed: bool,
     /// `IPv4` or `IPv6`.
     pub family: Family,
-    /// The outcome word (`connected`, `refused`, `timeout`, `unsupported`, `error`); null when not probed.
+    /// The outcome word (`connected`, `refused`, `timeout`, `unsupported`, `dns-failed`, `error`);
+    /// null when not probed.
     pub observed: Option<Outcome>,
     /// Whether the observation matches the spec's `allowed`.
     pub matches: bool,
@@ -354,9 +375,10 @@ pub fn report(
     let cells = cells
         .into_iter()
         .zip(observed.judged(&analysis.table))
-        .map(|(spec, (_, cell, judgement, observation))| ProbeCellJson {
+        .map(|(spec, (k, cell, judgement, observation))| ProbeCellJson {
             spec,
             target: path.target,
+            dns_failed: analysis.table.get(k, cell.from, cell.to).no_dns,
             family: path.family,
             placement: observed.placement(cell.from, cell.to),
             observed: observation.map(|o| o.outcome),

@@ -119,6 +119,10 @@ pub struct CellJson {
     pub protocol: Protocol,
     /// The spec's answer.
     pub allowed: bool,
+    /// The spec's answer is `dns-failed`: the probe goes by name and the source cannot reach the
+    /// cluster's DNS. Present only then.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub dns_failed: bool,
     /// The last observation's outcome; null when not probed.
     pub observed: Option<Outcome>,
     pub verdict: Verdict,
@@ -216,6 +220,7 @@ pub fn report(result: &RunResult, selection: CellSelection) -> RunJson {
                                 port: cell.port_protocol.port,
                                 protocol: cell.port_protocol.protocol,
                                 allowed: spec.allowed(),
+                                dns_failed: spec.no_dns,
                                 observed: observation.map(|o| o.outcome),
                                 verdict: *verdict,
                                 latency_ms: timing.converged_ms,

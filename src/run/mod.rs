@@ -16,7 +16,7 @@ mod step;
 mod summary;
 pub mod timing;
 
-pub use paths::{PathPlan, pod_address};
+pub use paths::{PathPlan, namespace_names, pod_address};
 pub use result::{RunOptions, RunResult, ScenarioResult, Status, StepResult, Verdict};
 pub use scenarios::{Event, run_scenarios};
 pub use summary::{RunTotals, ScenarioTotals, TagCounts};

@@ -4,11 +4,15 @@
 
 use std::net::IpAddr;
 
-use polygraph_agent::wire::Target;
+use polygraph_agent::wire::{AddressFamily, Target};
 
 use crate::analyze::{Analysis, analyze};
 use crate::backend::{Backend, BackendError};
-use crate::model::{Family, Pod, PodId, PortProtocol, ProbePath, ProbeTarget};
+use crate::matrix::Cell;
+use crate::model::{
+    ClusterDns, DNS_PORT, Family, Pod, PodId, PortProtocol, ProbePath, ProbeTarget, Protocol,
+};
+use crate::policy::Oracle;
 
 /// How a scenario is probed: its targets, and the hosts outside the cluster the backend provided
 /// for the targets that need them (`Backend::outside`).
@@ -18,6 +22,8 @@ pub struct PathPlan {
     /// Per target that needs one: the hosts outside the cluster (the NodePort client, the external
     /// servers), in `model::OUTSIDE_NAMESPACE`.
     pub outside: Vec<(ProbeTarget, Vec<Pod>)>,
+    /// The cluster's DNS, when a target resolves names (`Backend::dns`).
+    pub dns: Option<ClusterDns>,
 }
 
 impl PathPlan {
@@ -31,21 +37,35 @@ impl PathPlan {
         PathPlan {
             targets: targets.to_vec(),
             outside: Vec::new(),
+            dns: None,
         }
     }
 
     /// The plan for `targets`, asking the backend for the hosts outside the cluster those that
     /// need one require (serving `port_protocols` where the backend runs them). `Err(reason)`: the
-    /// backend cannot probe one of the targets.
+    /// backend cannot probe one of the targets. `namespaces` are every namespace the scenario
+    /// has at some point: one named like the cluster DNS's own would make two of them.
     pub async fn prepare<B: Backend>(
         backend: &mut B,
         targets: &[ProbeTarget],
         port_protocols: &[PortProtocol],
+        namespaces: &[&str],
     ) -> Result<PathPlan, String> {
         let mut plan = PathPlan::of(targets);
         for &target in targets.iter().filter(|t| t.needs_outside()) {
             let hosts = backend.outside(target, port_protocols).await?;
             plan.outside.push((target, hosts));
+        }
+        if targets.iter().any(|t| t.needs_dns()) {
+            let dns = backend.dns().await?;
+            if namespaces.contains(&dns.namespace.name.as_str()) {
+                return Err(format!(
+                    "the scenario has a namespace {} of its own, where the cluster's DNS runs: \
+                     names through cluster DNS cannot be judged (name the namespace otherwise)",
+                    dns.namespace.name
+                ));
+            }
+            plan.dns = Some(dns);
         }
         Ok(plan)
     }
@@ -105,6 +125,9 @@ impl PathPlan {
         let base = analysis
             .at_addresses(|pod| pod_address(backend, pod, path.family))
             .for_target(path.target);
+        if path.target.needs_dns() {
+            return self.resolving(base);
+        }
         if !path.target.needs_outside() {
             return base;
         }
@@ -143,6 +166,66 @@ impl PathPlan {
     }
 }
 
+impl PathPlan {
+    /// The analysis of a path that resolves names first: every cell from a source that cannot
+    /// reach any DNS server on 53/UDP (its egress, judged by the same policies and cluster
+    /// policies, with the DNS servers as peers) is `no_dns`: its answer is `dns-failed`. Only the
+    /// source's egress is judged: the DNS servers' own ingress belongs to the cluster's
+    /// administrator, and polygraph never places policy on them. Where the spec leaves that egress
+    /// to the implementation, the cells are undefined.
+    fn resolving(&self, base: Analysis) -> Analysis {
+        let Some(dns) = &self.dns else {
+            return base;
+        };
+        let cluster = base.cluster.with_dns(dns);
+        let oracle = Oracle::tiered(&cluster, &base.policies, &base.cluster_policies);
+        let servers: Vec<PodId> = dns
+            .servers
+            .iter()
+            .filter_map(|s| cluster.find_pod(&s.key()))
+            .collect();
+        let mut table = base.table.clone();
+        for src in 0..base.cluster.pods().len() {
+            let egress = servers.iter().map(|&server| {
+                oracle
+                    .explain(Cell {
+                        from: src,
+                        to: server,
+                        port_protocol: PortProtocol::new(DNS_PORT, Protocol::Udp),
+                    })
+                    .egress
+            });
+            let (mut resolves, mut undefined) = (false, false);
+            for direction in egress {
+                resolves |= direction.allowed();
+                undefined |= direction.undefined.is_some();
+            }
+            if resolves && !undefined {
+                continue;
+            }
+            for k in 0..table.port_protocols().len() {
+                for dst in 0..table.pods().len() {
+                    let mut decision = table.get(k, src, dst);
+                    decision.no_dns = !resolves;
+                    decision.undefined |= undefined;
+                    table.set(k, src, dst, decision);
+                }
+            }
+        }
+        Analysis { table, ..base }
+    }
+}
+
+/// The namespaces of an analysis's cluster, by name (for `PathPlan::prepare`).
+pub fn namespace_names(analysis: &Analysis) -> Vec<&str> {
+    analysis
+        .cluster
+        .namespaces()
+        .iter()
+        .map(|n| n.name.as_str())
+        .collect()
+}
+
 /// A pod's address in `family`, where the backend put it (Kubernetes assigns its own; the local
 /// cluster adds an IPv6 one when dual-stack); the model's address when the backend has none.
 pub fn pod_address<B: Backend>(backend: &B, pod: &Pod, family: Family) -> Option<IpAddr> {
@@ -174,13 +257,7 @@ pub fn probe_target<B: Backend>(
     if Family::of(dst.ip) != path.family || !dst.serves(pp) {
         return Ok(None);
     }
-    let to = |host: IpAddr, port: u16| {
-        Ok(Some(Target {
-            host: host.to_string(),
-            port,
-            protocol: pp.protocol,
-        }))
-    };
+    let to = |host: IpAddr, port: u16| Ok(Some(Target::new(host.to_string(), port, pp.protocol)));
     let missing = |what: &str| BackendError::Pod {
         pod: dst.key(),
         message: format!(
@@ -192,6 +269,20 @@ pub fn probe_target<B: Backend>(
         (ProbeTarget::External, true) => to(dst.ip, pp.port),
         (ProbeTarget::External, false) | (_, true) => Ok(None),
         (ProbeTarget::PodIp, false) => to(dst.ip, pp.port),
+        (ProbeTarget::ServiceName, false) => {
+            let name = backend
+                .service_name(&dst.key())
+                .ok_or_else(|| missing("Service name"))?;
+            Ok(Some(Target {
+                host: name,
+                port: pp.port,
+                protocol: pp.protocol,
+                family: Some(match path.family {
+                    Family::V4 => AddressFamily::Ipv4,
+                    Family::V6 => AddressFamily::Ipv6,
+                }),
+            }))
+        }
         (ProbeTarget::Service, false) => {
             let service = backend
                 .service_addresses(&dst.key())

@@ -214,7 +214,13 @@ async fn prepare<B: Backend>(
     } else {
         &options.targets
     };
-    let plan = PathPlan::prepare(backend, targets, &scenario.port_protocols).await?;
+    let mut namespaces: Vec<&str> = std::iter::once(scenario.initial.cluster())
+        .chain(scenario.steps.iter().map(|s| &s.analysis.cluster))
+        .flat_map(|c| c.namespaces().iter().map(|n| n.name.as_str()))
+        .collect();
+    namespaces.sort_unstable();
+    namespaces.dedup();
+    let plan = PathPlan::prepare(backend, targets, &scenario.port_protocols, &namespaces).await?;
     Ok((warnings, plan))
 }
 

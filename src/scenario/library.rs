@@ -41,6 +41,12 @@ pub fn smoke() -> Result<Scenario, ScenarioError> {
     parse("built-in:smoke", include_str!("smoke.yaml"), None)
 }
 
+/// `polygraph smoke`'s DNS check: names resolve only where DNS egress is allowed. Unsupported
+/// where the cluster has no DNS polygraph can find.
+pub fn smoke_dns() -> Result<Scenario, ScenarioError> {
+    parse("built-in:smoke-dns", include_str!("smoke-dns.yaml"), None)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -86,5 +92,6 @@ mod tests {
             );
         }
         smoke().unwrap_or_else(|e| panic!("{e}"));
+        smoke_dns().unwrap_or_else(|e| panic!("{e}"));
     }
 }

@@ -110,6 +110,7 @@ pub struct ScenarioJson {
 pub enum Target {
     PodIp,
     Service,
+    ServiceName,
     NodePort,
     External,
 }
@@ -189,6 +190,8 @@ pub struct CellJson {
     pub port: u16,
     pub protocol: String,
     pub allowed: bool,
+    #[serde(default)]
+    pub dns_failed: bool,
     pub observed: Option<String>,
     pub verdict: String,
     pub latency_ms: Option<f64>,

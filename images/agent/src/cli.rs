@@ -46,6 +46,15 @@ enum Command {
     /// Read a probe request line on stdin, open and keep those connections (TCP) and flows (UDP),
     /// print one result per target; then re-test every one on each `check` line, until EOF.
     Hold,
+    /// Serve DNS for the local cluster (UDP and TCP 53): the zone DOMAIN, with the names read as
+    /// JSON lines on stdin; prints one JSON "ready" line first. Not for pods of a real cluster.
+    #[command(hide = true)]
+    Dns {
+        #[arg(long)]
+        identity: String,
+        #[arg(long, default_value = "cluster.local")]
+        domain: String,
+    },
 }
 
 /// Runs the agent with `args` (the first is the program name).
@@ -94,6 +103,7 @@ where
                 }
             }
             Command::Probe { timeout } => probe(timeout).await,
+            Command::Dns { identity, domain } => dns(&identity, &domain).await,
             Command::Hold => match crate::hold::run(tokio::io::stdin(), std::io::stdout()).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -153,6 +163,37 @@ async fn serve(
         _ = tokio::signal::ctrl_c() => {}
     }
     ExitCode::SUCCESS
+}
+
+async fn dns(identity: &str, domain: &str) -> ExitCode {
+    let server = match crate::dns::DnsServer::bind(identity, domain, crate::dns::DNS_PORT).await {
+        Ok(server) => server,
+        Err(e) => {
+            eprintln!("polygraph-agent: dns: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let line = serde_json::to_string(&server.ready).unwrap_or_default();
+    println!("{line}");
+    let input = tokio::io::BufReader::new(tokio::io::stdin());
+    let mut terminate =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("polygraph-agent: cannot watch SIGTERM: {e}");
+                return ExitCode::from(1);
+            }
+        };
+    tokio::select! {
+        served = server.serve(input) => match served {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("polygraph-agent: dns: {e}");
+                ExitCode::from(1)
+            }
+        },
+        _ = terminate.recv() => ExitCode::SUCCESS,
+    }
 }
 
 async fn probe(timeout: Option<Duration>) -> ExitCode {

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpStream, UdpSocket};
 
-use crate::probe::{Finding, GREETING_MAX, classify, connected, resolve, udp_exchange, udp_socket};
+use crate::probe::{Finding, GREETING_MAX, classify, connected, udp_exchange, udp_socket};
+use crate::resolve::Names;
 use crate::wire::{Outcome, ProbeRequest, ProbeResult, Protocol, Target, parse_greeting};
 
 const PING: &[u8] = b"polygraph ping\n";
@@ -41,11 +42,13 @@ where
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
     let timeout = Duration::from_millis(request.timeout_ms.max(1));
     let started = Instant::now();
+    // Held flows keep kernel-chosen ports; so do their lookups.
+    let names = Names::for_targets(&request.targets, request.nameserver, timeout, |_| None);
     let opened = futures_util::future::join_all(
         request
             .targets
             .iter()
-            .map(|target| open(target, timeout, started)),
+            .map(|target| open(&names, target, timeout, started)),
     )
     .await;
     let mut flows = Vec::with_capacity(opened.len());
@@ -82,10 +85,15 @@ where
     Ok(())
 }
 
-async fn open(target: &Target, timeout: Duration, batch: Instant) -> (Flow, ProbeResult) {
+async fn open(
+    names: &Names,
+    target: &Target,
+    timeout: Duration,
+    batch: Instant,
+) -> (Flow, ProbeResult) {
     let started = Instant::now();
-    let (flow, finding) = match resolve(&target.host, target.port, timeout).await {
-        Err(detail) => (Flow::None, Finding::new(Outcome::Error, detail)),
+    let (flow, finding) = match names.resolve(target).await {
+        Err(finding) => (Flow::None, finding),
         Ok(addr) => match target.protocol {
             Protocol::Tcp => open_tcp(addr, timeout).await,
             Protocol::Udp => open_udp(addr, timeout).await,
@@ -218,18 +226,11 @@ mod tests {
         let request = ProbeRequest {
             timeout_ms: 300,
             targets: vec![
-                Target {
-                    host: "127.0.0.1".into(),
-                    port,
-                    protocol: Protocol::Tcp,
-                },
-                Target {
-                    host: "127.0.0.1".into(),
-                    port,
-                    protocol: Protocol::Sctp,
-                },
+                Target::new("127.0.0.1", port, Protocol::Tcp),
+                Target::new("127.0.0.1", port, Protocol::Sctp),
             ],
             udp_source_base: None,
+            nameserver: None,
         };
         let (mut to_agent, agent_in) = tokio::io::duplex(4096);
         let output = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));

@@ -2,13 +2,14 @@
 //! ended. Blocked targets wait out their timeout in parallel, so a batch takes about one timeout.
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use socket2::Protocol as SockProtocol;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpStream, UdpSocket};
 
+use crate::resolve::Names;
 use crate::sockets::{IPPROTO_SCTP, is_protocol_unavailable, stream_socket};
 use crate::wire::{
     Outcome, ProbeRequest, ProbeResult, Protocol, Target, parse_greeting, udp_source_port,
@@ -54,6 +55,21 @@ impl Finding {
 pub async fn run(request: &ProbeRequest) -> Vec<ProbeResult> {
     let batch_start = Instant::now();
     let timeout = Duration::from_millis(request.timeout_ms.max(1));
+    // Names query from the ports after the UDP probes' own (see `resolve`).
+    let udp_targets = request
+        .targets
+        .iter()
+        .filter(|t| t.protocol == Protocol::Udp)
+        .count();
+    let names = std::sync::Arc::new(Names::for_targets(
+        &request.targets,
+        request.nameserver,
+        timeout,
+        |k| {
+            let nth = u32::try_from(udp_targets + k).ok()?;
+            Some(udp_source_port(request.udp_source_base?, nth))
+        },
+    ));
     let mut tasks = tokio::task::JoinSet::new();
     let mut udp_count = 0;
     for (index, target) in request.targets.iter().cloned().enumerate() {
@@ -64,10 +80,11 @@ pub async fn run(request: &ProbeRequest) -> Vec<ProbeResult> {
             }
             _ => None,
         };
+        let names = names.clone();
         tasks.spawn(async move {
             (
                 index,
-                probe_one(target, timeout, batch_start, source_port).await,
+                probe_one(&names, target, timeout, batch_start, source_port).await,
             )
         });
     }
@@ -82,14 +99,15 @@ pub async fn run(request: &ProbeRequest) -> Vec<ProbeResult> {
 }
 
 async fn probe_one(
+    names: &Names,
     target: Target,
     timeout: Duration,
     batch_start: Instant,
     source_port: Option<u16>,
 ) -> ProbeResult {
     let started = Instant::now();
-    let finding = match resolve(&target.host, target.port, timeout).await {
-        Err(detail) => Finding::new(Outcome::Error, detail),
+    let finding = match names.resolve(&target).await {
+        Err(finding) => finding,
         Ok(addr) => match target.protocol {
             Protocol::Tcp => tcp(addr, timeout).await,
             Protocol::Udp => udp(addr, timeout, source_port).await,
@@ -101,21 +119,6 @@ async fn probe_one(
 
 fn millis(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
-}
-
-pub(crate) async fn resolve(
-    host: &str,
-    port: u16,
-    timeout: Duration,
-) -> Result<SocketAddr, String> {
-    if let Ok(ip) = host.parse::<IpAddr>() {
-        return Ok(SocketAddr::new(ip, port));
-    }
-    match tokio::time::timeout(timeout, tokio::net::lookup_host((host, port))).await {
-        Err(_) => Err(format!("resolving {host} timed out")),
-        Ok(Err(e)) => Err(format!("cannot resolve {host}: {e}")),
-        Ok(Ok(mut addrs)) => addrs.next().ok_or_else(|| format!("{host} has no address")),
-    }
 }
 
 /// Maps a socket error to an outcome: what the network said, or a failure of the probe itself.

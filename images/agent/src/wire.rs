@@ -92,6 +92,10 @@ pub struct ProbeRequest {
     /// `udp_source_port`); absent, the kernel picks ephemeral ports.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub udp_source_base: Option<u32>,
+    /// The DNS server to resolve names with (the local cluster's, at its Service address);
+    /// absent, the agent uses the pod's own resolv.conf, as any workload in it would.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nameserver: Option<std::net::SocketAddr>,
 }
 
 /// UDP probes bind source ports from this range, below Linux's ephemeral range (32768 and up), so
@@ -114,6 +118,46 @@ pub struct Target {
     pub host: String,
     pub port: u16,
     pub protocol: Protocol,
+    /// For a name: the family to look up (an A or an AAAA record), so each family's path is
+    /// probed on its own; absent, whatever the resolver returns first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub family: Option<AddressFamily>,
+}
+
+impl Target {
+    /// A target at an address (or a name resolved in any family).
+    pub fn new(host: impl Into<String>, port: u16, protocol: Protocol) -> Target {
+        Target {
+            host: host.into(),
+            port,
+            protocol,
+            family: None,
+        }
+    }
+}
+
+/// An IP family, as Kubernetes spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum AddressFamily {
+    #[serde(rename = "IPv4")]
+    Ipv4,
+    #[serde(rename = "IPv6")]
+    Ipv6,
+}
+
+/// What the local cluster's DNS server answers: every name with its addresses. Sent as one JSON
+/// line on the server's stdin each time the cluster's Services change; each line replaces the
+/// whole set.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DnsRecords {
+    pub records: Vec<DnsRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DnsRecord {
+    /// Fully qualified, e.g. `b.x.svc.cluster.local.`
+    pub name: String,
+    pub addresses: Vec<std::net::IpAddr>,
 }
 
 /// How one probe ended.
@@ -128,7 +172,11 @@ pub enum Outcome {
     Timeout,
     /// The protocol can't be used here (e.g. no SCTP in the kernel). Never "blocked".
     Unsupported,
-    /// The probe itself could not run (bad target, resolver failure, ...).
+    /// The target was a name and it did not resolve (no answer from DNS, or no such record):
+    /// under policies, usually DNS egress blocked. No connection was attempted.
+    #[serde(rename = "dns-failed")]
+    DnsFailed,
+    /// The probe itself could not run (bad target, no resolver configuration, ...).
     Error,
 }
 
@@ -139,6 +187,7 @@ impl Outcome {
             Outcome::Refused => "refused",
             Outcome::Timeout => "timeout",
             Outcome::Unsupported => "unsupported",
+            Outcome::DnsFailed => "dns-failed",
             Outcome::Error => "error",
         }
     }
@@ -229,5 +278,9 @@ mod tests {
     fn outcome_words() {
         let json = serde_json::to_string(&Outcome::Unsupported).unwrap();
         assert_eq!(json, "\"unsupported\"");
+        for outcome in [Outcome::DnsFailed, Outcome::Timeout, Outcome::Connected] {
+            let json = serde_json::to_string(&outcome).unwrap();
+            assert_eq!(json, format!("\"{outcome}\""));
+        }
     }
 }

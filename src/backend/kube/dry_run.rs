@@ -167,6 +167,16 @@ impl Backend for Recorder {
         self.sim.service_addresses(pod)
     }
 
+    /// The simulation's names: the dry run prints API calls; the probes it answers are the
+    /// simulation's, DNS included (a real run reads the cluster's own DNS pods instead).
+    fn service_name(&self, pod: &PodRef) -> Option<String> {
+        self.sim.service_name(pod)
+    }
+
+    async fn dns(&mut self) -> Result<crate::model::ClusterDns, String> {
+        self.sim.dns().await
+    }
+
     /// As on Kubernetes: the servers named with `--external-target`, no NodePort client.
     async fn outside(
         &mut self,

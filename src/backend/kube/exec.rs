@@ -115,5 +115,14 @@ pub(super) async fn hold(
     let stdout = attached
         .stdout()
         .ok_or_else(|| fail("exec has no stdout"))?;
-    Held::start(from.clone(), targets, timeout, stdin, stdout, attached).await
+    Held::start(
+        from.clone(),
+        targets,
+        timeout,
+        None,
+        stdin,
+        stdout,
+        attached,
+    )
+    .await
 }

@@ -48,6 +48,9 @@ pub struct KubeOptions {
     /// Servers outside the cluster the user named (`--external-target`), for the `external`
     /// target: TCP only.
     pub external: Vec<std::net::SocketAddr>,
+    /// The cluster's DNS domain (`--cluster-domain`), for the names `--target service-name`
+    /// resolves.
+    pub cluster_domain: String,
 }
 
 impl Default for KubeOptions {
@@ -63,6 +66,7 @@ impl Default for KubeOptions {
             tolerations: Vec::new(),
             services: false,
             external: Vec::new(),
+            cluster_domain: "cluster.local".into(),
         }
     }
 }

@@ -109,6 +109,79 @@ pub fn api_calls(names: &RunNames, options: &KubeOptions, mutation: &Mutation) -
 /// client outside the cluster would have to be polygraph itself, and the address its probes arrive
 /// from (after whatever NAT lies between it and the nodes) decides every ipBlock answer: rather
 /// than guess it, such scenarios are unsupported, with the reason.
+/// Where a Kubernetes cluster's DNS runs, by the convention every distribution follows (kubeadm,
+/// kind, k3s, the managed clouds): pods labelled `k8s-app=kube-dns` in `kube-system`.
+pub const DNS_NAMESPACE: &str = "kube-system";
+pub const DNS_SELECTOR: &str = "k8s-app=kube-dns";
+
+/// The cluster's DNS as the analysis needs it, from the `kube-system` namespace and its pods
+/// labelled `k8s-app=kube-dns`: each running pod with an address, its labels and its named ports
+/// (an egress rule may name `dns`). `Err(reason)` when there is none: names cannot be probed, and
+/// polygraph does not guess.
+pub fn cluster_dns(
+    namespace: &KubeNamespace,
+    pods: &[KubePod],
+) -> Result<crate::model::ClusterDns, String> {
+    let mut labels: Labels = namespace
+        .metadata
+        .labels
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    labels.insert(NAMESPACE_NAME_LABEL.into(), DNS_NAMESPACE.into());
+    let servers: Vec<Pod> = pods
+        .iter()
+        .filter_map(|pod| {
+            let status = pod.status.as_ref()?;
+            if status.phase.as_deref() != Some("Running") {
+                return None;
+            }
+            let ip: IpAddr = status.pod_ip.as_deref()?.parse().ok()?;
+            let ports = pod
+                .spec
+                .iter()
+                .flat_map(|spec| &spec.containers)
+                .flat_map(|c| c.ports.iter().flatten())
+                .filter_map(|p| {
+                    Some(crate::model::ContainerPort {
+                        name: p.name.clone(),
+                        port: u16::try_from(p.container_port).ok()?,
+                        protocol: crate::model::Protocol::from_api(
+                            p.protocol.as_deref().unwrap_or("TCP"),
+                        )?,
+                    })
+                })
+                .collect();
+            Some(Pod {
+                namespace: DNS_NAMESPACE.into(),
+                name: pod.metadata.name.clone()?,
+                labels: pod
+                    .metadata
+                    .labels
+                    .clone()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect(),
+                ip,
+                ports,
+            })
+        })
+        .collect();
+    if servers.is_empty() {
+        return Err(format!(
+            "no running pod labelled {DNS_SELECTOR} in {DNS_NAMESPACE}: names through the cluster's DNS cannot be probed here"
+        ));
+    }
+    Ok(crate::model::ClusterDns {
+        namespace: Namespace {
+            name: DNS_NAMESPACE.into(),
+            labels,
+        },
+        servers,
+    })
+}
+
 pub fn outside_hosts(
     options: &KubeOptions,
     target: crate::model::ProbeTarget,
@@ -605,6 +678,36 @@ impl Backend for KubeBackend {
         outside_hosts(&self.options, target)
     }
 
+    /// The name the pod's own resolver finds its Service by: fully qualified, so the pod's search
+    /// list plays no part.
+    fn service_name(&self, pod: &PodRef) -> Option<String> {
+        (self.options.services && self.pods.contains(pod)).then(|| {
+            format!(
+                "{}.{}.svc.{}.",
+                manifests::service_name(&pod.name),
+                self.names.namespace(&pod.namespace),
+                self.options.cluster_domain
+            )
+        })
+    }
+
+    /// The cluster's own DNS pods, read (never changed): `kube-system`, `k8s-app=kube-dns`.
+    async fn dns(&mut self) -> Result<crate::model::ClusterDns, String> {
+        let namespaces: Api<KubeNamespace> = Api::all(self.client.clone());
+        let namespace = call("reading namespace kube-system", || async {
+            namespaces.get(DNS_NAMESPACE).await
+        })
+        .await
+        .map_err(|e| format!("the cluster's DNS cannot be found: {e}"))?;
+        let pods: Api<KubePod> = Api::namespaced(self.client.clone(), DNS_NAMESPACE);
+        let list = call("listing the cluster's DNS pods", || async {
+            pods.list(&ListParams::default().labels(DNS_SELECTOR)).await
+        })
+        .await
+        .map_err(|e| format!("the cluster's DNS cannot be found: {e}"))?;
+        cluster_dns(&namespace, &list.items)
+    }
+
     fn node(&self, pod: &PodRef) -> Option<&str> {
         self.nodes.get(pod).map(String::as_str)
     }
@@ -672,7 +775,12 @@ impl Backend for KubeBackend {
         targets: &[Target],
         timeout: Duration,
     ) -> Result<Vec<ProbeResult>, BackendError> {
-        let request = probe_request(targets, timeout, Some(self.udp_ports.next(from, targets)));
+        let request = probe_request(
+            targets,
+            timeout,
+            Some(self.udp_ports.next(from, targets)),
+            None,
+        );
         exec::probe(
             &self.pods_api(&from.namespace),
             from,

@@ -6,8 +6,9 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use polygraph_agent::wire::{ProbeResult, Ready, Target};
+use tokio::io::AsyncWriteExt;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdout, Command};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 use super::host;
 use super::options::AgentCommand;
@@ -19,6 +20,8 @@ pub(super) struct Agent {
     child: Child,
     stdout: Lines<BufReader<ChildStdout>>,
     ready: Option<Ready>,
+    /// The DNS server reads its records here; serving agents read nothing.
+    stdin: Option<ChildStdin>,
 }
 
 /// The agent, run inside `netns`, ready for its subcommand; it dies with its handle.
@@ -71,7 +74,62 @@ impl Agent {
             child,
             stdout: BufReader::new(stdout).lines(),
             ready: None,
+            stdin: None,
         }))
+    }
+
+    /// Starts the cluster's DNS server as `pod` (the agent's `dns`), answering for `domain`; its
+    /// names come through `send`.
+    pub(super) fn dns(
+        agent: &AgentCommand,
+        netns: &str,
+        pod: &Pod,
+        domain: &str,
+    ) -> Result<Agent, BackendError> {
+        let mut child = command(agent, netns)
+            .args([
+                "dns",
+                "--identity",
+                &pod.key().to_string(),
+                "--domain",
+                domain,
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(BackendError::io(format!(
+                "starting the DNS server {}",
+                pod.key()
+            )))?;
+        let (Some(stdout), Some(stdin)) = (child.stdout.take(), child.stdin.take()) else {
+            return Err(BackendError::Pod {
+                pod: pod.key(),
+                message: "DNS server without pipes".into(),
+            });
+        };
+        Ok(Agent {
+            child,
+            stdout: BufReader::new(stdout).lines(),
+            ready: None,
+            stdin: Some(stdin),
+        })
+    }
+
+    /// Writes one line to the agent's stdin (the DNS server's records).
+    pub(super) async fn send(&mut self, pod: &PodRef, line: &str) -> Result<(), BackendError> {
+        let Some(stdin) = self.stdin.as_mut() else {
+            return Ok(());
+        };
+        let written = async {
+            stdin.write_all(line.as_bytes()).await?;
+            stdin.write_all(b"\n").await?;
+            stdin.flush().await
+        };
+        written.await.map_err(|e| BackendError::Pod {
+            pod: pod.clone(),
+            message: format!("the DNS server stopped taking records: {e}"),
+        })
     }
 
     /// Waits for the agent's ready line (every listener bound) until `deadline`.
@@ -158,6 +216,7 @@ pub(super) async fn hold(
     from: &PodRef,
     targets: &[Target],
     timeout: Duration,
+    nameserver: Option<std::net::SocketAddr>,
 ) -> Result<Held, BackendError> {
     let mut child = command(agent, netns)
         .arg("hold")
@@ -174,5 +233,14 @@ pub(super) async fn hold(
             message: "agent without pipes".into(),
         });
     };
-    Held::start(from.clone(), targets, timeout, stdin, stdout, child).await
+    Held::start(
+        from.clone(),
+        targets,
+        timeout,
+        nameserver,
+        stdin,
+        stdout,
+        child,
+    )
+    .await
 }

@@ -20,7 +20,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use polygraph_agent::wire::{ProbeResult, Target};
+use polygraph_agent::wire::{DnsRecord, DnsRecords, ProbeResult, Target};
 
 pub use gc::{GcReport, gc};
 pub use host::NETNS_PREFIX;
@@ -33,9 +33,9 @@ use programmer::Programmer;
 use super::{Backend, BackendError, Held, UdpSourcePorts, probe_request};
 use crate::faults::Fault;
 use crate::model::{
-    Cluster, ClusterDescription, ContainerPort, Family, IpFamilies, Labels, NAMESPACE_NAME_LABEL,
-    Namespace, NamespaceDescription, OUTSIDE_NAMESPACE, Pod, PodDescription, PodId, PodRef,
-    PortProtocol, ProbeTarget,
+    Cluster, ClusterDescription, ClusterDns, ContainerPort, Family, IpFamilies, Labels,
+    NAMESPACE_NAME_LABEL, Namespace, NamespaceDescription, OUTSIDE_NAMESPACE, Pod, PodDescription,
+    PodId, PodRef, PortProtocol, ProbeTarget, Protocol,
 };
 use crate::policy::{ClusterKind, ClusterPolicy, Policy};
 use crate::world::Mutation;
@@ -72,6 +72,72 @@ pub struct LocalBackend {
     next_node_port: u16,
     /// The host outside the cluster, once a path needs it.
     outside: Option<Outside>,
+    /// The cluster's DNS, once a path resolves names.
+    dns: Option<Dns>,
+}
+
+/// The cluster's DNS: a pod `kube-system/coredns` labelled `k8s-app: kube-dns`, as kind and most
+/// clusters have it, running the agent's DNS server behind a Service of its own (the proxy gives
+/// it a ClusterIP like any pod's), answering for `cluster.local`. Its network namespace is a pod's;
+/// the dataplane knows it as a peer (policies allowing DNS egress select it by its labels) but
+/// never as a subject: polygraph places no policy on the cluster's DNS, on Kubernetes either.
+struct Dns {
+    slot: usize,
+    pod: Pod,
+    addresses: Vec<IpAddr>,
+    server: Agent,
+}
+
+/// Where the DNS pod lives and what it is called, as in a kind cluster.
+const DNS_NAMESPACE: &str = "kube-system";
+const DNS_POD: &str = "coredns";
+const DNS_LABEL: (&str, &str) = ("k8s-app", "kube-dns");
+/// In the pod CIDR (so `except: [10.244.0.0/16]` covers it, as it covers a real CoreDNS), far from
+/// the addresses models use.
+pub(crate) const DNS_V4: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 244, 255, 253);
+/// The cluster domain the DNS server answers for.
+pub const CLUSTER_DOMAIN: &str = "cluster.local";
+
+/// The DNS pod, at its IPv4 address, as the analysis and the simulation see it.
+pub(crate) fn dns_pod() -> Pod {
+    Pod {
+        namespace: DNS_NAMESPACE.into(),
+        name: DNS_POD.into(),
+        labels: Labels::from([(DNS_LABEL.0.into(), DNS_LABEL.1.into())]),
+        ip: IpAddr::V4(DNS_V4),
+        ports: [("dns", Protocol::Udp), ("dns-tcp", Protocol::Tcp)]
+            .into_iter()
+            .map(|(name, protocol)| ContainerPort {
+                name: Some(name.into()),
+                port: crate::model::DNS_PORT,
+                protocol,
+            })
+            .collect(),
+    }
+}
+
+/// The DNS pod's namespace, with the label the API server gives every namespace.
+pub(crate) fn dns_namespace() -> Namespace {
+    Namespace {
+        name: DNS_NAMESPACE.into(),
+        labels: Labels::from([(NAMESPACE_NAME_LABEL.into(), DNS_NAMESPACE.into())]),
+    }
+}
+
+/// The fully qualified name of `pod`'s Service in a cluster with `domain`, as the Kubernetes DNS
+/// specification names it.
+pub fn service_fqdn(pod: &PodRef, domain: &str) -> String {
+    format!(
+        "{}.{}.svc.{domain}.",
+        crate::backend::kube::manifests::service_name(&pod.name),
+        pod.namespace
+    )
+}
+
+/// A pod's own record: `10-244-1-10.x.pod.cluster.local.` (colons become dashes for IPv6).
+fn pod_fqdn(ip: IpAddr, namespace: &str) -> String {
+    let dashed = ip.to_string().replace(['.', ':'], "-");
+    format!("{dashed}.{namespace}.pod.{CLUSTER_DOMAIN}.")
 }
 
 /// The host outside the cluster: a network namespace routed to the node like a pod, but no pod
@@ -146,6 +212,7 @@ impl LocalBackend {
             udp_ports: UdpSourcePorts::default(),
             next_node_port: proxy::NODE_PORT_FIRST,
             outside: None,
+            dns: None,
         };
         if let Err(e) = backend.create_node().await {
             backend.remove_everything().await;
@@ -175,8 +242,18 @@ impl LocalBackend {
         Ok(())
     }
 
-    /// The cluster as it stands, for compiling rules; with each pod's slot.
+    /// The DNS pod, while it is part of the cluster: not while a scenario's model has a namespace
+    /// of the same name (the runner refuses names for such scenarios, and this one is being
+    /// replaced).
+    fn dns_in_cluster(&self) -> Option<&Dns> {
+        self.dns
+            .as_ref()
+            .filter(|_| !self.namespaces.contains_key(DNS_NAMESPACE))
+    }
+
+    /// The cluster as it stands, for compiling rules; with each pod's slot (the DNS pod's last).
     fn snapshot(&self) -> Result<(Cluster, Vec<usize>), BackendError> {
+        let dns = self.dns_in_cluster();
         let description = ClusterDescription {
             namespaces: self
                 .namespaces
@@ -185,11 +262,13 @@ impl LocalBackend {
                     name: name.clone(),
                     labels: labels.clone(),
                 })
+                .chain(dns.map(|_| NamespaceDescription::from(&dns_namespace())))
                 .collect(),
             pods: self
                 .pods
                 .values()
                 .map(|p| PodDescription::from(&p.pod))
+                .chain(dns.map(|d| PodDescription::from(&d.pod)))
                 .collect(),
         };
         let cluster = description
@@ -198,19 +277,127 @@ impl LocalBackend {
                 mutation: "the local cluster's state".into(),
                 source: e.into(),
             })?;
-        let slots = self.pods.values().map(|p| p.slot).collect();
+        let slots = self
+            .pods
+            .values()
+            .map(|p| p.slot)
+            .chain(dns.map(|d| d.slot))
+            .collect();
         Ok((cluster, slots))
     }
 
-    /// Brings the service proxy in line with the current pods: one transaction.
-    async fn sync_services(&self) -> Result<(), BackendError> {
-        let backends = self.pods.values().map(|p| proxy::Backend {
-            slot: p.slot,
-            pod: &p.pod,
-            addresses: &p.addresses,
-            node_ports: &p.node_ports,
-        });
-        host::nft(&self.names.node(), &proxy::update(backends)).await
+    /// Brings the service proxy in line with the current pods (one transaction), and the DNS
+    /// server's names with their Services.
+    async fn sync_services(&mut self) -> Result<(), BackendError> {
+        let backends = self
+            .pods
+            .values()
+            .map(|p| proxy::Backend {
+                slot: p.slot,
+                pod: &p.pod,
+                addresses: &p.addresses,
+                node_ports: &p.node_ports,
+            })
+            .chain(self.dns.iter().map(|d| proxy::Backend {
+                slot: d.slot,
+                pod: &d.pod,
+                addresses: &d.addresses,
+                node_ports: &[],
+            }));
+        host::nft(&self.names.node(), &proxy::update(backends)).await?;
+        let records = self.dns_records();
+        if let Some(dns) = &mut self.dns {
+            let line = serde_json::to_string(&records).unwrap_or_default();
+            dns.server.send(&dns.pod.key(), &line).await?;
+        }
+        Ok(())
+    }
+
+    /// Every name the DNS server answers: each pod's Service (the DNS's own as `kube-dns`) at its
+    /// ClusterIPs, and each pod at its addresses.
+    fn dns_records(&self) -> DnsRecords {
+        let mut records = Vec::new();
+        let service = |slot: usize, addresses: &[IpAddr]| -> Vec<IpAddr> {
+            addresses
+                .iter()
+                .map(|ip| proxy::cluster_ip(slot, Family::of(*ip)))
+                .collect()
+        };
+        for local in self.pods.values() {
+            let key = local.pod.key();
+            records.push(DnsRecord {
+                name: service_fqdn(&key, CLUSTER_DOMAIN),
+                addresses: service(local.slot, &local.addresses),
+            });
+            for ip in &local.addresses {
+                records.push(DnsRecord {
+                    name: pod_fqdn(*ip, &key.namespace),
+                    addresses: vec![*ip],
+                });
+            }
+        }
+        if let Some(dns) = &self.dns {
+            records.push(DnsRecord {
+                name: format!("kube-dns.{DNS_NAMESPACE}.svc.{CLUSTER_DOMAIN}."),
+                addresses: service(dns.slot, &dns.addresses),
+            });
+        }
+        DnsRecords { records }
+    }
+
+    /// Where the pods' resolvers send queries: the DNS Service's ClusterIP (IPv4 when the
+    /// cluster has it), as a pod's resolv.conf would name it.
+    fn nameserver(&self) -> Option<std::net::SocketAddr> {
+        let dns = self.dns.as_ref()?;
+        let ip = dns.addresses.first()?;
+        Some(std::net::SocketAddr::new(
+            proxy::cluster_ip(dns.slot, Family::of(*ip)),
+            crate::model::DNS_PORT,
+        ))
+    }
+
+    /// Starts the cluster's DNS on first use.
+    async fn ensure_dns(&mut self) -> Result<ClusterDns, BackendError> {
+        if self.dns.is_none() {
+            let addresses = self.options.families.addresses(IpAddr::V4(DNS_V4));
+            let pod = Pod {
+                ip: addresses[0],
+                ..dns_pod()
+            };
+            if let Some(other) = self
+                .pods
+                .values()
+                .find(|p| p.addresses.iter().any(|ip| addresses.contains(ip)))
+            {
+                return Err(BackendError::Pod {
+                    pod: pod.key(),
+                    message: format!("its address is already used by {}", other.pod.key()),
+                });
+            }
+            let slot = self.next_slot;
+            self.next_slot += 1;
+            let netns = self.names.pod(slot);
+            network::create_pod_link(&self.names.node(), &netns, slot, &addresses).await?;
+            network::bring_up_pod(&netns, &addresses).await?;
+            let mut server = Agent::dns(&self.options.agent, &netns, &pod, CLUSTER_DOMAIN)?;
+            let timeout = Duration::from_secs(10);
+            server
+                .await_ready(&pod.key(), tokio::time::Instant::now() + timeout, timeout)
+                .await?;
+            self.dns = Some(Dns {
+                slot,
+                pod,
+                addresses,
+                server,
+            });
+            self.sync_services().await?;
+            self.sync().await?;
+        }
+        let dns = self.dns.as_ref().map(|d| d.pod.clone());
+        Ok(ClusterDns {
+            namespace: dns_namespace(),
+            servers: dns.into_iter().collect(),
+        })
     }
 
     /// Brings the dataplane in line with the current pods, labels and policies: one atomic
@@ -235,7 +422,13 @@ impl LocalBackend {
                 .options
                 .faults
                 .distort_cluster(&self.cluster_policies.values().cloned().collect::<Vec<_>>()),
-            created: self.pods.values().map(|p| p.created).collect(),
+            created: self
+                .pods
+                .values()
+                .map(|p| p.created)
+                .chain(self.dns_in_cluster().map(|_| at))
+                .collect(),
+            infrastructure: self.dns_in_cluster().map(|d| d.slot).into_iter().collect(),
             cluster,
             slots,
             families: self.options.families,
@@ -259,12 +452,18 @@ impl LocalBackend {
         if let Some(agent) = self.outside.as_mut().and_then(|o| o.agent.as_mut()) {
             agent.stop().await;
         }
+        if let Some(dns) = &mut self.dns {
+            dns.server.stop().await;
+        }
         self.remove_namespaces_now();
     }
 
     fn remove_namespaces_now(&mut self) {
         for local in self.pods.values() {
             host::netns_delete_now(&self.names.pod(local.slot));
+        }
+        if let Some(dns) = self.dns.take() {
+            host::netns_delete_now(&self.names.pod(dns.slot));
         }
         // Unconditionally: a half-made outside host has a namespace but no record.
         self.outside = None;
@@ -341,16 +540,15 @@ impl LocalBackend {
             return Err(fail("already exists".into()));
         }
         let addresses = self.options.families.addresses(pod.ip);
-        if let Some((other, ip)) = self.pods.values().find_map(|p| {
-            addresses
-                .iter()
-                .find(|ip| p.addresses.contains(ip))
-                .map(|ip| (p, ip))
-        }) {
-            return Err(fail(format!(
-                "IP {ip} is already used by {}",
-                other.pod.key()
-            )));
+        let taken = self
+            .pods
+            .values()
+            .map(|p| (&p.pod, &p.addresses))
+            .chain(self.dns.iter().map(|d| (&d.pod, &d.addresses)));
+        for (other, used) in taken {
+            if let Some(ip) = addresses.iter().find(|ip| used.contains(ip)) {
+                return Err(fail(format!("IP {ip} is already used by {}", other.key())));
+            }
         }
         let slot = self.next_slot;
         self.next_slot += 1;
@@ -577,6 +775,19 @@ impl Backend for LocalBackend {
         }
     }
 
+    fn service_name(&self, pod: &PodRef) -> Option<String> {
+        self.pods
+            .contains_key(pod)
+            .then(|| service_fqdn(pod, CLUSTER_DOMAIN))
+    }
+
+    /// The DNS pod, started on first use.
+    async fn dns(&mut self) -> Result<ClusterDns, String> {
+        self.ensure_dns()
+            .await
+            .map_err(|e| format!("the cluster DNS could not be set up: {e}"))
+    }
+
     fn service_addresses(&self, pod: &PodRef) -> Vec<IpAddr> {
         self.pods
             .get(pod)
@@ -642,7 +853,12 @@ impl Backend for LocalBackend {
         timeout: Duration,
     ) -> Result<Vec<ProbeResult>, BackendError> {
         let netns = self.netns_of(from)?;
-        let request = probe_request(targets, timeout, Some(self.udp_ports.next(from, targets)));
+        let request = probe_request(
+            targets,
+            timeout,
+            Some(self.udp_ports.next(from, targets)),
+            self.nameserver(),
+        );
         agent::probe(
             &self.options.agent,
             &netns,
@@ -661,7 +877,15 @@ impl Backend for LocalBackend {
         timeout: Duration,
     ) -> Result<Held, BackendError> {
         let netns = self.netns_of(from)?;
-        agent::hold(&self.options.agent, &netns, from, targets, timeout).await
+        agent::hold(
+            &self.options.agent,
+            &netns,
+            from,
+            targets,
+            timeout,
+            self.nameserver(),
+        )
+        .await
     }
 
     async fn cleanup(&mut self) -> Result<(), BackendError> {
@@ -684,6 +908,9 @@ impl Drop for LocalBackend {
             }
             if let Some(agent) = self.outside.as_mut().and_then(|o| o.agent.as_mut()) {
                 agent.kill();
+            }
+            if let Some(dns) = &mut self.dns {
+                dns.server.kill();
             }
             self.remove_namespaces_now();
         }

@@ -81,12 +81,15 @@ async fn create_link(
         format!("link add {veth} type veth peer name eth0 netns {netns}"),
         format!("link set {veth} address {GATEWAY_MAC} up"),
     ];
+    // `replace`, not `add`: a pod deleted a moment ago may have had this address, and the kernel
+    // tears its namespace (and so its link and route) down asynchronously, after `ip netns delete`
+    // returns. The next scenario's model may well reuse the address.
     for ip in addresses {
         match ip {
-            IpAddr::V4(ip) => node_lines.push(format!("route add {ip}/32 dev {veth}")),
+            IpAddr::V4(ip) => node_lines.push(format!("route replace {ip}/32 dev {veth}")),
             IpAddr::V6(ip) => node_lines.extend([
                 format!("addr add {GATEWAY_V6}/64 dev {veth} nodad"),
-                format!("route add {ip}/128 dev {veth}"),
+                format!("route replace {ip}/128 dev {veth}"),
             ]),
         }
     }

@@ -47,6 +47,9 @@ pub struct Ruleset {
     /// Traffic a faulty dataplane lets past every policy, right after conntrack: `ct status dnat`
     /// (`service-traffic-unfiltered`), `meta nfproto ipv6` (`ipv6-unfiltered`).
     pub unfiltered: Vec<String>,
+    /// Traffic a faulty dataplane drops whatever the policies say, right after conntrack (before
+    /// `unfiltered`): DNS to the cluster's DNS pod (`dns-egress-blocked`).
+    pub dropped: Vec<String>,
 }
 
 impl Ruleset {
@@ -496,7 +499,7 @@ pub fn install(ruleset: &Ruleset) -> String {
         "add table {TABLE}\nadd chain {TABLE} forward {{ type filter hook forward priority filter; policy accept; }}\n"
     );
     tx.push_str(&update(&Ruleset::default(), ruleset).unwrap_or_default());
-    if ruleset.dispatch.is_empty() && ruleset.unfiltered.is_empty() {
+    if ruleset.dispatch.is_empty() && ruleset.unfiltered.is_empty() && ruleset.dropped.is_empty() {
         // `update` writes the forward chain only when dispatch changes; a fresh table needs it.
         tx.push_str(&forward_rules(ruleset));
     }
@@ -508,9 +511,11 @@ fn forward_rules(ruleset: &Ruleset) -> String {
     let base = FORWARD_BASE
         .iter()
         .filter(|r| !(ruleset.stateless && r.starts_with("ct state established")));
+    let dropped = ruleset.dropped.iter().map(|r| format!("{r} drop"));
     let unfiltered = ruleset.unfiltered.iter().map(|r| format!("{r} accept"));
     for rule in base
         .map(|r| r.to_string())
+        .chain(dropped)
         .chain(unfiltered)
         .chain(ruleset.dispatch.iter().cloned())
     {
@@ -539,8 +544,8 @@ pub fn update(old: &Ruleset, new: &Ruleset) -> Option<String> {
             let _ = writeln!(tx, "add rule {TABLE} {name} {rule}");
         }
     }
-    if (&old.dispatch, old.stateless, &old.unfiltered)
-        != (&new.dispatch, new.stateless, &new.unfiltered)
+    if (&old.dispatch, old.stateless, &old.unfiltered, &old.dropped)
+        != (&new.dispatch, new.stateless, &new.unfiltered, &new.dropped)
     {
         tx.push_str(&forward_rules(new));
     }

@@ -35,6 +35,8 @@ pub(super) struct State {
     /// The pods' address families: each pod's addresses are in its chains' sets.
     pub families: crate::model::IpFamilies,
     pub created: Vec<Instant>,
+    /// Slots of the cluster's own pods (its DNS): peers, never subjects of any policy.
+    pub infrastructure: Vec<usize>,
 }
 
 struct Installer {
@@ -69,6 +71,10 @@ impl Installer {
         let base = base(&self.faults);
         ruleset.stateless = base.stateless;
         ruleset.unfiltered = base.unfiltered;
+        ruleset.dropped = base.dropped;
+        for slot in &state.infrastructure {
+            ruleset = ruleset.without_pod(*slot);
+        }
         for (slot, created) in state.slots.iter().zip(&state.created) {
             if self.lag.unprotected(*created, now) {
                 ruleset = ruleset.without_pod(*slot);
@@ -99,9 +105,21 @@ fn base(faults: &Faults) -> nft::Ruleset {
         unfiltered.push(format!("ct original ip daddr {}", super::proxy::NODE_V4));
         unfiltered.push(format!("ct original ip6 daddr {}", super::proxy::NODE_V6));
     }
+    let mut dropped = Vec::new();
+    if faults.has(Fault::DnsEgressBlocked) {
+        // At both of the DNS pod's possible addresses: the rule is harmless where one is unused.
+        let v4 = std::net::IpAddr::V4(super::DNS_V4);
+        for ip in crate::model::IpFamilies::Dual.addresses(v4) {
+            let fam = if ip.is_ipv4() { "ip" } else { "ip6" };
+            dropped.push(format!(
+                "{fam} daddr {ip} meta l4proto {{ tcp, udp }} th dport 53"
+            ));
+        }
+    }
     nft::Ruleset {
         stateless: faults.has(Fault::Stateless),
         unfiltered,
+        dropped,
         ..nft::Ruleset::default()
     }
 }

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use crate::faults::lag::Lag;
 use crate::faults::{Fault, Faults};
 use crate::matrix::Cell;
-use crate::model::{Cluster, Family, IpFamilies, Pod, PodRef, PortProtocol, Protocol};
+use crate::model::{Cluster, ClusterDns, Family, IpFamilies, Pod, PodRef, PortProtocol, Protocol};
 use crate::policy::{ClusterPolicy, Direction, Oracle, Policy};
 use crate::world::World;
 
@@ -44,6 +44,9 @@ pub(super) struct Dataplane {
     next_node_port: u16,
     /// The host outside the cluster, once a path needs it, with its addresses.
     pub outside: Option<(Pod, Vec<IpAddr>)>,
+    /// The cluster's DNS pod (the local cluster's), once a path resolves names, with its
+    /// addresses.
+    pub dns: Option<(Pod, Vec<IpAddr>)>,
     pub lag: Lag,
     /// What the API holds now.
     pub world: World,
@@ -66,6 +69,7 @@ impl Dataplane {
             next_slot: 0,
             next_node_port: crate::backend::local::proxy::NODE_PORT_FIRST,
             outside: None,
+            dns: None,
             world: World::empty(),
             ghosts: Vec::new(),
             created: BTreeMap::new(),
@@ -133,6 +137,24 @@ impl Dataplane {
                         })
                     })
                     .collect();
+                // The DNS pod, as the local cluster has it: not while a model has its namespace.
+                let built = match &self.dns {
+                    Some((pod, addresses)) if built.namespace(&pod.namespace).is_none() => {
+                        let ip = addresses.iter().find(|ip| Family::of(**ip) == family);
+                        let servers: Vec<Pod> = ip
+                            .map(|ip| Pod {
+                                ip: *ip,
+                                ..pod.clone()
+                            })
+                            .into_iter()
+                            .collect();
+                        built.with_dns(&ClusterDns {
+                            namespace: crate::backend::local::dns_namespace(),
+                            servers,
+                        })
+                    }
+                    _ => built,
+                };
                 any.then(|| (family, built.with_outside(&outside)))
             })
             .collect();
@@ -176,6 +198,7 @@ impl Dataplane {
             services: &self.services,
             node_ports: &self.node_ports,
             outside: self.outside.as_ref(),
+            dns: self.dns.as_ref(),
             lag: self.lag,
             stateless: self.faults.has(Fault::Stateless),
             rejects: self.faults.rejects_denies(),
@@ -217,6 +240,7 @@ pub(super) struct Judge<'a> {
     services: &'a BTreeMap<PodRef, usize>,
     node_ports: &'a BTreeMap<PodRef, Vec<(PortProtocol, u16)>>,
     outside: Option<&'a (Pod, Vec<IpAddr>)>,
+    dns: Option<&'a (Pod, Vec<IpAddr>)>,
     lag: Lag,
     stateless: bool,
     /// `deny-as-reject`: a cluster Deny refuses instead of dropping.
@@ -292,8 +316,78 @@ impl Judge<'_> {
             .map(|(_, _, cluster, oracle)| (*cluster, oracle))
     }
 
+    /// Where a name leads, as the local cluster's resolver would find it: the DNS pod must be
+    /// reachable from `from` (UDP 53 to the DNS Service, DNATed to the pod, in the family of its
+    /// first address, as the local cluster's pods ask it), and the name must be a pod's Service.
+    /// `Err(detail)`: `dns-failed`.
+    fn resolve(&self, from: &PodRef, target: &Target) -> Result<Target, String> {
+        let Some((dns, addresses)) = self.dns else {
+            return Err("no cluster DNS".into());
+        };
+        let family = addresses.first().map_or(Family::V4, |ip| Family::of(*ip));
+        let route = Route {
+            family,
+            service: true,
+            node_port: false,
+        };
+        if self.faults.has(Fault::DnsEgressBlocked)
+            || !self.passes(
+                from,
+                &dns.key(),
+                PortProtocol::new(crate::model::DNS_PORT, Protocol::Udp),
+                route,
+            )
+        {
+            return Err(format!("resolving {}: request timed out", target.host));
+        }
+        let wanted = match target.family {
+            Some(polygraph_agent::wire::AddressFamily::Ipv6) => Family::V6,
+            _ => Family::V4,
+        };
+        let ip = self
+            .world
+            .cluster()
+            .pods()
+            .iter()
+            .find(|p| {
+                crate::backend::local::service_fqdn(&p.key(), crate::backend::local::CLUSTER_DOMAIN)
+                    == target.host
+            })
+            .and_then(|p| {
+                let slot = *self.services.get(&p.key())?;
+                self.families
+                    .addresses(p.ip)
+                    .iter()
+                    .any(|a| Family::of(*a) == wanted)
+                    .then(|| crate::backend::local::proxy::cluster_ip(slot, wanted))
+            })
+            .ok_or_else(|| format!("{} has no {wanted} record", target.host))?;
+        Ok(Target {
+            host: ip.to_string(),
+            ..target.clone()
+        })
+    }
+
     /// One probe from `from` to `target`.
     pub fn probe(&self, from: &PodRef, target: &Target, timeout: Duration) -> ProbeResult {
+        if target.host.parse::<IpAddr>().is_err() {
+            return match self.resolve(from, target) {
+                Ok(resolved) => ProbeResult {
+                    host: target.host.clone(),
+                    ..self.probe(from, &resolved, timeout)
+                },
+                Err(detail) => ProbeResult {
+                    host: target.host.clone(),
+                    port: target.port,
+                    protocol: target.protocol,
+                    outcome: Outcome::DnsFailed,
+                    started_ms: 0.0,
+                    elapsed_ms: timeout.as_secs_f64() * 1e3,
+                    peer: None,
+                    detail: Some(detail),
+                },
+            };
+        }
         let found = self
             .pod_at(&target.host, target.port)
             .map(|(dst, route)| (dst, route, self.served_port(dst, target, route)));
@@ -401,10 +495,14 @@ impl Judge<'_> {
         to: &PodRef,
         pp: PortProtocol,
     ) -> bool {
+        // The cluster's DNS pod is never a subject of polygraph's policies (the local dataplane
+        // gives it no chains of its own), like a pod in its unprotected grace.
         let unprotected = |pod: &PodRef| {
-            self.created
-                .and_then(|c| c.get(pod))
-                .is_some_and(|created| self.lag.unprotected(*created, self.now))
+            self.dns.is_some_and(|(dns, _)| dns.key() == *pod)
+                || self
+                    .created
+                    .and_then(|c| c.get(pod))
+                    .is_some_and(|created| self.lag.unprotected(*created, self.now))
         };
         match (cluster.find_pod(from), cluster.find_pod(to)) {
             (Some(src), Some(dst)) => {

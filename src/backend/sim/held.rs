@@ -34,6 +34,7 @@ pub(super) async fn start(
         from.clone(),
         targets,
         timeout,
+        None,
         stdin,
         stdout,
         AbortOnDrop(session),

@@ -145,6 +145,29 @@ impl Backend for SimBackend {
         Ok(vec![host])
     }
 
+    fn service_name(&self, pod: &PodRef) -> Option<String> {
+        self.dataplane().world.pod(pod).map(|_| {
+            crate::backend::local::service_fqdn(pod, crate::backend::local::CLUSTER_DOMAIN)
+        })
+    }
+
+    /// The local cluster's DNS pod, at its addresses.
+    async fn dns(&mut self) -> Result<crate::model::ClusterDns, String> {
+        let mut dataplane = self.dataplane();
+        let pod = crate::backend::local::dns_pod();
+        let addresses = dataplane.families.addresses(pod.ip);
+        let server = Pod {
+            ip: addresses[0],
+            ..pod
+        };
+        dataplane.dns = Some((server.clone(), addresses));
+        dataplane.record();
+        Ok(crate::model::ClusterDns {
+            namespace: crate::backend::local::dns_namespace(),
+            servers: vec![server],
+        })
+    }
+
     fn service_addresses(&self, pod: &PodRef) -> Vec<IpAddr> {
         let Some(slot) = self.dataplane().services.get(pod).copied() else {
             return Vec::new();
