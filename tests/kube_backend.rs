@@ -839,6 +839,18 @@ impl FakeCluster {
     }
 }
 
+impl FakeCluster {
+    /// Every host a probe was sent to, once each.
+    fn probed_hosts(&self) -> BTreeSet<String> {
+        self.probed
+            .lock()
+            .expect("probed")
+            .iter()
+            .cloned()
+            .collect()
+    }
+}
+
 impl Backend for FakeCluster {
     fn describe(&self) -> String {
         self.kube.describe()
@@ -1615,13 +1627,7 @@ async fn a_run_through_services_probes_cluster_ips_and_its_dry_run_matches() {
             .flat_map(|s| &s.steps)
             .all(|step| step.path.target == ProbeTarget::Service)
     );
-    let probed: BTreeSet<String> = cluster
-        .probed
-        .lock()
-        .expect("probed")
-        .iter()
-        .cloned()
-        .collect();
+    let probed = cluster.probed_hosts();
     assert!(
         probed.iter().all(|h| h.starts_with("10.99.0.")),
         "a probe skipped the Services: {probed:?}"
@@ -1666,13 +1672,7 @@ async fn a_dual_stack_cluster_is_probed_in_both_families() {
         paths,
         ["pod-ip IPv4", "pod-ip IPv6", "service IPv4", "service IPv6"]
     );
-    let probed: BTreeSet<String> = cluster
-        .probed
-        .lock()
-        .expect("probed")
-        .iter()
-        .cloned()
-        .collect();
+    let probed = cluster.probed_hosts();
     for prefix in ["10.9.0.", "fd00:9::", "10.99.0.", "fd00:99::"] {
         assert!(
             probed.iter().any(|h| h.starts_with(prefix)),
@@ -1846,13 +1846,7 @@ async fn names_go_through_the_clusters_own_dns_or_the_scenario_is_unsupported() 
     // The first step's sources cannot resolve: their cells expect dns-failed.
     let first = &scenario.steps[0].expected.table;
     assert!(first.cells().any(|(_, d)| d.no_dns));
-    let probed: BTreeSet<String> = cluster
-        .probed
-        .lock()
-        .expect("probed")
-        .iter()
-        .cloned()
-        .collect();
+    let probed = cluster.probed_hosts();
     assert!(
         probed.iter().all(
             |h| h.ends_with(".polygraph-abc123-production.svc.cluster.local.")

@@ -149,20 +149,24 @@ async fn serve(
         return ExitCode::from(1);
     }
     drop(stdout);
-    let mut terminate =
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("polygraph-agent: cannot watch SIGTERM: {e}");
-                return ExitCode::from(1);
-            }
-        };
+    let mut terminate = match sigterm() {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
     tokio::select! {
         _ = serving => {}
         _ = terminate.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
     ExitCode::SUCCESS
+}
+
+/// SIGTERM, which ends a serving agent (the kubelet's, or the local backend's, way to stop a pod).
+fn sigterm() -> Result<tokio::signal::unix::Signal, ExitCode> {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(|e| {
+        eprintln!("polygraph-agent: cannot watch SIGTERM: {e}");
+        ExitCode::from(1)
+    })
 }
 
 async fn dns(identity: &str, domain: &str) -> ExitCode {
@@ -176,14 +180,10 @@ async fn dns(identity: &str, domain: &str) -> ExitCode {
     let line = serde_json::to_string(&server.ready).unwrap_or_default();
     println!("{line}");
     let input = tokio::io::BufReader::new(tokio::io::stdin());
-    let mut terminate =
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("polygraph-agent: cannot watch SIGTERM: {e}");
-                return ExitCode::from(1);
-            }
-        };
+    let mut terminate = match sigterm() {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
     tokio::select! {
         served = server.serve(input) => match served {
             Ok(()) => ExitCode::SUCCESS,
