@@ -342,6 +342,43 @@ fn names_resolve_only_where_dns_egress_is_allowed_and_each_failure_is_caught() {
     assert_eq!(report.scenarios[0].status, "failed", "{stdout}");
 }
 
+/// The design of the tools before polygraph, one probe process per cell, 15 at a time, measured
+/// against polygraph's batches on real packets: every blocked cell costs one worker a whole
+/// timeout, so it cannot come close (108 blocked TCP/UDP cells × 200 ms / 15 workers ≥ 1.4 s,
+/// against about one 200 ms timeout).
+#[test]
+#[ignore = "needs root: builds a local cluster (network namespaces, nftables); .ci/run runs it as root"]
+fn exec_per_probe_is_measured_against_batches_and_is_several_times_slower() {
+    require_local_cluster();
+    let output = common::polygraph(
+        &[
+            "bench",
+            "probe",
+            "--design",
+            "exec-per-probe",
+            "--iterations",
+            "1",
+            "--timeout",
+            "200ms",
+        ],
+        "",
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stdout}");
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("[exec-per-probe (15 workers)]"))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    let ratio: f64 = line
+        .rsplit(", ")
+        .next()
+        .and_then(|r| r.split('×').next())
+        .and_then(|r| r.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no ratio in {line}"));
+    assert!(ratio > 3.0, "{line}");
+    println!("{stdout}");
+}
+
 /// Through a NodePort from outside the cluster, and out to a server beyond it, in both families:
 /// the reference dataplane passes every path, and without a dataplane the NodePort and external
 /// paths fail too (each has its failing case).

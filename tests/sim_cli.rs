@@ -260,3 +260,44 @@ fn probe_on_the_simulation_matches_the_spec_and_shows_a_fault() {
     assert_eq!(code, Some(1), "{}", report["probe_summary"]);
     assert!(report["probe_summary"]["wrong"].as_u64() > Some(0));
 }
+
+/// `bench probe --design exec-per-probe` times polygraph's batched design first and the
+/// one-probe-per-cell design against it, on the same matrix, each checked against the spec.
+#[test]
+fn bench_probe_times_both_designs_on_the_same_matrix() {
+    let output = common::polygraph(
+        &[
+            "bench",
+            "probe",
+            "--backend",
+            "sim",
+            "--design",
+            "exec-per-probe",
+            "--workers",
+            "4",
+            "--iterations",
+            "2",
+            "--timeout",
+            "200ms",
+        ],
+        "",
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stdout}");
+    let lines: Vec<&str> = stdout.lines().filter(|l| l.contains(" cells, ")).collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert!(
+        lines[0].starts_with("pod-ip IPv4 [batched]: 486 cells"),
+        "{stdout}"
+    );
+    assert!(
+        lines[1].starts_with("pod-ip IPv4 [exec-per-probe (4 workers)]: 486 cells")
+            && lines[1].ends_with("× polygraph's batched round"),
+        "{stdout}"
+    );
+    let output = common::polygraph(
+        &["bench", "probe", "--backend", "sim", "--workers", "0"],
+        "",
+    );
+    assert_eq!(output.status.code(), Some(2));
+}

@@ -4,18 +4,16 @@ use std::time::{Duration, Instant};
 use clap::{Args, Subcommand};
 
 use super::CliError;
-use super::backend_args::TargetArgs;
+use super::backend_args::{BackendArgs, TargetArgs};
 use polygraph::analyze::analyze;
-use polygraph::backend::AnyBackend;
-use polygraph::backend::local::{AgentCommand, Dataplane, LocalBackend, LocalOptions};
+use polygraph::backend::Backend;
 use polygraph::bench::{
     WorldSize, bench_port_protocols, generate_cluster, generate_cluster_policies,
     generate_policies, time_oracle,
 };
-use polygraph::faults::Faults;
-use polygraph::model::{IpFamilies, default_model};
+use polygraph::model::default_model;
 use polygraph::policy::parse_policies;
-use polygraph::run::{PathPlan, namespace_names, probe_matrix, reconcile};
+use polygraph::run::{PathPlan, ProbeDesign, namespace_names, probe_matrix_with, reconcile};
 use polygraph::world::World;
 
 use super::session::session;
@@ -25,9 +23,11 @@ pub enum BenchCommand {
     /// Time the oracle on a generated cluster (default: 1,000 pods, 50 namespaces, 1,000 policies,
     /// 4 port/protocol pairs = 4 million cells). Build with --release for real figures.
     Oracle(OracleArgs),
-    /// Time probing the full default matrix (9 pods × 9 pods × 6 port/protocols = 486 cells) on the
-    /// local cluster, with x isolated so blocked cells wait out the timeout. Needs root.
-    Probe(ProbeBenchArgs),
+    /// Time probing the full default matrix (9 pods × 9 pods × 6 port/protocols = 486 cells), with
+    /// x isolated so blocked cells wait out the timeout: on the local cluster (needs root) or on
+    /// Kubernetes (`--backend kube`), in polygraph's design and, with `--design exec-per-probe`,
+    /// one probe per cell as the tools before it do.
+    Probe(Box<ProbeBenchArgs>),
 }
 
 #[derive(Debug, Args)]
@@ -42,10 +42,52 @@ pub struct ProbeBenchArgs {
     /// one's figures and their ratio to the first.
     #[command(flatten)]
     paths: TargetArgs,
-    /// The local cluster's address families (each family is its own matrix, timed apart).
-    #[arg(long, value_enum, default_value = "ipv4")]
-    ip_family: IpFamilies,
+    /// Where the pods run: the local cluster by default, or a Kubernetes cluster (each family a
+    /// pod has is its own matrix, timed apart).
+    #[command(flatten)]
+    backend: BackendArgs,
+    /// How the matrix is probed: `batched` (polygraph's: one batch per source pod) and, to measure
+    /// against it, `exec-per-probe` (one agent process per cell, `--workers` at a time, as
+    /// cyclonus execs one probe per cell). polygraph's design is always timed too, first, and each
+    /// other design is reported as a multiple of it. Several with commas.
+    #[arg(
+        long = "design",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "batched"
+    )]
+    designs: Vec<Design>,
+    /// Concurrent probes of the exec-per-probe design (cyclonus's default is 15).
+    #[arg(long, default_value_t = 15)]
+    workers: usize,
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Design {
+    Batched,
+    ExecPerProbe,
+}
+
+impl Design {
+    fn probe_design(self, workers: usize) -> ProbeDesign {
+        match self {
+            Design::Batched => ProbeDesign::Batched {
+                parallelism: BATCH_PARALLELISM,
+            },
+            Design::ExecPerProbe => ProbeDesign::PerCell { workers },
+        }
+    }
+
+    fn describe(self, workers: usize) -> String {
+        match self {
+            Design::Batched => "batched".into(),
+            Design::ExecPerProbe => format!("exec-per-probe ({workers} workers)"),
+        }
+    }
+}
+
+/// Sources probing at once in polygraph's design, as `run` and `probe` default to.
+const BATCH_PARALLELISM: usize = 64;
 
 #[derive(Debug, Args)]
 pub struct OracleArgs {
@@ -72,33 +114,36 @@ fn ms(d: Duration) -> String {
 pub fn run(command: BenchCommand) -> Result<ExitCode, CliError> {
     match command {
         BenchCommand::Oracle(args) => oracle(args),
-        BenchCommand::Probe(args) => probe(args),
+        BenchCommand::Probe(args) => probe(*args),
     }
 }
 
 const DENY_X: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: x}\nspec: {podSelector: {}, policyTypes: [Ingress]}\n";
 
 fn probe(args: ProbeBenchArgs) -> Result<ExitCode, CliError> {
-    if args.iterations == 0 || args.timeout.is_zero() {
+    if args.iterations == 0 || args.timeout.is_zero() || args.workers == 0 {
         return Err(CliError::Usage(
-            "--iterations and --timeout must be more than zero".into(),
+            "--iterations, --timeout and --workers must be more than zero".into(),
+        ));
+    }
+    // polygraph's design first: the others are measured against it.
+    let mut designs = vec![Design::Batched];
+    designs.extend(args.designs.iter().filter(|d| **d != Design::Batched));
+    let workers = args.workers;
+    if args.backend.dry_run {
+        return Err(CliError::Usage(
+            "--dry-run makes no calls to time: bench probe needs a cluster".into(),
         ));
     }
     let cluster = default_model().build("built-in model")?;
     let policies = parse_policies("bench", DENY_X, "x")?;
     let analysis = analyze(cluster, policies, &[]);
-    let options = LocalOptions {
-        dataplane: Dataplane::Nftables,
-        agent: AgentCommand::this_binary()?,
-        faults: Faults::default(),
-        families: args.ip_family,
-    };
     let world = World::with_policies(&analysis.cluster, &analysis.policy_set())?;
     let started = Instant::now();
-    let start = async { Ok(AnyBackend::Local(LocalBackend::start(options).await?)) };
-    let finished = session(start, async |backend| {
+    let services = args.paths.targets.iter().any(|t| t.needs_services());
+    let finished = session(args.backend.start(services), async |backend| {
         reconcile(backend, &World::empty(), &world).await?;
-        out!("local cluster up in {}", ms(started.elapsed()))?;
+        out!("{}: up in {}", backend.describe(), ms(started.elapsed()))?;
         let plan = PathPlan::prepare(
             backend,
             &args.paths.targets,
@@ -112,50 +157,80 @@ fn probe(args: ProbeBenchArgs) -> Result<ExitCode, CliError> {
             .iter()
             .map(|&path| plan.analysis(&*backend, &analysis, path))
             .collect();
-        let mut rounds = vec![Vec::new(); paths.len()];
-        // Alternating, so that any drift of the machine falls on every path alike.
+        // Every (path, design), each with its rounds.
+        let series: Vec<(usize, Design)> = (0..paths.len())
+            .flat_map(|i| designs.iter().map(move |&d| (i, d)))
+            .collect();
+        let mut rounds = vec![Vec::new(); series.len()];
+        // Alternating, so that any drift of the machine falls on every path and design alike.
         for _ in 0..args.iterations {
-            for (i, &path) in paths.iter().enumerate() {
+            for (s, &(i, design)) in series.iter().enumerate() {
+                let path = paths[i];
                 let round = Instant::now();
-                let observed = probe_matrix(
+                let observed = probe_matrix_with(
                     &*backend,
                     &expected[i].cluster,
                     expected[i].table.port_protocols(),
                     path,
                     args.timeout,
-                    64,
+                    design.probe_design(workers),
                 )
                 .await?;
-                rounds[i].push(round.elapsed());
+                rounds[s].push(round.elapsed());
+                // Both designs must see the same thing: a design that misses is no faster.
                 let summary = polygraph::report::probe::summarize(&expected[i], &observed);
                 if summary.failed() {
                     return Err(CliError::Usage(format!(
-                        "the reference dataplane disagreed with the spec through {path}: {}",
+                        "the reference dataplane disagreed with the spec through {path} ({}): {}",
+                        design.describe(workers),
                         polygraph::report::probe::summary_line(&summary)
                     )));
                 }
             }
         }
-        Ok((paths, expected, rounds))
+        Ok((paths, expected, series, rounds))
     })?;
-    let (paths, expected, mut rounds) = finished.value;
-    let mut first_median = None;
-    for ((path, analysis), rounds) in paths.iter().zip(&expected).zip(&mut rounds) {
-        rounds.sort();
-        let median = rounds[rounds.len() / 2];
-        let ratio = match first_median {
-            None => {
-                first_median = Some(median);
-                String::new()
-            }
-            Some(first) => format!(
-                ", {:.2}× the first",
-                median.as_secs_f64() / Duration::max(first, Duration::from_nanos(1)).as_secs_f64()
-            ),
-        };
+    let (paths, expected, series, mut rounds) = finished.value;
+    let medians: Vec<Duration> = rounds
+        .iter_mut()
+        .map(|r| {
+            r.sort();
+            r[r.len() / 2]
+        })
+        .collect();
+    let ratio = |a: Duration, b: Duration| {
+        a.as_secs_f64() / Duration::max(b, Duration::from_nanos(1)).as_secs_f64()
+    };
+    for (s, &(i, design)) in series.iter().enumerate() {
+        let rounds = &rounds[s];
+        let median = medians[s];
+        // Against the first path in the same design, and against polygraph's design on this path.
+        let first_path = series
+            .iter()
+            .position(|&(j, d)| j == 0 && d == design)
+            .map_or(median, |f| medians[f]);
+        let batched = series
+            .iter()
+            .position(|&(j, d)| j == i && d == Design::Batched)
+            .map_or(median, |b| medians[b]);
+        let mut notes = String::new();
+        if i > 0 {
+            notes.push_str(&format!(
+                ", {:.2}× the first path",
+                ratio(median, first_path)
+            ));
+        }
+        if design != Design::Batched {
+            notes.push_str(&format!(
+                ", {:.1}× polygraph's batched round",
+                ratio(median, batched)
+            ));
+        }
         out!(
-            "{path}: {} cells, timeout {}: fastest round {}, median {}, slowest {} ({} rounds){ratio}",
-            analysis.table.len(),
+            "{} [{}]: {} cells, timeout {}: fastest round {}, median {}, slowest {} ({} rounds){notes}",
+            paths[i],
+            design.describe(workers),
+            expected[i].table.len(),
             humantime::format_duration(args.timeout),
             ms(rounds[0]),
             ms(median),
