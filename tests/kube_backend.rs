@@ -895,10 +895,10 @@ impl Backend for FakeCluster {
         &self,
         from: &PodRef,
         targets: &[Target],
-        timeout: Duration,
+        timing: polygraph::backend::ProbeTiming,
     ) -> Result<Vec<ProbeResult>, BackendError> {
         let targets: Vec<Target> = targets.iter().map(|t| self.to_model(t)).collect();
-        let mut results = self.sim.probe(from, &targets, timeout).await?;
+        let mut results = self.sim.probe(from, &targets, timing).await?;
         // A server outside the cluster is not polygraph's agent: it answers, but with no identity.
         for result in &mut results {
             if result.peer.as_deref() == Some("(outside)/host") {

@@ -164,7 +164,7 @@ async fn exec_returns_the_agents_results() {
     .await;
     let backend = backend(&url, Duration::from_secs(5)).await;
     let results = backend
-        .probe(&from(), &targets(), Duration::from_millis(500))
+        .probe(&from(), &targets(), Duration::from_millis(500).into())
         .await
         .expect("probe");
     assert_eq!(results.len(), 2);
@@ -190,7 +190,7 @@ async fn a_failing_agent_is_an_error_with_its_stderr() {
     .await;
     let backend = backend(&url, Duration::from_secs(5)).await;
     let error = backend
-        .probe(&from(), &targets(), Duration::from_millis(500))
+        .probe(&from(), &targets(), Duration::from_millis(500).into())
         .await
         .expect_err("failed")
         .to_string();
@@ -210,7 +210,7 @@ async fn an_exec_that_never_answers_times_out() {
     let backend = backend(&url, Duration::from_millis(300)).await;
     let started = std::time::Instant::now();
     let error = backend
-        .probe(&from(), &targets(), Duration::from_millis(200))
+        .probe(&from(), &targets(), Duration::from_millis(200).into())
         .await
         .expect_err("timeout")
         .to_string();
@@ -232,7 +232,7 @@ async fn missing_results_are_an_error() {
     .await;
     let backend = backend(&url, Duration::from_secs(5)).await;
     let error = backend
-        .probe(&from(), &targets(), Duration::from_millis(500))
+        .probe(&from(), &targets(), Duration::from_millis(500).into())
         .await
         .expect_err("short")
         .to_string();

@@ -303,9 +303,9 @@ impl Backend for WrongPeer {
         &self,
         from: &polygraph::model::PodRef,
         targets: &[polygraph_agent::wire::Target],
-        timeout: Duration,
+        timing: polygraph::backend::ProbeTiming,
     ) -> Result<Vec<polygraph_agent::wire::ProbeResult>, polygraph::backend::BackendError> {
-        let mut results = self.sim.probe(from, targets, timeout).await?;
+        let mut results = self.sim.probe(from, targets, timing).await?;
         for result in &mut results {
             if result.host == self.host && result.peer.is_some() {
                 result.peer = Some("elsewhere/impostor".into());

@@ -52,15 +52,17 @@ impl UdpSourcePorts {
 /// The agent's probe request for a batch, as one JSON line (the agent needs no stdin EOF).
 pub fn probe_request(
     targets: &[Target],
-    timeout: Duration,
+    timing: super::ProbeTiming,
     udp_source_base: Option<u32>,
     nameserver: Option<std::net::SocketAddr>,
 ) -> String {
+    let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
     let request = polygraph_agent::wire::ProbeRequest {
-        timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+        timeout_ms: millis(timing.timeout),
         targets: targets.to_vec(),
         udp_source_base,
         nameserver,
+        deadline_ms: timing.effective_deadline().map(millis),
     };
     // Plain data of strings and numbers: serialization cannot fail.
     serde_json::to_string(&request).unwrap_or_default()
@@ -117,7 +119,10 @@ impl Held {
         let mut stdin: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>> = Box::pin(stdin);
         let stdout: std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>> = Box::pin(stdout);
         // Held flows keep their sockets: kernel-chosen ports, outside the probes' range.
-        let line = format!("{}\n", probe_request(targets, timeout, None, nameserver));
+        let line = format!(
+            "{}\n",
+            probe_request(targets, timeout.into(), None, nameserver)
+        );
         stdin
             .write_all(line.as_bytes())
             .await

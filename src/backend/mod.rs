@@ -85,6 +85,41 @@ impl BackendError {
     }
 }
 
+/// How long a batch's probes wait. `timeout` bounds everything; `deadline`, when set, is how long
+/// a silent target is waited for before a second, independent attempt confirms its silence
+/// (`ProbeRequest::deadline_ms`): a drop then costs twice the deadline, not the timeout. The runner
+/// derives the deadline from the answers it has seen (`run::Deadlines`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeTiming {
+    pub timeout: Duration,
+    pub deadline: Option<Duration>,
+}
+
+impl ProbeTiming {
+    /// The longest a silent target is waited for: twice the deadline, or the timeout.
+    pub fn silent_wait(self) -> Duration {
+        self.deadline
+            .map(|d| d * 2)
+            .filter(|wait| *wait < self.timeout)
+            .unwrap_or(self.timeout)
+    }
+
+    /// The deadline the agent uses: none where twice it would reach the timeout.
+    pub fn effective_deadline(self) -> Option<Duration> {
+        self.deadline.filter(|d| *d * 2 < self.timeout)
+    }
+}
+
+/// One attempt per target, waited for the whole timeout.
+impl From<Duration> for ProbeTiming {
+    fn from(timeout: Duration) -> Self {
+        ProbeTiming {
+            timeout,
+            deadline: None,
+        }
+    }
+}
+
 /// What the runner needs from a cluster: carry out mutations, wait for pods, probe from a pod (one
 /// batch, all targets concurrently), hold connections, and clean up.
 // Backends are driven from a single task, so their futures need not be `Send`.
@@ -152,7 +187,7 @@ pub trait Backend {
         &self,
         from: &PodRef,
         targets: &[Target],
-        timeout: Duration,
+        timing: ProbeTiming,
     ) -> Result<Vec<ProbeResult>, BackendError>;
     /// Opens long-lived connections from `from` to `targets` and keeps them for `Held::check`.
     async fn hold(
@@ -253,9 +288,9 @@ impl Backend for AnyBackend {
         &self,
         from: &PodRef,
         targets: &[Target],
-        timeout: Duration,
+        timing: ProbeTiming,
     ) -> Result<Vec<ProbeResult>, BackendError> {
-        delegate!(self, b => b.probe(from, targets, timeout).await)
+        delegate!(self, b => b.probe(from, targets, timing).await)
     }
     async fn hold(
         &self,

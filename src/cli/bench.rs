@@ -13,7 +13,9 @@ use polygraph::bench::{
 };
 use polygraph::model::default_model;
 use polygraph::policy::parse_policies;
-use polygraph::run::{PathPlan, ProbeDesign, namespace_names, probe_matrix_with, reconcile};
+use polygraph::run::{
+    Deadlines, PathPlan, ProbeDesign, namespace_names, probe_matrix_with, reconcile,
+};
 use polygraph::world::World;
 
 use super::session::session;
@@ -64,14 +66,20 @@ pub struct ProbeBenchArgs {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Design {
+    /// One batch per source; a silent target is waited for a deadline learnt from the answers,
+    /// then confirmed by a second attempt (`run::Deadlines`).
     Batched,
+    /// One batch per source, every silent target waited for the whole timeout (polygraph before
+    /// its deadlines).
+    BatchedFixed,
+    /// One probe process (or exec) per cell, `--workers` at a time, the whole timeout each.
     ExecPerProbe,
 }
 
 impl Design {
     fn probe_design(self, workers: usize) -> ProbeDesign {
         match self {
-            Design::Batched => ProbeDesign::Batched {
+            Design::Batched | Design::BatchedFixed => ProbeDesign::Batched {
                 parallelism: BATCH_PARALLELISM,
             },
             Design::ExecPerProbe => ProbeDesign::PerCell { workers },
@@ -81,6 +89,7 @@ impl Design {
     fn describe(self, workers: usize) -> String {
         match self {
             Design::Batched => "batched".into(),
+            Design::BatchedFixed => "batched, fixed timeout".into(),
             Design::ExecPerProbe => format!("exec-per-probe ({workers} workers)"),
         }
     }
@@ -162,21 +171,45 @@ fn probe(args: ProbeBenchArgs) -> Result<ExitCode, CliError> {
             .flat_map(|i| designs.iter().map(move |&d| (i, d)))
             .collect();
         let mut rounds = vec![Vec::new(); series.len()];
+        // polygraph's deadlines, learnt as a run learns them; one untimed round per path first,
+        // so the timed ones are the steady state.
+        let mut deadlines = Deadlines::new(args.timeout);
+        for (i, &path) in paths.iter().enumerate() {
+            let observed = probe_matrix_with(
+                &*backend,
+                &expected[i].cluster,
+                expected[i].table.port_protocols(),
+                path,
+                deadlines.timing(),
+                Design::Batched.probe_design(workers),
+            )
+            .await?;
+            deadlines.learn(&observed);
+        }
+        let mut used: Vec<Option<Duration>> = vec![None; series.len()];
         // Alternating, so that any drift of the machine falls on every path and design alike.
         for _ in 0..args.iterations {
             for (s, &(i, design)) in series.iter().enumerate() {
                 let path = paths[i];
+                let timing = match design {
+                    Design::Batched => deadlines.timing(),
+                    _ => args.timeout.into(),
+                };
+                used[s] = used[s].max(timing.effective_deadline());
                 let round = Instant::now();
                 let observed = probe_matrix_with(
                     &*backend,
                     &expected[i].cluster,
                     expected[i].table.port_protocols(),
                     path,
-                    args.timeout,
+                    timing,
                     design.probe_design(workers),
                 )
                 .await?;
                 rounds[s].push(round.elapsed());
+                if design == Design::Batched {
+                    deadlines.learn(&observed);
+                }
                 // Both designs must see the same thing: a design that misses is no faster.
                 let summary = polygraph::report::probe::summarize(&expected[i], &observed);
                 if summary.failed() {
@@ -188,9 +221,9 @@ fn probe(args: ProbeBenchArgs) -> Result<ExitCode, CliError> {
                 }
             }
         }
-        Ok((paths, expected, series, rounds))
+        Ok((paths, expected, series, rounds, used))
     })?;
-    let (paths, expected, series, mut rounds) = finished.value;
+    let (paths, expected, series, mut rounds, used) = finished.value;
     let medians: Vec<Duration> = rounds
         .iter_mut()
         .map(|r| {
@@ -226,12 +259,19 @@ fn probe(args: ProbeBenchArgs) -> Result<ExitCode, CliError> {
                 ratio(median, batched)
             ));
         }
+        let wait = match used[s] {
+            Some(deadline) => format!(
+                "timeout {}, a silent target waited 2 × {}",
+                humantime::format_duration(args.timeout),
+                ms(deadline)
+            ),
+            None => format!("timeout {}", humantime::format_duration(args.timeout)),
+        };
         out!(
-            "{} [{}]: {} cells, timeout {}: fastest round {}, median {}, slowest {} ({} rounds){notes}",
+            "{} [{}]: {} cells, {wait}: fastest round {}, median {}, slowest {} ({} rounds){notes}",
             paths[i],
             design.describe(workers),
             expected[i].table.len(),
-            humantime::format_duration(args.timeout),
             ms(rounds[0]),
             ms(median),
             ms(rounds[rounds.len() - 1]),

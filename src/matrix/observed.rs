@@ -14,6 +14,9 @@ pub struct Observation {
     pub elapsed_ms: f64,
     pub peer: Option<String>,
     pub detail: Option<String>,
+    /// Attempts the verdict took: 2 for a silent target whose silence a second, independent
+    /// attempt confirmed (`run::Deadlines`).
+    pub attempts: u32,
 }
 
 /// Observations for the cells that were probed. A cell is not probed when its destination serves
@@ -123,6 +126,20 @@ impl ObservedTable {
         self.grid.get(pp_index, from, to).as_ref()
     }
 
+    /// Every probed cell with its observation.
+    pub fn observations(&self) -> impl Iterator<Item = (usize, Cell, &Observation)> + '_ {
+        self.grid
+            .cells()
+            .filter_map(|(k, cell, o)| o.as_ref().map(|o| (k, cell, o)))
+    }
+
+    /// How many probes of the round needed a confirming attempt.
+    pub fn confirmations(&self) -> usize {
+        self.observations()
+            .filter(|(_, _, o)| o.attempts > 1)
+            .count()
+    }
+
     /// Compares one cell with the spec's verdict.
     pub fn judge(
         &self,
@@ -199,6 +216,7 @@ mod tests {
             elapsed_ms: 1.0,
             peer: peer.map(str::to_string),
             detail: None,
+            attempts: 1,
         }
     }
 

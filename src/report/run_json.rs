@@ -105,6 +105,11 @@ pub struct StepJson {
     pub elapsed_ms: f64,
     pub apply_ms: f64,
     pub rounds: usize,
+    /// The longest a silent probe was waited for before its confirming attempt (a drop was then
+    /// judged after twice this); null when every probe waited the whole probe timeout.
+    pub deadline_ms: Option<f64>,
+    /// Probes whose silence a second, independent attempt confirmed, over the step's rounds.
+    pub confirmations: usize,
     pub error: Option<String>,
     pub counts: CountsJson,
     pub timing: StepTiming,
@@ -247,6 +252,8 @@ pub fn report(result: &RunResult, selection: CellSelection) -> RunJson {
                         elapsed_ms: ms(step.elapsed),
                         apply_ms: ms(step.apply_time),
                         rounds: step.rounds,
+                        deadline_ms: step.deadline.map(ms),
+                        confirmations: step.confirmations,
                         error: step.error.clone(),
                         counts,
                         timing: step.summary.clone(),

@@ -92,6 +92,19 @@ pub fn timing_line(step: &StepResult) -> String {
     parts.join("; ")
 }
 
+/// How a step's silent probes were judged, when not by the whole timeout: `silent after 2 × 100
+/// ms: 162 confirmed` (each confirmed by a second, independent attempt).
+fn silence_note(step: &StepResult) -> String {
+    match step.deadline {
+        Some(deadline) => format!(
+            "; silent after 2 × {}: {} confirmed",
+            ms(deadline.as_secs_f64() * 1e3),
+            step.confirmations
+        ),
+        None => String::new(),
+    }
+}
+
 /// One line per finished step, for plain (non-terminal) progress output.
 pub fn step_line(scenario: &Scenario, step: &StepResult) -> String {
     let status = match step.status() {
@@ -100,12 +113,13 @@ pub fn step_line(scenario: &Scenario, step: &StepResult) -> String {
         Status::Unsupported => "UNSUPPORTED",
     };
     let mut line = format!(
-        "{status}  {} › {}  ({} round{}, {})",
+        "{status}  {} › {}  ({} round{}, {}{})",
         scenario.name,
         step.title(),
         step.rounds,
         if step.rounds == 1 { "" } else { "s" },
-        seconds(step.elapsed)
+        seconds(step.elapsed),
+        silence_note(step)
     );
     let wrong = step.count(Verdict::Fail);
     if wrong > 0 {

@@ -3,10 +3,12 @@
 //! Layout: `scenarios` (the run: scenarios in order, resets, events), `step` (one step: action,
 //! probe rounds, verdicts), `held` (connections held across a step), `timing` (per-cell timelines),
 //! `summary` (step, scenario and run totals), `result` (what a run produces), `paths` (targets ×
-//! families, each path's analysis and probes), `smoke`.
+//! families, each path's analysis and probes), `deadline` (how long a silent probe is waited for),
+//! `smoke`.
 
 use std::time::Duration;
 
+mod deadline;
 mod held;
 pub mod paths;
 mod result;
@@ -16,6 +18,7 @@ mod step;
 mod summary;
 pub mod timing;
 
+pub use deadline::Deadlines;
 pub use paths::{PathPlan, namespace_names, pod_address};
 pub use result::{RunOptions, RunResult, ScenarioResult, Status, StepResult, Verdict};
 pub use scenarios::{Event, run_scenarios};
@@ -25,7 +28,7 @@ use futures::StreamExt;
 use polygraph_agent::wire::Target;
 
 use crate::analyze::Analysis;
-use crate::backend::{Backend, BackendError};
+use crate::backend::{Backend, BackendError, ProbeTiming};
 use crate::matrix::{Observation, ObservedTable};
 use crate::model::{Cluster, PortProtocol, ProbePath};
 use crate::world::World;
@@ -62,7 +65,7 @@ pub async fn observe<B: Backend>(
         &real.cluster,
         real.table.port_protocols(),
         path,
-        timeout,
+        timeout.into(),
         parallelism,
     )
     .await?;
@@ -92,7 +95,7 @@ pub async fn probe_matrix<B: Backend>(
     cluster: &Cluster,
     port_protocols: &[PortProtocol],
     path: ProbePath,
-    timeout: Duration,
+    timing: ProbeTiming,
     parallelism: usize,
 ) -> Result<ObservedTable, BackendError> {
     probe_matrix_with(
@@ -100,7 +103,7 @@ pub async fn probe_matrix<B: Backend>(
         cluster,
         port_protocols,
         path,
-        timeout,
+        timing,
         ProbeDesign::Batched { parallelism },
     )
     .await
@@ -112,7 +115,7 @@ pub async fn probe_matrix_with<B: Backend>(
     cluster: &Cluster,
     port_protocols: &[PortProtocol],
     path: ProbePath,
-    timeout: Duration,
+    timing: ProbeTiming,
     design: ProbeDesign,
 ) -> Result<ObservedTable, BackendError> {
     let pods = cluster.pods();
@@ -149,7 +152,7 @@ pub async fn probe_matrix_with<B: Backend>(
             (
                 from,
                 plan,
-                backend.probe(&src.key(), &targets, timeout).await,
+                backend.probe(&src.key(), &targets, timing).await,
             )
         }))
         .buffer_unordered(concurrency.max(1));
@@ -173,6 +176,7 @@ pub async fn probe_matrix_with<B: Backend>(
                     elapsed_ms: result.elapsed_ms,
                     peer: result.peer,
                     detail: result.detail,
+                    attempts: result.attempts.unwrap_or(1),
                 },
             );
         }

@@ -99,6 +99,11 @@ pub struct StepResult {
     /// How long the action itself took (the backend accepting the change).
     pub apply_time: Duration,
     pub rounds: usize,
+    /// The longest a silent probe was waited for before its confirming attempt, in the step's
+    /// rounds (`run::Deadlines`); `None`: every probe waited the whole timeout.
+    pub deadline: Option<Duration>,
+    /// Probes whose silence a second, independent attempt confirmed, over the step's rounds.
+    pub confirmations: usize,
     /// What the spec says for this step, at the pods' real addresses: the yardstick of `verdicts`.
     pub expected: Analysis,
     /// Whether the backend accepted the step's action.

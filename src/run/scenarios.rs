@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use super::result::{RunOptions, RunResult, ScenarioResult, StepResult};
 use super::step::run_step;
 use super::summary::{RunTotals, ScenarioTotals};
-use super::{PathPlan, probe_matrix, reconcile};
+use super::{Deadlines, PathPlan, probe_matrix, reconcile};
 use crate::analyze::Analysis;
 use crate::backend::Backend;
 use crate::matrix::Judgement;
@@ -45,6 +45,7 @@ async fn await_baseline<B: Backend>(
     initial: &Analysis,
     plan: &PathPlan,
     options: &RunOptions,
+    deadlines: &mut Deadlines,
 ) -> Result<(), String> {
     // The first path is enough: the question is which policies the dataplane enforces.
     let path = plan
@@ -61,11 +62,12 @@ async fn await_baseline<B: Backend>(
             &analysis.cluster,
             analysis.table.port_protocols(),
             path,
-            options.probe_timeout,
+            deadlines.timing(),
             options.parallelism,
         )
         .await
         .map_err(|e| e.to_string())?;
+        deadlines.learn(&observed);
         let wrong = observed
             .judged(&analysis.table)
             .filter(|(_, _, j, _)| *j == Judgement::Wrong)
@@ -100,6 +102,8 @@ pub async fn run_scenarios<B: Backend>(
         }
     }
     let mut deployed = World::empty();
+    // What the answers so far say a silent probe is worth waiting for: learnt over the whole run.
+    let mut deadlines = Deadlines::new(options.probe_timeout);
     for key in order {
         for scenario in scenarios.iter().filter(|s| s.model_key == key) {
             on_event(Event::ScenarioStarted { scenario });
@@ -128,7 +132,7 @@ pub async fn run_scenarios<B: Backend>(
             };
             let initial = initial_analysis(scenario);
             let set_up = match reconcile(backend, &deployed, &scenario.initial).await {
-                Ok(()) => await_baseline(&*backend, &initial, &plan, options).await,
+                Ok(()) => await_baseline(&*backend, &initial, &plan, options, &mut deadlines).await,
                 Err(e) => Err(e.to_string()),
             };
             match set_up {
@@ -145,8 +149,16 @@ pub async fn run_scenarios<B: Backend>(
                             None => &initial,
                         };
                         on_event(Event::StepStarted { scenario, index });
-                        let steps =
-                            run_step(backend, scenario, index, before, &plan, options).await;
+                        let steps = run_step(
+                            backend,
+                            scenario,
+                            index,
+                            before,
+                            &plan,
+                            options,
+                            &mut deadlines,
+                        )
+                        .await;
                         let stop = steps.iter().any(|s| s.error.is_some());
                         for step in steps {
                             on_event(Event::StepFinished {

@@ -10,7 +10,7 @@ use super::held::{check_flows, hold_flows};
 use super::result::{RunOptions, StepResult, Verdict};
 use super::summary::summarize;
 use super::timing::{CellTiming, Race, StepTiming, changes};
-use super::{PathPlan, READY_TIMEOUT, probe_matrix};
+use super::{Deadlines, PathPlan, READY_TIMEOUT, probe_matrix};
 use crate::analyze::Analysis;
 use crate::backend::{Backend, BackendError};
 use crate::matrix::{Grid, Judgement, TruthTable};
@@ -45,6 +45,7 @@ pub(super) async fn run_step<B: Backend>(
     before: &Analysis,
     plan: &PathPlan,
     options: &RunOptions,
+    deadlines: &mut Deadlines,
 ) -> Vec<StepResult> {
     let step = &scenario.steps[index];
     // Held connections go on the first path the cluster has before the change.
@@ -92,7 +93,7 @@ pub(super) async fn run_step<B: Backend>(
         result.expected = expected;
         result.applied = true;
         result.apply_time = changed.saturating_duration_since(started);
-        probe_until_settled(&*backend, &mut result, changed, options).await;
+        probe_until_settled(&*backend, &mut result, changed, options, deadlines).await;
         result.elapsed = started.elapsed();
         if i == 0 {
             check_flows(&mut flows, &mut result, options).await;
@@ -123,6 +124,8 @@ fn blank(
         elapsed: Duration::ZERO,
         apply_time: Duration::ZERO,
         rounds: 0,
+        deadline: None,
+        confirmations: 0,
         applied: false,
         observed: None,
         changes,
@@ -141,6 +144,7 @@ async fn probe_until_settled<B: Backend>(
     result: &mut StepResult,
     changed: Instant,
     options: &RunOptions,
+    deadlines: &mut Deadlines,
 ) {
     let analysis = result.expected.clone();
     let expected = &analysis.table;
@@ -150,12 +154,13 @@ async fn probe_until_settled<B: Backend>(
     loop {
         let round_start = changed.elapsed();
         let round_began = Instant::now();
+        let timing = deadlines.timing();
         let observed = match probe_matrix(
             backend,
             &analysis.cluster,
             expected.port_protocols(),
             result.path,
-            options.probe_timeout,
+            timing,
             options.parallelism,
         )
         .await
@@ -166,7 +171,10 @@ async fn probe_until_settled<B: Backend>(
                 break;
             }
         };
+        deadlines.learn(&observed);
         result.rounds += 1;
+        result.deadline = result.deadline.max(timing.effective_deadline());
+        result.confirmations += observed.confirmations();
         let round_ms = round_start.as_secs_f64() * 1e3;
         round_starts.push(round_ms);
         let mut all_match = true;

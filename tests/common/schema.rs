@@ -134,6 +134,8 @@ pub struct StepJson {
     pub elapsed_ms: f64,
     pub apply_ms: f64,
     pub rounds: usize,
+    pub deadline_ms: Option<f64>,
+    pub confirmations: usize,
     pub error: Option<String>,
     pub counts: Counts,
     pub timing: Timing,

@@ -202,8 +202,12 @@ mod tests {
         let nameserver = Some(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
         let timeout = Duration::from_millis(600);
         let resolve = |target: Target| async move {
-            let names =
-                Names::for_targets(std::slice::from_ref(&target), nameserver, timeout, |_| None);
+            let names = Names::for_targets(
+                std::slice::from_ref(&target),
+                nameserver,
+                crate::resolve::LookupWaits::new(timeout, None),
+                |_| None,
+            );
             names.resolve(&target).await
         };
         let mut v4 = resolve(name(Some(AddressFamily::Ipv4))).await;
@@ -255,14 +259,36 @@ mod tests {
         let silent = socket.local_addr().unwrap();
         let target = name(Some(AddressFamily::Ipv4));
         let timeout = Duration::from_millis(300);
-        let names =
-            Names::for_targets(std::slice::from_ref(&target), Some(silent), timeout, |_| {
-                None
-            });
+        let names = Names::for_targets(
+            std::slice::from_ref(&target),
+            Some(silent),
+            crate::resolve::LookupWaits::new(timeout, None),
+            |_| None,
+        );
         let started = std::time::Instant::now();
         let failed = names.resolve(&target).await.err().unwrap();
         assert_eq!(failed.outcome, Outcome::DnsFailed);
+        assert_eq!(failed.attempts, 1);
         assert!(started.elapsed() < timeout * 3, "{:?}", started.elapsed());
+        // With a deadline: a query, a confirming one, and dns-failed long before the timeout.
+        let names = Names::for_targets(
+            std::slice::from_ref(&target),
+            Some(silent),
+            crate::resolve::LookupWaits::new(
+                Duration::from_secs(5),
+                Some(Duration::from_millis(80)),
+            ),
+            |_| None,
+        );
+        let started = std::time::Instant::now();
+        let failed = names.resolve(&target).await.err().unwrap();
+        assert_eq!(failed.outcome, Outcome::DnsFailed);
+        assert_eq!(failed.attempts, 2, "confirmed");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
         drop(socket);
     }
 

@@ -15,7 +15,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpStream, UdpSocket};
 
 use crate::probe::{Finding, GREETING_MAX, classify, connected, udp_exchange, udp_socket};
-use crate::resolve::Names;
+use crate::resolve::{LookupWaits, Names};
 use crate::wire::{Outcome, ProbeRequest, ProbeResult, Protocol, Target, parse_greeting};
 
 const PING: &[u8] = b"polygraph ping\n";
@@ -43,7 +43,12 @@ where
     let timeout = Duration::from_millis(request.timeout_ms.max(1));
     let started = Instant::now();
     // Held flows keep kernel-chosen ports; so do their lookups.
-    let names = Names::for_targets(&request.targets, request.nameserver, timeout, |_| None);
+    let names = Names::for_targets(
+        &request.targets,
+        request.nameserver,
+        LookupWaits::new(timeout, None),
+        |_| None,
+    );
     let opened = futures_util::future::join_all(
         request
             .targets
@@ -177,6 +182,7 @@ async fn check(flow: &mut Flow, target: &Target, timeout: Duration, batch: Insta
                     outcome: Outcome::Connected,
                     peer: None,
                     detail: Some("the connection still carries traffic".into()),
+                    attempts: 1,
                 },
                 Ok(other) => Finding::new(
                     Outcome::Error,
@@ -231,6 +237,7 @@ mod tests {
             ],
             udp_source_base: None,
             nameserver: None,
+            deadline_ms: None,
         };
         let (mut to_agent, agent_in) = tokio::io::duplex(4096);
         let output = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));

@@ -9,7 +9,7 @@ use socket2::Protocol as SockProtocol;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpStream, UdpSocket};
 
-use crate::resolve::Names;
+use crate::resolve::{LookupWaits, Names};
 use crate::sockets::{IPPROTO_SCTP, is_protocol_unavailable, stream_socket};
 use crate::wire::{
     Outcome, ProbeRequest, ProbeResult, Protocol, Target, parse_greeting, udp_source_port,
@@ -25,6 +25,7 @@ pub(crate) struct Finding {
     pub(crate) outcome: Outcome,
     pub(crate) peer: Option<String>,
     pub(crate) detail: Option<String>,
+    pub(crate) attempts: u32,
 }
 
 impl Finding {
@@ -39,6 +40,7 @@ impl Finding {
             elapsed_ms: millis(started.elapsed()),
             peer: self.peer,
             detail: self.detail,
+            attempts: (self.attempts > 1).then_some(self.attempts),
         }
     }
 
@@ -47,14 +49,52 @@ impl Finding {
             outcome,
             peer: None,
             detail: Some(detail.into()),
+            attempts: 1,
         }
+    }
+
+    fn attempts(mut self, attempts: u32) -> Self {
+        self.attempts = attempts;
+        self
+    }
+
+    /// The finding of a lookup of `attempts` queries: a confirmation only where a deadline set
+    /// them (three within the whole timeout are one attempt, as UDP re-sends are).
+    pub(crate) fn with_attempts(self, attempts: u32) -> Self {
+        self.attempts(if attempts == 2 { 2 } else { 1 })
+    }
+}
+
+/// How long probes wait: `silent` is the wait before a silent target gets its confirming
+/// attempt (`ProbeRequest::deadline_ms`), when it is below `timeout`, the upper bound of
+/// everything.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Waits {
+    pub(crate) timeout: Duration,
+    pub(crate) silent: Option<Duration>,
+}
+
+impl Waits {
+    pub(crate) fn of(request: &ProbeRequest) -> Waits {
+        let timeout = Duration::from_millis(request.timeout_ms.max(1));
+        let silent = request
+            .deadline_ms
+            .map(|ms| Duration::from_millis(ms.max(1)))
+            .filter(|d| *d * 2 < timeout);
+        Waits { timeout, silent }
+    }
+
+    /// How long a silent target is waited for in all.
+    fn total(self) -> Duration {
+        self.silent.map_or(self.timeout, |d| d * 2)
     }
 }
 
 /// Probes every target; results come back in request order.
 pub async fn run(request: &ProbeRequest) -> Vec<ProbeResult> {
     let batch_start = Instant::now();
-    let timeout = Duration::from_millis(request.timeout_ms.max(1));
+    let waits = Waits::of(request);
+    let timeout = waits.timeout;
     // Names query from the ports after the UDP probes' own (see `resolve`).
     let udp_targets = request
         .targets
@@ -64,7 +104,7 @@ pub async fn run(request: &ProbeRequest) -> Vec<ProbeResult> {
     let names = std::sync::Arc::new(Names::for_targets(
         &request.targets,
         request.nameserver,
-        timeout,
+        LookupWaits::new(timeout, waits.silent),
         |k| {
             let nth = u32::try_from(udp_targets + k).ok()?;
             Some(udp_source_port(request.udp_source_base?, nth))
@@ -84,7 +124,7 @@ pub async fn run(request: &ProbeRequest) -> Vec<ProbeResult> {
         tasks.spawn(async move {
             (
                 index,
-                probe_one(&names, target, timeout, batch_start, source_port).await,
+                probe_one(&names, target, waits, batch_start, source_port).await,
             )
         });
     }
@@ -101,7 +141,7 @@ pub async fn run(request: &ProbeRequest) -> Vec<ProbeResult> {
 async fn probe_one(
     names: &Names,
     target: Target,
-    timeout: Duration,
+    waits: Waits,
     batch_start: Instant,
     source_port: Option<u16>,
 ) -> ProbeResult {
@@ -109,9 +149,9 @@ async fn probe_one(
     let finding = match names.resolve(&target).await {
         Err(finding) => finding,
         Ok(addr) => match target.protocol {
-            Protocol::Tcp => tcp(addr, timeout).await,
-            Protocol::Udp => udp(addr, timeout, source_port).await,
-            Protocol::Sctp => sctp(addr, timeout).await,
+            Protocol::Tcp => tcp(addr, waits).await,
+            Protocol::Udp => udp(addr, waits, source_port).await,
+            Protocol::Sctp => sctp(addr, waits.total()).await,
         },
     };
     finding.result(&target, started, batch_start)
@@ -149,15 +189,65 @@ pub(crate) fn connected(greeting: Option<String>) -> Finding {
         outcome: Outcome::Connected,
         peer: greeting,
         detail,
+        attempts: 1,
     }
 }
 
-async fn tcp(addr: SocketAddr, timeout: Duration) -> Finding {
+/// A connection to `addr`: with `waits.silent`, a second SYN from a new port races the first once
+/// the first has been silent that long, and both are given as long again; without, one SYN and the
+/// whole timeout. The silence of two independent attempts is what makes a drop a drop: one lost
+/// packet cannot turn an allowed cell into a blocked one.
+async fn connect(addr: SocketAddr, waits: Waits) -> (Result<TcpStream, Finding>, u32) {
+    let Some(silent) = waits.silent else {
+        return match tokio::time::timeout(waits.timeout, TcpStream::connect(addr)).await {
+            Err(_) => (Err(Finding::new(Outcome::Timeout, "no answer to SYN")), 1),
+            Ok(Err(e)) => (Err(classify(&e)), 1),
+            Ok(Ok(stream)) => (Ok(stream), 1),
+        };
+    };
+    let first = TcpStream::connect(addr);
+    tokio::pin!(first);
+    let answered = tokio::select! {
+        r = &mut first => Some(r),
+        _ = tokio::time::sleep(silent) => None,
+    };
+    let result = match answered {
+        Some(r) => return (r.map_err(|e| classify(&e)), 1),
+        None => {
+            let second = TcpStream::connect(addr);
+            tokio::pin!(second);
+            tokio::time::timeout(silent, async {
+                tokio::select! {
+                    r = &mut first => r,
+                    r = &mut second => r,
+                }
+            })
+            .await
+        }
+    };
+    match result {
+        Err(_) => (
+            Err(Finding::new(
+                Outcome::Timeout,
+                format!(
+                    "no answer to two SYNs from different ports within {} ms",
+                    (silent * 2).as_millis()
+                ),
+            )),
+            2,
+        ),
+        Ok(Err(e)) => (Err(classify(&e)), 2),
+        Ok(Ok(stream)) => (Ok(stream), 2),
+    }
+}
+
+async fn tcp(addr: SocketAddr, waits: Waits) -> Finding {
     let start = Instant::now();
-    let mut stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-        Err(_) => return Finding::new(Outcome::Timeout, "no answer to SYN"),
-        Ok(Err(e)) => return classify(&e),
-        Ok(Ok(stream)) => stream,
+    let timeout = waits.timeout;
+    let (connected_stream, attempts) = connect(addr, waits).await;
+    let mut stream = match connected_stream {
+        Err(finding) => return finding.attempts(attempts),
+        Ok(stream) => stream,
     };
     let remaining = timeout
         .saturating_sub(start.elapsed())
@@ -174,7 +264,7 @@ async fn tcp(addr: SocketAddr, timeout: Duration) -> Finding {
     })
     .await;
     let _ = read;
-    connected(parse_greeting(&buf))
+    connected(parse_greeting(&buf)).attempts(attempts)
 }
 
 /// A UDP socket connected to `addr`, bound to `source_port` when given and free (otherwise to one
@@ -204,34 +294,59 @@ pub(crate) async fn udp_socket(
 
 /// Sends `payload` (again every `UDP_RESEND`) until a reply arrives or `timeout` passes.
 pub(crate) async fn udp_exchange(socket: &UdpSocket, payload: &[u8], timeout: Duration) -> Finding {
+    // Re-sending is how UDP survives a lost datagram, not a confirmation: one attempt.
+    udp_exchange_every(socket, payload, timeout, UDP_RESEND)
+        .await
+        .attempts(1)
+}
+
+/// Sends `payload`, and again every `every`, until a reply arrives or `timeout` passes; the finding
+/// counts the datagrams sent.
+async fn udp_exchange_every(
+    socket: &UdpSocket,
+    payload: &[u8],
+    timeout: Duration,
+    every: Duration,
+) -> Finding {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut buf = [0u8; GREETING_MAX];
-    let mut resend = tokio::time::interval(UDP_RESEND);
+    let mut resend = tokio::time::interval(every);
+    let mut sent = 0;
     loop {
         tokio::select! {
             _ = tokio::time::sleep_until(deadline) => {
-                return Finding::new(Outcome::Timeout, "no reply to datagrams");
+                return Finding::new(Outcome::Timeout, format!("no reply to {sent} datagrams"))
+                    .attempts(sent);
             }
             _ = resend.tick() => {
+                sent += 1;
                 if let Err(e) = socket.send(payload).await {
                     return classify(&e);
                 }
             }
             received = socket.recv(&mut buf) => {
-                return match received {
+                let finding = match received {
                     // An ICMP port unreachable arrives as ECONNREFUSED on a connected socket.
                     Err(e) => classify(&e),
                     Ok(n) => connected(parse_greeting(&buf[..n])),
                 };
+                return finding.attempts(sent);
             }
         }
     }
 }
 
-async fn udp(addr: SocketAddr, timeout: Duration, source_port: Option<u16>) -> Finding {
-    match udp_socket(addr, source_port).await {
-        Ok(socket) => udp_exchange(&socket, b"polygraph probe\n", timeout).await,
-        Err(finding) => finding,
+/// A UDP exchange: with `waits.silent`, the datagram is sent again once it has gone unanswered
+/// that long (the confirming attempt, on the same flow), and both are given as long again.
+async fn udp(addr: SocketAddr, waits: Waits, source_port: Option<u16>) -> Finding {
+    let socket = match udp_socket(addr, source_port).await {
+        Ok(socket) => socket,
+        Err(finding) => return finding,
+    };
+    let payload = b"polygraph probe\n";
+    match waits.silent {
+        Some(silent) => udp_exchange_every(&socket, payload, silent * 2, silent).await,
+        None => udp_exchange(&socket, payload, waits.timeout).await,
     }
 }
 
@@ -265,4 +380,70 @@ async fn sctp(addr: SocketAddr, timeout: Duration) -> Finding {
     attempt
         .await
         .unwrap_or_else(|e| Finding::new(Outcome::Error, format!("SCTP probe failed: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::greeting;
+    use tokio::io::AsyncWriteExt;
+
+    fn request(targets: Vec<Target>, deadline_ms: Option<u64>) -> ProbeRequest {
+        ProbeRequest {
+            timeout_ms: 5000,
+            targets,
+            udp_source_base: None,
+            nameserver: None,
+            deadline_ms,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_silent_target_is_confirmed_by_a_second_attempt_well_before_the_timeout() {
+        // Datagrams to a socket that never reads: no reply, no ICMP, as under a drop.
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let silent_port = silent.local_addr().unwrap().port();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let open_port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let _ = stream.write_all(greeting("x/a").as_bytes()).await;
+            }
+        });
+        let targets = vec![
+            Target::new("127.0.0.1", silent_port, Protocol::Udp),
+            Target::new("127.0.0.1", open_port, Protocol::Tcp),
+        ];
+        let started = Instant::now();
+        let results = run(&request(targets.clone(), Some(100))).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(results[0].outcome, Outcome::Timeout);
+        assert_eq!(results[0].attempts, Some(2), "silence confirmed");
+        assert!(results[0].elapsed_ms >= 190.0, "{}", results[0].elapsed_ms);
+        assert_eq!(results[1].outcome, Outcome::Connected);
+        assert_eq!(results[1].peer.as_deref(), Some("x/a"));
+        assert_eq!(results[1].attempts, None, "answered at once");
+
+        // Without a deadline: one attempt, the whole timeout (here cut short to keep the test
+        // quick).
+        let mut fixed = request(targets[..1].to_vec(), None);
+        fixed.timeout_ms = 400;
+        let results = run(&fixed).await;
+        assert_eq!(results[0].outcome, Outcome::Timeout);
+        assert_eq!(results[0].attempts, None);
+        assert!(results[0].elapsed_ms >= 390.0, "{}", results[0].elapsed_ms);
+        drop(silent);
+    }
+
+    #[test]
+    fn a_deadline_at_half_the_timeout_or_more_is_no_deadline() {
+        let mut r = request(Vec::new(), Some(2500));
+        assert_eq!(Waits::of(&r).silent, None);
+        r.deadline_ms = Some(2499);
+        assert_eq!(Waits::of(&r).silent, Some(Duration::from_millis(2499)));
+    }
 }

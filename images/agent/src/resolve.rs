@@ -23,16 +23,42 @@ use hickory_resolver::proto::rr::{RData, RecordType};
 use crate::probe::Finding;
 use crate::wire::{AddressFamily, Outcome, Target};
 
-/// Tries per lookup: one lost datagram must not read as "DNS egress blocked".
+/// Tries per lookup within the timeout: one lost datagram must not read as "DNS egress blocked".
 const ATTEMPTS: u32 = 3;
+
+/// How long lookups wait: `per_attempt` for each of `attempts` queries, `total` in all.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LookupWaits {
+    pub(crate) per_attempt: Duration,
+    pub(crate) attempts: u32,
+    pub(crate) total: Duration,
+}
+
+impl LookupWaits {
+    /// Within `timeout`: three attempts sharing it. With a `silent` deadline (see
+    /// `probe::Waits`): a query, and a confirming one after the deadline, as probes do.
+    pub(crate) fn new(timeout: Duration, silent: Option<Duration>) -> LookupWaits {
+        match silent {
+            Some(deadline) => LookupWaits {
+                per_attempt: deadline,
+                attempts: 2,
+                total: deadline * 2,
+            },
+            None => LookupWaits {
+                per_attempt: (timeout / ATTEMPTS).max(Duration::from_millis(50)),
+                attempts: ATTEMPTS,
+                total: timeout,
+            },
+        }
+    }
+}
 
 type Name = (String, Option<AddressFamily>);
 
 /// One batch's resolvers: one per distinct name (and family) among its targets.
 pub(crate) struct Names {
     resolvers: Vec<(Name, Result<TokioResolver, String>)>,
-    /// A lookup never takes longer than the probe's timeout.
-    timeout: Duration,
+    waits: LookupWaits,
 }
 
 /// The distinct names among `targets`, in request order: what `Names` looks up, and how many
@@ -55,7 +81,7 @@ impl Names {
     pub(crate) fn for_targets(
         targets: &[Target],
         nameserver: Option<SocketAddr>,
-        timeout: Duration,
+        waits: LookupWaits,
         source_port: impl Fn(usize) -> Option<u16>,
     ) -> Names {
         let names = distinct_names(targets);
@@ -70,11 +96,11 @@ impl Names {
             .map(|(k, name)| {
                 let resolver = config
                     .clone()
-                    .and_then(|(config, options)| build(config, options, timeout, source_port(k)));
+                    .and_then(|(config, options)| build(config, options, waits, source_port(k)));
                 (name, resolver)
             })
             .collect();
-        Names { resolvers, timeout }
+        Names { resolvers, waits }
     }
 
     /// Where `target` goes: its address as given, or its name's first address in the target's
@@ -100,7 +126,7 @@ impl Names {
         let mut last = String::new();
         for &kind in kinds {
             let lookup = resolver.lookup(target.host.as_str(), kind);
-            match tokio::time::timeout(self.timeout, lookup).await {
+            match tokio::time::timeout(self.waits.total, lookup).await {
                 Err(_) => last = format!("resolving {} ({kind}) timed out", target.host),
                 Ok(Err(e)) => last = format!("resolving {} ({kind}): {e}", target.host),
                 Ok(Ok(lookup)) => {
@@ -116,7 +142,7 @@ impl Names {
                 }
             }
         }
-        Err(Finding::new(Outcome::DnsFailed, last))
+        Err(Finding::new(Outcome::DnsFailed, last).with_attempts(self.waits.attempts))
     }
 }
 
@@ -144,7 +170,7 @@ fn config(nameserver: Option<SocketAddr>) -> Result<(ResolverConfig, ResolverOpt
 fn build(
     config: ResolverConfig,
     mut options: ResolverOpts,
-    timeout: Duration,
+    waits: LookupWaits,
     source_port: Option<u16>,
 ) -> Result<TokioResolver, String> {
     let (domain, search, mut servers) = config.into_parts();
@@ -163,8 +189,8 @@ fn build(
         }
     }
     let config = ResolverConfig::from_parts(domain, search, servers);
-    options.timeout = (timeout / ATTEMPTS).max(Duration::from_millis(50));
-    options.attempts = ATTEMPTS as usize;
+    options.timeout = waits.per_attempt;
+    options.attempts = waits.attempts as usize;
     // The cluster's DNS decides, not the node's hosts file.
     options.use_hosts_file = ResolveHosts::Never;
     TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())

@@ -96,6 +96,13 @@ pub struct ProbeRequest {
     /// absent, the agent uses the pod's own resolv.conf, as any workload in it would.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nameserver: Option<std::net::SocketAddr>,
+    /// How long a silent target is waited for before a second, independent attempt confirms the
+    /// silence (a new SYN from a new port; the datagram again): a target silent to both within
+    /// this twice over is `timeout`. Derived by the runner from the answers it has seen, so a drop
+    /// costs two round trips' worth of margin, not the whole timeout. Absent, or not below the
+    /// timeout: one attempt, waited for the whole timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<u64>,
 }
 
 /// UDP probes bind source ports from this range, below Linux's ephemeral range (32768 and up), so
@@ -215,6 +222,10 @@ pub struct ProbeResult {
     pub peer: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// How many attempts the verdict took, when more than one: 2 for a silent target whose
+    /// silence a second attempt confirmed (or that answered only the second).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
 }
 
 /// The first bytes a server sends (TCP, SCTP) or echoes (UDP): `polygraph <identity>\n`.

@@ -202,9 +202,9 @@ impl Backend for Recorder {
         &self,
         from: &PodRef,
         targets: &[Target],
-        timeout: Duration,
+        timing: crate::backend::ProbeTiming,
     ) -> Result<Vec<ProbeResult>, BackendError> {
-        self.sim.probe(from, targets, timeout).await
+        self.sim.probe(from, targets, timing).await
     }
 
     async fn hold(

@@ -38,7 +38,7 @@ use self::connection::{await_deletion, call, delete_namespace};
 use self::gc::Heartbeat;
 use self::manifests::{BASE_NAME_LABEL, KubeOptions, OWNER, OWNER_LABEL, RUN_LABEL, RunNames};
 use self::placement::Spread;
-use crate::backend::{Backend, BackendError, Held, UdpSourcePorts, probe_request};
+use crate::backend::{Backend, BackendError, Held, ProbeTiming, UdpSourcePorts, probe_request};
 use crate::model::{Labels, NAMESPACE_NAME_LABEL, Namespace, Pod, PodRef};
 use crate::policy::Policy;
 use crate::policy::{ClusterKind, ClusterPolicy};
@@ -773,11 +773,11 @@ impl Backend for KubeBackend {
         &self,
         from: &PodRef,
         targets: &[Target],
-        timeout: Duration,
+        timing: ProbeTiming,
     ) -> Result<Vec<ProbeResult>, BackendError> {
         let request = probe_request(
             targets,
-            timeout,
+            timing,
             Some(self.udp_ports.next(from, targets)),
             None,
         );
@@ -786,7 +786,7 @@ impl Backend for KubeBackend {
             from,
             &request,
             targets.len(),
-            timeout + self.exec_slack,
+            timing.timeout + self.exec_slack,
         )
         .await
     }

@@ -30,7 +30,7 @@ use agent::Agent;
 use host::Names;
 use programmer::Programmer;
 
-use super::{Backend, BackendError, Held, UdpSourcePorts, probe_request};
+use super::{Backend, BackendError, Held, ProbeTiming, UdpSourcePorts, probe_request};
 use crate::faults::Fault;
 use crate::model::{
     Cluster, ClusterDescription, ClusterDns, ContainerPort, Family, IpFamilies, Labels,
@@ -850,12 +850,12 @@ impl Backend for LocalBackend {
         &self,
         from: &PodRef,
         targets: &[Target],
-        timeout: Duration,
+        timing: ProbeTiming,
     ) -> Result<Vec<ProbeResult>, BackendError> {
         let netns = self.netns_of(from)?;
         let request = probe_request(
             targets,
-            timeout,
+            timing,
             Some(self.udp_ports.next(from, targets)),
             self.nameserver(),
         );
@@ -865,7 +865,7 @@ impl Backend for LocalBackend {
             from,
             &request,
             targets.len(),
-            timeout,
+            timing.timeout,
         )
         .await
     }

@@ -385,6 +385,7 @@ impl Judge<'_> {
                     elapsed_ms: timeout.as_secs_f64() * 1e3,
                     peer: None,
                     detail: Some(detail),
+                    attempts: None,
                 },
             };
         }
@@ -425,6 +426,7 @@ impl Judge<'_> {
             elapsed_ms,
             peer: peer.map(|p| p.to_string()),
             detail: None,
+            attempts: None,
         }
     }
 

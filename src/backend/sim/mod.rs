@@ -19,7 +19,7 @@ use std::time::Duration;
 use polygraph_agent::wire::{ProbeResult, Target};
 use tokio::time::Instant;
 
-use super::{Backend, BackendError, Held};
+use super::{Backend, BackendError, Held, ProbeTiming};
 use crate::faults::{Fault, Faults};
 use std::net::IpAddr;
 
@@ -230,7 +230,7 @@ impl Backend for SimBackend {
         &self,
         from: &PodRef,
         targets: &[Target],
-        timeout: Duration,
+        timing: ProbeTiming,
     ) -> Result<Vec<ProbeResult>, BackendError> {
         let mut dataplane = self.dataplane();
         let outside = dataplane
@@ -246,7 +246,16 @@ impl Backend for SimBackend {
         let judge = dataplane.judge(Instant::now());
         Ok(targets
             .iter()
-            .map(|target| judge.probe(from, target, timeout))
+            .map(|target| {
+                let mut result = judge.probe(from, target, timing.silent_wait());
+                // A silent target's silence is confirmed by a second attempt, as the agent does.
+                if result.outcome == polygraph_agent::wire::Outcome::Timeout
+                    && timing.effective_deadline().is_some()
+                {
+                    result.attempts = Some(2);
+                }
+                result
+            })
             .collect())
     }
 
