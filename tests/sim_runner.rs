@@ -393,3 +393,32 @@ steps:
     assert_eq!(step.status(), Status::Failed);
     assert!(!wrong.passed());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_soak_counts_every_departure_from_a_clean_pass_and_nothing_else() {
+    use polygraph::run::soak::departures;
+    let clean = run(&[], &[], &options()).await;
+    assert!(clean.passed());
+    assert_eq!(
+        departures(&clean),
+        Vec::new(),
+        "a correct dataplane departs nowhere"
+    );
+    // A policy fault: failing cells, each named with its step and what was seen.
+    let broken = run(&["egress-ignored"], &["deny-all-egress"], &options()).await;
+    let found = departures(&broken);
+    assert!(!found.is_empty());
+    let line = found[0].to_string();
+    assert!(
+        line.starts_with("deny-all-egress › ") && line.contains("Fail, last seen connected"),
+        "{line}"
+    );
+    // Late cells fail no run, but a soak counts them: 2 s of lag make the denies late.
+    let lagging = run(&["delay=2s"], &["deny-all-egress"], &options()).await;
+    assert!(lagging.passed(), "late cells alone pass a run");
+    assert!(
+        departures(&lagging).iter().any(|d| d.what.contains("Late")),
+        "{:?}",
+        departures(&lagging)
+    );
+}

@@ -27,19 +27,13 @@ pub struct Cursors {
 }
 
 impl UdpSourcePorts {
-    /// The base for a batch of `targets` from `from`, advancing the pod's cursor past it.
-    pub fn next(&self, from: &PodRef, targets: &[Target]) -> u32 {
-        // UDP probes, then one lookup per distinct name, each from its own port.
-        let udp = targets
-            .iter()
-            .filter(|t| t.protocol == polygraph_agent::wire::Protocol::Udp)
-            .count()
-            + polygraph_agent::resolve::distinct_names(targets).len();
+    /// The base for a batch of `count` ports from `from`, advancing the pod's cursor past it.
+    pub fn next(&self, from: &PodRef, count: u32) -> u32 {
         let mut cursors = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let furthest = cursors.furthest;
         let cursor = cursors.by_pod.entry(from.clone()).or_insert(furthest);
         let base = *cursor;
-        *cursor = cursor.wrapping_add(u32::try_from(udp).unwrap_or(u32::MAX));
+        *cursor = cursor.wrapping_add(count);
         let advanced = *cursor;
         // Ahead of `furthest` by less than half the range: the cursor has got further.
         if advanced.wrapping_sub(furthest) < u32::MAX / 2 {
@@ -49,21 +43,30 @@ impl UdpSourcePorts {
     }
 }
 
-/// The agent's probe request for a batch, as one JSON line (the agent needs no stdin EOF).
+/// The agent's probe request for a batch from `from`, as one JSON line (the agent needs no stdin
+/// EOF), with its block of UDP source ports taken from the pod's cursor in `ports` (as many as the
+/// agent will use: `polygraph_agent::probe::source_ports_needed`); without, the kernel picks.
 pub fn probe_request(
     targets: &[Target],
     timing: super::ProbeTiming,
-    udp_source_base: Option<u32>,
+    ports: Option<(&UdpSourcePorts, &PodRef)>,
     nameserver: Option<std::net::SocketAddr>,
 ) -> String {
     let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-    let request = polygraph_agent::wire::ProbeRequest {
+    let mut request = polygraph_agent::wire::ProbeRequest {
         timeout_ms: millis(timing.timeout),
         targets: targets.to_vec(),
-        udp_source_base,
+        udp_source_base: None,
         nameserver,
         deadline_ms: timing.effective_deadline().map(millis),
+        // The agent's own default is 2: sent only where the runner asks for more.
+        attempts: (timing.effective_deadline().is_some() && timing.attempts > 2)
+            .then_some(timing.attempts),
     };
+    if let Some((ports, from)) = ports {
+        let needed = polygraph_agent::probe::source_ports_needed(&request);
+        request.udp_source_base = Some(ports.next(from, needed));
+    }
     // Plain data of strings and numbers: serialization cannot fail.
     serde_json::to_string(&request).unwrap_or_default()
 }
@@ -187,6 +190,7 @@ fn held_io(from: &PodRef, e: std::io::Error) -> BackendError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::ProbeTiming;
     use polygraph_agent::wire::Protocol;
 
     fn pod(name: &str) -> PodRef {
@@ -202,11 +206,29 @@ mod tests {
             Target::new("b.x.svc.cluster.local.", 80, Protocol::Tcp),
             Target::new("b.x.svc.cluster.local.", 80, Protocol::Udp),
         ];
-        assert_eq!(ports.next(&pod("x/a"), &batch), 0);
-        // One UDP probe, two UDP probes by name (one name): three ports.
-        assert_eq!(ports.next(&pod("x/a"), &batch), 3);
-        assert_eq!(ports.next(&pod("x/a"), &batch[1..2]), 6);
-        assert_eq!(ports.next(&pod("x/a"), &batch), 6);
+        let x_a = pod("x/a");
+        let base = |targets: &[Target], timing: ProbeTiming| -> Option<u32> {
+            let line = probe_request(targets, timing, Some((&ports, &x_a)), None);
+            serde_json::from_str::<polygraph_agent::wire::ProbeRequest>(&line)
+                .expect("a request")
+                .udp_source_base
+        };
+        let fixed = ProbeTiming::from(Duration::from_secs(1));
+        assert_eq!(base(&batch, fixed), Some(0));
+        // One UDP probe, two UDP probes by name, one name whose queries follow each other:
+        // three ports.
+        assert_eq!(base(&batch, fixed), Some(3));
+        assert_eq!(base(&batch[1..2], fixed), Some(6));
+        assert_eq!(base(&batch, fixed), Some(6));
+        // With a deadline and 16 attempts, the name's attempts go together, each from its own
+        // port: 2 + 16.
+        let lossy = ProbeTiming {
+            timeout: Duration::from_secs(1),
+            deadline: Some(Duration::from_millis(100)),
+            attempts: 16,
+        };
+        assert_eq!(base(&batch, lossy), Some(9));
+        assert_eq!(base(&batch, lossy), Some(27));
     }
 
     #[test]
@@ -214,15 +236,16 @@ mod tests {
         // x/a may get the address of y/a, deleted a moment ago: y/a's ports must not repeat.
         let ports = UdpSourcePorts::default();
         let udp = [Target::new("10.0.0.1", 80, Protocol::Udp); 1];
+        let count = udp.len() as u32;
         for _ in 0..5 {
-            ports.next(&pod("y/a"), &udp);
+            ports.next(&pod("y/a"), count);
         }
-        assert_eq!(ports.next(&pod("x/a"), &udp), 5);
+        assert_eq!(ports.next(&pod("x/a"), count), 5);
         assert_eq!(
-            ports.next(&pod("y/a"), &udp),
+            ports.next(&pod("y/a"), count),
             5,
             "an old pod keeps its own cursor"
         );
-        assert_eq!(ports.next(&pod("z/a"), &udp), 6);
+        assert_eq!(ports.next(&pod("z/a"), count), 6);
     }
 }

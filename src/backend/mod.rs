@@ -93,6 +93,9 @@ impl BackendError {
 pub struct ProbeTiming {
     pub timeout: Duration,
     pub deadline: Option<Duration>,
+    /// With a deadline, the attempts a silent target gets in all (at least 2): more where the
+    /// network loses packets (`run::Deadlines`).
+    pub attempts: u32,
 }
 
 impl ProbeTiming {
@@ -116,6 +119,7 @@ impl From<Duration> for ProbeTiming {
         ProbeTiming {
             timeout,
             deadline: None,
+            attempts: 2,
         }
     }
 }

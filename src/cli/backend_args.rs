@@ -188,7 +188,7 @@ impl BackendArgs {
 
     pub fn faults(&self) -> Result<Faults, CliError> {
         let faults = Faults::parse(&self.inject).map_err(|e| CliError::Usage(error_line(&e)))?;
-        if !faults.is_empty()
+        if faults.breaks_policies()
             && self.dataplane == Dataplane::None
             && self.kind() == BackendKind::Local
         {
@@ -206,6 +206,12 @@ impl BackendArgs {
         if self.ip_family.is_some() && (self.kind() == BackendKind::Kube || self.dry_run) {
             return Err(CliError::Usage(
                 "--ip-family sets the local and simulated clusters' families; on Kubernetes the cluster decides (a dual-stack cluster is probed on both)"
+                    .into(),
+            ));
+        }
+        if faults.loss_permille > 0 && (self.kind() != BackendKind::Local || self.dry_run) {
+            return Err(CliError::Usage(
+                "--inject loss=P% drops real packets on the local cluster's links; the simulation has none and a Kubernetes cluster is not polygraph's to degrade"
                     .into(),
             ));
         }

@@ -30,6 +30,10 @@ pub enum BenchCommand {
     /// Kubernetes (`--backend kube`), in polygraph's design and, with `--design exec-per-probe`,
     /// one probe per cell as the tools before it do.
     Probe(Box<ProbeBenchArgs>),
+    /// Run the library (or the scenarios named) again and again, each run on a fresh cluster, and
+    /// count the false verdicts per run: on polygraph's own dataplane every verdict must be a
+    /// pass. `--inject loss=10%` makes every link drop a tenth of its packets.
+    Soak(Box<super::soak::SoakArgs>),
 }
 
 #[derive(Debug, Args)]
@@ -124,6 +128,7 @@ pub fn run(command: BenchCommand) -> Result<ExitCode, CliError> {
     match command {
         BenchCommand::Oracle(args) => oracle(args),
         BenchCommand::Probe(args) => probe(*args),
+        BenchCommand::Soak(args) => super::soak::soak(*args),
     }
 }
 
@@ -175,16 +180,17 @@ fn probe(args: ProbeBenchArgs) -> Result<ExitCode, CliError> {
         // so the timed ones are the steady state.
         let mut deadlines = Deadlines::new(args.timeout);
         for (i, &path) in paths.iter().enumerate() {
+            let timing = deadlines.timing();
             let observed = probe_matrix_with(
                 &*backend,
                 &expected[i].cluster,
                 expected[i].table.port_protocols(),
                 path,
-                deadlines.timing(),
+                timing,
                 Design::Batched.probe_design(workers),
             )
             .await?;
-            deadlines.learn(&observed);
+            deadlines.learn(&observed, timing);
         }
         let mut used: Vec<Option<Duration>> = vec![None; series.len()];
         // Alternating, so that any drift of the machine falls on every path and design alike.
@@ -208,7 +214,7 @@ fn probe(args: ProbeBenchArgs) -> Result<ExitCode, CliError> {
                 .await?;
                 rounds[s].push(round.elapsed());
                 if design == Design::Batched {
-                    deadlines.learn(&observed);
+                    deadlines.learn(&observed, timing);
                 }
                 // Both designs must see the same thing: a design that misses is no faster.
                 let summary = polygraph::report::probe::summarize(&expected[i], &observed);

@@ -27,6 +27,7 @@ pub mod run;
 mod scenarios;
 mod session;
 mod smoke;
+mod soak;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;

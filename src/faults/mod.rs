@@ -102,6 +102,12 @@ pub const CATALOGUE: &[FaultInfo] = &[
         imitates: "every DUR the agent flushes and rebuilds its rules, enforcing nothing for half of DUR (a full resync): cells flap; `--stability` catches it",
     },
     FaultInfo {
+        name: "loss=P%",
+        fault: None,
+        features: &[],
+        imitates: "not a bug but a bad network: P% of packets are dropped on every link of the local cluster, each way (a pod-to-pod round trip crosses four); verdicts must not change",
+    },
+    FaultInfo {
         name: "ipblock-except-ignored",
         fault: Some(Fault::IpBlockExceptIgnored),
         features: &["ip-block"],
@@ -262,6 +268,10 @@ pub enum FaultError {
     },
     #[error("--inject {0:?}: takes no value")]
     TakesNoValue(String),
+    #[error(
+        "--inject {0:?}: loss needs a share of packets above 0% and at most 50%, e.g. loss=10%"
+    )]
+    Loss(String),
 }
 
 /// The faults of one run.
@@ -274,6 +284,9 @@ pub struct Faults {
     pub new_pod_unprotected: Duration,
     /// Every this long, rules vanish for half of it.
     pub resync_gap: Duration,
+    /// Packets dropped on every link, each way, in thousandths (0: none). Not a policy bug: the
+    /// condition under which verdicts must stay the same.
+    pub loss_permille: u16,
 }
 
 impl Faults {
@@ -297,6 +310,7 @@ impl Faults {
                 "delay" => faults.delay = duration(value)?,
                 "new-pod-unprotected" => faults.new_pod_unprotected = duration(value)?,
                 "resync-gap" => faults.resync_gap = duration(value)?,
+                "loss" => faults.loss_permille = loss(spec, value)?,
                 _ => {
                     let info = CATALOGUE
                         .iter()
@@ -314,6 +328,14 @@ impl Faults {
 
     pub fn is_empty(&self) -> bool {
         *self == Faults::default()
+    }
+
+    /// Whether anything but packet loss is injected: something the verdicts must catch.
+    pub fn breaks_policies(&self) -> bool {
+        Faults {
+            loss_permille: 0,
+            ..self.clone()
+        } != Faults::default()
     }
 
     pub fn has(&self, fault: Fault) -> bool {
@@ -466,6 +488,20 @@ impl Faults {
     }
 }
 
+/// `loss=P%`: a share above 0 and at most 50% (beyond that no probe design tells a drop from the
+/// network), to a tenth of a percent.
+fn loss(spec: &str, value: Option<&str>) -> Result<u16, FaultError> {
+    let bad = || FaultError::Loss(spec.to_string());
+    let percent: f64 = value
+        .and_then(|v| v.trim().strip_suffix('%'))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(bad)?;
+    if !(percent > 0.0 && percent <= 50.0) {
+        return Err(bad());
+    }
+    Ok((percent * 10.0).round().max(1.0) as u16)
+}
+
 fn with_protocol(port: &PortMatch, protocol: Protocol) -> PortMatch {
     match port.clone() {
         PortMatch::AllPorts { .. } => PortMatch::AllPorts { protocol },
@@ -499,6 +535,9 @@ impl fmt::Display for Faults {
                 "resync-gap={}",
                 humantime::format_duration(self.resync_gap)
             ));
+        }
+        if self.loss_permille > 0 {
+            names.push(format!("loss={}%", f64::from(self.loss_permille) / 10.0));
         }
         f.write_str(&names.join(","))
     }
@@ -537,9 +576,26 @@ mod tests {
             f.to_string(),
             "stateless,delay=2s,new-pod-unprotected=500ms"
         );
-        for bad in ["nonsense", "delay", "delay=soon", "stateless=1s"] {
+        for bad in [
+            "nonsense",
+            "delay",
+            "delay=soon",
+            "stateless=1s",
+            "loss",
+            "loss=10",
+            "loss=0%",
+            "loss=51%",
+            "loss=-1%",
+            "loss=NaN%",
+        ] {
             assert!(Faults::parse(&[bad]).is_err(), "{bad} accepted");
         }
+        let lossy = Faults::parse(&["loss=10%"]).unwrap();
+        assert_eq!(lossy.loss_permille, 100);
+        assert!(!lossy.is_empty() && !lossy.breaks_policies() && !lossy.lags());
+        assert_eq!(lossy.to_string(), "loss=10%");
+        assert_eq!(Faults::parse(&["loss=0.5%"]).unwrap().loss_permille, 5);
+        assert!(f.breaks_policies());
         assert!(Faults::parse::<&str>(&[]).unwrap().is_empty());
         assert!(CATALOGUE.len() >= 12);
     }

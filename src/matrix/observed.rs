@@ -14,9 +14,12 @@ pub struct Observation {
     pub elapsed_ms: f64,
     pub peer: Option<String>,
     pub detail: Option<String>,
-    /// Attempts the verdict took: 2 for a silent target whose silence a second, independent
-    /// attempt confirmed (`run::Deadlines`).
+    /// Attempts the verdict took: 2 or more for a silent target whose silence further,
+    /// independent attempts confirmed (`run::Deadlines`), or for an answer that only a later
+    /// attempt got.
     pub attempts: u32,
+    /// For an answer: how long the attempt that got it took (the agent's `answer_ms`).
+    pub answer_ms: Option<f64>,
 }
 
 /// Observations for the cells that were probed. A cell is not probed when its destination serves
@@ -133,7 +136,7 @@ impl ObservedTable {
             .filter_map(|(k, cell, o)| o.as_ref().map(|o| (k, cell, o)))
     }
 
-    /// How many probes of the round needed a confirming attempt.
+    /// How many probes of the round needed confirming attempts.
     pub fn confirmations(&self) -> usize {
         self.observations()
             .filter(|(_, _, o)| o.attempts > 1)
@@ -217,6 +220,7 @@ mod tests {
             peer: peer.map(str::to_string),
             detail: None,
             attempts: 1,
+            answer_ms: None,
         }
     }
 

@@ -108,8 +108,11 @@ pub struct StepJson {
     /// The longest a silent probe was waited for before its confirming attempt (a drop was then
     /// judged after twice this); null when every probe waited the whole probe timeout.
     pub deadline_ms: Option<f64>,
-    /// Probes whose silence a second, independent attempt confirmed, over the step's rounds.
+    /// Probes whose silence further, independent attempts confirmed, over the step's rounds.
     pub confirmations: usize,
+    /// The most attempts a silent probe got (2 unless the network lost packets; 0: the whole
+    /// timeout, one attempt).
+    pub attempts: u32,
     pub error: Option<String>,
     pub counts: CountsJson,
     pub timing: StepTiming,
@@ -254,6 +257,7 @@ pub fn report(result: &RunResult, selection: CellSelection) -> RunJson {
                         rounds: step.rounds,
                         deadline_ms: step.deadline.map(ms),
                         confirmations: step.confirmations,
+                        attempts: step.attempts,
                         error: step.error.clone(),
                         counts,
                         timing: step.summary.clone(),

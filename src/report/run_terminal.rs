@@ -93,12 +93,18 @@ pub fn timing_line(step: &StepResult) -> String {
 }
 
 /// How a step's silent probes were judged, when not by the whole timeout: `silent after 2 × 100
-/// ms: 162 confirmed` (each confirmed by a second, independent attempt).
+/// ms: 162 confirmed` (each confirmed by a second, independent attempt), and with more attempts
+/// on a lossy network `silent after 2 × 100 ms, 16 attempts: 162 confirmed`.
 fn silence_note(step: &StepResult) -> String {
     match step.deadline {
         Some(deadline) => format!(
-            "; silent after 2 × {}: {} confirmed",
+            "; silent after 2 × {}{}: {} confirmed",
             ms(deadline.as_secs_f64() * 1e3),
+            if step.attempts > 2 {
+                format!(", {} attempts", step.attempts)
+            } else {
+                String::new()
+            },
             step.confirmations
         ),
         None => String::new(),

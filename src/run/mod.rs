@@ -14,6 +14,7 @@ pub mod paths;
 mod result;
 pub mod scenarios;
 pub mod smoke;
+pub mod soak;
 mod step;
 mod summary;
 pub mod timing;
@@ -177,6 +178,7 @@ pub async fn probe_matrix_with<B: Backend>(
                     peer: result.peer,
                     detail: result.detail,
                     attempts: result.attempts.unwrap_or(1),
+                    answer_ms: result.answer_ms,
                 },
             );
         }

@@ -102,8 +102,11 @@ pub struct StepResult {
     /// The longest a silent probe was waited for before its confirming attempt, in the step's
     /// rounds (`run::Deadlines`); `None`: every probe waited the whole timeout.
     pub deadline: Option<Duration>,
-    /// Probes whose silence a second, independent attempt confirmed, over the step's rounds.
+    /// Probes whose silence further, independent attempts confirmed, over the step's rounds.
     pub confirmations: usize,
+    /// The most attempts a silent probe got in the step's rounds (2 unless the network lost
+    /// packets; see `run::Deadlines`); 0 when every probe waited the whole timeout.
+    pub attempts: u32,
     /// What the spec says for this step, at the pods' real addresses: the yardstick of `verdicts`.
     pub expected: Analysis,
     /// Whether the backend accepted the step's action.

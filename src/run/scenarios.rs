@@ -57,28 +57,50 @@ async fn await_baseline<B: Backend>(
     let started = Instant::now();
     loop {
         let round_began = Instant::now();
+        let timing = deadlines.timing();
         let observed = probe_matrix(
             backend,
             &analysis.cluster,
             analysis.table.port_protocols(),
             path,
-            deadlines.timing(),
+            timing,
             options.parallelism,
         )
         .await
         .map_err(|e| e.to_string())?;
-        deadlines.learn(&observed);
-        let wrong = observed
+        deadlines.learn(&observed, timing);
+        let wrong: Vec<String> = observed
             .judged(&analysis.table)
             .filter(|(_, _, j, _)| *j == Judgement::Wrong)
-            .count();
-        if wrong == 0 {
+            .map(|(_, cell, _, observation)| {
+                let pods = analysis.table.pods();
+                let seen = observation.map_or("nothing".to_string(), |o| match &o.detail {
+                    Some(detail) => format!("{} ({detail})", o.outcome),
+                    None => o.outcome.to_string(),
+                });
+                format!(
+                    "{} → {} {}: {seen}",
+                    pods[cell.from], pods[cell.to], cell.port_protocol
+                )
+            })
+            .collect();
+        if wrong.is_empty() {
             return Ok(());
         }
         if started.elapsed() + options.probe_timeout > options.step_deadline {
+            // A few of the cells, so the line says what the dataplane did, not only how often.
+            const SHOWN: usize = 3;
+            let more = wrong.len().saturating_sub(SHOWN);
             return Err(format!(
-                "the cluster did not return to the scenario's initial state: {wrong} cells still differ after {:.1} s",
-                started.elapsed().as_secs_f64()
+                "the cluster did not return to the scenario's initial state: {} cells still differ after {:.1} s, e.g. {}{}",
+                wrong.len(),
+                started.elapsed().as_secs_f64(),
+                wrong[..wrong.len().min(SHOWN)].join("; "),
+                if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                }
             ));
         }
         tokio::time::sleep(options.poll_interval.saturating_sub(round_began.elapsed())).await;

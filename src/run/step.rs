@@ -126,6 +126,7 @@ fn blank(
         rounds: 0,
         deadline: None,
         confirmations: 0,
+        attempts: 0,
         applied: false,
         observed: None,
         changes,
@@ -171,10 +172,13 @@ async fn probe_until_settled<B: Backend>(
                 break;
             }
         };
-        deadlines.learn(&observed);
+        deadlines.learn(&observed, timing);
         result.rounds += 1;
         result.deadline = result.deadline.max(timing.effective_deadline());
         result.confirmations += observed.confirmations();
+        if timing.effective_deadline().is_some() {
+            result.attempts = result.attempts.max(timing.attempts);
+        }
         let round_ms = round_start.as_secs_f64() * 1e3;
         round_starts.push(round_ms);
         let mut all_match = true;

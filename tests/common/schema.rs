@@ -136,6 +136,7 @@ pub struct StepJson {
     pub rounds: usize,
     pub deadline_ms: Option<f64>,
     pub confirmations: usize,
+    pub attempts: u32,
     pub error: Option<String>,
     pub counts: Counts,
     pub timing: Timing,

@@ -63,6 +63,11 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
+    // A batch on a lossy network holds up to `MAX_ATTEMPTS` sockets per silent target for a
+    // deadline; the usual soft limit of 1024 descriptors is below that for large matrices. The hard
+    // limit is ours to use, and where it cannot be raised probes still run (an attempt that finds
+    // no socket is no answer, never a verdict).
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) => {

@@ -205,7 +205,7 @@ mod tests {
             let names = Names::for_targets(
                 std::slice::from_ref(&target),
                 nameserver,
-                crate::resolve::LookupWaits::new(timeout, None),
+                crate::resolve::LookupWaits::new(timeout, None, 2),
                 |_| None,
             );
             names.resolve(&target).await
@@ -262,7 +262,7 @@ mod tests {
         let names = Names::for_targets(
             std::slice::from_ref(&target),
             Some(silent),
-            crate::resolve::LookupWaits::new(timeout, None),
+            crate::resolve::LookupWaits::new(timeout, None, 2),
             |_| None,
         );
         let started = std::time::Instant::now();
@@ -277,6 +277,7 @@ mod tests {
             crate::resolve::LookupWaits::new(
                 Duration::from_secs(5),
                 Some(Duration::from_millis(80)),
+                2,
             ),
             |_| None,
         );

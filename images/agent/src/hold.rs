@@ -46,7 +46,7 @@ where
     let names = Names::for_targets(
         &request.targets,
         request.nameserver,
-        LookupWaits::new(timeout, None),
+        LookupWaits::new(timeout, None, 1),
         |_| None,
     );
     let opened = futures_util::future::join_all(
@@ -183,6 +183,7 @@ async fn check(flow: &mut Flow, target: &Target, timeout: Duration, batch: Insta
                     peer: None,
                     detail: Some("the connection still carries traffic".into()),
                     attempts: 1,
+                    answer: None,
                 },
                 Ok(other) => Finding::new(
                     Outcome::Error,
@@ -238,6 +239,7 @@ mod tests {
             udp_source_base: None,
             nameserver: None,
             deadline_ms: None,
+            attempts: None,
         };
         let (mut to_agent, agent_in) = tokio::io::duplex(4096);
         let output = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));

@@ -12,8 +12,13 @@ use tokio::net::{TcpStream, UdpSocket};
 use crate::resolve::{LookupWaits, Names};
 use crate::sockets::{IPPROTO_SCTP, is_protocol_unavailable, stream_socket};
 use crate::wire::{
-    Outcome, ProbeRequest, ProbeResult, Protocol, Target, parse_greeting, udp_source_port,
+    MAX_ATTEMPTS, Outcome, ProbeRequest, ProbeResult, Protocol, Target, parse_greeting,
+    udp_source_port,
 };
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use std::sync::Arc;
+use std::sync::OnceLock;
 
 /// How often a UDP probe re-sends its datagram while waiting: one lost datagram must not read as
 /// "blocked".
@@ -21,11 +26,14 @@ pub(crate) const UDP_RESEND: Duration = Duration::from_millis(200);
 /// Greetings are one short line.
 pub(crate) const GREETING_MAX: usize = 256;
 
+#[derive(Debug, Clone)]
 pub(crate) struct Finding {
     pub(crate) outcome: Outcome,
     pub(crate) peer: Option<String>,
     pub(crate) detail: Option<String>,
     pub(crate) attempts: u32,
+    /// For an answer: how long the attempt that got it took.
+    pub(crate) answer: Option<Duration>,
 }
 
 impl Finding {
@@ -41,6 +49,10 @@ impl Finding {
             peer: self.peer,
             detail: self.detail,
             attempts: (self.attempts > 1).then_some(self.attempts),
+            answer_ms: self
+                .answer
+                .filter(|_| matches!(self.outcome, Outcome::Connected | Outcome::Refused))
+                .map(millis),
         }
     }
 
@@ -50,6 +62,7 @@ impl Finding {
             peer: None,
             detail: Some(detail.into()),
             attempts: 1,
+            answer: None,
         }
     }
 
@@ -58,20 +71,27 @@ impl Finding {
         self
     }
 
+    fn answered_in(mut self, answer: Duration) -> Self {
+        self.answer = Some(answer);
+        self
+    }
+
     /// The finding of a lookup of `attempts` queries: a confirmation only where a deadline set
-    /// them (three within the whole timeout are one attempt, as UDP re-sends are).
-    pub(crate) fn with_attempts(self, attempts: u32) -> Self {
-        self.attempts(if attempts == 2 { 2 } else { 1 })
+    /// them (`confirming`); queries sharing the whole timeout are one attempt, as UDP re-sends
+    /// are.
+    pub(crate) fn with_attempts(self, attempts: u32, confirming: bool) -> Self {
+        self.attempts(if confirming { attempts } else { 1 })
     }
 }
 
 /// How long probes wait: `silent` is the wait before a silent target gets its confirming
-/// attempt (`ProbeRequest::deadline_ms`), when it is below `timeout`, the upper bound of
-/// everything.
+/// attempts (`ProbeRequest::deadline_ms`), when it is below `timeout`, the upper bound of
+/// everything; `attempts` how many it gets in all, the first included.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Waits {
     pub(crate) timeout: Duration,
     pub(crate) silent: Option<Duration>,
+    pub(crate) attempts: u32,
 }
 
 impl Waits {
@@ -81,13 +101,33 @@ impl Waits {
             .deadline_ms
             .map(|ms| Duration::from_millis(ms.max(1)))
             .filter(|d| *d * 2 < timeout);
-        Waits { timeout, silent }
+        let attempts = request.attempts.unwrap_or(2).clamp(2, MAX_ATTEMPTS);
+        Waits {
+            timeout,
+            silent,
+            attempts,
+        }
     }
 
     /// How long a silent target is waited for in all.
     fn total(self) -> Duration {
         self.silent.map_or(self.timeout, |d| d * 2)
     }
+}
+
+/// The UDP source ports a request's batch takes from `udp_source_base` on: one per UDP probe,
+/// then per distinct name one for each of its lookup's concurrent attempts. The runner reserves
+/// exactly these, so no two batches of a pod share a port (see `wire::udp_source_port`).
+pub fn source_ports_needed(request: &ProbeRequest) -> u32 {
+    let waits = Waits::of(request);
+    let udp = request
+        .targets
+        .iter()
+        .filter(|t| t.protocol == Protocol::Udp)
+        .count();
+    let names = crate::resolve::distinct_names(&request.targets).len();
+    let per_name = LookupWaits::new(waits.timeout, waits.silent, waits.attempts).ports_per_name();
+    u32::try_from(udp + names * per_name as usize).unwrap_or(u32::MAX)
 }
 
 /// Probes every target; results come back in request order.
@@ -104,7 +144,7 @@ pub async fn run(request: &ProbeRequest) -> Vec<ProbeResult> {
     let names = std::sync::Arc::new(Names::for_targets(
         &request.targets,
         request.nameserver,
-        LookupWaits::new(timeout, waits.silent),
+        LookupWaits::new(timeout, waits.silent, waits.attempts),
         |k| {
             let nth = u32::try_from(udp_targets + k).ok()?;
             Some(udp_source_port(request.udp_source_base?, nth))
@@ -190,81 +230,115 @@ pub(crate) fn connected(greeting: Option<String>) -> Finding {
         peer: greeting,
         detail,
         attempts: 1,
+        answer: None,
     }
 }
 
-/// A connection to `addr`: with `waits.silent`, a second SYN from a new port races the first once
-/// the first has been silent that long, and both are given as long again; without, one SYN and the
-/// whole timeout. The silence of two independent attempts is what makes a drop a drop: one lost
-/// packet cannot turn an allowed cell into a blocked one.
-async fn connect(addr: SocketAddr, waits: Waits) -> (Result<TcpStream, Finding>, u32) {
-    let Some(silent) = waits.silent else {
-        return match tokio::time::timeout(waits.timeout, TcpStream::connect(addr)).await {
-            Err(_) => (Err(Finding::new(Outcome::Timeout, "no answer to SYN")), 1),
-            Ok(Err(e)) => (Err(classify(&e)), 1),
-            Ok(Ok(stream)) => (Ok(stream), 1),
-        };
-    };
-    let first = TcpStream::connect(addr);
-    tokio::pin!(first);
-    let answered = tokio::select! {
-        r = &mut first => Some(r),
-        _ = tokio::time::sleep(silent) => None,
-    };
-    let result = match answered {
-        Some(r) => return (r.map_err(|e| classify(&e)), 1),
-        None => {
-            let second = TcpStream::connect(addr);
-            tokio::pin!(second);
-            tokio::time::timeout(silent, async {
-                tokio::select! {
-                    r = &mut first => r,
-                    r = &mut second => r,
-                }
-            })
-            .await
+/// How one TCP attempt ended: its finding, and for an answer how long the handshake (or the
+/// refusal) took, which is the round trip deadlines are learnt from (a greeting a lossy network
+/// makes TCP retransmit must not stretch them).
+struct Attempt {
+    finding: Finding,
+    handshake: Option<Duration>,
+}
+
+/// One TCP attempt: a SYN from a new port, then the server's greeting. `shaken` is set once the
+/// handshake is done: the target answered, whatever happens to the greeting.
+async fn tcp_attempt(addr: SocketAddr, shaken: Arc<OnceLock<Duration>>) -> Attempt {
+    let started = Instant::now();
+    let mut stream = match TcpStream::connect(addr).await {
+        Err(e) => {
+            let finding = classify(&e);
+            let handshake = (finding.outcome != Outcome::Error).then(|| started.elapsed());
+            return Attempt { finding, handshake };
         }
-    };
-    match result {
-        Err(_) => (
-            Err(Finding::new(
-                Outcome::Timeout,
-                format!(
-                    "no answer to two SYNs from different ports within {} ms",
-                    (silent * 2).as_millis()
-                ),
-            )),
-            2,
-        ),
-        Ok(Err(e)) => (Err(classify(&e)), 2),
-        Ok(Ok(stream)) => (Ok(stream), 2),
-    }
-}
-
-async fn tcp(addr: SocketAddr, waits: Waits) -> Finding {
-    let start = Instant::now();
-    let timeout = waits.timeout;
-    let (connected_stream, attempts) = connect(addr, waits).await;
-    let mut stream = match connected_stream {
-        Err(finding) => return finding.attempts(attempts),
         Ok(stream) => stream,
     };
-    let remaining = timeout
-        .saturating_sub(start.elapsed())
-        .max(Duration::from_millis(50));
+    let handshake = started.elapsed();
+    let _ = shaken.set(handshake);
     let mut buf = Vec::with_capacity(GREETING_MAX);
-    let read = tokio::time::timeout(remaining, async {
-        let mut chunk = [0u8; GREETING_MAX];
-        while buf.len() < GREETING_MAX && !buf.contains(&b'\n') {
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+    let mut chunk = [0u8; GREETING_MAX];
+    while buf.len() < GREETING_MAX && !buf.contains(&b'\n') {
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    Attempt {
+        finding: connected(parse_greeting(&buf)),
+        handshake: Some(handshake),
+    }
+}
+
+/// A TCP probe of `addr`: with `waits.silent`, once the first attempt has been silent that long,
+/// the other `waits.attempts - 1` go together, each a SYN from a new port, racing the first, and
+/// all are given as long again; without, one attempt and the whole timeout. Silence to every
+/// attempt is what makes a drop a drop: one lost packet (or, on a lossy network, as many as the
+/// runner allows for) cannot turn an allowed cell into a blocked one. An attempt is the whole
+/// exchange, handshake and greeting: once any handshake is done the target has answered, and its
+/// greeting (the proof of who answered) is waited for up to the timeout, through TCP's own
+/// retransmissions. An attempt that fails locally (no socket, no port) is no answer.
+async fn tcp(addr: SocketAddr, waits: Waits) -> Finding {
+    let start = tokio::time::Instant::now();
+    let shaken = Arc::new(OnceLock::new());
+    let mut running = FuturesUnordered::new();
+    running.push(tcp_attempt(addr, shaken.clone()));
+    let mut launched = 1;
+    let wave_at = waits.silent.map(|silent| start + silent);
+    let mut give_up = start + waits.total();
+    let mut local_failure: Option<Finding> = None;
+    loop {
+        tokio::select! {
+            Some(attempt) = running.next() => {
+                if attempt.finding.outcome == Outcome::Error {
+                    local_failure = Some(attempt.finding);
+                    if running.is_empty() && (wave_at.is_none() || launched > 1) {
+                        break;
+                    }
+                    continue;
+                }
+                let finding = attempt.finding.attempts(launched);
+                return match attempt.handshake {
+                    Some(handshake) => finding.answered_in(handshake),
+                    None => finding,
+                };
+            }
+            _ = tokio::time::sleep_until(wave_at.unwrap_or(give_up)), if wave_at.is_some() && launched == 1 => {
+                for _ in 1..waits.attempts {
+                    running.push(tcp_attempt(addr, shaken.clone()));
+                }
+                launched = waits.attempts;
+            }
+            _ = tokio::time::sleep_until(give_up) => {
+                // Answered, but the greeting is late: wait for it up to the timeout.
+                let timeout = start + waits.timeout;
+                if shaken.get().is_some() && give_up < timeout {
+                    give_up = timeout;
+                    continue;
+                }
+                break;
             }
         }
-    })
-    .await;
-    let _ = read;
-    connected(parse_greeting(&buf)).attempts(attempts)
+    }
+    if let Some(handshake) = shaken.get() {
+        return Finding::new(
+            Outcome::Connected,
+            "connected, but the peer sent no polygraph greeting within the timeout",
+        )
+        .attempts(launched)
+        .answered_in(*handshake);
+    }
+    if let Some(failure) = local_failure.filter(|_| running.is_empty()) {
+        return failure.attempts(launched);
+    }
+    let detail = match (launched, waits.silent) {
+        (1, _) | (_, None) => "no answer to SYN".to_string(),
+        (n, Some(silent)) => format!(
+            "no answer to {n} SYNs from different ports within {} ms",
+            (silent * 2).as_millis()
+        ),
+    };
+    Finding::new(Outcome::Timeout, detail).attempts(launched)
 }
 
 /// A UDP socket connected to `addr`, bound to `source_port` when given and free (otherwise to one
@@ -295,23 +369,27 @@ pub(crate) async fn udp_socket(
 /// Sends `payload` (again every `UDP_RESEND`) until a reply arrives or `timeout` passes.
 pub(crate) async fn udp_exchange(socket: &UdpSocket, payload: &[u8], timeout: Duration) -> Finding {
     // Re-sending is how UDP survives a lost datagram, not a confirmation: one attempt.
-    udp_exchange_every(socket, payload, timeout, UDP_RESEND)
+    let resend = std::iter::repeat_n(1, usize::MAX);
+    udp_exchange_with(socket, payload, timeout, UDP_RESEND, resend)
         .await
         .attempts(1)
 }
 
-/// Sends `payload`, and again every `every`, until a reply arrives or `timeout` passes; the finding
-/// counts the datagrams sent.
-async fn udp_exchange_every(
+/// Sends `payload`, then again at every `every` as many times as `waves` says, until a reply
+/// arrives or `timeout` passes; the finding counts the datagrams sent and, for a reply, the time
+/// since the last of them went before it.
+async fn udp_exchange_with(
     socket: &UdpSocket,
     payload: &[u8],
     timeout: Duration,
     every: Duration,
+    mut waves: impl Iterator<Item = u32>,
 ) -> Finding {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut buf = [0u8; GREETING_MAX];
     let mut resend = tokio::time::interval(every);
     let mut sent = 0;
+    let mut last_sent = Instant::now();
     loop {
         tokio::select! {
             _ = tokio::time::sleep_until(deadline) => {
@@ -319,10 +397,18 @@ async fn udp_exchange_every(
                     .attempts(sent);
             }
             _ = resend.tick() => {
-                sent += 1;
-                if let Err(e) = socket.send(payload).await {
-                    return classify(&e);
+                let Some(wave) = waves.next() else {
+                    // Every attempt is out: what is left is waiting.
+                    resend.reset_after(timeout);
+                    continue;
+                };
+                for _ in 0..wave {
+                    sent += 1;
+                    if let Err(e) = socket.send(payload).await {
+                        return classify(&e);
+                    }
                 }
+                last_sent = Instant::now();
             }
             received = socket.recv(&mut buf) => {
                 let finding = match received {
@@ -330,14 +416,15 @@ async fn udp_exchange_every(
                     Err(e) => classify(&e),
                     Ok(n) => connected(parse_greeting(&buf[..n])),
                 };
-                return finding.attempts(sent);
+                return finding.attempts(sent).answered_in(last_sent.elapsed());
             }
         }
     }
 }
 
-/// A UDP exchange: with `waits.silent`, the datagram is sent again once it has gone unanswered
-/// that long (the confirming attempt, on the same flow), and both are given as long again.
+/// A UDP exchange: with `waits.silent`, once the datagram has gone unanswered that long the
+/// other `waits.attempts - 1` go together (the confirming attempts, on the same flow), and all
+/// are given as long again.
 async fn udp(addr: SocketAddr, waits: Waits, source_port: Option<u16>) -> Finding {
     let socket = match udp_socket(addr, source_port).await {
         Ok(socket) => socket,
@@ -345,7 +432,10 @@ async fn udp(addr: SocketAddr, waits: Waits, source_port: Option<u16>) -> Findin
     };
     let payload = b"polygraph probe\n";
     match waits.silent {
-        Some(silent) => udp_exchange_every(&socket, payload, silent * 2, silent).await,
+        Some(silent) => {
+            let waves = [1, waits.attempts - 1].into_iter();
+            udp_exchange_with(&socket, payload, silent * 2, silent, waves).await
+        }
         None => udp_exchange(&socket, payload, waits.timeout).await,
     }
 }
@@ -395,6 +485,7 @@ mod tests {
             udp_source_base: None,
             nameserver: None,
             deadline_ms,
+            attempts: None,
         }
     }
 
@@ -437,6 +528,51 @@ mod tests {
         assert_eq!(results[0].attempts, None);
         assert!(results[0].elapsed_ms >= 390.0, "{}", results[0].elapsed_ms);
         drop(silent);
+    }
+
+    /// A UDP server that loses the first `lost` datagrams of every flow, then answers each.
+    fn lossy_udp_server(lost: usize) -> u16 {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = socket.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            let mut seen = std::collections::HashMap::<SocketAddr, usize>::new();
+            let mut buf = [0u8; 64];
+            while let Ok((_, from)) = socket.recv_from(&mut buf) {
+                let count = seen.entry(from).or_default();
+                *count += 1;
+                if *count > lost {
+                    let _ = socket.send_to(greeting("x/lossy").as_bytes(), from);
+                }
+            }
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn on_a_lossy_network_more_attempts_go_together_and_the_answer_keeps_its_own_time() {
+        let port = lossy_udp_server(3);
+        let target = vec![Target::new("127.0.0.1", port, Protocol::Udp)];
+        // Two attempts (the default): both lost, so silence, in two deadlines.
+        let results = run(&request(target.clone(), Some(100))).await;
+        assert_eq!(results[0].outcome, Outcome::Timeout, "{results:?}");
+        assert_eq!(results[0].attempts, Some(2));
+        // Six: the first alone, the other five together after a deadline; the fourth datagram
+        // is answered, still within two deadlines.
+        let mut lossy = request(target, Some(100));
+        lossy.attempts = Some(6);
+        let started = Instant::now();
+        let results = run(&lossy).await;
+        assert!(started.elapsed() < Duration::from_millis(400));
+        assert_eq!(results[0].outcome, Outcome::Connected, "{results:?}");
+        assert_eq!(results[0].peer.as_deref(), Some("x/lossy"));
+        assert_eq!(results[0].attempts, Some(6));
+        assert!(results[0].elapsed_ms >= 100.0, "{results:?}");
+        // The round trip is the answering attempt's, not the wait before it.
+        let answer = results[0].answer_ms.expect("an answer has its time");
+        assert!(answer < 50.0, "{answer}");
+        // Asking for more than the maximum gets the maximum.
+        lossy.attempts = Some(1000);
+        assert_eq!(Waits::of(&lossy).attempts, MAX_ATTEMPTS);
     }
 
     #[test]

@@ -13,6 +13,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{
     ConnectionConfig, NameServerConfig, ProtocolConfig, ResolveHosts, ResolverConfig, ResolverOpts,
@@ -26,28 +28,37 @@ use crate::wire::{AddressFamily, Outcome, Target};
 /// Tries per lookup within the timeout: one lost datagram must not read as "DNS egress blocked".
 const ATTEMPTS: u32 = 3;
 
-/// How long lookups wait: `per_attempt` for each of `attempts` queries, `total` in all.
+/// How long lookups wait: `per_attempt` for each of `attempts` queries.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct LookupWaits {
     pub(crate) per_attempt: Duration,
     pub(crate) attempts: u32,
-    pub(crate) total: Duration,
+    /// Whether the attempts confirm a silence (a deadline set them) rather than share the
+    /// timeout.
+    pub(crate) confirming: bool,
 }
 
 impl LookupWaits {
-    /// Within `timeout`: three attempts sharing it. With a `silent` deadline (see
-    /// `probe::Waits`): a query, and a confirming one after the deadline, as probes do.
-    pub(crate) fn new(timeout: Duration, silent: Option<Duration>) -> LookupWaits {
+    /// The source ports a name's lookup takes: one per attempt where they go together, one
+    /// where they follow each other.
+    pub(crate) fn ports_per_name(self) -> u32 {
+        if self.confirming { self.attempts } else { 1 }
+    }
+
+    /// Within `timeout`: three attempts one after the other, sharing it. With a `silent`
+    /// deadline (see `probe::Waits`): a query, then the other `attempts - 1` together once it has
+    /// been silent that long, each from a source port of its own, all given as long again.
+    pub(crate) fn new(timeout: Duration, silent: Option<Duration>, attempts: u32) -> LookupWaits {
         match silent {
             Some(deadline) => LookupWaits {
                 per_attempt: deadline,
-                attempts: 2,
-                total: deadline * 2,
+                attempts: attempts.max(2),
+                confirming: true,
             },
             None => LookupWaits {
                 per_attempt: (timeout / ATTEMPTS).max(Duration::from_millis(50)),
                 attempts: ATTEMPTS,
-                total: timeout,
+                confirming: false,
             },
         }
     }
@@ -55,9 +66,25 @@ impl LookupWaits {
 
 type Name = (String, Option<AddressFamily>);
 
-/// One batch's resolvers: one per distinct name (and family) among its targets.
+/// How to build a name's resolver: the configuration, and the source port its queries use.
+struct Recipe {
+    config: ResolverConfig,
+    options: ResolverOpts,
+    /// One per attempt that goes at the same time as others (see `LookupWaits::ports_per_name`).
+    source_ports: Vec<Option<u16>>,
+}
+
+/// A name's lookup, done once per batch and shared by every target with that name: each
+/// lookup of a name queries from the name's own source port, so two at once would contend for it.
+type Resolved = Result<IpAddr, Finding>;
+
+/// One batch's names: one lookup per distinct name (and family) among its targets.
 pub(crate) struct Names {
-    resolvers: Vec<(Name, Result<TokioResolver, String>)>,
+    names: Vec<(
+        Name,
+        Result<Recipe, String>,
+        tokio::sync::OnceCell<Resolved>,
+    )>,
     waits: LookupWaits,
 }
 
@@ -75,32 +102,37 @@ pub fn distinct_names(targets: &[Target]) -> Vec<(String, Option<AddressFamily>)
 }
 
 impl Names {
-    /// Resolvers for the names among `targets`: through `nameserver` when given, resolv.conf
-    /// otherwise; the `k`th distinct name queries from `source_port(k)` when that is given. Each
-    /// attempt gets a share of `timeout`, so a lookup ends within it.
+    /// The names among `targets`, to be resolved through `nameserver` when given, resolv.conf
+    /// otherwise; the `k`th distinct name's `j`th concurrent attempt queries from
+    /// `source_port(k * waits.ports_per_name() + j)` when that is given.
     pub(crate) fn for_targets(
         targets: &[Target],
         nameserver: Option<SocketAddr>,
         waits: LookupWaits,
         source_port: impl Fn(usize) -> Option<u16>,
     ) -> Names {
+        let per_name = waits.ports_per_name() as usize;
         let names = distinct_names(targets);
         let config = if names.is_empty() {
             Err(String::new())
         } else {
             config(nameserver)
         };
-        let resolvers = names
+        let names = names
             .into_iter()
             .enumerate()
             .map(|(k, name)| {
-                let resolver = config
-                    .clone()
-                    .and_then(|(config, options)| build(config, options, waits, source_port(k)));
-                (name, resolver)
+                let recipe = config.clone().map(|(config, options)| Recipe {
+                    config,
+                    options,
+                    source_ports: (0..per_name)
+                        .map(|j| source_port(k * per_name + j))
+                        .collect(),
+                });
+                (name, recipe, tokio::sync::OnceCell::new())
             })
             .collect();
-        Names { resolvers, waits }
+        Names { names, waits }
     }
 
     /// Where `target` goes: its address as given, or its name's first address in the target's
@@ -109,40 +141,138 @@ impl Names {
         if let Ok(ip) = target.host.parse::<IpAddr>() {
             return Ok(SocketAddr::new(ip, target.port));
         }
-        let resolver = match self
-            .resolvers
+        let Some((_, recipe, resolved)) = self
+            .names
             .iter()
-            .find(|((host, family), _)| *host == target.host && *family == target.family)
-        {
-            Some((_, Ok(resolver))) => resolver,
-            Some((_, Err(why))) => return Err(Finding::new(Outcome::Error, why.clone())),
-            None => return Err(Finding::new(Outcome::Error, "no resolver")),
+            .find(|((host, family), _, _)| *host == target.host && *family == target.family)
+        else {
+            return Err(Finding::new(Outcome::Error, "no resolver"));
         };
-        let kinds: &[RecordType] = match target.family {
-            Some(AddressFamily::Ipv4) => &[RecordType::A],
-            Some(AddressFamily::Ipv6) => &[RecordType::AAAA],
-            None => &[RecordType::A, RecordType::AAAA],
+        let recipe = match recipe {
+            Ok(recipe) => recipe,
+            Err(why) => return Err(Finding::new(Outcome::Error, why.clone())),
         };
+        let ip = resolved
+            .get_or_init(|| self.lookup(recipe, &target.host, target.family))
+            .await
+            .clone()?;
+        Ok(SocketAddr::new(ip, target.port))
+    }
+
+    /// Looks `host` up. Without a deadline: up to `waits.attempts` queries one after the other,
+    /// each sharing the timeout. With one: a query, then once it has been silent a deadline the
+    /// other attempts together, each from its own port, all until a second deadline has passed.
+    /// Each attempt has a resolver of its own making one query per record type (no retries
+    /// inside: the attempts are ours, so each starts afresh). The first answer ends it, one
+    /// without the record as surely as one with it.
+    async fn lookup(&self, recipe: &Recipe, host: &str, family: Option<AddressFamily>) -> Resolved {
+        let waits = self.waits;
+        let port = |j: usize| recipe.source_ports.get(j).copied().flatten();
+        if !waits.confirming {
+            let mut last = String::new();
+            for attempt in 1..=waits.attempts {
+                match query(recipe, port(0), host, family, waits.per_attempt).await {
+                    Queried::Silent(why) => last = why,
+                    decided => return decided.into_resolved(attempt, false),
+                }
+            }
+            return Err(Finding::new(Outcome::DnsFailed, last).with_attempts(1, false));
+        }
+        let start = tokio::time::Instant::now();
+        let give_up = start + waits.per_attempt * 2;
+        let mut running = FuturesUnordered::new();
+        running.push(query(recipe, port(0), host, family, waits.per_attempt * 2));
+        let mut launched = 1;
         let mut last = String::new();
-        for &kind in kinds {
-            let lookup = resolver.lookup(target.host.as_str(), kind);
-            match tokio::time::timeout(self.waits.total, lookup).await {
-                Err(_) => last = format!("resolving {} ({kind}) timed out", target.host),
-                Ok(Err(e)) => last = format!("resolving {} ({kind}): {e}", target.host),
-                Ok(Ok(lookup)) => {
-                    let found = lookup.answers().iter().find_map(|r| match &r.data {
-                        RData::A(a) => Some(IpAddr::V4(a.0)),
-                        RData::AAAA(a) => Some(IpAddr::V6(a.0)),
-                        _ => None,
-                    });
-                    match found {
-                        Some(ip) => return Ok(SocketAddr::new(ip, target.port)),
-                        None => last = format!("{} has no {kind} record", target.host),
+        loop {
+            tokio::select! {
+                Some(queried) = running.next() => match queried {
+                    Queried::Silent(why) => last = why,
+                    decided => return decided.into_resolved(launched, true),
+                },
+                _ = tokio::time::sleep_until(start + waits.per_attempt), if launched == 1 => {
+                    for j in 1..waits.attempts as usize {
+                        running.push(query(recipe, port(j), host, family, waits.per_attempt));
                     }
+                    launched = waits.attempts;
+                }
+                _ = tokio::time::sleep_until(give_up) => break,
+            }
+        }
+        Err(Finding::new(Outcome::DnsFailed, last).with_attempts(launched, true))
+    }
+}
+
+/// How one attempt at a name ended.
+enum Queried {
+    Found(IpAddr),
+    /// The server answered, without the record.
+    Answered(String),
+    /// No answer within the attempt's time.
+    Silent(String),
+    /// The attempt could not be made.
+    Broken(Finding),
+}
+
+impl Queried {
+    fn into_resolved(self, attempts: u32, confirming: bool) -> Resolved {
+        match self {
+            Queried::Found(ip) => Ok(ip),
+            Queried::Answered(why) | Queried::Silent(why) => {
+                Err(Finding::new(Outcome::DnsFailed, why).with_attempts(attempts, confirming))
+            }
+            Queried::Broken(finding) => Err(finding),
+        }
+    }
+}
+
+/// One attempt at `host` (in `family`, or both), within `wait`, from `source_port`.
+async fn query(
+    recipe: &Recipe,
+    source_port: Option<u16>,
+    host: &str,
+    family: Option<AddressFamily>,
+    wait: Duration,
+) -> Queried {
+    let kinds: &[RecordType] = match family {
+        Some(AddressFamily::Ipv4) => &[RecordType::A],
+        Some(AddressFamily::Ipv6) => &[RecordType::AAAA],
+        None => &[RecordType::A, RecordType::AAAA],
+    };
+    let resolver = match build(
+        recipe.config.clone(),
+        recipe.options.clone(),
+        wait,
+        source_port,
+    ) {
+        Ok(resolver) => resolver,
+        Err(why) => return Queried::Broken(Finding::new(Outcome::Error, why)),
+    };
+    let mut answered = None;
+    let mut last = String::new();
+    for &kind in kinds {
+        match tokio::time::timeout(wait, resolver.lookup(host, kind)).await {
+            Err(_) => last = format!("resolving {host} ({kind}) timed out"),
+            Ok(Err(e)) if e.is_no_records_found() || e.is_nx_domain() => {
+                answered = Some(format!("resolving {host} ({kind}): {e}"));
+            }
+            Ok(Err(e)) => last = format!("resolving {host} ({kind}): {e}"),
+            Ok(Ok(lookup)) => {
+                let found = lookup.answers().iter().find_map(|r| match &r.data {
+                    RData::A(a) => Some(IpAddr::V4(a.0)),
+                    RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+                    _ => None,
+                });
+                match found {
+                    Some(ip) => return Queried::Found(ip),
+                    None => answered = Some(format!("{host} has no {kind} record")),
                 }
             }
         }
-        Err(Finding::new(Outcome::DnsFailed, last).with_attempts(self.waits.attempts))
+    }
+    match answered {
+        Some(why) => Queried::Answered(why),
+        None => Queried::Silent(last),
     }
 }
 
@@ -170,7 +300,7 @@ fn config(nameserver: Option<SocketAddr>) -> Result<(ResolverConfig, ResolverOpt
 fn build(
     config: ResolverConfig,
     mut options: ResolverOpts,
-    waits: LookupWaits,
+    per_attempt: Duration,
     source_port: Option<u16>,
 ) -> Result<TokioResolver, String> {
     let (domain, search, mut servers) = config.into_parts();
@@ -189,8 +319,11 @@ fn build(
         }
     }
     let config = ResolverConfig::from_parts(domain, search, servers);
-    options.timeout = waits.per_attempt;
-    options.attempts = waits.attempts as usize;
+    options.timeout = per_attempt;
+    // One query per lookup: `Names::lookup` makes the attempts.
+    options.attempts = 1;
+    // Every attempt asks the server: a cached failure would answer for it.
+    options.cache_size = 0;
     // The cluster's DNS decides, not the node's hosts file.
     options.use_hosts_file = ResolveHosts::Never;
     TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())

@@ -103,7 +103,17 @@ pub struct ProbeRequest {
     /// timeout: one attempt, waited for the whole timeout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline_ms: Option<u64>,
+    /// With a deadline: how many independent attempts a silent target gets in all (absent: 2).
+    /// The first goes alone; once it has been silent `deadline_ms`, the rest go together and are
+    /// waited for as long again, so more attempts cost no more time. The runner raises it when it
+    /// sees answers that needed more than one attempt (a lossy network): each lost attempt makes
+    /// another one's loss likelier to be what silence means.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
 }
+
+/// The most attempts a request may ask for: each is a socket (TCP) for the length of a deadline.
+pub const MAX_ATTEMPTS: u32 = 16;
 
 /// UDP probes bind source ports from this range, below Linux's ephemeral range (32768 and up), so
 /// they never collide with ports the kernel hands out.
@@ -226,6 +236,11 @@ pub struct ProbeResult {
     /// silence a second attempt confirmed (or that answered only the second).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempts: Option<u32>,
+    /// For an answer (connected or refused): how long the attempt that got it took, in ms. The
+    /// round trip the runner learns deadlines from: `elapsed_ms` also counts the attempts that
+    /// went unanswered before it. For UDP, from the last datagram sent before the reply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer_ms: Option<f64>,
 }
 
 /// The first bytes a server sends (TCP, SCTP) or echoes (UDP): `polygraph <identity>\n`.

@@ -775,12 +775,7 @@ impl Backend for KubeBackend {
         targets: &[Target],
         timing: ProbeTiming,
     ) -> Result<Vec<ProbeResult>, BackendError> {
-        let request = probe_request(
-            targets,
-            timing,
-            Some(self.udp_ports.next(from, targets)),
-            None,
-        );
+        let request = probe_request(targets, timing, Some((&self.udp_ports, from)), None);
         exec::probe(
             &self.pods_api(&from.namespace),
             from,

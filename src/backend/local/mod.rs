@@ -236,6 +236,13 @@ impl LocalBackend {
         let node = self.names.node();
         network::create_node(&node).await?;
         host::nft(&node, &proxy::install()).await?;
+        if self.options.faults.loss_permille > 0 {
+            host::nft(
+                &node,
+                &network::loss_table(self.options.faults.loss_permille),
+            )
+            .await?;
+        }
         if self.options.dataplane == Dataplane::Nftables {
             self.programmer = Some(Programmer::start(node, self.options.faults.clone()).await?);
         }
@@ -856,7 +863,7 @@ impl Backend for LocalBackend {
         let request = probe_request(
             targets,
             timing,
-            Some(self.udp_ports.next(from, targets)),
+            Some((&self.udp_ports, from)),
             self.nameserver(),
         );
         agent::probe(

@@ -46,6 +46,34 @@ pub(super) async fn create_node(node: &str) -> Result<(), BackendError> {
     Ok(())
 }
 
+/// `--inject loss=P%`: a table of its own in the node namespace that drops `permille` thousandths
+/// of the packets crossing any of the cluster's links (the pods' `pgv*` and the outside host's
+/// `pgout`), each way: on the way in before anything else sees them (conntrack included, so a
+/// lost packet leaves no state), on the way out after everything else. nftables `numgen random`
+/// draws for each packet, since this kernel has no netem. A pod-to-pod round trip crosses four
+/// links.
+pub(super) fn loss_table(permille: u16) -> String {
+    // Traffic and the ICMP errors that answer it; not IPv6 neighbour discovery, whose loss would
+    // stall a link for seconds rather than lose a packet.
+    let traffic = [
+        "meta l4proto { tcp, udp, sctp, icmp }",
+        "icmpv6 type { destination-unreachable, echo-request, echo-reply }",
+    ];
+    let mut transaction = String::from(
+        "add table inet polygraph_loss\n\
+         add chain inet polygraph_loss links_in { type filter hook prerouting priority -400; policy accept; }\n\
+         add chain inet polygraph_loss links_out { type filter hook postrouting priority 400; policy accept; }\n",
+    );
+    for (chain, link) in [("links_in", "iifname"), ("links_out", "oifname")] {
+        for matcher in traffic {
+            transaction.push_str(&format!(
+                "add rule inet polygraph_loss {chain} {link} \"pg*\" {matcher} numgen random mod 1000 < {permille} counter drop\n"
+            ));
+        }
+    }
+    transaction
+}
+
 /// The pod's namespace and the node's side of its link (down on the pod's side until
 /// `bring_up_pod`), with a route to each of the pod's addresses (one per family).
 pub(super) async fn create_pod_link(

@@ -386,6 +386,7 @@ impl Judge<'_> {
                     peer: None,
                     detail: Some(detail),
                     attempts: None,
+                    answer_ms: None,
                 },
             };
         }
@@ -427,6 +428,7 @@ impl Judge<'_> {
             peer: peer.map(|p| p.to_string()),
             detail: None,
             attempts: None,
+            answer_ms: (elapsed_ms < 1.0).then_some(elapsed_ms),
         }
     }
 

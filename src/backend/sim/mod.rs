@@ -248,11 +248,11 @@ impl Backend for SimBackend {
             .iter()
             .map(|target| {
                 let mut result = judge.probe(from, target, timing.silent_wait());
-                // A silent target's silence is confirmed by a second attempt, as the agent does.
+                // A silent target's silence is confirmed by further attempts, as the agent does.
                 if result.outcome == polygraph_agent::wire::Outcome::Timeout
                     && timing.effective_deadline().is_some()
                 {
-                    result.attempts = Some(2);
+                    result.attempts = Some(timing.attempts.max(2));
                 }
                 result
             })
