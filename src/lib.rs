@@ -7,6 +7,7 @@ pub mod analyze;
 pub mod backend;
 pub mod bench;
 pub mod faults;
+pub mod generate;
 pub mod input;
 pub mod matrix;
 pub mod model;

@@ -469,3 +469,25 @@ fn under_ten_percent_loss_the_verdicts_do_not_change() {
         "the loss was seen and more attempts asked for: {stdout}"
     );
 }
+
+/// The generated smoke set on real packets: 50 cases of the default seed (NetworkPolicies and
+/// cluster policies of every family, label and policy changes, Services, names and NodePorts)
+/// pass on the reference dataplane, and fail without one.
+#[test]
+#[ignore = "needs root: builds a local cluster (network namespaces, nftables); .ci/run runs it as root"]
+fn the_generated_smoke_set_passes_on_real_packets() {
+    require_local_cluster();
+    let (code, stdout, report) = run_report(&["--generated", "--count", "50"]);
+    assert_eq!(code, Some(0), "{stdout}");
+    assert_eq!(report.scenarios.len(), 50);
+    println!("{}", stdout.lines().last().unwrap_or_default());
+
+    let mut broken = vec!["--generated", "--count", "10"];
+    broken.extend(NO_DATAPLANE);
+    let (code, stdout, _) = run_report(&broken);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(
+        stdout.contains("rerun: polygraph run --generated --seed 1 --case "),
+        "a failing case names its rerun: {stdout}"
+    );
+}

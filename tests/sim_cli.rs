@@ -301,3 +301,121 @@ fn bench_probe_times_both_designs_on_the_same_matrix() {
     );
     assert_eq!(output.status.code(), Some(2));
 }
+
+/// The generated suite end to end: `generate` writes the very cases `run --generated` runs; a
+/// failing case prints the command that reruns exactly it, and that command fails the same way;
+/// shards split the cases without overlap.
+#[test]
+fn generated_cases_run_as_written_and_a_failure_names_its_rerun() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().to_str().expect("utf-8 path");
+    let output = common::polygraph(
+        &["generate", "--seed", "5", "--count", "12", "--out", out],
+        "",
+    );
+    assert!(output.status.success(), "{output:?}");
+    let mut files: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("the directory")
+        .map(|e| e.expect("an entry").path())
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 12);
+    let written = std::fs::read_to_string(&files[3]).expect("a case file");
+    assert!(written.contains("rerun: polygraph run --generated --seed 5 --case 3"));
+
+    let summary = |args: &[&str]| {
+        let output = common::polygraph(args, "");
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        (output.status.code(), stdout)
+    };
+    let (code, from_files) = summary(&[
+        "run",
+        "--backend",
+        "sim",
+        files[3].to_str().expect("utf-8 path"),
+    ]);
+    assert_eq!(code, Some(0), "{from_files}");
+    let (code, generated) = summary(&[
+        "run",
+        "--backend",
+        "sim",
+        "--generated",
+        "--seed",
+        "5",
+        "--case",
+        "3",
+    ]);
+    assert_eq!(code, Some(0), "{generated}");
+    let last = |text: &str| {
+        // The summary line without the run's id and time.
+        text.lines()
+            .last()
+            .unwrap_or_default()
+            .split(" steps in ")
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(last(&from_files), last(&generated));
+
+    // Under a fault, failing cases name their rerun, and it fails alone.
+    let broken = [
+        "run",
+        "--backend",
+        "sim",
+        "--generated",
+        "--seed",
+        "5",
+        "--count",
+        "12",
+        "--inject",
+        "ingress-ignored",
+        "--step-deadline",
+        "1s",
+    ];
+    let (code, stdout) = summary(&broken);
+    assert_eq!(code, Some(1), "{stdout}");
+    let rerun = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("rerun: polygraph "))
+        .expect("a rerun line")
+        .to_string();
+    let mut args: Vec<&str> = rerun.split(' ').collect();
+    args.extend([
+        "--backend",
+        "sim",
+        "--inject",
+        "ingress-ignored",
+        "--step-deadline",
+        "1s",
+    ]);
+    let (code, again) = summary(&args);
+    assert_eq!(code, Some(1), "{again}");
+    assert!(again.contains("1 scenarios: 0 passed, 1 failed"), "{again}");
+
+    // Shards: 1/3, 2/3 and 3/3 together are the 12 cases, each once.
+    let mut total = 0;
+    for shard in ["1/3", "2/3", "3/3"] {
+        let (code, stdout) = summary(&[
+            "run",
+            "--backend",
+            "sim",
+            "--generated",
+            "--seed",
+            "5",
+            "--count",
+            "12",
+            "--shard",
+            shard,
+        ]);
+        assert_eq!(code, Some(0), "{stdout}");
+        assert!(
+            stdout.contains("4 scenarios: 4 passed"),
+            "{shard}: {stdout}"
+        );
+        total += 4;
+    }
+    assert_eq!(total, 12);
+    let (code, stdout) = summary(&["run", "--backend", "sim", "--seed", "5"]);
+    assert_eq!(code, Some(2), "--seed alone is a usage error: {stdout}");
+}

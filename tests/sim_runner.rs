@@ -422,3 +422,62 @@ async fn a_soak_counts_every_departure_from_a_clean_pass_and_nothing_else() {
         departures(&lagging)
     );
 }
+
+/// The generated suite catches every policy fault on its own, as the library does: its first
+/// 100 cases of the default seed, each fault on the families it needs.
+#[tokio::test(start_paused = true)]
+async fn the_generated_suite_catches_every_policy_fault() {
+    let cases: Vec<Scenario> = polygraph::generate::cases(polygraph::generate::DEFAULT_SEED, 100)
+        .iter()
+        .map(|case| case.scenario().expect("a generated case parses"))
+        .collect();
+    let run_cases = async |families: IpFamilies, cases: &[Scenario], faults: &[&str]| {
+        let mut backend = SimBackend::new(SimOptions {
+            faults: Faults::parse(faults).expect("faults parse"),
+            sctp: true,
+            families,
+        });
+        // A wrong cell stays wrong: a short deadline finds that as surely as a long one.
+        let options = RunOptions {
+            step_deadline: Duration::from_secs(2),
+            ..options()
+        };
+        let result = run_scenarios(&mut backend, cases, &options, &mut |_| {}).await;
+        backend.cleanup().await.expect("cleanup");
+        result
+    };
+    let clean = run_cases(IpFamilies::Dual, &cases, &[]).await;
+    assert!(clean.passed(), "a correct dataplane passes every case");
+    let mut missed = Vec::new();
+    for info in polygraph::faults::CATALOGUE
+        .iter()
+        .filter(|f| f.fault.is_some())
+    {
+        let families = if info.needs().contains(&"dual") {
+            IpFamilies::Dual
+        } else {
+            IpFamilies::Ipv4
+        };
+        // Twenty cases at a time, until one fails: most faults fail the first twenty.
+        let mut caught_by = None;
+        for chunk in cases.chunks(20) {
+            let result = run_cases(families, chunk, &[info.name]).await;
+            caught_by = result
+                .scenarios
+                .iter()
+                .find(|s| s.status() == Status::Failed)
+                .map(|s| s.scenario.name.clone());
+            if caught_by.is_some() {
+                break;
+            }
+        }
+        println!("{:<28} caught by {caught_by:?}", info.name);
+        if caught_by.is_none() {
+            missed.push(info.name);
+        }
+    }
+    assert!(
+        missed.is_empty(),
+        "not caught by any generated case: {missed:?}"
+    );
+}

@@ -21,6 +21,7 @@ mod analyze;
 mod backend_args;
 mod bench;
 mod gc;
+mod generated;
 mod model_args;
 mod probe;
 pub mod run;
@@ -65,6 +66,9 @@ enum Command {
     /// The built-in scenario library.
     #[command(subcommand)]
     Scenarios(scenarios::ScenariosCommand),
+    /// Write generated scenarios (the spec's combinations, drawn from a seed) as files; `run
+    /// --generated` runs the same cases without writing them.
+    Generate(generated::GenerateArgs),
     /// Remove what killed runs left behind (local network namespaces and agents, or namespaces on a cluster).
     Gc(gc::GcArgs),
     /// Measure polygraph's own speed.
@@ -164,6 +168,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Probe(args) => probe::run(args),
         Command::Run(args) => run::run(args),
         Command::Scenarios(command) => scenarios::run(command),
+        Command::Generate(args) => generated::generate(args),
         Command::Smoke(args) => smoke::run(args),
         Command::Gc(args) => gc::run(args),
         Command::Bench(command) => bench::run(command),

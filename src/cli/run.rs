@@ -76,6 +76,12 @@ pub struct RunArgs {
     /// A line for every step even on a terminal.
     #[arg(short, long)]
     verbose: bool,
+    /// Run the generated suite (`polygraph generate`'s cases, without writing them) instead of
+    /// scenario files: `--seed`, `--count`, `--shard` and `--case` choose which cases.
+    #[arg(long, conflicts_with = "scenarios")]
+    generated: bool,
+    #[command(flatten)]
+    selection: super::generated::Selection,
     #[command(flatten)]
     target: BackendArgs,
 }
@@ -119,7 +125,16 @@ pub fn run(args: RunArgs) -> Result<ExitCode, CliError> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let mut scenarios = load(&args.scenarios)?;
+    let mut scenarios = if args.generated {
+        args.selection.scenarios()?
+    } else if args.selection.given() {
+        return Err(CliError::Usage(
+            "--seed, --count, --shard and --case choose generated cases: give --generated too"
+                .into(),
+        ));
+    } else {
+        load(&args.scenarios)?
+    };
     let wanted: BTreeSet<&str> = args.tags.iter().map(String::as_str).collect();
     let unwanted: BTreeSet<&str> = args.exclude_tags.iter().map(String::as_str).collect();
     scenarios.retain(|s| {
@@ -176,6 +191,9 @@ pub fn run(args: RunArgs) -> Result<ExitCode, CliError> {
         write_file(done, report.display().to_string())?;
     }
     write!(out, "{}", run_terminal::render(&result, color))?;
+    for rerun in super::generated::reruns(&result) {
+        writeln!(out, "rerun: {rerun}")?;
+    }
     Ok(if result.passed() {
         ExitCode::SUCCESS
     } else {
