@@ -25,8 +25,16 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Fast settings: detection needs no long deadlines, and the whole suite runs once per fault.
-const FAST: [&str; 4] = ["--probe-timeout", "500ms", "--step-deadline", "2s"];
+/// Fast settings: detection needs no long deadlines, and the whole suite runs once per fault,
+/// in one lane (faults already run `CONCURRENCY` at a time).
+const FAST: [&str; 6] = [
+    "--probe-timeout",
+    "500ms",
+    "--step-deadline",
+    "2s",
+    "--parallel-scenarios",
+    "1",
+];
 /// Faults run this many at a time (each on its own cluster; probing mostly waits on timeouts).
 const CONCURRENCY: usize = 3;
 

@@ -419,3 +419,56 @@ fn generated_cases_run_as_written_and_a_failure_names_its_rerun() {
     let (code, stdout) = summary(&["run", "--backend", "sim", "--seed", "5"]);
     assert_eq!(code, Some(2), "--seed alone is a usage error: {stdout}");
 }
+
+/// Lanes change how long a run takes, never what it finds: three lanes report the library in its
+/// order with the same verdicts as one.
+#[test]
+fn parallel_lanes_report_the_library_in_order_with_the_same_verdicts() {
+    let report = |lanes: &str| {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let json = dir.path().join("run.json");
+        let output = common::polygraph(
+            &[
+                "run",
+                "--backend",
+                "sim",
+                "--parallel-scenarios",
+                lanes,
+                "--json",
+                json.to_str().expect("utf-8 path"),
+                "--json-cells",
+                "none",
+            ],
+            "",
+        );
+        assert!(output.status.success(), "{output:?}");
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).expect("json")).expect("json");
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        (report, stdout)
+    };
+    let (one, _) = report("1");
+    let (three, stdout) = report("3");
+    assert!(stdout.contains("2 more, one lane each"), "{stdout}");
+    let names = |r: &serde_json::Value| -> Vec<String> {
+        r["scenarios"]
+            .as_array()
+            .expect("scenarios")
+            .iter()
+            .map(|s| s["name"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    assert_eq!(names(&one), names(&three));
+    assert_eq!(one["summary"]["cells"], three["summary"]["cells"]);
+    let (code, stdout) = {
+        let output = common::polygraph(
+            &["run", "--backend", "sim", "--parallel-scenarios", "0"],
+            "",
+        );
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    assert_eq!(code, Some(2), "{stdout}");
+}

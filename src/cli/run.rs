@@ -7,15 +7,15 @@ use std::time::Duration;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::backend_args::BackendArgs;
-use super::session::{Finished, session};
+use super::backend_args::{BackendArgs, BackendKind};
+use super::session::{Finished, session_many};
 use super::{CliError, EXIT_WRONG, use_color, write_file};
-use polygraph::backend::Backend;
+use polygraph::backend::{AnyBackend, Backend};
 use polygraph::faults;
 use polygraph::model::ProbeTarget;
 use polygraph::report::run_json::CellSelection;
 use polygraph::report::{junit, run_json, run_terminal};
-use polygraph::run::{Event, RunOptions, RunResult, run_scenarios};
+use polygraph::run::{Event, RunOptions, RunResult, run_in_parallel};
 use polygraph::scenario::{self, Scenario, library};
 
 #[derive(Debug, Args)]
@@ -68,6 +68,11 @@ pub struct RunArgs {
     /// How many source pods probe at once.
     #[arg(long, default_value_t = 64)]
     parallel: usize,
+    /// How many scenarios run at once, each lane on a cluster of its own (locally) or a namespace
+    /// set of its own (on Kubernetes). Default: locally, two lanes per core up to 4 (probing
+    /// mostly waits on deadlines, and lanes share nothing); elsewhere 1.
+    #[arg(long, value_name = "N")]
+    parallel_scenarios: Option<usize>,
     /// How probes reach their destinations, for every scenario (overriding their `target:`):
     /// `pod-ip`, `service` (each pod's own Service's ClusterIP, DNATed to it), `service-name` (that
     /// Service's name, through the cluster's DNS), `node-port` (from a host outside the cluster) or `external` (to a server outside it); several with commas.
@@ -171,7 +176,13 @@ pub fn run(args: RunArgs) -> Result<ExitCode, CliError> {
     let Finished {
         value: result,
         transcript,
-    } = execute(&scenarios, &options, &args.target, args.verbose)?;
+    } = execute(
+        &scenarios,
+        &options,
+        &args.target,
+        lanes(args.parallel_scenarios, &args.target)?,
+        args.verbose,
+    )?;
     let mut out = std::io::stdout().lock();
     if let Some(transcript) = transcript {
         write!(out, "{}", transcript.text())?;
@@ -201,13 +212,35 @@ pub fn run(args: RunArgs) -> Result<ExitCode, CliError> {
     })
 }
 
-/// Runs the scenarios in a session (the backend started, cleaned up whatever happens, Ctrl-C
-/// included) with progress: a bar on stderr on a terminal, a line per step otherwise. A dry run
+/// How many lanes `--parallel-scenarios` asks for, or the default: on the local backend two per
+/// core up to 4 (a lane is a cluster of namespaces whose probes mostly wait on deadlines), and
+/// one elsewhere (a dry run's transcript is one sequence of calls; a Kubernetes cluster is not
+/// ours to load without being asked).
+pub fn lanes(asked: Option<usize>, target: &BackendArgs) -> Result<usize, CliError> {
+    match asked {
+        Some(0) => Err(CliError::Usage(
+            "--parallel-scenarios must be at least 1".into(),
+        )),
+        Some(n) if n > 1 && target.dry_run => Err(CliError::Usage(
+            "--dry-run records one sequence of calls: --parallel-scenarios must be 1".into(),
+        )),
+        Some(n) => Ok(n),
+        None if target.kind() == BackendKind::Local && !target.dry_run => {
+            Ok((2 * std::thread::available_parallelism().map_or(1, |n| n.get())).clamp(1, 4))
+        }
+        None => Ok(1),
+    }
+}
+
+/// Runs the scenarios in a session (the backends started, cleaned up whatever happens, Ctrl-C
+/// included) on `lanes` backends at once, with progress: a bar on stderr on a terminal, a line
+/// per step otherwise (lanes' lines interleave; the report keeps the library's order). A dry run
 /// prints nothing but its transcript, which it annotates with each scenario and step.
 pub fn execute(
     scenarios: &[Scenario],
     options: &RunOptions,
     target: &BackendArgs,
+    lanes: usize,
     verbose: bool,
 ) -> Result<Finished<RunResult>, CliError> {
     let steps: usize = scenarios.iter().map(|s| s.steps.len()).sum();
@@ -217,12 +250,22 @@ pub fn execute(
                 .iter()
                 .flat_map(|s| &s.targets)
                 .any(|t| t.needs_services()));
-    session(target.start(services), async |backend| {
-        let transcript = backend.transcript();
+    let lanes = lanes.clamp(1, scenarios.len().max(1));
+    let starts = (0..lanes).map(|_| target.start(services)).collect();
+    session_many(starts, async |backends: &mut [AnyBackend]| {
+        let transcript = backends.first().and_then(|b| b.transcript());
         if transcript.is_none() {
+            let described = match backends {
+                [one] => one.describe(),
+                [first, ..] => format!(
+                    "{} and {} more, one lane each",
+                    first.describe(),
+                    backends.len() - 1
+                ),
+                [] => String::new(),
+            };
             out!(
-                "backend: {} — {} scenarios, {steps} steps",
-                backend.describe(),
+                "backend: {described} — {} scenarios, {steps} steps",
                 scenarios.len()
             )?;
         }
@@ -277,7 +320,7 @@ pub fn execute(
             }
             _ => {}
         };
-        let result = run_scenarios(backend, scenarios, options, &mut on_event).await;
+        let result = run_in_parallel(backends, scenarios, options, &mut on_event).await;
         if let Some(bar) = &bar {
             bar.finish_and_clear();
         }

@@ -43,7 +43,7 @@ pub fn run(args: SmokeArgs) -> Result<ExitCode, CliError> {
     let Finished {
         value: result,
         transcript,
-    } = execute(&scenarios, &options, &args.target, true)?;
+    } = execute(&scenarios, &options, &args.target, 1, true)?;
     if let Some(transcript) = transcript {
         out_inline!("{}", transcript.text())?;
         return Ok(ExitCode::SUCCESS);

@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 use clap::Args;
 
 use super::backend_args::BackendArgs;
-use super::session::session;
+use super::session::session_many;
 use super::{CliError, EXIT_WRONG};
-use polygraph::backend::Backend;
+use polygraph::backend::AnyBackend;
 use polygraph::run::soak::departures;
-use polygraph::run::{RunOptions, run_scenarios};
+use polygraph::run::{RunOptions, run_in_parallel};
 
 #[derive(Debug, Args)]
 pub struct SoakArgs {
@@ -21,6 +21,9 @@ pub struct SoakArgs {
     /// How many runs, each on a fresh cluster.
     #[arg(long, default_value_t = 5)]
     runs: usize,
+    /// How many scenarios run at once, each lane on a cluster of its own (as `run`'s default).
+    #[arg(long, value_name = "N")]
+    parallel_scenarios: Option<usize>,
     /// How long a probe waits before it counts as dropped (the upper bound of the deadlines).
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     probe_timeout: Duration,
@@ -65,15 +68,17 @@ pub fn soak(args: SoakArgs) -> Result<ExitCode, CliError> {
         poll_interval: Duration::from_millis(250),
         targets: Vec::new(),
     };
+    let lanes =
+        super::run::lanes(args.parallel_scenarios, &args.backend)?.clamp(1, scenarios.len().max(1));
     let mut total = 0;
     for run in 1..=args.runs {
         let started = Instant::now();
-        let finished = session(args.backend.start(services), async |backend| {
-            let description = backend.describe();
-            let result = run_scenarios(backend, &scenarios, &options, &mut |_| {}).await;
-            Ok((description, result))
+        let starts = (0..lanes).map(|_| args.backend.start(services)).collect();
+        let finished = session_many(starts, async |backends: &mut [AnyBackend]| {
+            Ok(run_in_parallel(backends, &scenarios, &options, &mut |_| {}).await)
         })?;
-        let (description, result) = finished.value;
+        let result = finished.value;
+        let description = result.backend.clone();
         let found = departures(&result);
         total += found.len();
         let steps: Vec<_> = result.scenarios.iter().flat_map(|s| &s.steps).collect();

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 mod deadline;
 mod held;
+pub mod parallel;
 pub mod paths;
 mod result;
 pub mod scenarios;
@@ -20,6 +21,7 @@ mod summary;
 pub mod timing;
 
 pub use deadline::Deadlines;
+pub use parallel::run_in_parallel;
 pub use paths::{PathPlan, namespace_names, pod_address};
 pub use result::{RunOptions, RunResult, ScenarioResult, Status, StepResult, Verdict};
 pub use scenarios::{Event, run_scenarios};

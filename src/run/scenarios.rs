@@ -107,7 +107,8 @@ async fn await_baseline<B: Backend>(
     }
 }
 
-/// Runs scenarios in order; those sharing a cluster model run on one deployment, reset in between.
+/// Runs scenarios, those sharing a cluster model one after the other on one deployment (reset in
+/// between), models in the order they first appear; the results come back in the scenarios' order.
 pub async fn run_scenarios<B: Backend>(
     backend: &mut B,
     scenarios: &[Scenario],
@@ -127,7 +128,11 @@ pub async fn run_scenarios<B: Backend>(
     // What the answers so far say a silent probe is worth waiting for: learnt over the whole run.
     let mut deadlines = Deadlines::new(options.probe_timeout);
     for key in order {
-        for scenario in scenarios.iter().filter(|s| s.model_key == key) {
+        for (index, scenario) in scenarios
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.model_key == key)
+        {
             on_event(Event::ScenarioStarted { scenario });
             let scenario_start = Instant::now();
             let mut result = ScenarioResult {
@@ -148,7 +153,7 @@ pub async fn run_scenarios<B: Backend>(
                     result.unsupported = Some(reason);
                     result.elapsed = scenario_start.elapsed();
                     on_event(Event::ScenarioFinished { result: &result });
-                    results.push(result);
+                    results.push((index, result));
                     continue;
                 }
             };
@@ -213,9 +218,11 @@ pub async fn run_scenarios<B: Backend>(
             result.elapsed = scenario_start.elapsed();
             result.totals = ScenarioTotals::of(&result.steps);
             on_event(Event::ScenarioFinished { result: &result });
-            results.push(result);
+            results.push((index, result));
         }
     }
+    results.sort_by_key(|(index, _)| *index);
+    let results: Vec<ScenarioResult> = results.into_iter().map(|(_, r)| r).collect();
     on_event(Event::TearingDown);
     let _ = reconcile(backend, &deployed, &World::empty()).await;
     RunResult {

@@ -1,0 +1,114 @@
+//! Scenarios on several clusters at once (`--parallel-scenarios`): each backend is a lane of its
+//! own (a local cluster of its own, or its own namespace set on Kubernetes), so lanes share no
+//! state. Scenarios are dealt to lanes by their steps, each lane runs its share in order with
+//! `run_scenarios`, and the results come back in the library's order, the run's totals computed
+//! over all of them.
+
+use std::cell::RefCell;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::scenarios::{Event, run_scenarios};
+use super::{RunOptions, RunResult, RunTotals};
+use crate::backend::Backend;
+use crate::scenario::Scenario;
+
+/// Which lane runs which scenario: each in turn to the lane with the fewest steps so far (the
+/// first such lane), so lanes finish close together. Returns the scenarios' indices per lane.
+pub fn deal(scenarios: &[Scenario], lanes: usize) -> Vec<Vec<usize>> {
+    let lanes = lanes.max(1);
+    let mut dealt: Vec<Vec<usize>> = vec![Vec::new(); lanes];
+    let mut load = vec![0usize; lanes];
+    for (index, scenario) in scenarios.iter().enumerate() {
+        let lane = (0..lanes).min_by_key(|&l| load[l]).unwrap_or(0);
+        dealt[lane].push(index);
+        // A scenario costs its steps and its reset.
+        load[lane] += scenario.steps.len() + 1;
+    }
+    dealt
+}
+
+/// Runs `scenarios` on `backends`, one lane each, concurrently on this task (backends need not
+/// be `Send`); events from all lanes reach `on_event` as they happen.
+pub async fn run_in_parallel<B: Backend>(
+    backends: &mut [B],
+    scenarios: &[Scenario],
+    options: &RunOptions,
+    on_event: &mut dyn FnMut(Event<'_>),
+) -> RunResult {
+    let started = Instant::now();
+    let dealt = deal(scenarios, backends.len());
+    let shares: Vec<Vec<Scenario>> = dealt
+        .iter()
+        .map(|lane| lane.iter().map(|&i| scenarios[i].clone()).collect())
+        .collect();
+    // One callback for every lane: lanes run on one task, so a call ends before another starts.
+    let shared = RefCell::new(on_event);
+    let lanes = backends.iter_mut().zip(&shares).map(|(backend, share)| {
+        let shared = &shared;
+        async move {
+            let mut forward = |event: Event<'_>| (shared.borrow_mut())(event);
+            run_scenarios(backend, share, options, &mut forward).await
+        }
+    });
+    let results = futures::future::join_all(lanes).await;
+    // Back in the library's order.
+    let mut ordered: Vec<Option<_>> = (0..scenarios.len()).map(|_| None).collect();
+    let mut described = Vec::new();
+    for (lane, result) in dealt.iter().zip(results) {
+        described.push(result.backend.clone());
+        for (&index, scenario) in lane.iter().zip(result.scenarios) {
+            ordered[index] = Some(scenario);
+        }
+    }
+    let scenarios: Vec<_> = ordered.into_iter().flatten().collect();
+    RunResult {
+        backend: lanes_description(&described),
+        totals: RunTotals::of(&scenarios),
+        scenarios,
+        elapsed: started.elapsed(),
+        options: options.clone(),
+    }
+}
+
+/// `local (nftables dataplane, run a1b2c3) and 1 more cluster in parallel`.
+fn lanes_description(described: &[String]) -> String {
+    match described {
+        [] => String::new(),
+        [one] => one.clone(),
+        [first, rest @ ..] => format!(
+            "{first} and {} more in parallel ({} lanes)",
+            rest.len(),
+            described.len()
+        ),
+    }
+}
+
+/// What the lanes spent: the run's wall time against the sum of its scenarios' own times.
+pub fn speedup(result: &RunResult) -> Option<f64> {
+    let work: Duration = result.scenarios.iter().map(|s| s.elapsed).sum();
+    (!result.elapsed.is_zero()).then(|| work.as_secs_f64() / result.elapsed.as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::library;
+
+    #[test]
+    fn scenarios_are_dealt_by_their_steps_and_each_runs_once() {
+        let all = library::load_all().expect("the library");
+        let dealt = deal(&all, 3);
+        let mut seen: Vec<usize> = dealt.iter().flatten().copied().collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..all.len()).collect::<Vec<_>>());
+        let loads: Vec<usize> = dealt
+            .iter()
+            .map(|lane| lane.iter().map(|&i| all[i].steps.len() + 1).sum())
+            .collect();
+        let (min, max) = (loads.iter().min().unwrap(), loads.iter().max().unwrap());
+        assert!(max - min <= 4, "{loads:?}");
+        assert_eq!(deal(&all, 1), vec![(0..all.len()).collect::<Vec<_>>()]);
+    }
+}
