@@ -121,6 +121,50 @@ pub async fn probe_matrix_with<B: Backend>(
     timing: ProbeTiming,
     design: ProbeDesign,
 ) -> Result<ObservedTable, BackendError> {
+    probe_selected(
+        backend,
+        cluster,
+        port_protocols,
+        path,
+        timing,
+        design,
+        |_, _, _| true,
+    )
+    .await
+}
+
+/// Probes again the cells `(pp index, from, to)` of `cells` only, in polygraph's design: the
+/// confirmation of a silence the spec does not expect (`step`).
+pub async fn probe_cells<B: Backend>(
+    backend: &B,
+    cluster: &Cluster,
+    port_protocols: &[PortProtocol],
+    path: ProbePath,
+    timing: ProbeTiming,
+    cells: &std::collections::BTreeSet<(usize, usize, usize)>,
+) -> Result<ObservedTable, BackendError> {
+    probe_selected(
+        backend,
+        cluster,
+        port_protocols,
+        path,
+        timing,
+        ProbeDesign::Batched { parallelism: 64 },
+        |k, from, to| cells.contains(&(k, from, to)),
+    )
+    .await
+}
+
+/// The cells `select(pp index, from, to)` picks, probed in `design`.
+async fn probe_selected<B: Backend>(
+    backend: &B,
+    cluster: &Cluster,
+    port_protocols: &[PortProtocol],
+    path: ProbePath,
+    timing: ProbeTiming,
+    design: ProbeDesign,
+    select: impl Fn(usize, usize, usize) -> bool,
+) -> Result<ObservedTable, BackendError> {
     let pods = cluster.pods();
     let outside: Vec<bool> = (0..pods.len()).map(|id| cluster.is_outside(id)).collect();
     // Per source, the targets and where each result goes: (pp index, destination).
@@ -137,12 +181,26 @@ pub async fn probe_matrix_with<B: Backend>(
         .enumerate()
         .filter(|(id, _)| paths::is_source(pods, &outside, *id, path));
     // Each unit of work: a source and the entries of `plan` it probes in one call.
-    type Unit<'a> = (usize, &'a crate::model::Pod, &'a [(Target, usize, usize)]);
+    type Unit<'a> = (usize, &'a crate::model::Pod, Vec<(Target, usize, usize)>);
     let plan = &plan;
+    let select = &select;
+    let picked = move |from: usize| -> Vec<(Target, usize, usize)> {
+        plan.iter()
+            .filter(|(_, k, to)| select(*k, from, *to))
+            .cloned()
+            .collect()
+    };
     let units: Vec<Unit> = match design {
-        ProbeDesign::Batched { .. } => sources.map(|(from, src)| (from, src, &plan[..])).collect(),
+        ProbeDesign::Batched { .. } => sources
+            .map(|(from, src)| (from, src, picked(from)))
+            .filter(|(_, _, cells)| !cells.is_empty())
+            .collect(),
         ProbeDesign::PerCell { .. } => sources
-            .flat_map(|(from, src)| plan.chunks(1).map(move |cell| (from, src, cell)))
+            .flat_map(|(from, src)| {
+                picked(from)
+                    .into_iter()
+                    .map(move |cell| (from, src, vec![cell]))
+            })
             .collect(),
     };
     let concurrency = match design {
@@ -170,9 +228,9 @@ pub async fn probe_matrix_with<B: Backend>(
     while let Some((from, plan, results)) = batches.next().await {
         for (result, (_, k, to)) in results?.into_iter().zip(plan) {
             observed.set(
-                *k,
+                k,
                 from,
-                *to,
+                to,
                 Observation {
                     outcome: result.outcome,
                     started_ms: result.started_ms,

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use super::held::{check_flows, hold_flows};
 use super::result::{RunOptions, StepResult, Verdict};
 use super::summary::summarize;
-use super::timing::{CellTiming, Race, StepTiming, changes};
+use super::timing::{CellTiming, Change, Race, StepTiming, changes};
 use super::{Deadlines, PathPlan, READY_TIMEOUT, probe_matrix};
 use crate::analyze::Analysis;
 use crate::backend::{Backend, BackendError};
@@ -138,6 +138,76 @@ fn blank(
     }
 }
 
+/// Silences the spec does not expect, in cells this step did not change or that already matched
+/// in it, are probed again with the whole timeout before they count (how many: the return
+/// value). Such a silence is either a dataplane that regressed or a probe that missed its
+/// deadline on a loaded machine; only the second answers now, and its answer replaces the
+/// silence, at the time it came. Cells the step changed are left alone until they first match:
+/// their silence is what a late allow looks like, and timing it is the point. A connection whose
+/// greeting never came (on a lossy network, TCP's retransmissions can outlast the timeout) is
+/// probed again too, wherever it is: who answered is what it could not tell.
+async fn recheck_silences<B: Backend>(
+    backend: &B,
+    result: &StepResult,
+    observed: &mut crate::matrix::ObservedTable,
+    timing: crate::backend::ProbeTiming,
+    options: &RunOptions,
+    round_began: Instant,
+) -> usize {
+    use polygraph_agent::wire::Outcome;
+    let expected = &result.expected.table;
+    let suspects: std::collections::BTreeSet<(usize, usize, usize)> = observed
+        .judged(expected)
+        .filter_map(|(k, cell, judgement, observation)| {
+            let observation = observation?;
+            let silent = observation.outcome == Outcome::Timeout;
+            let settled = *result.changes.get(k, cell.from, cell.to) == Change::Unchanged
+                || result.timing.get(k, cell.from, cell.to).matched;
+            let unexpected_silence = judgement == Judgement::Wrong
+                && silent
+                && settled
+                && expected.get(k, cell.from, cell.to).allowed();
+            let unidentified = judgement == Judgement::Error
+                && observation.outcome == Outcome::Connected
+                && observation.peer.is_none();
+            (unexpected_silence || unidentified).then_some((k, cell.from, cell.to))
+        })
+        .collect();
+    if suspects.is_empty() {
+        return 0;
+    }
+    let half = (options.probe_timeout / 2).saturating_sub(Duration::from_millis(1));
+    let whole = crate::backend::ProbeTiming {
+        timeout: options.probe_timeout,
+        deadline: (!half.is_zero()).then_some(half),
+        attempts: timing.attempts.max(2),
+    };
+    let offset_ms = round_began.elapsed().as_secs_f64() * 1e3;
+    let Ok(again) = super::probe_cells(
+        backend,
+        &result.expected.cluster,
+        expected.port_protocols(),
+        result.path,
+        whole,
+        &suspects,
+    )
+    .await
+    else {
+        return 0;
+    };
+    for &(k, from, to) in &suspects {
+        let better = |o: &&crate::matrix::Observation| {
+            o.outcome != Outcome::Timeout && !(o.outcome == Outcome::Connected && o.peer.is_none())
+        };
+        if let Some(answer) = again.get(k, from, to).filter(better) {
+            let mut answer = answer.clone();
+            answer.started_ms += offset_ms;
+            observed.set(k, from, to, answer);
+        }
+    }
+    suspects.len()
+}
+
 /// Probes `result.expected` on its path until every cell matches and stays so for the stability
 /// window, or the deadline passes; then gives every cell its verdict.
 async fn probe_until_settled<B: Backend>(
@@ -156,7 +226,7 @@ async fn probe_until_settled<B: Backend>(
         let round_start = changed.elapsed();
         let round_began = Instant::now();
         let timing = deadlines.timing();
-        let observed = match probe_matrix(
+        let mut observed = match probe_matrix(
             backend,
             &analysis.cluster,
             expected.port_protocols(),
@@ -173,6 +243,9 @@ async fn probe_until_settled<B: Backend>(
             }
         };
         deadlines.learn(&observed, timing);
+        let rechecked =
+            recheck_silences(backend, result, &mut observed, timing, options, round_began).await;
+        result.confirmations += rechecked;
         result.rounds += 1;
         result.deadline = result.deadline.max(timing.effective_deadline());
         result.confirmations += observed.confirmations();
