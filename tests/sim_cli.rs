@@ -359,20 +359,16 @@ fn generated_cases_run_as_written_and_a_failure_names_its_rerun() {
     assert_eq!(last(&from_files), last(&generated));
 
     // Under a fault, failing cases name their rerun, and it fails alone.
-    let broken = [
-        "run",
+    const FAULTY: [&str; 6] = [
         "--backend",
         "sim",
-        "--generated",
-        "--seed",
-        "5",
-        "--count",
-        "12",
         "--inject",
         "ingress-ignored",
         "--step-deadline",
         "1s",
     ];
+    let mut broken = vec!["run", "--generated", "--seed", "5", "--count", "12"];
+    broken.extend(FAULTY);
     let (code, stdout) = summary(&broken);
     assert_eq!(code, Some(1), "{stdout}");
     let rerun = stdout
@@ -381,14 +377,7 @@ fn generated_cases_run_as_written_and_a_failure_names_its_rerun() {
         .expect("a rerun line")
         .to_string();
     let mut args: Vec<&str> = rerun.split(' ').collect();
-    args.extend([
-        "--backend",
-        "sim",
-        "--inject",
-        "ingress-ignored",
-        "--step-deadline",
-        "1s",
-    ]);
+    args.extend(FAULTY);
     let (code, again) = summary(&args);
     assert_eq!(code, Some(1), "{again}");
     assert!(again.contains("1 scenarios: 0 passed, 1 failed"), "{again}");

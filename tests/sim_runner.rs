@@ -13,15 +13,15 @@ use polygraph::run::{RunOptions, RunResult, Status, Verdict, run_scenarios};
 use polygraph::scenario::{Scenario, library};
 
 fn options() -> RunOptions {
-    RunOptions {
-        probe_timeout: Duration::from_secs(1),
-        step_deadline: Duration::from_secs(10),
-        max_latency: None,
-        stability: Duration::ZERO,
-        established: true,
-        parallelism: 64,
-        poll_interval: Duration::from_millis(250),
-        targets: Vec::new(),
+    RunOptions::default()
+}
+
+/// The families a fault needs to show (IPv6 traffic exists only on a dual-stack cluster).
+fn families_for(info: &polygraph::faults::FaultInfo) -> IpFamilies {
+    if info.needs().contains(&"dual") {
+        IpFamilies::Dual
+    } else {
+        IpFamilies::Ipv4
     }
 }
 
@@ -105,13 +105,7 @@ async fn every_policy_fault_fails_a_scenario_of_its_feature() {
         .iter()
         .filter(|f| f.fault.is_some())
     {
-        // IPv6 traffic exists only on a dual-stack cluster (`FaultInfo::needs`).
-        let families = if info.needs().contains(&"dual") {
-            IpFamilies::Dual
-        } else {
-            IpFamilies::Ipv4
-        };
-        let result = run_in(families, &[info.name], &[], &options()).await;
+        let result = run_in(families_for(info), &[info.name], &[], &options()).await;
         assert!(!result.passed(), "{} was not caught", info.name);
         let caught = result.scenarios.iter().any(|s| {
             s.status() == Status::Failed
@@ -453,11 +447,7 @@ async fn the_generated_suite_catches_every_policy_fault() {
         .iter()
         .filter(|f| f.fault.is_some())
     {
-        let families = if info.needs().contains(&"dual") {
-            IpFamilies::Dual
-        } else {
-            IpFamilies::Ipv4
-        };
+        let families = families_for(info);
         // Twenty cases at a time, until one fails: most faults fail the first twenty.
         let mut caught_by = None;
         for chunk in cases.chunks(20) {

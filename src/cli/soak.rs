@@ -60,13 +60,7 @@ pub fn soak(args: SoakArgs) -> Result<ExitCode, CliError> {
         .any(|t| t.needs_services());
     let options = RunOptions {
         probe_timeout: args.probe_timeout,
-        step_deadline: Duration::from_secs(10),
-        max_latency: None,
-        stability: Duration::ZERO,
-        established: true,
-        parallelism: 64,
-        poll_interval: Duration::from_millis(250),
-        targets: Vec::new(),
+        ..RunOptions::default()
     };
     let lanes =
         super::run::lanes(args.parallel_scenarios, &args.backend)?.clamp(1, scenarios.len().max(1));

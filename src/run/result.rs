@@ -31,6 +31,24 @@ pub struct RunOptions {
     pub targets: Vec<ProbeTarget>,
 }
 
+/// `polygraph run`'s defaults: a 1 s probe timeout, 10 s to converge, no latency limit, no
+/// stability window, held connections, 64 sources at once, rounds at least 250 ms apart, each
+/// scenario's own targets.
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            probe_timeout: Duration::from_secs(1),
+            step_deadline: Duration::from_secs(10),
+            max_latency: None,
+            stability: Duration::ZERO,
+            established: true,
+            parallelism: 64,
+            poll_interval: Duration::from_millis(250),
+            targets: Vec::new(),
+        }
+    }
+}
+
 /// A cell's verdict at the end of a step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
