@@ -438,7 +438,7 @@ fn parallel_lanes_report_the_library_in_order_with_the_same_verdicts() {
     };
     let (one, _) = report("1");
     let (three, stdout) = report("3");
-    assert!(stdout.contains("2 more, one lane each"), "{stdout}");
+    assert!(stdout.contains("2 more in parallel (3 lanes)"), "{stdout}");
     let names = |r: &serde_json::Value| -> Vec<String> {
         r["scenarios"]
             .as_array()

@@ -15,6 +15,7 @@ use polygraph::faults;
 use polygraph::model::ProbeTarget;
 use polygraph::report::run_json::CellSelection;
 use polygraph::report::{junit, run_json, run_terminal};
+use polygraph::run::parallel::lanes_description;
 use polygraph::run::{Event, RunOptions, RunResult, run_in_parallel};
 use polygraph::scenario::{self, Scenario, library};
 
@@ -255,15 +256,8 @@ pub fn execute(
     session_many(starts, async |backends: &mut [AnyBackend]| {
         let transcript = backends.first().and_then(|b| b.transcript());
         if transcript.is_none() {
-            let described = match backends {
-                [one] => one.describe(),
-                [first, ..] => format!(
-                    "{} and {} more, one lane each",
-                    first.describe(),
-                    backends.len() - 1
-                ),
-                [] => String::new(),
-            };
+            let described =
+                lanes_description(&backends.iter().map(|b| b.describe()).collect::<Vec<_>>());
             out!(
                 "backend: {described} — {} scenarios, {steps} steps",
                 scenarios.len()

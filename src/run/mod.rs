@@ -133,14 +133,16 @@ pub async fn probe_matrix_with<B: Backend>(
     .await
 }
 
-/// Probes again the cells `(pp index, from, to)` of `cells` only, in polygraph's design: the
-/// confirmation of a silence the spec does not expect (`step`).
+/// Probes again the cells `(pp index, from, to)` of `cells` only, in polygraph's design with
+/// `parallelism` sources at a time: the confirmation of a silence the spec does not expect
+/// (`step`).
 pub async fn probe_cells<B: Backend>(
     backend: &B,
     cluster: &Cluster,
     port_protocols: &[PortProtocol],
     path: ProbePath,
     timing: ProbeTiming,
+    parallelism: usize,
     cells: &std::collections::BTreeSet<(usize, usize, usize)>,
 ) -> Result<ObservedTable, BackendError> {
     probe_selected(
@@ -149,7 +151,7 @@ pub async fn probe_cells<B: Backend>(
         port_protocols,
         path,
         timing,
-        ProbeDesign::Batched { parallelism: 64 },
+        ProbeDesign::Batched { parallelism },
         |k, from, to| cells.contains(&(k, from, to)),
     )
     .await

@@ -5,7 +5,6 @@
 //! over all of them.
 
 use std::cell::RefCell;
-use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -72,8 +71,9 @@ pub async fn run_in_parallel<B: Backend>(
     }
 }
 
-/// `local (nftables dataplane, run a1b2c3) and 1 more cluster in parallel`.
-fn lanes_description(described: &[String]) -> String {
+/// `local (nftables dataplane, run a1b2c3) and 1 more in parallel (2 lanes)`: the lanes'
+/// backends, as a report header names them.
+pub fn lanes_description(described: &[String]) -> String {
     match described {
         [] => String::new(),
         [one] => one.clone(),
@@ -83,12 +83,6 @@ fn lanes_description(described: &[String]) -> String {
             described.len()
         ),
     }
-}
-
-/// What the lanes spent: the run's wall time against the sum of its scenarios' own times.
-pub fn speedup(result: &RunResult) -> Option<f64> {
-    let work: Duration = result.scenarios.iter().map(|s| s.elapsed).sum();
-    (!result.elapsed.is_zero()).then(|| work.as_secs_f64() / result.elapsed.as_secs_f64())
 }
 
 #[cfg(test)]

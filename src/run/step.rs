@@ -189,6 +189,7 @@ async fn recheck_silences<B: Backend>(
         expected.port_protocols(),
         result.path,
         whole,
+        options.parallelism,
         &suspects,
     )
     .await
