@@ -107,6 +107,12 @@ impl ProbeTiming {
             .unwrap_or(self.timeout)
     }
 
+    /// The longest deadline the agent accepts within `timeout`: twice it stays below the timeout
+    /// (zero for a timeout under 2 ms).
+    pub fn longest_deadline(timeout: Duration) -> Duration {
+        (timeout / 2).saturating_sub(Duration::from_millis(1))
+    }
+
     /// The deadline the agent uses: none where twice it would reach the timeout.
     pub fn effective_deadline(self) -> Option<Duration> {
         self.deadline.filter(|d| *d * 2 < self.timeout)

@@ -114,8 +114,7 @@ impl Deadlines {
 
     /// The next round's timing.
     pub fn timing(&self) -> ProbeTiming {
-        // Twice this stays below the timeout, as the agent requires.
-        let half = (self.timeout / 2).saturating_sub(Duration::from_millis(1));
+        let half = ProbeTiming::longest_deadline(self.timeout);
         let deadline = match self.slowest_ms() {
             Some(ms) => Duration::from_secs_f64((ms * MARGIN / 1e3).max(0.0))
                 .max(FLOOR)

@@ -176,7 +176,7 @@ async fn recheck_silences<B: Backend>(
     if suspects.is_empty() {
         return 0;
     }
-    let half = (options.probe_timeout / 2).saturating_sub(Duration::from_millis(1));
+    let half = crate::backend::ProbeTiming::longest_deadline(options.probe_timeout);
     let whole = crate::backend::ProbeTiming {
         timeout: options.probe_timeout,
         deadline: (!half.is_zero()).then_some(half),
