@@ -1,6 +1,5 @@
-//! Talking to the probe agent, whichever way a backend reaches it (a child process, a Kubernetes
-//! exec, an in-process simulation): the request encoder, the output parser, per-pod UDP source
-//! ports, and `Held`, a session of long-lived connections.
+//! Talking to the probe agent, whichever way a backend reaches it (a session, a child process, a
+//! Kubernetes exec): the request encoder, the output parser, per-pod UDP source ports.
 
 use std::time::Duration;
 
@@ -43,15 +42,28 @@ impl UdpSourcePorts {
     }
 }
 
-/// The agent's probe request for a batch from `from`, as one JSON line (the agent needs no stdin
-/// EOF), with its block of UDP source ports taken from the pod's cursor in `ports` (as many as the
-/// agent will use: `polygraph_agent::probe::source_ports_needed`); without, the kernel picks.
+/// The agent's probe request for a batch from `from`, as one JSON line (`probe` reads it and needs
+/// no stdin EOF): see `batch_request`.
 pub fn probe_request(
     targets: &[Target],
     timing: super::ProbeTiming,
     ports: Option<(&UdpSourcePorts, &PodRef)>,
     nameserver: Option<std::net::SocketAddr>,
 ) -> String {
+    let request = batch_request(targets, timing, ports, nameserver);
+    // Plain data of strings and numbers: serialization cannot fail.
+    serde_json::to_string(&request).unwrap_or_default()
+}
+
+/// The agent's probe request for a batch from `from`, with its block of UDP source ports taken
+/// from the pod's cursor in `ports` (as many as the agent will use:
+/// `polygraph_agent::probe::source_ports_needed`); without, the kernel picks.
+pub fn batch_request(
+    targets: &[Target],
+    timing: super::ProbeTiming,
+    ports: Option<(&UdpSourcePorts, &PodRef)>,
+    nameserver: Option<std::net::SocketAddr>,
+) -> polygraph_agent::wire::ProbeRequest {
     let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
     let mut request = polygraph_agent::wire::ProbeRequest {
         timeout_ms: millis(timing.timeout),
@@ -67,8 +79,7 @@ pub fn probe_request(
         let needed = polygraph_agent::probe::source_ports_needed(&request);
         request.udp_source_base = Some(ports.next(from, needed));
     }
-    // Plain data of strings and numbers: serialization cannot fail.
-    serde_json::to_string(&request).unwrap_or_default()
+    request
 }
 
 /// The agent's output (one JSON result per line, in request order), checked for completeness.
@@ -93,98 +104,6 @@ pub fn parse_probe_output(
         )));
     }
     Ok(results)
-}
-
-/// Long-lived connections held open by an agent `hold` process in one pod (see the agent's
-/// `hold`): established once, then re-tested on demand.
-pub struct Held {
-    from: PodRef,
-    targets: usize,
-    stdin: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
-    stdout:
-        tokio::io::Lines<tokio::io::BufReader<std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>>>>,
-    /// The process or exec session; ending it closes the connections.
-    _session: Box<dyn Send>,
-}
-
-impl Held {
-    /// Sends the request; `establish` then reads how each connection opened.
-    pub async fn start(
-        from: PodRef,
-        targets: &[Target],
-        timeout: Duration,
-        nameserver: Option<std::net::SocketAddr>,
-        stdin: impl tokio::io::AsyncWrite + Send + 'static,
-        stdout: impl tokio::io::AsyncRead + Send + 'static,
-        session: impl Send + 'static,
-    ) -> Result<Held, BackendError> {
-        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-        let mut stdin: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>> = Box::pin(stdin);
-        let stdout: std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>> = Box::pin(stdout);
-        // Held flows keep their sockets: kernel-chosen ports, outside the probes' range.
-        let line = format!(
-            "{}\n",
-            probe_request(targets, timeout.into(), None, nameserver)
-        );
-        stdin
-            .write_all(line.as_bytes())
-            .await
-            .map_err(|e| BackendError::Probe {
-                pod: from.clone(),
-                message: format!("holding connections: {e}"),
-            })?;
-        stdin.flush().await.map_err(|e| held_io(&from, e))?;
-        Ok(Held {
-            from,
-            targets: targets.len(),
-            stdin,
-            stdout: tokio::io::BufReader::new(stdout).lines(),
-            _session: Box::new(session),
-        })
-    }
-
-    async fn read_results(&mut self, timeout: Duration) -> Result<Vec<ProbeResult>, BackendError> {
-        let mut text = String::new();
-        let limit = timeout + Duration::from_secs(10);
-        for _ in 0..self.targets {
-            let line = tokio::time::timeout(limit, self.stdout.next_line()).await;
-            match line {
-                Ok(Ok(Some(line))) => {
-                    text.push_str(&line);
-                    text.push('\n');
-                }
-                _ => break,
-            }
-        }
-        parse_probe_output(&self.from, &text, self.targets)
-    }
-
-    /// How each connection opened (`connected` = established).
-    pub async fn established(
-        &mut self,
-        timeout: Duration,
-    ) -> Result<Vec<ProbeResult>, BackendError> {
-        self.read_results(timeout).await
-    }
-
-    /// Re-tests every connection: `connected` means it still carries traffic.
-    pub async fn check(&mut self, timeout: Duration) -> Result<Vec<ProbeResult>, BackendError> {
-        use tokio::io::AsyncWriteExt;
-        let from = self.from.clone();
-        self.stdin
-            .write_all(b"check\n")
-            .await
-            .map_err(|e| held_io(&from, e))?;
-        self.stdin.flush().await.map_err(|e| held_io(&from, e))?;
-        self.read_results(timeout).await
-    }
-}
-
-fn held_io(from: &PodRef, e: std::io::Error) -> BackendError {
-    BackendError::Probe {
-        pod: from.clone(),
-        message: format!("holding connections: {e}"),
-    }
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 mod agent_io;
 pub mod kube;
 pub mod local;
+pub mod session;
 pub mod sim;
 
 use std::net::IpAddr;
@@ -14,7 +15,8 @@ use std::time::Duration;
 
 use polygraph_agent::wire::{ProbeResult, Target};
 
-pub use agent_io::{Held, UdpSourcePorts, parse_probe_output, probe_request};
+pub use agent_io::{UdpSourcePorts, batch_request, parse_probe_output, probe_request};
+pub use session::{Held, SessionCounts, Sessions};
 
 use crate::model::PodRef;
 use crate::world::Mutation;
@@ -193,12 +195,25 @@ pub trait Backend {
     /// Waits until every pod serves its ports (and deletions have finished), or names the pod
     /// that doesn't.
     async fn wait_ready(&mut self, timeout: Duration) -> Result<(), BackendError>;
+    /// One batch from `from`: every target concurrently, on the pod's agent session (one per pod
+    /// for the run, `session::Sessions`).
     async fn probe(
         &self,
         from: &PodRef,
         targets: &[Target],
         timing: ProbeTiming,
     ) -> Result<Vec<ProbeResult>, BackendError>;
+    /// One batch in an agent started for it alone (a process locally, an exec on Kubernetes), as
+    /// the designs before polygraph's probe: what `bench probe --design exec-per-probe` measures.
+    /// Backends with no agent to start answer as `probe` does.
+    async fn probe_alone(
+        &self,
+        from: &PodRef,
+        targets: &[Target],
+        timing: ProbeTiming,
+    ) -> Result<Vec<ProbeResult>, BackendError> {
+        self.probe(from, targets, timing).await
+    }
     /// Opens long-lived connections from `from` to `targets` and keeps them for `Held::check`.
     async fn hold(
         &self,
@@ -301,6 +316,14 @@ impl Backend for AnyBackend {
         timing: ProbeTiming,
     ) -> Result<Vec<ProbeResult>, BackendError> {
         delegate!(self, b => b.probe(from, targets, timing).await)
+    }
+    async fn probe_alone(
+        &self,
+        from: &PodRef,
+        targets: &[Target],
+        timing: ProbeTiming,
+    ) -> Result<Vec<ProbeResult>, BackendError> {
+        delegate!(self, b => b.probe_alone(from, targets, timing).await)
     }
     async fn hold(
         &self,

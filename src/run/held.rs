@@ -62,12 +62,12 @@ pub(super) async fn hold_flows<B: Backend>(
     let opened = per_source
         .into_iter()
         .map(|(from, (targets, cells))| async move {
-            let mut held = backend
+            let held = backend
                 .hold(&pods[from].key(), &targets, options.probe_timeout)
                 .await
                 .ok()?;
-            let results = held.established(options.probe_timeout).await.ok()?;
-            let established = results
+            let established = held
+                .established()
                 .iter()
                 .map(|r| r.outcome == Outcome::Connected)
                 .collect();

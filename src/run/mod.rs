@@ -78,8 +78,8 @@ pub async fn observe<B: Backend>(
 /// How a matrix is probed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProbeDesign {
-    /// polygraph's: one batch per source pod (every target concurrently, one agent process or one
-    /// exec), `parallelism` sources at a time. A round costs about one timeout.
+    /// polygraph's: one batch per source pod (every target concurrently) on the pod's agent
+    /// session, `parallelism` sources at a time. A round costs about one timeout.
     Batched { parallelism: usize },
     /// The design of the tools before it (cyclonus, the upstream e2e suite): one probe per cell,
     /// each its own agent process (locally) or exec (on Kubernetes), `workers` at a time. Every
@@ -212,11 +212,13 @@ async fn probe_selected<B: Backend>(
     let mut batches =
         futures::stream::iter(units.into_iter().map(|(from, src, plan)| async move {
             let targets: Vec<Target> = plan.iter().map(|(t, _, _)| t.clone()).collect();
-            (
-                from,
-                plan,
-                backend.probe(&src.key(), &targets, timing).await,
-            )
+            let results = match design {
+                ProbeDesign::Batched { .. } => backend.probe(&src.key(), &targets, timing).await,
+                ProbeDesign::PerCell { .. } => {
+                    backend.probe_alone(&src.key(), &targets, timing).await
+                }
+            };
+            (from, plan, results)
         }))
         .buffer_unordered(concurrency.max(1));
 

@@ -43,9 +43,13 @@ enum Command {
         #[arg(long, value_parser = humantime::parse_duration)]
         timeout: Option<Duration>,
     },
-    /// Read a probe request line on stdin, open and keep those connections (TCP) and flows (UDP),
-    /// print one result per target; then re-test every one on each `check` line, until EOF.
-    Hold,
+    /// Serve a whole run's requests for this pod: probe batches, and held connections opened,
+    /// checked and released, one JSON request per stdin line and one reply per request, by id.
+    /// Ends at EOF, or after IDLE_EXIT without a request.
+    Session {
+        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        idle_exit: Duration,
+    },
     /// Serve DNS for the local cluster (UDP and TCP 53): the zone DOMAIN, with the names read as
     /// JSON lines on stdin; prints one JSON "ready" line first. Not for pods of a real cluster.
     #[command(hide = true)]
@@ -109,13 +113,17 @@ where
             }
             Command::Probe { timeout } => probe(timeout).await,
             Command::Dns { identity, domain } => dns(&identity, &domain).await,
-            Command::Hold => match crate::hold::run(tokio::io::stdin(), std::io::stdout()).await {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("polygraph-agent: hold: {e}");
-                    ExitCode::from(2)
+            Command::Session { idle_exit } => {
+                let ended =
+                    crate::session::run(tokio::io::stdin(), tokio::io::stdout(), idle_exit).await;
+                match ended {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("polygraph-agent: session: {e}");
+                        ExitCode::from(2)
+                    }
                 }
-            },
+            }
         }
     });
     // A probe that timed out may leave a blocking resolver or SCTP connect behind: don't wait for it.

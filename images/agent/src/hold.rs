@@ -1,17 +1,17 @@
-//! `hold`: open long-lived TCP connections and UDP flows, keep them, and on every `check` line on
-//! stdin test each one again: does it still carry traffic? This is how polygraph sees whether a
-//! deny cuts connections that were established before it (the spec leaves that open; conntrack
-//! based dataplanes usually let them live).
+//! Held flows: open long-lived TCP connections and UDP flows, keep them, and on each check test
+//! every one again: does it still carry traffic? This is how polygraph sees whether a deny cuts
+//! connections that were established before it (the spec leaves that open; conntrack based
+//! dataplanes usually let them live). A `session` agent keeps holds by id (`SessionOp::Hold`,
+//! `Check`, `Release`).
 //!
-//! Protocol: the first stdin line is a probe request (`timeout_ms`, `targets`); the agent prints one
-//! result per target (`connected` = established), in request order. Then each `check` line gets one
-//! result per target again: `connected` (the flow still answers), `timeout` (cut by a drop),
-//! `refused` (reset or ICMP), `error` (never established). EOF on stdin ends the process.
+//! Opening gives one result per target (`connected` = established), in request order; each check
+//! one result per target again: `connected` (the flow still answers), `timeout` (cut by a drop),
+//! `refused` (reset or ICMP), `error` (never established).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
 use crate::probe::{Finding, GREETING_MAX, classify, connected, udp_exchange, udp_socket};
@@ -28,66 +28,54 @@ enum Flow {
     None,
 }
 
-/// Reads lines of `input` and writes results to `output` until `input` ends.
-pub async fn run<R, W>(input: R, mut output: W) -> std::io::Result<()>
-where
-    R: tokio::io::AsyncRead + Unpin,
-    W: std::io::Write,
-{
-    let mut lines = BufReader::new(input).lines();
-    let Some(first) = lines.next_line().await? else {
-        return Ok(());
-    };
-    let request: ProbeRequest = serde_json::from_str(&first)
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-    let timeout = Duration::from_millis(request.timeout_ms.max(1));
-    let started = Instant::now();
-    // Held flows keep kernel-chosen ports; so do their lookups.
-    let names = Names::for_targets(
-        &request.targets,
-        request.nameserver,
-        LookupWaits::new(timeout, None, 1),
-        |_| None,
-    );
-    let opened = futures_util::future::join_all(
-        request
-            .targets
-            .iter()
-            .map(|target| open(&names, target, timeout, started)),
-    )
-    .await;
-    let mut flows = Vec::with_capacity(opened.len());
-    for (flow, result) in opened {
-        writeln!(
-            output,
-            "{}",
-            serde_json::to_string(&result).unwrap_or_default()
-        )?;
-        flows.push(flow);
-    }
-    output.flush()?;
-    while let Some(line) = lines.next_line().await? {
-        if line.trim() != "check" {
-            continue;
-        }
+/// The flows of one hold; dropping it closes them.
+#[derive(Default)]
+pub struct HeldFlows {
+    flows: Vec<Flow>,
+    targets: Vec<Target>,
+    timeout: Duration,
+}
+
+impl HeldFlows {
+    /// Opens a flow to every target of `request`, all at once; the results say how each opened.
+    pub async fn open(request: &ProbeRequest) -> (HeldFlows, Vec<ProbeResult>) {
+        let timeout = Duration::from_millis(request.timeout_ms.max(1));
         let started = Instant::now();
-        let checked = futures_util::future::join_all(
-            flows
-                .iter_mut()
-                .zip(&request.targets)
-                .map(|(flow, target)| check(flow, target, timeout, started)),
+        // Held flows keep kernel-chosen ports; so do their lookups.
+        let names = Names::for_targets(
+            &request.targets,
+            request.nameserver,
+            LookupWaits::new(timeout, None, 1),
+            |_| None,
+        );
+        let opened = futures_util::future::join_all(
+            request
+                .targets
+                .iter()
+                .map(|target| open(&names, target, timeout, started)),
         )
         .await;
-        for result in checked {
-            writeln!(
-                output,
-                "{}",
-                serde_json::to_string(&result).unwrap_or_default()
-            )?;
-        }
-        output.flush()?;
+        let (flows, results) = opened.into_iter().unzip();
+        let held = HeldFlows {
+            flows,
+            targets: request.targets.clone(),
+            timeout,
+        };
+        (held, results)
     }
-    Ok(())
+
+    /// Tests every flow again, all at once.
+    pub async fn check(&mut self) -> Vec<ProbeResult> {
+        let started = Instant::now();
+        let timeout = self.timeout;
+        futures_util::future::join_all(
+            self.flows
+                .iter_mut()
+                .zip(&self.targets)
+                .map(|(flow, target)| check(flow, target, timeout, started)),
+        )
+        .await
+    }
 }
 
 async fn open(
@@ -241,47 +229,19 @@ mod tests {
             deadline_ms: None,
             attempts: None,
         };
-        let (mut to_agent, agent_in) = tokio::io::duplex(4096);
-        let output = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        struct Sink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-        impl std::io::Write for Sink {
-            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(buf);
-                Ok(buf.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let agent = tokio::spawn(run(agent_in, Sink(output.clone())));
-        let lines = |n: usize| {
-            let output = output.clone();
-            async move {
-                loop {
-                    let text = String::from_utf8(output.lock().unwrap().clone()).unwrap();
-                    let results: Vec<ProbeResult> = text
-                        .lines()
-                        .map(|l| serde_json::from_str(l).unwrap())
-                        .collect();
-                    if results.len() >= n {
-                        return results;
-                    }
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            }
-        };
-        let line = serde_json::to_string(&request).unwrap() + "\n";
-        to_agent.write_all(line.as_bytes()).await.unwrap();
-        let opened = lines(2).await;
+        let (mut held, opened) = HeldFlows::open(&request).await;
         assert_eq!(opened[0].outcome, Outcome::Connected);
         assert_eq!(opened[0].peer.as_deref(), Some("x/b"));
         assert_eq!(opened[1].outcome, Outcome::Unsupported, "SCTP is not held");
-        to_agent.write_all(b"check\n").await.unwrap();
-        assert_eq!(lines(4).await[2].outcome, Outcome::Connected);
+        assert_eq!(held.check().await[0].outcome, Outcome::Connected);
         mute.store(true, std::sync::atomic::Ordering::SeqCst);
-        to_agent.write_all(b"check\n").await.unwrap();
-        assert_eq!(lines(6).await[4].outcome, Outcome::Timeout, "no echo: cut");
-        drop(to_agent);
-        agent.await.unwrap().unwrap();
+        assert_eq!(
+            held.check().await[0].outcome,
+            Outcome::Timeout,
+            "no echo: cut"
+        );
+        let again = held.check().await;
+        assert_eq!(again[0].outcome, Outcome::Timeout, "cut stays cut");
+        assert_eq!(again[1].outcome, Outcome::Error, "never established");
     }
 }

@@ -243,6 +243,51 @@ pub struct ProbeResult {
     pub answer_ms: Option<f64>,
 }
 
+/// The version of the `session` protocol, in the agent's first line (`SessionHello`): a runner
+/// that finds another one knows the agent image does not match it.
+pub const SESSION_PROTOCOL: u32 = 1;
+
+/// The first line a `session` agent writes: it is ready for requests.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionHello {
+    pub session: u32,
+}
+
+/// One line to a `session` agent: `{"id": 7, "probe": {…}}`. Requests run concurrently; each gets
+/// one `SessionReply` line with its `id`, in whatever order they finish.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionRequest {
+    pub id: u64,
+    #[serde(flatten)]
+    pub op: SessionOp,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionOp {
+    /// A probe batch, exactly as `probe` reads it; the reply has one result per target.
+    Probe(ProbeRequest),
+    /// Open these connections and keep them as hold `id` (the request's own id); the reply says
+    /// how each opened, as `hold` does.
+    Hold(ProbeRequest),
+    /// Re-test every connection of a hold: one result per target.
+    Check { hold: u64 },
+    /// Close a hold's connections; the reply has no results.
+    Release { hold: u64 },
+}
+
+/// The answer to one `SessionRequest`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionReply {
+    pub id: u64,
+    #[serde(default)]
+    pub results: Vec<ProbeResult>,
+    /// The request could not be carried out (unreadable, or a check of an unknown hold); no
+    /// results.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// The first bytes a server sends (TCP, SCTP) or echoes (UDP): `polygraph <identity>\n`.
 pub const GREETING_PREFIX: &str = "polygraph ";
 

@@ -1,17 +1,18 @@
-//! Probing through `exec` into the agent container: one exec per probe batch (the agent reads one
-//! JSON request and writes one result per line), one long-lived exec per session of held
-//! connections.
+//! Probing through `exec` into the agent container: one long-lived exec per source pod running the
+//! agent's `session` (every batch and hold of the run), and for the exec-per-probe design one exec
+//! per batch (the agent's `probe` reads one JSON request and writes one result per line).
 
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod as KubePod;
 use kube::Api;
 use kube::api::AttachParams;
-use polygraph_agent::wire::{ProbeResult, Target};
+use polygraph_agent::wire::ProbeResult;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::connection::call;
-use crate::backend::{BackendError, Held, parse_probe_output};
+use crate::backend::session::Session;
+use crate::backend::{BackendError, parse_probe_output};
 use crate::model::PodRef;
 
 const AGENT: &str = "/polygraph-agent";
@@ -95,34 +96,54 @@ pub(super) async fn probe(
     parse_probe_output(from, &out, targets)
 }
 
-/// A `hold` session over one interactive exec; it lives as long as the connections it holds.
-pub(super) async fn hold(
+/// A `session` agent over one interactive exec, for all of the pod's batches and holds
+/// (`backend::session`); closing the exec ends it. Its stderr is kept to explain an end.
+pub(super) async fn session(
     api: &Api<KubePod>,
     from: &PodRef,
-    targets: &[Target],
-    timeout: Duration,
-) -> Result<Held, BackendError> {
+    limit: Duration,
+) -> Result<Session, BackendError> {
     let fail = |message: &str| BackendError::Probe {
         pod: from.clone(),
         message: message.into(),
     };
-    let params = agent_exec(false);
-    let mut attached = call(&format!("exec into {from}"), || async {
-        api.exec(&from.name, [AGENT, "hold"], &params).await
-    })
-    .await?;
-    let stdin = attached.stdin().ok_or_else(|| fail("exec has no stdin"))?;
-    let stdout = attached
-        .stdout()
-        .ok_or_else(|| fail("exec has no stdout"))?;
-    Held::start(
-        from.clone(),
-        targets,
-        timeout,
-        None,
-        stdin,
-        stdout,
-        attached,
-    )
-    .await
+    let params = agent_exec(true);
+    let open = async {
+        let mut attached = call(&format!("exec into {from}"), || async {
+            api.exec(&from.name, [AGENT, "session"], &params).await
+        })
+        .await?;
+        let stdin = attached.stdin().ok_or_else(|| fail("exec has no stdin"))?;
+        let stdout = attached
+            .stdout()
+            .ok_or_else(|| fail("exec has no stdout"))?;
+        let stderr = attached
+            .stderr()
+            .ok_or_else(|| fail("exec has no stderr"))?;
+        // kube-rs closes stdout when the exec ends cleanly, but not when its connection breaks:
+        // the end of the exec's own task is what says the stream is gone. Dropping the watcher
+        // drops the exec, which closes the connection, and the agent reads EOF.
+        let ended_by = Box::pin(async move {
+            match attached.join().await {
+                Ok(()) => "the exec ended".to_string(),
+                Err(e) => format!("the exec's stream broke: {e}"),
+            }
+        });
+        Session::open(
+            from,
+            stdout,
+            stdin,
+            Some(Box::new(stderr)),
+            (),
+            Some(ended_by),
+            limit,
+        )
+        .await
+    };
+    tokio::time::timeout(limit, open).await.map_err(|_| {
+        fail(&format!(
+            "the exec for the agent's session did not open within {}",
+            humantime::format_duration(limit)
+        ))
+    })?
 }

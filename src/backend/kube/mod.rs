@@ -38,7 +38,11 @@ use self::connection::{await_deletion, call, delete_namespace};
 use self::gc::Heartbeat;
 use self::manifests::{BASE_NAME_LABEL, KubeOptions, OWNER, OWNER_LABEL, RUN_LABEL, RunNames};
 use self::placement::Spread;
-use crate::backend::{Backend, BackendError, Held, ProbeTiming, UdpSourcePorts, probe_request};
+use crate::backend::session::hold_request;
+use crate::backend::{
+    Backend, BackendError, Held, ProbeTiming, Sessions, UdpSourcePorts, batch_request,
+    probe_request,
+};
 use crate::model::{Labels, NAMESPACE_NAME_LABEL, Namespace, Pod, PodRef};
 use crate::policy::Policy;
 use crate::policy::{ClusterKind, ClusterPolicy};
@@ -235,6 +239,8 @@ pub struct KubeBackend {
     exec_slack: Duration,
     cleaned: bool,
     udp_ports: UdpSourcePorts,
+    /// The agent session (one exec) of each source pod.
+    sessions: Sessions,
     /// Which cluster-scoped kinds the API serves, asked once each.
     served: BTreeMap<ClusterKind, bool>,
     _heartbeat: Heartbeat,
@@ -274,6 +280,7 @@ impl KubeBackend {
             exec_slack: Duration::from_secs(15),
             cleaned: false,
             udp_ports: UdpSourcePorts::default(),
+            sessions: Sessions::default(),
             served: BTreeMap::new(),
             _heartbeat: heartbeat,
         };
@@ -417,6 +424,7 @@ impl KubeBackend {
     }
 
     async fn remove_run(&mut self) -> Result<(), BackendError> {
+        self.sessions.clear();
         // Cluster-scoped objects first: they would otherwise outlive the namespaces they select.
         self.remove_cluster_policies().await?;
         let api = self.namespaces_api();
@@ -472,6 +480,7 @@ impl KubeBackend {
         .await?;
         self.deleting.insert(real);
         self.namespaces.remove(name);
+        self.sessions.forget_namespace(name);
         self.pods.retain(|p| p.namespace != name);
         self.addresses.retain(|p, _| p.namespace != name);
         self.services.retain(|p, _| p.namespace != name);
@@ -575,6 +584,7 @@ impl KubeBackend {
         .await?;
         // A pod of the same name may be created right after (a recreated pod): wait.
         await_deletion(&format!("pod {pod}"), || async { api.get(&pod.name).await }).await?;
+        self.sessions.forget(pod);
         self.pods.remove(pod);
         self.addresses.remove(pod);
         self.nodes.remove(pod);
@@ -766,10 +776,37 @@ impl Backend for KubeBackend {
         targets: &[Target],
         timeout: Duration,
     ) -> Result<Held, BackendError> {
-        exec::hold(&self.pods_api(&from.namespace), from, targets, timeout).await
+        let api = self.pods_api(&from.namespace);
+        self.sessions
+            .hold(
+                from,
+                || exec::session(&api, from, self.exec_slack),
+                hold_request(targets, timeout, None),
+                timeout + self.exec_slack,
+            )
+            .await
     }
 
     async fn probe(
+        &self,
+        from: &PodRef,
+        targets: &[Target],
+        timing: ProbeTiming,
+    ) -> Result<Vec<ProbeResult>, BackendError> {
+        let api = self.pods_api(&from.namespace);
+        let request = || batch_request(targets, timing, Some((&self.udp_ports, from)), None);
+        self.sessions
+            .probe(
+                from,
+                || exec::session(&api, from, self.exec_slack),
+                request,
+                targets.len(),
+                timing.timeout + self.exec_slack,
+            )
+            .await
+    }
+
+    async fn probe_alone(
         &self,
         from: &PodRef,
         targets: &[Target],

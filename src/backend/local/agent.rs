@@ -1,18 +1,19 @@
-//! The agent processes of the local cluster: one `serve` per pod (its listeners), one short-lived
-//! `probe` per batch, one `hold` per session of held connections, each run inside the pod's network
-//! namespace with `ip netns exec`.
+//! The agent processes of the local cluster: one `serve` per pod (its listeners), one `session` per
+//! source pod (its probe batches and held connections), and for the exec-per-probe design one
+//! short-lived `probe` per batch, each run inside the pod's network namespace with `ip netns exec`.
 
 use std::process::Stdio;
 use std::time::Duration;
 
-use polygraph_agent::wire::{ProbeResult, Ready, Target};
+use polygraph_agent::wire::{ProbeResult, Ready};
 use tokio::io::AsyncWriteExt;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 use super::host;
 use super::options::AgentCommand;
-use crate::backend::{BackendError, Held, parse_probe_output};
+use crate::backend::session::Session;
+use crate::backend::{BackendError, parse_probe_output};
 use crate::model::{Pod, PodRef};
 
 /// A pod's `serve` process.
@@ -209,38 +210,39 @@ pub(super) async fn probe(
     parse_probe_output(from, &output, targets)
 }
 
-/// A `hold` process in the pod's namespace, holding connections to `targets`.
-pub(super) async fn hold(
+/// A `session` agent in the pod's namespace, for all of the pod's batches and holds
+/// (`backend::session`); it dies with the session.
+pub(super) async fn session(
     agent: &AgentCommand,
     netns: &str,
     from: &PodRef,
-    targets: &[Target],
-    timeout: Duration,
-    nameserver: Option<std::net::SocketAddr>,
-) -> Result<Held, BackendError> {
+    limit: Duration,
+) -> Result<Session, BackendError> {
     let mut child = command(agent, netns)
-        .arg("hold")
+        .arg("session")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .map_err(BackendError::io(format!(
-            "starting the agent to hold connections from {from}"
+            "starting the agent's session in {from}"
         )))?;
-    let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+    let (Some(stdin), Some(stdout), Some(stderr)) =
+        (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    else {
         return Err(BackendError::Probe {
             pod: from.clone(),
             message: "agent without pipes".into(),
         });
     };
-    Held::start(
-        from.clone(),
-        targets,
-        timeout,
-        nameserver,
-        stdin,
+    Session::open(
+        from,
         stdout,
+        stdin,
+        Some(Box::new(stderr)),
         child,
+        None,
+        limit,
     )
     .await
 }

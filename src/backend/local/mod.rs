@@ -30,7 +30,11 @@ use agent::Agent;
 use host::Names;
 use programmer::Programmer;
 
-use super::{Backend, BackendError, Held, ProbeTiming, UdpSourcePorts, probe_request};
+use super::session::hold_request;
+use super::{
+    Backend, BackendError, Held, ProbeTiming, Sessions, UdpSourcePorts, batch_request,
+    probe_request,
+};
 use crate::faults::Fault;
 use crate::model::{
     Cluster, ClusterDescription, ClusterDns, ContainerPort, Family, IpFamilies, Labels,
@@ -39,6 +43,10 @@ use crate::model::{
 };
 use crate::policy::{ClusterKind, ClusterPolicy, Policy};
 use crate::world::Mutation;
+
+/// How much longer than the probe timeout an agent may take to answer a batch, and to start its
+/// session: process start-up on a loaded machine.
+const AGENT_SLACK: Duration = Duration::from_secs(10);
 
 /// Where polygraph records which process owns a run, so `gc` leaves live runs alone.
 const OWNER_DIR: &str = "/run/polygraph";
@@ -69,6 +77,8 @@ pub struct LocalBackend {
     owner_file: Option<PathBuf>,
     cleaned: bool,
     udp_ports: UdpSourcePorts,
+    /// The agent session of each source pod (and of the outside host).
+    sessions: Sessions,
     next_node_port: u16,
     /// The host outside the cluster, once a path needs it.
     outside: Option<Outside>,
@@ -210,6 +220,7 @@ impl LocalBackend {
             owner_file: None,
             cleaned: false,
             udp_ports: UdpSourcePorts::default(),
+            sessions: Sessions::default(),
             next_node_port: proxy::NODE_PORT_FIRST,
             outside: None,
             dns: None,
@@ -466,6 +477,7 @@ impl LocalBackend {
     }
 
     fn remove_namespaces_now(&mut self) {
+        self.sessions.clear();
         for local in self.pods.values() {
             host::netns_delete_now(&self.names.pod(local.slot));
         }
@@ -609,6 +621,8 @@ impl LocalBackend {
 
     async fn delete_pod(&mut self, pod: &PodRef) -> Result<(), BackendError> {
         let mut local = self.pods.remove(pod).ok_or_else(|| no_pod(pod))?;
+        // Its session lives in its namespace: ended first, or it would keep the namespace alive.
+        self.sessions.forget(pod);
         if let Some(agent) = &mut local.agent {
             agent.stop().await;
         }
@@ -860,6 +874,34 @@ impl Backend for LocalBackend {
         timing: ProbeTiming,
     ) -> Result<Vec<ProbeResult>, BackendError> {
         let netns = self.netns_of(from)?;
+        let request = || {
+            batch_request(
+                targets,
+                timing,
+                Some((&self.udp_ports, from)),
+                self.nameserver(),
+            )
+        };
+        // The agent finishes within one timeout; allow generously for a loaded machine.
+        let limit = timing.timeout + AGENT_SLACK;
+        self.sessions
+            .probe(
+                from,
+                || agent::session(&self.options.agent, &netns, from, AGENT_SLACK),
+                request,
+                targets.len(),
+                limit,
+            )
+            .await
+    }
+
+    async fn probe_alone(
+        &self,
+        from: &PodRef,
+        targets: &[Target],
+        timing: ProbeTiming,
+    ) -> Result<Vec<ProbeResult>, BackendError> {
+        let netns = self.netns_of(from)?;
         let request = probe_request(
             targets,
             timing,
@@ -884,15 +926,14 @@ impl Backend for LocalBackend {
         timeout: Duration,
     ) -> Result<Held, BackendError> {
         let netns = self.netns_of(from)?;
-        agent::hold(
-            &self.options.agent,
-            &netns,
-            from,
-            targets,
-            timeout,
-            self.nameserver(),
-        )
-        .await
+        self.sessions
+            .hold(
+                from,
+                || agent::session(&self.options.agent, &netns, from, AGENT_SLACK),
+                hold_request(targets, timeout, self.nameserver()),
+                timeout + AGENT_SLACK,
+            )
+            .await
     }
 
     async fn cleanup(&mut self) -> Result<(), BackendError> {

@@ -1,5 +1,6 @@
-//! Held connections in the simulation: an in-process stand-in for the agent's `hold`, speaking the
-//! same protocol over an in-memory pipe, so the runner's `Held` bookkeeping is the real one.
+//! Held connections in the simulation: an in-process stand-in for the agent's `session`, speaking
+//! the same protocol over an in-memory pipe, so the sessions and the runner's `Held` bookkeeping
+//! are the real ones.
 //!
 //! A connection opens if the dataplane lets a new connection through. At each `check` it still
 //! carries traffic if it was established and either the dataplane tracks connections (replies of
@@ -9,35 +10,39 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use polygraph_agent::wire::{Outcome, ProbeRequest, ProbeResult, Target};
+use std::collections::HashMap;
+
+use polygraph_agent::wire::{
+    Outcome, ProbeResult, SESSION_PROTOCOL, SessionHello, SessionOp, SessionReply, SessionRequest,
+};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::time::Instant;
 
 use super::dataplane::Dataplane;
 use super::lock;
-use crate::backend::{BackendError, Held};
+use crate::backend::BackendError;
+use crate::backend::session::Session;
 use crate::faults::Fault;
 use crate::model::{PodRef, PortProtocol};
 
-pub(super) async fn start(
+/// An in-process simulated agent session for `from` (it answers holds; the simulation answers
+/// probe batches itself), over an in-memory pipe; dropping the session ends it.
+pub(super) async fn session(
     dataplane: Arc<Mutex<Dataplane>>,
     from: &PodRef,
-    targets: &[Target],
-    timeout: Duration,
-) -> Result<Held, BackendError> {
+) -> Result<Session, BackendError> {
     let (ours, theirs) = tokio::io::duplex(64 * 1024);
     let (agent_in, agent_out) = tokio::io::split(theirs);
-    let session = tokio::spawn(serve(dataplane, from.clone(), agent_in, agent_out));
+    let agent = tokio::spawn(serve(dataplane, from.clone(), agent_in, agent_out));
     let (stdout, stdin) = tokio::io::split(ours);
-    // Aborting the task when the session is dropped closes the simulated connections.
-    Held::start(
-        from.clone(),
-        targets,
-        timeout,
-        None,
-        stdin,
+    Session::open(
+        from,
         stdout,
-        AbortOnDrop(session),
+        stdin,
+        None,
+        AbortOnDrop(agent),
+        None,
+        Duration::from_secs(10),
     )
     .await
 }
@@ -56,72 +61,104 @@ async fn serve(
     input: impl tokio::io::AsyncRead + Unpin,
     mut output: impl tokio::io::AsyncWrite + Unpin,
 ) {
-    let mut lines = BufReader::new(input).lines();
-    let Ok(Some(first)) = lines.next_line().await else {
-        return;
+    let hello = SessionHello {
+        session: SESSION_PROTOCOL,
     };
-    let Ok(request) = serde_json::from_str::<ProbeRequest>(&first) else {
-        return;
-    };
-    let timeout = Duration::from_millis(request.timeout_ms);
-    let opened: Vec<ProbeResult> = {
-        let mut dataplane = lock(&dataplane);
-        let judge = dataplane.judge(Instant::now());
-        request
-            .targets
-            .iter()
-            .map(|t| judge.probe(&from, t, timeout))
-            .collect()
-    };
-    if write(&mut output, &opened).await.is_err() {
+    if write(&mut output, &hello).await.is_err() {
         return;
     }
+    // Each hold: how its flows opened, and the timeout its checks wait.
+    let mut holds: HashMap<u64, (Vec<ProbeResult>, Duration)> = HashMap::new();
+    let mut lines = BufReader::new(input).lines();
     while let Ok(Some(line)) = lines.next_line().await {
-        if line.trim() != "check" {
-            continue;
-        }
-        let checked: Vec<ProbeResult> = {
-            let mut dataplane = lock(&dataplane);
-            let stateless = dataplane.faults.has(Fault::Stateless);
-            let judge = dataplane.judge(Instant::now());
-            opened
-                .iter()
-                .map(|open| {
-                    let mut result = open.clone();
-                    let alive = open.outcome == Outcome::Connected
-                        && (!stateless || {
-                            let to = open.peer.as_deref().and_then(|p| p.parse().ok());
-                            let route = judge.pod_at(&open.host, open.port).map(|(_, route)| route);
-                            to.zip(route).is_some_and(|(to, route)| {
-                                let pp = PortProtocol::new(open.port, open.protocol);
-                                judge.passes(&from, &to, pp, route)
-                            })
-                        });
-                    if !alive {
-                        result.outcome = Outcome::Timeout;
-                        result.elapsed_ms = timeout.as_secs_f64() * 1e3;
-                        result.peer = None;
-                    }
-                    result
-                })
-                .collect()
+        let Ok(request) = serde_json::from_str::<SessionRequest>(&line) else {
+            return;
         };
-        if write(&mut output, &checked).await.is_err() {
+        let id = request.id;
+        let reply = |results| SessionReply {
+            id,
+            results,
+            error: None,
+        };
+        let reply = match request.op {
+            SessionOp::Hold(request) => {
+                let timeout = Duration::from_millis(request.timeout_ms);
+                let opened: Vec<ProbeResult> = {
+                    let mut dataplane = lock(&dataplane);
+                    let judge = dataplane.judge(Instant::now());
+                    request
+                        .targets
+                        .iter()
+                        .map(|t| judge.probe(&from, t, timeout))
+                        .collect()
+                };
+                holds.insert(id, (opened.clone(), timeout));
+                reply(opened)
+            }
+            SessionOp::Check { hold } => match holds.get(&hold) {
+                Some((opened, timeout)) => reply(check(&dataplane, &from, opened, *timeout)),
+                None => SessionReply {
+                    id,
+                    results: Vec::new(),
+                    error: Some(format!("no hold {hold}")),
+                },
+            },
+            SessionOp::Release { hold } => {
+                holds.remove(&hold);
+                reply(Vec::new())
+            }
+            SessionOp::Probe(_) => SessionReply {
+                id,
+                results: Vec::new(),
+                error: Some("the simulation answers probe batches itself".into()),
+            },
+        };
+        if write(&mut output, &reply).await.is_err() {
             return;
         }
     }
 }
 
+/// Which held flows still carry traffic.
+fn check(
+    dataplane: &Mutex<Dataplane>,
+    from: &PodRef,
+    opened: &[ProbeResult],
+    timeout: Duration,
+) -> Vec<ProbeResult> {
+    let mut dataplane = lock(dataplane);
+    let stateless = dataplane.faults.has(Fault::Stateless);
+    let judge = dataplane.judge(Instant::now());
+    opened
+        .iter()
+        .map(|open| {
+            let mut result = open.clone();
+            let alive = open.outcome == Outcome::Connected
+                && (!stateless || {
+                    let to = open.peer.as_deref().and_then(|p| p.parse().ok());
+                    let route = judge.pod_at(&open.host, open.port).map(|(_, route)| route);
+                    to.zip(route).is_some_and(|(to, route)| {
+                        let pp = PortProtocol::new(open.port, open.protocol);
+                        judge.passes(from, &to, pp, route)
+                    })
+                });
+            if !alive {
+                result.outcome = Outcome::Timeout;
+                result.elapsed_ms = timeout.as_secs_f64() * 1e3;
+                result.peer = None;
+            }
+            result
+        })
+        .collect()
+}
+
 async fn write(
     output: &mut (impl tokio::io::AsyncWrite + Unpin),
-    results: &[ProbeResult],
+    value: &impl serde::Serialize,
 ) -> std::io::Result<()> {
-    let mut text = String::new();
-    for result in results {
-        // Plain data: serialization cannot fail.
-        text.push_str(&serde_json::to_string(result).unwrap_or_default());
-        text.push('\n');
-    }
-    output.write_all(text.as_bytes()).await?;
+    // Plain data: serialization cannot fail.
+    let mut line = serde_json::to_string(value).unwrap_or_default();
+    line.push('\n');
+    output.write_all(line.as_bytes()).await?;
     output.flush().await
 }

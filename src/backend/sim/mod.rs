@@ -19,7 +19,8 @@ use std::time::Duration;
 use polygraph_agent::wire::{ProbeResult, Target};
 use tokio::time::Instant;
 
-use super::{Backend, BackendError, Held, ProbeTiming};
+use super::session::hold_request;
+use super::{Backend, BackendError, Held, ProbeTiming, Sessions};
 use crate::faults::{Fault, Faults};
 use std::net::IpAddr;
 
@@ -44,6 +45,8 @@ pub struct SimBackend {
     run_id: String,
     faults: String,
     dataplane: Arc<Mutex<Dataplane>>,
+    /// The simulated agent sessions that hold connections (`held`).
+    sessions: Sessions,
 }
 
 impl SimBackend {
@@ -56,6 +59,7 @@ impl SimBackend {
                 options.sctp,
                 options.families,
             ))),
+            sessions: Sessions::default(),
         }
     }
 
@@ -265,10 +269,18 @@ impl Backend for SimBackend {
         targets: &[Target],
         timeout: Duration,
     ) -> Result<Held, BackendError> {
-        held::start(self.dataplane.clone(), from, targets, timeout).await
+        self.sessions
+            .hold(
+                from,
+                || held::session(self.dataplane.clone(), from),
+                hold_request(targets, timeout, None),
+                timeout + Duration::from_secs(10),
+            )
+            .await
     }
 
     async fn cleanup(&mut self) -> Result<(), BackendError> {
+        self.sessions.clear();
         let mut dataplane = self.dataplane();
         let faults = dataplane.faults.clone();
         let sctp = dataplane.sctp;
