@@ -117,9 +117,13 @@ fn corpus_on_real_packets_matches_the_known_answers() {
     std::thread::scope(|scope| {
         for _ in 0..3 {
             scope.spawn(|| {
-                while let Some((file, case)) =
-                    queue.lock().unwrap().pop().map(|(f, c)| (f.clone(), c))
-                {
+                loop {
+                    // Its own statement: a `while let` would hold the queue's lock for the whole
+                    // case, and the three workers would take turns.
+                    let next = queue.lock().unwrap().pop();
+                    let Some((file, case)) = next.map(|(f, c)| (f.clone(), c)) else {
+                        break;
+                    };
                     let verdict = probe_case(case, &[]).and_then(|probed| {
                         run_ids.lock().unwrap().insert(probed.run_id.clone());
                         let left = namespaces_of_run(&probed.run_id);
