@@ -491,3 +491,87 @@ fn the_generated_smoke_set_passes_on_real_packets() {
         "a failing case names its rerun: {stdout}"
     );
 }
+
+/// The agent session processes `polygraph` (process `pid`) started: its children whose command
+/// line runs `agent session`.
+fn session_children(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|children| {
+            children
+                .split_whitespace()
+                .filter_map(|c| c.parse::<u32>().ok())
+                .collect::<Vec<_>>()
+        })
+        .filter(|child| {
+            std::fs::read(format!("/proc/{child}/cmdline"))
+                .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains("session"))
+        })
+        .collect()
+}
+
+#[test]
+#[ignore = "needs root: builds a local cluster (network namespaces, nftables); .ci/run runs it as root"]
+fn a_killed_agent_session_is_reopened_and_the_run_still_passes() {
+    require_local_cluster();
+    let scenarios = [
+        "deny-all-ingress",
+        "policy-deleted",
+        "allow-from-namespace",
+        "deny-all-egress",
+        "namespace-labels-move",
+        "egress-to-namespace",
+        "udp-port",
+        "and-selector",
+    ];
+    let mut args = vec!["run", "--parallel-scenarios", "1"];
+    args.extend(scenarios);
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_polygraph"))
+        .args(&args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("polygraph runs");
+    // Sessions start with the first probe round; kill them all once, a moment after they are up,
+    // while the run goes on.
+    let started = std::time::Instant::now();
+    let mut killed = Vec::new();
+    while killed.is_empty() && started.elapsed() < std::time::Duration::from_secs(20) {
+        let sessions = session_children(child.id());
+        if sessions.len() >= 3 {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            for pid in session_children(child.id()) {
+                let status = std::process::Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status()
+                    .expect("kill runs");
+                if status.success() {
+                    killed.push(pid);
+                }
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().expect("polygraph finishes");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!killed.is_empty(), "no agent session to kill\n{stdout}");
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "killed sessions {killed:?}\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        !stdout.contains("ERROR") && !stdout.contains("FAIL"),
+        "{stdout}"
+    );
+    println!(
+        "killed {} agent sessions mid-run; {}",
+        killed.len(),
+        stdout.lines().last().unwrap_or_default()
+    );
+}

@@ -16,7 +16,7 @@ use std::time::Duration;
 use polygraph_agent::wire::{ProbeResult, Target};
 
 pub use agent_io::{UdpSourcePorts, batch_request, parse_probe_output, probe_request};
-pub use session::{Held, SessionCounts, Sessions};
+pub use session::{Held, Sessions};
 
 use crate::model::PodRef;
 use crate::world::Mutation;

@@ -336,15 +336,6 @@ async fn keep_tail(mut stderr: impl AsyncRead + Unpin, tail: Arc<Mutex<String>>)
 #[derive(Default)]
 pub struct Sessions {
     by_pod: Mutex<HashMap<PodRef, Arc<Session>>>,
-    opened: AtomicU64,
-    broken: AtomicU64,
-}
-
-/// How many sessions a backend has opened, and how many of them broke (were reopened).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct SessionCounts {
-    pub opened: u64,
-    pub broken: u64,
 }
 
 impl Sessions {
@@ -398,7 +389,7 @@ impl Sessions {
             }
         }
         Err(fail(format!(
-            "the agent's session broke {TRIES} times: {}",
+            "the agent's session broke on each of {TRIES} tries: {}",
             reasons.join("; ")
         )))
     }
@@ -461,7 +452,7 @@ impl Sessions {
             }
         }
         Err(fail(format!(
-            "the agent's session broke {TRIES} times: {}",
+            "the agent's session broke on each of {TRIES} tries: {}",
             reasons.join("; ")
         )))
     }
@@ -481,7 +472,6 @@ impl Sessions {
             return Ok(session.clone());
         }
         let session = Arc::new(connect().await?);
-        self.opened.fetch_add(1, Ordering::Relaxed);
         let mut by_pod = lock(&self.by_pod);
         // Batches from one pod may race to open its session: the first one kept wins.
         match by_pod.get(from) {
@@ -493,9 +483,8 @@ impl Sessions {
         }
     }
 
-    /// Drops `session` as the pod's, if it still is; counted as broken.
+    /// Drops `session` as the pod's, if it still is.
     fn forget_broken(&self, from: &PodRef, session: &Arc<Session>) {
-        self.broken.fetch_add(1, Ordering::Relaxed);
         let mut by_pod = lock(&self.by_pod);
         if by_pod.get(from).is_some_and(|s| Arc::ptr_eq(s, session)) {
             by_pod.remove(from);
@@ -515,13 +504,6 @@ impl Sessions {
     /// Ends every session.
     pub fn clear(&self) {
         lock(&self.by_pod).clear();
-    }
-
-    pub fn counts(&self) -> SessionCounts {
-        SessionCounts {
-            opened: self.opened.load(Ordering::Relaxed),
-            broken: self.broken.load(Ordering::Relaxed),
-        }
     }
 }
 
