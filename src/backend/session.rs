@@ -46,6 +46,14 @@ pub struct Session {
     _transport: Box<dyn Send + Sync>,
 }
 
+/// What a request is, for its errors: `doing` prefixes them, and the reply must hold `expected`
+/// results (`noun`).
+struct Asked {
+    doing: &'static str,
+    expected: usize,
+    noun: &'static str,
+}
+
 /// How a request failed.
 #[derive(Debug)]
 enum CallError {
@@ -353,22 +361,85 @@ impl Sessions {
     where
         F: Future<Output = Result<Session, BackendError>>,
     {
+        let what = Asked {
+            doing: "",
+            expected: targets,
+            noun: "targets",
+        };
+        let (_, _, results) = self
+            .ask(from, connect, || SessionOp::Probe(request()), limit, what)
+            .await?;
+        Ok(results)
+    }
+
+    /// Opens held connections from `from` on its session (a broken stream before they open is
+    /// retried like a batch).
+    pub async fn hold<F>(
+        &self,
+        from: &PodRef,
+        connect: impl Fn() -> F,
+        request: ProbeRequest,
+        limit: Duration,
+    ) -> Result<Held, BackendError>
+    where
+        F: Future<Output = Result<Session, BackendError>>,
+    {
+        let targets = request.targets.len();
+        let what = Asked {
+            doing: "holding connections: ",
+            expected: targets,
+            noun: "held connections",
+        };
+        let (session, hold, opened) = self
+            .ask(
+                from,
+                connect,
+                || SessionOp::Hold(request.clone()),
+                limit,
+                what,
+            )
+            .await?;
+        Ok(Held {
+            from: from.clone(),
+            session,
+            hold,
+            targets,
+            opened,
+        })
+    }
+
+    /// Sends `op` on the pod's session, and again on a new session each time the stream breaks,
+    /// up to `TRIES` times. Returns the session that answered, the request's id there (a hold is
+    /// kept under it) and the results.
+    async fn ask<F>(
+        &self,
+        from: &PodRef,
+        connect: impl Fn() -> F,
+        op: impl Fn() -> SessionOp,
+        limit: Duration,
+        what: Asked,
+    ) -> Result<(Arc<Session>, u64, Vec<ProbeResult>), BackendError>
+    where
+        F: Future<Output = Result<Session, BackendError>>,
+    {
         let fail = |message: String| BackendError::Probe {
             pod: from.clone(),
-            message,
+            message: format!("{}{message}", what.doing),
         };
         let mut reasons = Vec::new();
         for _ in 0..TRIES {
             let session = self.session(from, &connect).await?;
-            match session
-                .call(session.new_id(), SessionOp::Probe(request()), limit)
-                .await
-            {
-                Ok(reply) if reply.results.len() == targets => return Ok(reply.results),
+            let id = session.new_id();
+            match session.call(id, op(), limit).await {
+                Ok(reply) if reply.results.len() == what.expected => {
+                    return Ok((session, id, reply.results));
+                }
                 Ok(reply) => {
                     return Err(fail(format!(
-                        "{} results for {targets} targets",
-                        reply.results.len()
+                        "{} results for {} {}",
+                        reply.results.len(),
+                        what.expected,
+                        what.noun
                     )));
                 }
                 Err(CallError::Broken(reason)) => {
@@ -385,69 +456,6 @@ impl Sessions {
                 }
                 Err(CallError::Agent(error)) => {
                     return Err(fail(format!("the agent failed: {error}")));
-                }
-            }
-        }
-        Err(fail(format!(
-            "the agent's session broke on each of {TRIES} tries: {}",
-            reasons.join("; ")
-        )))
-    }
-
-    /// Opens held connections from `from` on its session (a broken stream before they open is
-    /// retried like a batch).
-    pub async fn hold<F>(
-        &self,
-        from: &PodRef,
-        connect: impl Fn() -> F,
-        request: ProbeRequest,
-        limit: Duration,
-    ) -> Result<Held, BackendError>
-    where
-        F: Future<Output = Result<Session, BackendError>>,
-    {
-        let fail = |message: String| BackendError::Probe {
-            pod: from.clone(),
-            message,
-        };
-        let targets = request.targets.len();
-        let mut reasons = Vec::new();
-        for _ in 0..TRIES {
-            let session = self.session(from, &connect).await?;
-            // The hold's id is its request's: the agent keeps it under that.
-            let id = session.new_id();
-            match session
-                .call(id, SessionOp::Hold(request.clone()), limit)
-                .await
-            {
-                Ok(reply) if reply.results.len() == targets => {
-                    return Ok(Held {
-                        from: from.clone(),
-                        session,
-                        hold: id,
-                        targets,
-                        opened: reply.results,
-                    });
-                }
-                Ok(reply) => {
-                    return Err(fail(format!(
-                        "{} results for {targets} held connections",
-                        reply.results.len()
-                    )));
-                }
-                Err(CallError::Broken(reason)) => {
-                    self.forget_broken(from, &session);
-                    reasons.push(reason);
-                }
-                Err(CallError::Timeout(limit)) => {
-                    self.forget_broken(from, &session);
-                    return Err(fail(format!(
-                        "holding connections: no answer within {}",
-                        humantime::format_duration(limit)
-                    )));
-                }
-                Err(CallError::Agent(error)) => {
-                    return Err(fail(format!("holding connections: {error}")));
                 }
             }
         }
