@@ -420,6 +420,7 @@ async fn a_broken_stream_is_reopened_and_never_an_outcome() {
         assert_eq!(results[1].outcome.as_str(), "refused", "round {round}");
     }
     assert_eq!(execs(&seen), 3, "a new exec for every two batches");
+    assert_eq!(backend.sessions_broken(), 2, "and the run is told so");
     // Held connections die with their stream: the check is an error, never "cut".
     let held = backend
         .hold(&from(), &targets[..1], Duration::from_millis(500))

@@ -569,8 +569,18 @@ fn a_killed_agent_session_is_reopened_and_the_run_still_passes() {
         !stdout.contains("ERROR") && !stdout.contains("FAIL"),
         "{stdout}"
     );
+    // The run says how many sessions it reopened: a session killed between two batches is found
+    // broken by the next one.
+    assert!(
+        stdout.contains("broke and were reopened (their batches sent again"),
+        "{stdout}"
+    );
+    let reopened = stdout
+        .lines()
+        .find(|l| l.starts_with("agent sessions:"))
+        .unwrap_or_default();
     println!(
-        "killed {} agent sessions mid-run; {}",
+        "killed {} agent sessions mid-run; {reopened}; {}",
         killed.len(),
         stdout.lines().last().unwrap_or_default()
     );

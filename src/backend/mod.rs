@@ -223,6 +223,11 @@ pub trait Backend {
     ) -> Result<Held, BackendError>;
     /// Removes everything the backend created. Idempotent.
     async fn cleanup(&mut self) -> Result<(), BackendError>;
+    /// How many agent sessions broke so far and were reopened (`session::Sessions::broken`): a
+    /// broken stream is never an outcome, but a run says how often it happened.
+    fn sessions_broken(&self) -> u64 {
+        0
+    }
     /// Whether scenarios using these cluster-scoped kinds can run here: `Err(reason)` makes them
     /// `unsupported`; `Ok(warnings)` may name objects of the cluster's own that could change the
     /// answers. The backends polygraph owns serve every kind.
@@ -269,6 +274,9 @@ macro_rules! delegate {
 impl Backend for AnyBackend {
     fn describe(&self) -> String {
         delegate!(self, b => b.describe())
+    }
+    fn sessions_broken(&self) -> u64 {
+        delegate!(self, b => b.sessions_broken())
     }
     fn cleanup_message(&self) -> String {
         delegate!(self, b => b.cleanup_message())

@@ -344,6 +344,8 @@ async fn keep_tail(mut stderr: impl AsyncRead + Unpin, tail: Arc<Mutex<String>>)
 #[derive(Default)]
 pub struct Sessions {
     by_pod: Mutex<HashMap<PodRef, Arc<Session>>>,
+    /// Sessions given up on because their stream broke or their agent stopped answering.
+    broken: AtomicU64,
 }
 
 impl Sessions {
@@ -474,10 +476,17 @@ impl Sessions {
     where
         F: Future<Output = Result<Session, BackendError>>,
     {
-        if let Some(session) = lock(&self.by_pod).get(from)
-            && !session.is_ended()
         {
-            return Ok(session.clone());
+            let mut by_pod = lock(&self.by_pod);
+            match by_pod.get(from) {
+                Some(session) if !session.is_ended() => return Ok(session.clone()),
+                // It broke between two requests (its agent exited, its exec closed).
+                Some(_) => {
+                    by_pod.remove(from);
+                    self.broken.fetch_add(1, Ordering::Relaxed);
+                }
+                None => {}
+            }
         }
         let session = Arc::new(connect().await?);
         let mut by_pod = lock(&self.by_pod);
@@ -491,8 +500,9 @@ impl Sessions {
         }
     }
 
-    /// Drops `session` as the pod's, if it still is.
+    /// Drops `session` as the pod's, if it still is, and counts it as broken.
     fn forget_broken(&self, from: &PodRef, session: &Arc<Session>) {
+        self.broken.fetch_add(1, Ordering::Relaxed);
         let mut by_pod = lock(&self.by_pod);
         if by_pod.get(from).is_some_and(|s| Arc::ptr_eq(s, session)) {
             by_pod.remove(from);
@@ -507,6 +517,12 @@ impl Sessions {
     /// Ends the sessions of every pod in `namespace` (it is being deleted).
     pub fn forget_namespace(&self, namespace: &str) {
         lock(&self.by_pod).retain(|pod, _| pod.namespace != namespace);
+    }
+
+    /// How many sessions broke (their stream ended, or their agent stopped answering) and were
+    /// given up on: their batches went again on new ones, or failed as errors.
+    pub fn broken(&self) -> u64 {
+        self.broken.load(Ordering::Relaxed)
     }
 
     /// Ends every session.

@@ -69,6 +69,8 @@ pub struct SummaryJson {
     pub cells: CountsJson,
     /// Latency by kind of change and by node, races, leaks and held connections over the run.
     pub totals: RunTotals,
+    /// Agent sessions whose stream broke and were reopened (their batches sent again).
+    pub sessions_broken: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -287,6 +289,7 @@ pub fn report(result: &RunResult, selection: CellSelection) -> RunJson {
             steps: totals.steps,
             cells: total,
             totals: totals.clone(),
+            sessions_broken: result.sessions_broken,
         },
         scenarios,
     }

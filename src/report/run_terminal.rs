@@ -375,6 +375,13 @@ pub fn render(result: &RunResult, color: bool) -> String {
     } else {
         String::new()
     };
+    if result.sessions_broken > 0 {
+        let _ = writeln!(
+            text,
+            "agent sessions: {} broke and were reopened (their batches sent again; a broken stream is never an outcome)",
+            result.sessions_broken
+        );
+    }
     let _ = writeln!(
         text,
         "{} scenarios: {} passed, {} failed{unsupported}; {} steps in {} on {}",

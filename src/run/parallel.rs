@@ -55,8 +55,10 @@ pub async fn run_in_parallel<B: Backend>(
     // Back in the library's order.
     let mut ordered: Vec<Option<_>> = (0..scenarios.len()).map(|_| None).collect();
     let mut described = Vec::new();
+    let mut sessions_broken = 0;
     for (lane, result) in dealt.iter().zip(results) {
         described.push(result.backend.clone());
+        sessions_broken += result.sessions_broken;
         for (&index, scenario) in lane.iter().zip(result.scenarios) {
             ordered[index] = Some(scenario);
         }
@@ -64,6 +66,7 @@ pub async fn run_in_parallel<B: Backend>(
     let scenarios: Vec<_> = ordered.into_iter().flatten().collect();
     RunResult {
         backend: lanes_description(&described),
+        sessions_broken,
         totals: RunTotals::of(&scenarios),
         scenarios,
         elapsed: started.elapsed(),

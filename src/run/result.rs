@@ -228,6 +228,9 @@ pub struct RunResult {
     pub options: RunOptions,
     /// Latency, races, held connections and scenario counts over the whole run.
     pub totals: RunTotals,
+    /// Agent sessions whose stream broke during the run (`Backend::sessions_broken`): their
+    /// batches were sent again on new sessions, never judged from the broken stream.
+    pub sessions_broken: u64,
 }
 
 impl RunResult {

@@ -227,6 +227,7 @@ pub async fn run_scenarios<B: Backend>(
     let _ = reconcile(backend, &deployed, &World::empty()).await;
     RunResult {
         backend: backend.describe(),
+        sessions_broken: backend.sessions_broken(),
         totals: RunTotals::of(&results),
         scenarios: results,
         elapsed: started.elapsed(),

@@ -83,6 +83,7 @@ pub struct Summary {
     pub steps: usize,
     pub cells: Counts,
     pub totals: Totals,
+    pub sessions_broken: u64,
 }
 
 #[derive(Debug, Deserialize)]

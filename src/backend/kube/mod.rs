@@ -806,6 +806,10 @@ impl Backend for KubeBackend {
             .await
     }
 
+    fn sessions_broken(&self) -> u64 {
+        self.sessions.broken()
+    }
+
     async fn probe_alone(
         &self,
         from: &PodRef,

@@ -895,6 +895,10 @@ impl Backend for LocalBackend {
             .await
     }
 
+    fn sessions_broken(&self) -> u64 {
+        self.sessions.broken()
+    }
+
     async fn probe_alone(
         &self,
         from: &PodRef,
