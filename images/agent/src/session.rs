@@ -64,7 +64,9 @@ where
     }
 }
 
-async fn write_line<W: AsyncWrite + Unpin>(
+/// Writes `value` as one JSON line and flushes it: the session protocol's framing, also used by the
+/// simulation's stand-in agent.
+pub async fn write_line<W: AsyncWrite + Unpin>(
     output: &mut W,
     value: &impl serde::Serialize,
 ) -> std::io::Result<()> {

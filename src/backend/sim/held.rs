@@ -7,15 +7,15 @@
 //! established connections pass whatever the rules say, like conntrack) or, with the `stateless`
 //! fault, the rules in effect still let both directions through.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use std::collections::HashMap;
-
+use polygraph_agent::session::write_line;
 use polygraph_agent::wire::{
     Outcome, ProbeResult, SESSION_PROTOCOL, SessionHello, SessionOp, SessionReply, SessionRequest,
 };
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::time::Instant;
 
 use super::dataplane::Dataplane;
@@ -64,7 +64,7 @@ async fn serve(
     let hello = SessionHello {
         session: SESSION_PROTOCOL,
     };
-    if write(&mut output, &hello).await.is_err() {
+    if write_line(&mut output, &hello).await.is_err() {
         return;
     }
     // Each hold: how its flows opened, and the timeout its checks wait.
@@ -113,7 +113,7 @@ async fn serve(
                 error: Some("the simulation answers probe batches itself".into()),
             },
         };
-        if write(&mut output, &reply).await.is_err() {
+        if write_line(&mut output, &reply).await.is_err() {
             return;
         }
     }
@@ -150,15 +150,4 @@ fn check(
             result
         })
         .collect()
-}
-
-async fn write(
-    output: &mut (impl tokio::io::AsyncWrite + Unpin),
-    value: &impl serde::Serialize,
-) -> std::io::Result<()> {
-    // Plain data: serialization cannot fail.
-    let mut line = serde_json::to_string(value).unwrap_or_default();
-    line.push('\n');
-    output.write_all(line.as_bytes()).await?;
-    output.flush().await
 }
