@@ -138,9 +138,9 @@ fn blank(
     }
 }
 
-/// Silences the spec does not expect, in cells this step did not change or that already matched
-/// in it, are probed again with the whole timeout before they count (how many: the return
-/// value). Such a silence is either a dataplane that regressed or a probe that missed its
+/// Silences the spec does not expect (and names that did not resolve where the source may reach
+/// the cluster's DNS), in cells this step did not change or that already matched in it, are
+/// probed again with the whole timeout before they count (how many: the return value). Such a silence is either a dataplane that regressed or a probe that missed its
 /// deadline on a loaded machine; only the second answers now, and its answer replaces the
 /// silence, at the time it came. Cells the step changed are left alone until they first match:
 /// their silence is what a late allow looks like, and timing it is the point. A connection whose
@@ -167,10 +167,15 @@ async fn recheck_silences<B: Backend>(
                 && silent
                 && settled
                 && expected.get(k, cell.from, cell.to).allowed();
+            // The name's twin of a silence: every lookup attempt lost on the way, in a cell whose
+            // source the spec lets reach the cluster's DNS.
+            let lost_lookup = judgement == Judgement::Wrong
+                && observation.outcome == Outcome::DnsFailed
+                && settled;
             let unidentified = judgement == Judgement::Error
                 && observation.outcome == Outcome::Connected
                 && observation.peer.is_none();
-            (unexpected_silence || unidentified).then_some((k, cell.from, cell.to))
+            (unexpected_silence || lost_lookup || unidentified).then_some((k, cell.from, cell.to))
         })
         .collect();
     if suspects.is_empty() {
@@ -198,7 +203,8 @@ async fn recheck_silences<B: Backend>(
     };
     for &(k, from, to) in &suspects {
         let better = |o: &&crate::matrix::Observation| {
-            o.outcome != Outcome::Timeout && !(o.outcome == Outcome::Connected && o.peer.is_none())
+            let unidentified = o.outcome == Outcome::Connected && o.peer.is_none();
+            !matches!(o.outcome, Outcome::Timeout | Outcome::DnsFailed) && !unidentified
         };
         if let Some(answer) = again.get(k, from, to).filter(better) {
             let mut answer = answer.clone();
