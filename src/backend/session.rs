@@ -595,12 +595,5 @@ pub fn hold_request(
     timeout: Duration,
     nameserver: Option<std::net::SocketAddr>,
 ) -> ProbeRequest {
-    ProbeRequest {
-        timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
-        targets: targets.to_vec(),
-        udp_source_base: None,
-        nameserver,
-        deadline_ms: None,
-        attempts: None,
-    }
+    super::batch_request(targets, timeout.into(), None, nameserver)
 }

@@ -197,7 +197,7 @@ pub(super) async fn probe(
     let mut args: Vec<&str> = agent.args.iter().map(String::as_str).collect();
     args.push("probe");
     // The agent finishes within one timeout; allow generously for process start-up under load.
-    let limit = timeout + Duration::from_secs(10);
+    let limit = timeout + super::AGENT_SLACK;
     let output = tokio::time::timeout(limit, host::exec_in(netns, &program, &args, Some(request)))
         .await
         .map_err(|_| BackendError::Probe {
