@@ -947,7 +947,10 @@ fn run_options() -> RunOptions {
         max_latency: None,
         stability: Duration::ZERO,
         established: true,
-        parallelism: 16,
+        pacer: polygraph::run::Pacer::new(polygraph::run::PaceOptions {
+            sources: 16,
+            ..Default::default()
+        }),
         poll_interval: Duration::from_millis(10),
         targets: Vec::new(),
     }
@@ -1027,7 +1030,7 @@ async fn every_probe_goes_to_the_address_the_cluster_assigned() {
         &PathPlan::pod_ips(),
         ProbePath::default(),
         Duration::from_millis(200),
-        16,
+        &polygraph::run::Pacer::new(Default::default()),
     )
     .await
     .expect("probed");

@@ -125,7 +125,7 @@ fn simulated_failures(fault: &str, scope: &[&str]) -> BTreeSet<String> {
             max_latency: None,
             stability: std::time::Duration::ZERO,
             established: true,
-            parallelism: 64,
+            pacer: polygraph::run::Pacer::new(Default::default()),
             poll_interval: std::time::Duration::from_millis(250),
             targets: Vec::new(),
         };

@@ -66,6 +66,8 @@ pub struct ProbeBenchArgs {
     /// Concurrent probes of the exec-per-probe design (cyclonus's default is 15).
     #[arg(long, default_value_t = 15)]
     workers: usize,
+    #[command(flatten)]
+    pace: super::pace_args::PaceArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -83,9 +85,7 @@ pub enum Design {
 impl Design {
     fn probe_design(self, workers: usize) -> ProbeDesign {
         match self {
-            Design::Batched | Design::BatchedFixed => ProbeDesign::Batched {
-                parallelism: BATCH_PARALLELISM,
-            },
+            Design::Batched | Design::BatchedFixed => ProbeDesign::Batched,
             Design::ExecPerProbe => ProbeDesign::PerCell { workers },
         }
     }
@@ -98,9 +98,6 @@ impl Design {
         }
     }
 }
-
-/// Sources probing at once in polygraph's design, as `run` and `probe` default to.
-const BATCH_PARALLELISM: usize = 64;
 
 #[derive(Debug, Args)]
 pub struct OracleArgs {
@@ -144,6 +141,7 @@ fn probe(args: ProbeBenchArgs) -> Result<ExitCode, CliError> {
     let mut designs = vec![Design::Batched];
     designs.extend(args.designs.iter().filter(|d| **d != Design::Batched));
     let workers = args.workers;
+    let pacer = args.pace.pacer()?;
     if args.backend.dry_run {
         return Err(CliError::Usage(
             "--dry-run makes no calls to time: bench probe needs a cluster".into(),
@@ -187,6 +185,7 @@ fn probe(args: ProbeBenchArgs) -> Result<ExitCode, CliError> {
                 expected[i].table.port_protocols(),
                 path,
                 timing,
+                &pacer,
                 Design::Batched.probe_design(workers),
             )
             .await?;
@@ -209,6 +208,7 @@ fn probe(args: ProbeBenchArgs) -> Result<ExitCode, CliError> {
                     expected[i].table.port_protocols(),
                     path,
                     timing,
+                    &pacer,
                     design.probe_design(workers),
                 )
                 .await?;

@@ -23,6 +23,7 @@ mod bench;
 mod gc;
 mod generated;
 mod model_args;
+mod pace_args;
 mod probe;
 pub mod run;
 mod scenarios;

@@ -20,9 +20,8 @@ pub struct ProbeArgs {
     /// How long a probe waits for an answer before it counts as dropped.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     timeout: Duration,
-    /// How many source pods probe at once.
-    #[arg(long, default_value_t = 64)]
-    parallel: usize,
+    #[command(flatten)]
+    pace: super::pace_args::PaceArgs,
     #[command(flatten)]
     paths: TargetArgs,
     /// Output format.
@@ -36,6 +35,7 @@ pub fn run(args: ProbeArgs) -> Result<ExitCode, CliError> {
     if args.timeout.is_zero() {
         return Err(CliError::Usage("--timeout must be more than zero".into()));
     }
+    let pacer = args.pace.pacer()?;
     let cluster = args.model.cluster()?;
     let analysis = args.model.analysis(cluster)?;
     let world = World::with_policies(&analysis.cluster, &analysis.policy_set())?;
@@ -61,15 +61,8 @@ pub fn run(args: ProbeArgs) -> Result<ExitCode, CliError> {
             .map_err(CliError::Usage)?;
             let mut probes = Vec::new();
             for path in plan.paths(&*backend, &analysis) {
-                let (analysis, observed) = observe(
-                    &*backend,
-                    &analysis,
-                    &plan,
-                    path,
-                    args.timeout,
-                    args.parallel,
-                )
-                .await?;
+                let (analysis, observed) =
+                    observe(&*backend, &analysis, &plan, path, args.timeout, &pacer).await?;
                 probes.push(probe::PathProbe {
                     path,
                     analysis,

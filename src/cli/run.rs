@@ -66,9 +66,8 @@ pub struct RunArgs {
     /// Print the faults `--inject` can imitate in the local dataplane, one per line, and exit.
     #[arg(long)]
     list_faults: bool,
-    /// How many source pods probe at once.
-    #[arg(long, default_value_t = 64)]
-    parallel: usize,
+    #[command(flatten)]
+    pace: super::pace_args::PaceArgs,
     /// How many scenarios run at once, each lane on a cluster of its own (locally) or a namespace
     /// set of its own (on Kubernetes). Default: locally, two lanes per core up to 4 (probing
     /// mostly waits on deadlines, and lanes share nothing); elsewhere 1.
@@ -169,7 +168,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode, CliError> {
         max_latency: args.max_latency,
         stability: args.stability,
         established: !args.skip_established,
-        parallelism: args.parallel,
+        pacer: args.pace.pacer()?,
         poll_interval: args.poll_interval,
         targets: args.targets.clone(),
     };
@@ -261,6 +260,11 @@ pub fn execute(
             out!(
                 "backend: {described} — {} scenarios, {steps} steps",
                 scenarios.len()
+            )?;
+            out!(
+                "pace: {}; {} sources at once",
+                options.pacer.options().describe(),
+                options.pacer.sources()
             )?;
         }
         let bar = (transcript.is_none() && std::io::stderr().is_terminal()).then(|| {

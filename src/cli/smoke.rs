@@ -20,6 +20,8 @@ pub struct SmokeArgs {
     #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
     step_deadline: Duration,
     #[command(flatten)]
+    pace: super::pace_args::PaceArgs,
+    #[command(flatten)]
     target: BackendArgs,
 }
 
@@ -36,7 +38,7 @@ pub fn run(args: SmokeArgs) -> Result<ExitCode, CliError> {
         max_latency: None,
         stability: Duration::ZERO,
         established: false,
-        parallelism: 8,
+        pacer: args.pace.pacer()?,
         poll_interval: Duration::from_millis(250),
         targets: Vec::new(),
     };

@@ -30,6 +30,8 @@ pub struct SoakArgs {
     /// Where the runs go (`--inject` takes only `loss=P%` here: anything else is meant to be
     /// caught, and its verdicts are not false).
     #[command(flatten)]
+    pace: super::pace_args::PaceArgs,
+    #[command(flatten)]
     backend: BackendArgs,
 }
 
@@ -60,6 +62,7 @@ pub fn soak(args: SoakArgs) -> Result<ExitCode, CliError> {
         .any(|t| t.needs_services());
     let options = RunOptions {
         probe_timeout: args.probe_timeout,
+        pacer: args.pace.pacer()?,
         ..RunOptions::default()
     };
     let lanes =

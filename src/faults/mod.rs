@@ -108,6 +108,18 @@ pub const CATALOGUE: &[FaultInfo] = &[
         imitates: "not a bug but a bad network: P% of packets are dropped on every link of the local cluster, each way (a pod-to-pod round trip crosses four); verdicts must not change",
     },
     FaultInfo {
+        name: "queue-overflow=N/s",
+        fault: None,
+        features: &[],
+        imitates: "an enforcer that judges first packets in a userspace queue and fails open (kube-network-policies' default): beyond N new connections per second (a tenth of a second's burst) packets skip the policy and are accepted; polygraph's pace must stay under it, and a leak above it is `fail-open`",
+    },
+    FaultInfo {
+        name: "queue-overflow-closed=N/s",
+        fault: None,
+        features: &[],
+        imitates: "the same queue failing closed (`--fail-open=false`): beyond N new connections per second packets are dropped, allowed ones too; polygraph backs off",
+    },
+    FaultInfo {
         name: "ipblock-except-ignored",
         fault: Some(Fault::IpBlockExceptIgnored),
         features: &["ip-block"],
@@ -272,6 +284,28 @@ pub enum FaultError {
         "--inject {0:?}: loss needs a share of packets above 0% and at most 50%, e.g. loss=10%"
     )]
     Loss(String),
+    #[error(
+        "--inject {0:?}: needs a rate of new connections per second from 1 to 1000000, e.g. queue-overflow=2000/s"
+    )]
+    Rate(String),
+}
+
+/// `queue-overflow=N/s` and `queue-overflow-closed=N/s`: an enforcer's queue that gives way beyond
+/// a rate of new connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueOverflow {
+    /// New connections per second the enforcer judges; beyond it (after a tenth of a second's
+    /// burst) it gives way.
+    pub rate: u32,
+    /// Gives way by accepting (fail-open) rather than dropping.
+    pub fail_open: bool,
+}
+
+impl QueueOverflow {
+    /// The burst it absorbs, in connections: a tenth of a second's worth, at least 5.
+    pub fn burst(self) -> u32 {
+        (self.rate / 10).max(5)
+    }
 }
 
 /// The faults of one run.
@@ -287,6 +321,8 @@ pub struct Faults {
     /// Packets dropped on every link, each way, in thousandths (0: none). Not a policy bug: the
     /// condition under which verdicts must stay the same.
     pub loss_permille: u16,
+    /// An enforcer's queue that fails open or closed beyond a rate of new connections.
+    pub queue_overflow: Option<QueueOverflow>,
 }
 
 impl Faults {
@@ -311,6 +347,12 @@ impl Faults {
                 "new-pod-unprotected" => faults.new_pod_unprotected = duration(value)?,
                 "resync-gap" => faults.resync_gap = duration(value)?,
                 "loss" => faults.loss_permille = loss(spec, value)?,
+                "queue-overflow" | "queue-overflow-closed" => {
+                    faults.queue_overflow = Some(QueueOverflow {
+                        rate: rate(spec, value)?,
+                        fail_open: name == "queue-overflow",
+                    })
+                }
                 _ => {
                     let info = CATALOGUE
                         .iter()
@@ -502,6 +544,16 @@ fn loss(spec: &str, value: Option<&str>) -> Result<u16, FaultError> {
     Ok((percent * 10.0).round().max(1.0) as u16)
 }
 
+/// `N/s`: new connections per second, from 1 to a million.
+fn rate(spec: &str, value: Option<&str>) -> Result<u32, FaultError> {
+    value
+        .map(|v| v.trim())
+        .map(|v| v.strip_suffix("/s").unwrap_or(v).trim())
+        .and_then(|v| v.parse::<u32>().ok())
+        .filter(|r| (1..=1_000_000).contains(r))
+        .ok_or_else(|| FaultError::Rate(spec.to_string()))
+}
+
 fn with_protocol(port: &PortMatch, protocol: Protocol) -> PortMatch {
     match port.clone() {
         PortMatch::AllPorts { .. } => PortMatch::AllPorts { protocol },
@@ -538,6 +590,14 @@ impl fmt::Display for Faults {
         }
         if self.loss_permille > 0 {
             names.push(format!("loss={}%", f64::from(self.loss_permille) / 10.0));
+        }
+        if let Some(queue) = self.queue_overflow {
+            let name = if queue.fail_open {
+                "queue-overflow"
+            } else {
+                "queue-overflow-closed"
+            };
+            names.push(format!("{name}={}/s", queue.rate));
         }
         f.write_str(&names.join(","))
     }
@@ -595,6 +655,21 @@ mod tests {
         assert!(!lossy.is_empty() && !lossy.breaks_policies() && !lossy.lags());
         assert_eq!(lossy.to_string(), "loss=10%");
         assert_eq!(Faults::parse(&["loss=0.5%"]).unwrap().loss_permille, 5);
+        let open = Faults::parse(&["queue-overflow=2000/s"]).unwrap();
+        assert_eq!(
+            open.queue_overflow,
+            Some(QueueOverflow {
+                rate: 2000,
+                fail_open: true
+            })
+        );
+        assert_eq!(open.to_string(), "queue-overflow=2000/s");
+        assert!(open.breaks_policies());
+        let closed = Faults::parse(&["queue-overflow-closed=500"]).unwrap();
+        assert_eq!(closed.to_string(), "queue-overflow-closed=500/s");
+        assert!(Faults::parse(&["queue-overflow=0/s"]).is_err());
+        assert!(Faults::parse(&["queue-overflow"]).is_err());
+        assert!(Faults::parse(&["queue-overflow=fast"]).is_err());
         assert!(f.breaks_policies());
         assert!(Faults::parse::<&str>(&[]).unwrap().is_empty());
         assert!(CATALOGUE.len() >= 12);

@@ -20,6 +20,9 @@ pub struct Observation {
     pub attempts: u32,
     /// For an answer: how long the attempt that got it took (the agent's `answer_ms`).
     pub answer_ms: Option<f64>,
+    /// New connections in flight when its chunk was sent (`run::Pacer`), itself included: the
+    /// load it met. Lost attempts count as the link's loss only at low load.
+    pub inflight: usize,
 }
 
 /// Observations for the cells that were probed. A cell is not probed when its destination serves
@@ -221,6 +224,7 @@ mod tests {
             detail: None,
             attempts: 1,
             answer_ms: None,
+            inflight: 1,
         }
     }
 

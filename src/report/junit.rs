@@ -67,6 +67,7 @@ pub fn report(result: &RunResult) -> Report {
                 let wrong = step.count(Verdict::Fail);
                 let errors = step.count(Verdict::Error);
                 let not_dropped = step.count(Verdict::NotDropped);
+                let failed_open = step.count(Verdict::FailOpen);
                 let mut s = TestCaseStatus::non_success(NonSuccessKind::Failure);
                 let timing = run_terminal::timing_line(step);
                 let refused = if not_dropped > 0 {
@@ -80,7 +81,10 @@ pub fn report(result: &RunResult) -> Report {
                     if timing.is_empty() { "" } else { "; " }
                 ));
                 // Its own failure type: tooling that tells drops from refusals can match on it.
-                s.set_type(if not_dropped > 0 && wrong == 0 {
+                // `fail-open`: the enforcer gave way under load, not a misread policy.
+                s.set_type(if failed_open > 0 && wrong == 0 {
+                    "fail-open"
+                } else if not_dropped > 0 && wrong == 0 {
                     "deny-not-dropped"
                 } else {
                     "enforcement"

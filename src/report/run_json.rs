@@ -26,6 +26,9 @@ pub struct OptionsJson {
     /// Null when late cells never fail.
     pub max_latency_ms: Option<f64>,
     pub stability_ms: f64,
+    /// The bounds probing kept (`--max-inflight`, `--max-inflight-per-node`, `--rate`,
+    /// `--parallel`); `rate` null: no bound.
+    pub pace: crate::run::PaceOptions,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -34,6 +37,8 @@ pub struct CountsJson {
     pub fail: usize,
     pub late: usize,
     pub flapping: usize,
+    /// Leaked under load, blocked at a low rate (`fail-open`).
+    pub fail_open: usize,
     pub undefined: usize,
     pub unsupported: usize,
     pub error: usize,
@@ -49,6 +54,7 @@ impl CountsJson {
             Verdict::Fail => self.fail += 1,
             Verdict::Late => self.late += 1,
             Verdict::Flapping => self.flapping += 1,
+            Verdict::FailOpen => self.fail_open += 1,
             Verdict::Undefined => self.undefined += 1,
             Verdict::Unsupported => self.unsupported += 1,
             Verdict::Error => self.error += 1,
@@ -71,6 +77,9 @@ pub struct SummaryJson {
     pub totals: RunTotals,
     /// Agent sessions whose stream broke and were reopened (their batches sent again).
     pub sessions_broken: u64,
+    /// The pace probing kept: its bounds, the new connections started, the peak in flight and
+    /// rate, and how often congestion halved the window.
+    pub pace: crate::run::PaceReport,
 }
 
 #[derive(Debug, Serialize)]
@@ -280,6 +289,7 @@ pub fn report(result: &RunResult, selection: CellSelection) -> RunJson {
             step_deadline_ms: ms(result.options.step_deadline),
             max_latency_ms: result.options.max_latency.map(ms),
             stability_ms: ms(result.options.stability),
+            pace: result.pace.options,
         },
         summary: SummaryJson {
             scenarios: result.scenarios.len(),
@@ -290,6 +300,7 @@ pub fn report(result: &RunResult, selection: CellSelection) -> RunJson {
             cells: total,
             totals: totals.clone(),
             sessions_broken: result.sessions_broken,
+            pace: result.pace,
         },
         scenarios,
     }

@@ -67,6 +67,9 @@ pub fn timing_line(step: &StepResult) -> String {
     if t.flapping > 0 {
         parts.push(format!("{} flapping", t.flapping));
     }
+    if let Some(evidence) = &t.fail_open_evidence {
+        parts.push(evidence.describe());
+    }
     if t.new_pod.cells > 0 {
         parts.push(match t.new_pod_leak_ms {
             Some(leak) => format!("new pod leaked for up to {} after creation", ms(leak)),
@@ -148,7 +151,9 @@ pub fn step_line(scenario: &Scenario, step: &StepResult) -> String {
         let _ = write!(line, ", {late} late");
     }
     let t = &step.summary;
-    if t.late_deny + t.late_allow + t.flapping > 0 || t.new_pod.cells > 0 || t.established.held > 0
+    if t.late_deny + t.late_allow + t.flapping + t.fail_open > 0
+        || t.new_pod.cells > 0
+        || t.established.held > 0
     {
         let _ = write!(line, " [{}]", timing_line(step));
     }
@@ -375,6 +380,7 @@ pub fn render(result: &RunResult, color: bool) -> String {
     } else {
         String::new()
     };
+    let _ = writeln!(text, "{}", pace_line(&result.pace));
     if result.sessions_broken > 0 {
         let _ = writeln!(
             text,
@@ -393,4 +399,24 @@ pub fn render(result: &RunResult, color: bool) -> String {
         result.backend
     );
     text
+}
+
+/// `pace: 12840 new connections, at most 486 in flight, peak 4870/s (bounds: …); congestion never
+/// slowed it` — what the pacer did over the run.
+pub fn pace_line(pace: &crate::run::PaceReport) -> String {
+    let congestion = match pace.backoffs {
+        0 => "congestion never slowed it".to_string(),
+        n => format!(
+            "congestion halved the window {n} time{} (down to {} in flight)",
+            if n == 1 { "" } else { "s" },
+            pace.min_window
+        ),
+    };
+    format!(
+        "pace: {} new connections, at most {} in flight, peak {:.0}/s ({}); {congestion}",
+        pace.connections,
+        pace.peak_inflight,
+        pace.peak_rate,
+        pace.options.describe()
+    )
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 mod deadline;
 mod held;
+pub mod pace;
 pub mod parallel;
 pub mod paths;
 mod result;
@@ -21,6 +22,7 @@ mod summary;
 pub mod timing;
 
 pub use deadline::Deadlines;
+pub use pace::{PaceOptions, PaceReport, Pacer};
 pub use parallel::run_in_parallel;
 pub use paths::{PathPlan, namespace_names, pod_address};
 pub use result::{RunOptions, RunResult, ScenarioResult, Status, StepResult, Verdict};
@@ -60,7 +62,7 @@ pub async fn observe<B: Backend>(
     plan: &PathPlan,
     path: ProbePath,
     timeout: Duration,
-    parallelism: usize,
+    pacer: &Pacer,
 ) -> Result<(Analysis, ObservedTable), BackendError> {
     let real = plan.analysis(backend, analysis, path);
     let observed = probe_matrix(
@@ -69,7 +71,7 @@ pub async fn observe<B: Backend>(
         real.table.port_protocols(),
         path,
         timeout.into(),
-        parallelism,
+        pacer,
     )
     .await?;
     Ok((real, observed))
@@ -78,9 +80,10 @@ pub async fn observe<B: Backend>(
 /// How a matrix is probed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProbeDesign {
-    /// polygraph's: one batch per source pod (every target concurrently) on the pod's agent
-    /// session, `parallelism` sources at a time. A round costs about one timeout.
-    Batched { parallelism: usize },
+    /// polygraph's: one batch per source pod (every target concurrently, in chunks the pacer
+    /// admits) on the pod's agent session, the pacer's `sources` at a time. A round costs about
+    /// one timeout.
+    Batched,
     /// The design of the tools before it (cyclonus, the upstream e2e suite): one probe per cell,
     /// each its own agent process (locally) or exec (on Kubernetes), `workers` at a time. Every
     /// blocked cell costs a whole timeout of one worker. Kept to measure the difference
@@ -91,7 +94,7 @@ pub enum ProbeDesign {
 /// Probes every (from, to, port/protocol) cell of `cluster` (a path's analysis) on `path` whose
 /// destination serves that port, with both ends in the path's family (a single-stack IPv4 pod has
 /// no route to an IPv6 one, whatever the policies say): one batch per source, sources in parallel
-/// up to `parallelism`. Hosts outside the cluster are sources of NodePort paths and destinations of
+/// up to the pacer's `sources`, each batch in chunks the pacer admits. Hosts outside the cluster are sources of NodePort paths and destinations of
 /// external ones.
 pub async fn probe_matrix<B: Backend>(
     backend: &B,
@@ -99,7 +102,7 @@ pub async fn probe_matrix<B: Backend>(
     port_protocols: &[PortProtocol],
     path: ProbePath,
     timing: ProbeTiming,
-    parallelism: usize,
+    pacer: &Pacer,
 ) -> Result<ObservedTable, BackendError> {
     probe_matrix_with(
         backend,
@@ -107,7 +110,8 @@ pub async fn probe_matrix<B: Backend>(
         port_protocols,
         path,
         timing,
-        ProbeDesign::Batched { parallelism },
+        pacer,
+        ProbeDesign::Batched,
     )
     .await
 }
@@ -119,6 +123,7 @@ pub async fn probe_matrix_with<B: Backend>(
     port_protocols: &[PortProtocol],
     path: ProbePath,
     timing: ProbeTiming,
+    pacer: &Pacer,
     design: ProbeDesign,
 ) -> Result<ObservedTable, BackendError> {
     probe_selected(
@@ -127,22 +132,23 @@ pub async fn probe_matrix_with<B: Backend>(
         port_protocols,
         path,
         timing,
+        pacer,
         design,
         |_, _, _| true,
     )
     .await
 }
 
-/// Probes again the cells `(pp index, from, to)` of `cells` only, in polygraph's design with
-/// `parallelism` sources at a time: the confirmation of a silence the spec does not expect
-/// (`step`).
+/// Probes again the cells `(pp index, from, to)` of `cells` only, in polygraph's design at the
+/// pace of `pacer`: the confirmation of a silence the spec does not expect, or of a leak seen
+/// under load (`step`).
 pub async fn probe_cells<B: Backend>(
     backend: &B,
     cluster: &Cluster,
     port_protocols: &[PortProtocol],
     path: ProbePath,
     timing: ProbeTiming,
-    parallelism: usize,
+    pacer: &Pacer,
     cells: &std::collections::BTreeSet<(usize, usize, usize)>,
 ) -> Result<ObservedTable, BackendError> {
     probe_selected(
@@ -151,19 +157,24 @@ pub async fn probe_cells<B: Backend>(
         port_protocols,
         path,
         timing,
-        ProbeDesign::Batched { parallelism },
+        pacer,
+        ProbeDesign::Batched,
         |k, from, to| cells.contains(&(k, from, to)),
     )
     .await
 }
 
-/// The cells `select(pp index, from, to)` picks, probed in `design`.
+/// The cells `select(pp index, from, to)` picks, probed in `design`. This is where every probe
+/// passes the pacer: each source's targets go in chunks of one destination node, each chunk sent
+/// once the pacer admits it, its observations timed from the round's start.
+#[allow(clippy::too_many_arguments)]
 async fn probe_selected<B: Backend>(
     backend: &B,
     cluster: &Cluster,
     port_protocols: &[PortProtocol],
     path: ProbePath,
     timing: ProbeTiming,
+    pacer: &Pacer,
     design: ProbeDesign,
     select: impl Fn(usize, usize, usize) -> bool,
 ) -> Result<ObservedTable, BackendError> {
@@ -178,73 +189,119 @@ async fn probe_selected<B: Backend>(
             }
         }
     }
+    let node_of: Vec<Option<String>> = pods
+        .iter()
+        .map(|p| backend.node(&p.key()).map(str::to_string))
+        .collect();
+    // The pacer's name for a destination's node: a backend that names no nodes is one node of
+    // its own (each local lane is a cluster of its own, with an enforcer of its own).
+    let cluster_name = backend.describe();
+    let node_key = |to: usize| node_of[to].as_deref().unwrap_or(&cluster_name);
     let sources = pods
         .iter()
         .enumerate()
         .filter(|(id, _)| paths::is_source(pods, &outside, *id, path));
-    // Each unit of work: a source and the entries of `plan` it probes in one call.
-    type Unit<'a> = (usize, &'a crate::model::Pod, Vec<(Target, usize, usize)>);
+    // Each unit of work: a source and the chunks of `plan` it probes, each chunk one call to
+    // one destination node.
+    type Chunk = Vec<(Target, usize, usize)>;
+    type Unit<'a> = (usize, &'a crate::model::Pod, Vec<Chunk>);
     let plan = &plan;
     let select = &select;
-    let picked = move |from: usize| -> Vec<(Target, usize, usize)> {
-        plan.iter()
-            .filter(|(_, k, to)| select(*k, from, *to))
-            .cloned()
+    let node_of = &node_of;
+    let node_key = &node_key;
+    let chunk_size = pacer.chunk();
+    let chunked = move |from: usize| -> Vec<Chunk> {
+        let mut by_node: std::collections::BTreeMap<&Option<String>, Chunk> = Default::default();
+        for cell in plan.iter().filter(|(_, k, to)| select(*k, from, *to)) {
+            by_node
+                .entry(&node_of[cell.2])
+                .or_default()
+                .push(cell.clone());
+        }
+        by_node
+            .into_values()
+            .flat_map(|cells| {
+                cells
+                    .chunks(chunk_size)
+                    .map(<[_]>::to_vec)
+                    .collect::<Vec<_>>()
+            })
             .collect()
     };
     let units: Vec<Unit> = match design {
-        ProbeDesign::Batched { .. } => sources
-            .map(|(from, src)| (from, src, picked(from)))
-            .filter(|(_, _, cells)| !cells.is_empty())
+        ProbeDesign::Batched => sources
+            .map(|(from, src)| (from, src, chunked(from)))
+            .filter(|(_, _, chunks)| !chunks.is_empty())
             .collect(),
         ProbeDesign::PerCell { .. } => sources
             .flat_map(|(from, src)| {
-                picked(from)
+                chunked(from)
                     .into_iter()
-                    .map(move |cell| (from, src, vec![cell]))
+                    .flatten()
+                    .map(move |cell| (from, src, vec![vec![cell]]))
             })
             .collect(),
     };
     let concurrency = match design {
-        ProbeDesign::Batched { parallelism } => parallelism,
+        ProbeDesign::Batched => pacer.sources(),
         ProbeDesign::PerCell { workers } => workers,
     };
-    let mut batches =
-        futures::stream::iter(units.into_iter().map(|(from, src, plan)| async move {
-            let targets: Vec<Target> = plan.iter().map(|(t, _, _)| t.clone()).collect();
-            let results = match design {
-                ProbeDesign::Batched { .. } => backend.probe(&src.key(), &targets, timing).await,
-                ProbeDesign::PerCell { .. } => {
-                    backend.probe_alone(&src.key(), &targets, timing).await
-                }
-            };
-            (from, plan, results)
-        }))
-        .buffer_unordered(concurrency.max(1));
+    let round_began = tokio::time::Instant::now();
+    let probe_chunk = |src: crate::model::PodRef, chunk: Chunk| async move {
+        let targets: Vec<Target> = chunk.iter().map(|(t, _, _)| t.clone()).collect();
+        let node = chunk.first().map_or("", |(_, _, to)| node_key(*to));
+        let admission = pacer.admit(node, targets.len()).await;
+        let inflight = admission.inflight;
+        let offset_ms = round_began.elapsed().as_secs_f64() * 1e3;
+        let results = match design {
+            ProbeDesign::Batched => backend.probe(&src, &targets, timing).await,
+            ProbeDesign::PerCell { .. } => backend.probe_alone(&src, &targets, timing).await,
+        };
+        if let Ok(results) = &results {
+            admission.finish(results);
+        }
+        (chunk, results, offset_ms, inflight)
+    };
+    let mut batches = futures::stream::iter(units.into_iter().map(|(from, src, chunks)| {
+        let probe_chunk = &probe_chunk;
+        async move {
+            let done = futures::future::join_all(
+                chunks
+                    .into_iter()
+                    .map(|chunk| probe_chunk(src.key(), chunk)),
+            )
+            .await;
+            (from, done)
+        }
+    }))
+    .buffer_unordered(concurrency.max(1));
 
     let mut observed = ObservedTable::new(
         pods.iter().map(|p| p.key()).collect(),
         port_protocols.to_vec(),
     );
-    for (index, pod) in pods.iter().enumerate() {
-        observed.set_node(index, backend.node(&pod.key()).map(str::to_string));
+    for (index, node) in node_of.iter().enumerate() {
+        observed.set_node(index, node.clone());
     }
-    while let Some((from, plan, results)) = batches.next().await {
-        for (result, (_, k, to)) in results?.into_iter().zip(plan) {
-            observed.set(
-                k,
-                from,
-                to,
-                Observation {
-                    outcome: result.outcome,
-                    started_ms: result.started_ms,
-                    elapsed_ms: result.elapsed_ms,
-                    peer: result.peer,
-                    detail: result.detail,
-                    attempts: result.attempts.unwrap_or(1),
-                    answer_ms: result.answer_ms,
-                },
-            );
+    while let Some((from, done)) = batches.next().await {
+        for (chunk, results, offset_ms, inflight) in done {
+            for (result, (_, k, to)) in results?.into_iter().zip(chunk) {
+                observed.set(
+                    k,
+                    from,
+                    to,
+                    Observation {
+                        outcome: result.outcome,
+                        started_ms: result.started_ms + offset_ms,
+                        elapsed_ms: result.elapsed_ms,
+                        peer: result.peer,
+                        detail: result.detail,
+                        attempts: result.attempts.unwrap_or(1),
+                        answer_ms: result.answer_ms,
+                        inflight,
+                    },
+                );
+            }
         }
     }
     Ok(observed)

@@ -70,6 +70,7 @@ pub async fn run_in_parallel<B: Backend>(
         totals: RunTotals::of(&scenarios),
         scenarios,
         elapsed: started.elapsed(),
+        pace: options.pacer.report(),
         options: options.clone(),
     }
 }

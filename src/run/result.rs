@@ -22,7 +22,9 @@ pub struct RunOptions {
     pub stability: Duration,
     /// Hold connections open across allow→deny steps and report whether the deny cuts them.
     pub established: bool,
-    pub parallelism: usize,
+    /// The pace of every probe of the run (`--parallel`, `--max-inflight`, `--rate`): one pacer,
+    /// shared by clones of these options, so lanes on one cluster share its bounds.
+    pub pacer: super::Pacer,
     /// The least time between the starts of two probe rounds of a step: rounds that finish fast
     /// (everything connects) must not spin.
     pub poll_interval: Duration,
@@ -32,8 +34,8 @@ pub struct RunOptions {
 }
 
 /// `polygraph run`'s defaults: a 1 s probe timeout, 10 s to converge, no latency limit, no
-/// stability window, held connections, 64 sources at once, rounds at least 250 ms apart, each
-/// scenario's own targets.
+/// stability window, held connections, 64 sources at once within the pacer's default bounds,
+/// rounds at least 250 ms apart, each scenario's own targets.
 impl Default for RunOptions {
     fn default() -> Self {
         RunOptions {
@@ -42,7 +44,7 @@ impl Default for RunOptions {
             max_latency: None,
             stability: Duration::ZERO,
             established: true,
-            parallelism: 64,
+            pacer: super::Pacer::new(super::PaceOptions::default()),
             poll_interval: Duration::from_millis(250),
             targets: Vec::new(),
         }
@@ -62,6 +64,9 @@ pub enum Verdict {
     Late,
     /// Matched, then changed during the stability window.
     Flapping,
+    /// Blocked traffic got through under load and was blocked at a low rate: the enforcer failed
+    /// open (`Race::FailOpen`). A real leak: it fails.
+    FailOpen,
     /// Blocked, but refused where a cluster policy's Deny requires a silent drop.
     NotDropped,
     /// Undefined by the spec: a pod to itself differing from the computed answer, or a cell
@@ -76,7 +81,11 @@ impl Verdict {
     pub fn fails(self) -> bool {
         matches!(
             self,
-            Verdict::Fail | Verdict::Error | Verdict::Flapping | Verdict::NotDropped
+            Verdict::Fail
+                | Verdict::Error
+                | Verdict::Flapping
+                | Verdict::NotDropped
+                | Verdict::FailOpen
         )
     }
 
@@ -88,6 +97,7 @@ impl Verdict {
                 | Verdict::Fail
                 | Verdict::Late
                 | Verdict::Flapping
+                | Verdict::FailOpen
                 | Verdict::Error
                 | Verdict::NotDropped
         )
@@ -231,6 +241,8 @@ pub struct RunResult {
     /// Agent sessions whose stream broke during the run (`Backend::sessions_broken`): their
     /// batches were sent again on new sessions, never judged from the broken stream.
     pub sessions_broken: u64,
+    /// The pace probing kept, and what congestion did to it (`run::Pacer`).
+    pub pace: super::PaceReport,
 }
 
 impl RunResult {

@@ -64,7 +64,7 @@ async fn await_baseline<B: Backend>(
             analysis.table.port_protocols(),
             path,
             timing,
-            options.parallelism,
+            &options.pacer,
         )
         .await
         .map_err(|e| e.to_string())?;
@@ -231,6 +231,7 @@ pub async fn run_scenarios<B: Backend>(
         totals: RunTotals::of(&results),
         scenarios: results,
         elapsed: started.elapsed(),
+        pace: options.pacer.report(),
         options: options.clone(),
     }
 }

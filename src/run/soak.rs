@@ -28,7 +28,12 @@ impl std::fmt::Display for Departure {
 fn is_false(verdict: Verdict) -> bool {
     matches!(
         verdict,
-        Verdict::Fail | Verdict::Late | Verdict::Flapping | Verdict::NotDropped | Verdict::Error
+        Verdict::Fail
+            | Verdict::Late
+            | Verdict::Flapping
+            | Verdict::FailOpen
+            | Verdict::NotDropped
+            | Verdict::Error
     )
 }
 

@@ -194,7 +194,7 @@ async fn recheck_silences<B: Backend>(
         expected.port_protocols(),
         result.path,
         whole,
-        options.parallelism,
+        &options.pacer,
         &suspects,
     )
     .await
@@ -213,6 +213,109 @@ async fn recheck_silences<B: Backend>(
         }
     }
     suspects.len()
+}
+
+/// How long the load stops before leaks seen under it are probed again at a low rate.
+const QUIET: Duration = Duration::from_millis(250);
+
+/// Leaks the spec does not expect, in cells this step did not change or that already matched in
+/// it, sent while many connections were in flight (`pace::LOW_LOAD`), are probed again at a low
+/// rate (`PaceOptions::gentle`). A cell blocked then leaked because the enforcer gave way under
+/// load, not because it misread a policy: it is marked failed open (the gentle answer stands in
+/// its timeline, so it is neither flapping nor late) and the round's evidence is kept. A leak
+/// that persists at the low rate stays what it was. Cells the step changed and have not yet
+/// matched leak the same way a late deny does, and timing that is the point: they are looked at
+/// only once settled cells have leaked under load in the step.
+async fn confirm_leaks<B: Backend>(
+    backend: &B,
+    result: &mut StepResult,
+    observed: &mut crate::matrix::ObservedTable,
+    timing: crate::backend::ProbeTiming,
+    options: &RunOptions,
+    round_began: Instant,
+) -> Vec<(usize, usize, usize)> {
+    use polygraph_agent::wire::Outcome;
+    let expected = &result.expected.table;
+    let suspects: Vec<((usize, usize, usize), bool)> = observed
+        .judged(expected)
+        .filter_map(|(k, cell, judgement, observation)| {
+            let observation = observation?;
+            let settled = *result.changes.get(k, cell.from, cell.to) == Change::Unchanged
+                || result.timing.get(k, cell.from, cell.to).matched;
+            let leak = judgement == Judgement::Wrong
+                && observation.outcome == Outcome::Connected
+                && !expected.get(k, cell.from, cell.to).allowed();
+            (leak && observation.inflight > super::pace::LOW_LOAD)
+                .then_some(((k, cell.from, cell.to), settled))
+        })
+        .collect();
+    // Leaks in cells the step changed are what a late deny looks like: they are looked at only
+    // once settled cells leak too, in this round or an earlier one of the step (the signature of
+    // an enforcer giving way, which a lagging one does not have).
+    let giving_way = result.summary.fail_open_evidence.is_some();
+    if !giving_way && !suspects.iter().any(|(_, settled)| *settled) {
+        return Vec::new();
+    }
+    let suspects: std::collections::BTreeSet<(usize, usize, usize)> =
+        suspects.into_iter().map(|(cell, _)| cell).collect();
+    // The load the leaks met: the round's new connections per second, and the most in flight.
+    let started: Vec<f64> = observed
+        .observations()
+        .map(|(_, _, o)| o.started_ms)
+        .collect();
+    let span_ms = started.iter().copied().fold(f64::MIN, f64::max)
+        - started.iter().copied().fold(f64::MAX, f64::min);
+    let load_rate = started.len() as f64 / (span_ms.max(1.0) / 1e3);
+    let gentle = super::Pacer::new(options.pacer.options().gentle());
+    // The load drops first: an enforcer that gave way drains its queue (or refills its bucket)
+    // before it is asked again.
+    tokio::time::sleep(QUIET).await;
+    let offset_ms = round_began.elapsed().as_secs_f64() * 1e3;
+    let Ok(again) = super::probe_cells(
+        backend,
+        &result.expected.cluster,
+        expected.port_protocols(),
+        result.path,
+        timing,
+        &gentle,
+        &suspects,
+    )
+    .await
+    else {
+        return Vec::new();
+    };
+    let mut failed_open = Vec::new();
+    let mut leaked_at = Vec::new();
+    let mut inflight = 0;
+    for &(k, from, to) in &suspects {
+        let blocked = |o: &&crate::matrix::Observation| {
+            matches!(o.outcome, Outcome::Timeout | Outcome::Refused)
+        };
+        if let Some(answer) = again.get(k, from, to).filter(blocked) {
+            if let Some(leak) = observed.get(k, from, to) {
+                leaked_at.push(leak.started_ms);
+                inflight = inflight.max(leak.inflight);
+            }
+            let mut answer = answer.clone();
+            answer.started_ms += offset_ms;
+            observed.set(k, from, to, answer);
+            failed_open.push((k, from, to));
+        }
+    }
+    if !failed_open.is_empty() {
+        let burst_ms = leaked_at.iter().copied().fold(f64::MIN, f64::max)
+            - leaked_at.iter().copied().fold(f64::MAX, f64::min);
+        let evidence = result.summary.fail_open_evidence.get_or_insert_default();
+        evidence.cells += failed_open.len();
+        if failed_open.len() > evidence.burst_cells {
+            evidence.burst_cells = failed_open.len();
+            evidence.burst_ms = burst_ms.max(0.0);
+            evidence.load_rate = load_rate;
+            evidence.load_inflight = inflight;
+            evidence.gentle_rate = gentle.options().rate.unwrap_or(0.0);
+        }
+    }
+    failed_open
 }
 
 /// Probes `result.expected` on its path until every cell matches and stays so for the stability
@@ -239,7 +342,7 @@ async fn probe_until_settled<B: Backend>(
             expected.port_protocols(),
             result.path,
             timing,
-            options.parallelism,
+            &options.pacer,
         )
         .await
         {
@@ -252,6 +355,13 @@ async fn probe_until_settled<B: Backend>(
         deadlines.learn(&observed, timing);
         let rechecked =
             recheck_silences(backend, result, &mut observed, timing, options, round_began).await;
+        let failed_open =
+            confirm_leaks(backend, result, &mut observed, timing, options, round_began).await;
+        for &(k, from, to) in &failed_open {
+            let mut cell = *result.timing.get(k, from, to);
+            cell.failed_open = true;
+            result.timing.set(k, from, to, cell);
+        }
         result.confirmations += rechecked;
         result.rounds += 1;
         result.deadline = result.deadline.max(timing.effective_deadline());
@@ -298,6 +408,8 @@ async fn probe_until_settled<B: Backend>(
             let timing = result.timing.get(k, cell.from, cell.to);
             let allowed = expected.get(k, cell.from, cell.to).allowed();
             let verdict = match (judgement, timing.race(allowed)) {
+                // Whatever the cell did later: it leaked under load.
+                (_, Some(Race::FailOpen)) => Verdict::FailOpen,
                 (Judgement::Match | Judgement::Wrong, Some(Race::Flapping)) => Verdict::Flapping,
                 (Judgement::Match, None) => Verdict::Pass,
                 (Judgement::Match, Some(_)) => match (timing.converged_ms, max_ms) {
@@ -313,6 +425,9 @@ async fn probe_until_settled<B: Backend>(
             };
             result.verdicts.set(k, cell.from, cell.to, verdict);
         }
+        // Gathered round by round (`confirm_leaks`): the summary is computed anew.
+        let evidence = result.summary.fail_open_evidence.take();
         result.summary = summarize(result, observed, &round_starts);
+        result.summary.fail_open_evidence = evidence;
     }
 }

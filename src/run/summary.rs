@@ -52,6 +52,7 @@ pub(super) fn summarize(
             Some(Race::LateAllow) => summary.late_allow += 1,
             Some(Race::NeverConverged) => summary.never_converged += 1,
             Some(Race::Flapping) => summary.flapping += 1,
+            Some(Race::FailOpen) => summary.fail_open += 1,
             None => {}
         }
     }
@@ -80,6 +81,8 @@ pub struct ScenarioTotals {
     pub late_allow: usize,
     pub never_converged: usize,
     pub flapping: usize,
+    /// Cells that leaked under load only (`fail-open`): not a policy bug, still a leak.
+    pub fail_open: usize,
     pub max_leak_ms: Option<f64>,
     pub established: FlowSummary,
     /// Cells by verdict over all steps.
@@ -96,6 +99,7 @@ impl ScenarioTotals {
             totals.late_allow += t.late_allow;
             totals.never_converged += t.never_converged;
             totals.flapping += t.flapping;
+            totals.fail_open += t.fail_open;
             totals.max_leak_ms = max_of(totals.max_leak_ms, t.max_leak_ms);
             totals.established.add(&t.established);
             for verdict in step.verdicts.values() {
@@ -130,6 +134,8 @@ pub struct RunTotals {
     pub late_allow: usize,
     pub never_converged: usize,
     pub flapping: usize,
+    /// Cells that leaked under load only (`fail-open`), kept apart from the policy bugs.
+    pub fail_open: usize,
     pub max_leak_ms: Option<f64>,
     pub established: FlowSummary,
     pub scenarios_passed: usize,
@@ -189,6 +195,7 @@ impl RunTotals {
             totals.late_allow += t.late_allow;
             totals.never_converged += t.never_converged;
             totals.flapping += t.flapping;
+            totals.fail_open += t.fail_open;
             totals.max_leak_ms = max_of(totals.max_leak_ms, t.max_leak_ms);
             totals.established.add(&t.established);
             for step in &scenario.steps {

@@ -40,6 +40,10 @@ pub enum Race {
     NeverConverged,
     /// Matched, then changed again while the step was watched for stability.
     Flapping,
+    /// Blocked traffic got through while many probes were in flight, and was blocked when probed
+    /// again at a low rate: the enforcer failed open under load (a real leak, but not a misread
+    /// policy; kept apart from flapping).
+    FailOpen,
 }
 
 /// What a deny did to a connection established before it. The spec leaves this open: reported,
@@ -51,6 +55,43 @@ pub enum FlowFate {
     Survived,
     /// Stopped answering (dropped or reset).
     Cut,
+}
+
+/// What named a step's leaks `fail-open`: how many blocked cells connected under load, how close
+/// together, at what rate of new connections, and the rate at which they were blocked again.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct FailOpenEvidence {
+    /// Blocked cells that connected under load (over the step's rounds).
+    pub cells: usize,
+    /// The most of them in one round, and the time between the first and last of those.
+    pub burst_cells: usize,
+    pub burst_ms: f64,
+    /// New connections per second in that round, and the most in flight when they were sent.
+    pub load_rate: f64,
+    pub load_inflight: usize,
+    /// The rate at which they were probed again, and blocked.
+    pub gentle_rate: f64,
+}
+
+impl FailOpenEvidence {
+    /// `enforcement failed open under load: 352 blocked cells connected within 40 ms at 2900 new
+    /// connections/s (up to 480 in flight); at 200/s they were blocked`.
+    pub fn describe(&self) -> String {
+        format!(
+            "enforcement failed open under load: {} blocked cell{} connected within {:.0} ms at {:.0} new connections/s (up to {} in flight); at {:.0}/s {} blocked",
+            self.burst_cells,
+            if self.burst_cells == 1 { "" } else { "s" },
+            self.burst_ms,
+            self.load_rate,
+            self.load_inflight,
+            self.gentle_rate,
+            if self.burst_cells == 1 {
+                "it was"
+            } else {
+                "they were"
+            },
+        )
+    }
 }
 
 /// Connections held open across a step whose cells went from allowed to blocked.
@@ -89,6 +130,8 @@ pub struct CellTiming {
     pub matched: bool,
     /// Differed again after matching.
     pub flapped: bool,
+    /// Leaked under load and was blocked at a low rate (`Race::FailOpen`).
+    pub failed_open: bool,
 }
 
 impl CellTiming {
@@ -109,7 +152,9 @@ impl CellTiming {
     /// The race this cell shows, given the spec's answer; `None` when it matched from the first
     /// observation and never changed.
     pub fn race(&self, allowed: bool) -> Option<Race> {
-        if self.flapped {
+        if self.failed_open {
+            Some(Race::FailOpen)
+        } else if self.flapped {
             Some(Race::Flapping)
         } else if self.converged_ms.is_none() {
             self.first_seen_ms.map(|_| Race::NeverConverged)
@@ -200,6 +245,11 @@ pub struct StepTiming {
     pub late_allow: usize,
     pub never_converged: usize,
     pub flapping: usize,
+    /// Cells that leaked under load and were blocked at a low rate (`Race::FailOpen`).
+    pub fail_open: usize,
+    /// What showed the enforcer failing open, where it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fail_open_evidence: Option<FailOpenEvidence>,
     /// The longest leak: the latency of the slowest late-deny cell (traffic got through until
     /// at least its last wrong observation, and stopped by its latency).
     pub max_leak_ms: Option<f64>,

@@ -25,6 +25,7 @@ pub struct Options {
     pub step_deadline_ms: f64,
     pub max_latency_ms: Option<f64>,
     pub stability_ms: f64,
+    pub pace: PaceBounds,
 }
 
 #[derive(Debug, Deserialize)]
@@ -35,6 +36,7 @@ pub struct Counts {
     pub fail: usize,
     pub late: usize,
     pub flapping: usize,
+    pub fail_open: usize,
     pub undefined: usize,
     pub unsupported: usize,
     pub error: usize,
@@ -63,6 +65,7 @@ pub struct Totals {
     pub late_allow: usize,
     pub never_converged: usize,
     pub flapping: usize,
+    pub fail_open: usize,
     pub max_leak_ms: Option<f64>,
     pub established: Flows,
     pub scenarios_passed: usize,
@@ -84,6 +87,32 @@ pub struct Summary {
     pub cells: Counts,
     pub totals: Totals,
     pub sessions_broken: u64,
+    pub pace: Pace,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct PaceBounds {
+    pub max_inflight: usize,
+    pub max_inflight_per_node: usize,
+    pub rate: Option<f64>,
+    pub sources: usize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct Pace {
+    pub max_inflight: usize,
+    pub max_inflight_per_node: usize,
+    pub rate: Option<f64>,
+    pub sources: usize,
+    pub connections: u64,
+    pub peak_inflight: usize,
+    pub peak_rate: f64,
+    pub backoffs: usize,
+    pub min_window: usize,
 }
 
 #[derive(Debug, Deserialize)]
@@ -176,6 +205,9 @@ pub struct Timing {
     pub late_allow: usize,
     pub never_converged: usize,
     pub flapping: usize,
+    pub fail_open: usize,
+    #[serde(default)]
+    pub fail_open_evidence: Option<FailOpenEvidence>,
     pub max_leak_ms: Option<f64>,
     pub new_pod_leak_ms: Option<f64>,
     pub new_pod_first_probe_ms: Option<f64>,
@@ -212,14 +244,27 @@ pub struct CellJson {
     pub reason: Option<String>,
 }
 
-pub const VERDICTS: [&str; 9] = [
+pub const VERDICTS: [&str; 10] = [
     "pass",
     "fail",
     "late",
     "flapping",
+    "fail_open",
     "undefined",
     "unsupported",
     "error",
     "not_probed",
     "not_dropped",
 ];
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct FailOpenEvidence {
+    pub cells: usize,
+    pub burst_cells: usize,
+    pub burst_ms: f64,
+    pub load_rate: f64,
+    pub load_inflight: usize,
+    pub gentle_rate: f64,
+}

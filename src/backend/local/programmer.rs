@@ -106,6 +106,20 @@ fn base(faults: &Faults) -> nft::Ruleset {
         unfiltered.push(format!("ct original ip6 daddr {}", super::proxy::NODE_V6));
     }
     let mut dropped = Vec::new();
+    // An overflowing queue: new connections beyond its rate skip the policy, accepted (fail-open)
+    // or dropped (fail-closed), before any policy chain sees them.
+    if let Some(queue) = faults.queue_overflow {
+        let over = format!(
+            "ct state new limit rate over {}/second burst {} packets",
+            queue.rate,
+            queue.burst()
+        );
+        if queue.fail_open {
+            unfiltered.insert(0, over);
+        } else {
+            dropped.push(over);
+        }
+    }
     if faults.has(Fault::DnsEgressBlocked) {
         // At both of the DNS pod's possible addresses: the rule is harmless where one is unused.
         let v4 = std::net::IpAddr::V4(super::DNS_V4);

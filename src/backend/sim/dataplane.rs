@@ -55,10 +55,31 @@ pub(super) struct Dataplane {
     pub created: BTreeMap<PodRef, Instant>,
     /// States not yet superseded by a newer state in effect, oldest first.
     pub states: Vec<State>,
+    /// `queue-overflow`: the enforcer's tokens (connections it can judge now) and when they were
+    /// last counted.
+    queue_tokens: f64,
+    queue_counted: Instant,
+}
+
+/// What the enforcer's queue did with a new connection (`queue-overflow`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Queued {
+    /// Judged by the policies, as always without the fault.
+    Judged,
+    /// Over the rate, failing open: accepted unjudged.
+    Accepted,
+    /// Over the rate, failing closed: dropped unjudged.
+    Dropped,
+}
+
+/// The tokens a queue-overflow fault starts with: a full burst.
+fn faults_burst(faults: &Faults) -> f64 {
+    faults.queue_overflow.map_or(0.0, |q| f64::from(q.burst()))
 }
 
 impl Dataplane {
     pub fn new(faults: Faults, sctp: bool, families: IpFamilies) -> Dataplane {
+        let queue_tokens = faults_burst(&faults);
         Dataplane {
             lag: Lag::new(&faults, Instant::now()),
             faults,
@@ -74,6 +95,30 @@ impl Dataplane {
             ghosts: Vec::new(),
             created: BTreeMap::new(),
             states: Vec::new(),
+            queue_tokens,
+            queue_counted: Instant::now(),
+        }
+    }
+
+    /// What the enforcer's queue does with one more new connection at `now`: a token bucket of
+    /// the fault's rate and burst, as the local dataplane's nftables `limit rate over`.
+    pub fn queue(&mut self, now: Instant) -> Queued {
+        let Some(queue) = self.faults.queue_overflow else {
+            return Queued::Judged;
+        };
+        let elapsed = now
+            .saturating_duration_since(self.queue_counted)
+            .as_secs_f64();
+        self.queue_counted = now;
+        self.queue_tokens =
+            (self.queue_tokens + elapsed * f64::from(queue.rate)).min(f64::from(queue.burst()));
+        if self.queue_tokens >= 1.0 {
+            self.queue_tokens -= 1.0;
+            Queued::Judged
+        } else if queue.fail_open {
+            Queued::Accepted
+        } else {
+            Queued::Dropped
         }
     }
 
@@ -369,12 +414,18 @@ impl Judge<'_> {
     }
 
     /// One probe from `from` to `target`.
-    pub fn probe(&self, from: &PodRef, target: &Target, timeout: Duration) -> ProbeResult {
+    pub fn probe(
+        &self,
+        from: &PodRef,
+        target: &Target,
+        timeout: Duration,
+        queued: Queued,
+    ) -> ProbeResult {
         if target.host.parse::<IpAddr>().is_err() {
             return match self.resolve(from, target) {
                 Ok(resolved) => ProbeResult {
                     host: target.host.clone(),
-                    ..self.probe(from, &resolved, timeout)
+                    ..self.probe(from, &resolved, timeout, queued)
                 },
                 Err(detail) => ProbeResult {
                     host: target.host.clone(),
@@ -403,7 +454,10 @@ impl Judge<'_> {
             Some((dst, route)) if dst.key() == *from && !route.service => {
                 (Outcome::Connected, Some(dst.key()))
             }
-            Some((dst, route)) if self.unfiltered(route) => (Outcome::Connected, Some(dst.key())),
+            Some(_) if queued == Queued::Dropped => (Outcome::Timeout, None),
+            Some((dst, route)) if queued == Queued::Accepted || self.unfiltered(route) => {
+                (Outcome::Connected, Some(dst.key()))
+            }
             Some((dst, route)) if self.passes(from, &dst.key(), pp, route) => {
                 (Outcome::Connected, Some(dst.key()))
             }

@@ -89,7 +89,7 @@ async fn serve(
                     request
                         .targets
                         .iter()
-                        .map(|t| judge.probe(&from, t, timeout))
+                        .map(|t| judge.probe(&from, t, timeout, super::dataplane::Queued::Judged))
                         .collect()
                 };
                 holds.insert(id, (opened.clone(), timeout));

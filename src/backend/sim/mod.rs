@@ -247,11 +247,16 @@ impl Backend for SimBackend {
                 message: "no such pod".into(),
             });
         }
-        let judge = dataplane.judge(Instant::now());
+        let now = Instant::now();
+        // Each target is a new connection the enforcer's queue may not judge
+        // (`queue-overflow`); the confirming attempts of a silent one are more.
+        let queued: Vec<dataplane::Queued> = targets.iter().map(|_| dataplane.queue(now)).collect();
+        let judge = dataplane.judge(now);
         Ok(targets
             .iter()
-            .map(|target| {
-                let mut result = judge.probe(from, target, timing.silent_wait());
+            .zip(queued)
+            .map(|(target, queued)| {
+                let mut result = judge.probe(from, target, timing.silent_wait(), queued);
                 // A silent target's silence is confirmed by further attempts, as the agent does.
                 if result.outcome == polygraph_agent::wire::Outcome::Timeout
                     && timing.effective_deadline().is_some()
