@@ -14,7 +14,7 @@
 //! seen, or only to a confirming attempt far more often than at low load, while many connections
 //! are in flight, halve the window (never below `MIN_WINDOW`). Clean answers grow it back, quickly
 //! up to where it last gave way, then slowly. Lost attempts seen at low load are the link's own
-//! loss: only those raise the attempts (`run::Deadlines` counts answers by the load they met).
+//! loss, the yardstick for "far more often".
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -384,13 +384,12 @@ impl Pacer {
         if let Some(m) = median {
             state.fastest_ms = Some(fastest.map_or(m, |f| f.min(m)).max(0.01));
         }
-        let link = if state.low_answers < MIN_LOW_LOAD_ANSWERS {
-            0.0
-        } else {
-            state.low_retried as f64 / state.low_answers as f64
-        };
-        let lost = answers.len() >= MIN_CHUNK_ANSWERS
-            && retried as f64 / answers.len() as f64 > link + LOST_MARGIN;
+        // Lost attempts say congestion only against the link's own loss, measured at low load;
+        // until that is known, only slowness does (a lossy link is not a congested one).
+        let lost = state.low_answers >= MIN_LOW_LOAD_ANSWERS
+            && answers.len() >= MIN_CHUNK_ANSWERS
+            && retried as f64 / answers.len() as f64
+                > state.low_retried as f64 / state.low_answers as f64 + LOST_MARGIN;
         if !low_load && (slow || lost) {
             state.back_off(options.max_inflight);
         } else if !answers.is_empty() {
