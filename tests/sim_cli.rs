@@ -177,14 +177,16 @@ fn an_interrupt_names_what_the_backend_cleaned_up() {
         .spawn()
         .expect("start polygraph");
     let mut first = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut first)
-        .expect("first line");
+    // Kept open until the end: a reader that goes away ends a run quietly (exit 0), and the
+    // header has more lines than this one.
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    stdout.read_line(&mut first).expect("first line");
     assert!(first.starts_with("backend: sim"), "{first}");
     std::thread::sleep(Duration::from_millis(300));
     let pid = rustix::process::Pid::from_raw(i32::try_from(child.id()).expect("pid")).expect("pid");
     rustix::process::kill_process(pid, rustix::process::Signal::INT).expect("signal");
     let output = child.wait_with_output().expect("exit");
+    drop(stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(130), "{stderr}");
     assert!(
