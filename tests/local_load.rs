@@ -39,19 +39,10 @@ fn the_default_pace_passes_under_a_failing_open_queue_and_forced_past_it_names_f
     // Forced far past it: blocked cells connect in a burst; probed again at 200/s they are
     // blocked, so the leak is the enforcer failing open, not flapping and not a policy bug.
     let (code, stdout, report) = run(&[
-        "deny-all-ingress",
-        "namespace-isolation",
-        "--inject",
-        "queue-overflow=1000/s",
-        "--rate",
-        "20000/s",
-        "--max-inflight",
-        "10000",
-        "--max-inflight-per-node",
-        "10000",
-        "--step-deadline",
-        "3s",
-    ]);
+        &common::FORCED_PAST_QUEUE[..],
+        &["--inject", "queue-overflow=1000/s"],
+    ]
+    .concat());
     assert_eq!(code, Some(1), "{stdout}");
     assert!(
         stdout.contains("enforcement failed open under load: "),

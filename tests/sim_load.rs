@@ -45,20 +45,13 @@ fn the_default_pace_stays_under_an_enforcer_queue_and_says_so() {
 
 #[test]
 fn forced_past_the_queue_the_leak_is_named_fail_open_not_a_policy_bug() {
-    let (output, report, junit) = run_json(&[
-        "deny-all-ingress",
-        "namespace-isolation",
-        "--inject",
-        "queue-overflow=4000/s",
-        "--rate",
-        "20000/s",
-        "--max-inflight",
-        "10000",
-        "--max-inflight-per-node",
-        "10000",
-        "--step-deadline",
-        "3s",
-    ]);
+    let (output, report, junit) = run_json(
+        &[
+            &common::FORCED_PAST_QUEUE[..],
+            &["--inject", "queue-overflow=4000/s"],
+        ]
+        .concat(),
+    );
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(
         output.status.code(),

@@ -321,17 +321,6 @@ impl Pacer {
         }
     }
 
-    /// The share of answers at low load that only a confirming attempt got: the link's loss, as
-    /// far as it shows (0 until enough are known).
-    pub fn link_loss(&self) -> f64 {
-        let state = self.lock();
-        if state.low_answers < MIN_LOW_LOAD_ANSWERS {
-            0.0
-        } else {
-            state.low_retried as f64 / state.low_answers as f64
-        }
-    }
-
     pub fn report(&self) -> PaceReport {
         let state = self.lock();
         PaceReport {
@@ -386,10 +375,10 @@ impl Pacer {
         }
         // Lost attempts say congestion only against the link's own loss, measured at low load;
         // until that is known, only slowness does (a lossy link is not a congested one).
-        let lost = state.low_answers >= MIN_LOW_LOAD_ANSWERS
-            && answers.len() >= MIN_CHUNK_ANSWERS
-            && retried as f64 / answers.len() as f64
-                > state.low_retried as f64 / state.low_answers as f64 + LOST_MARGIN;
+        let lost = state.link_loss().is_some_and(|link| {
+            answers.len() >= MIN_CHUNK_ANSWERS
+                && retried as f64 / answers.len() as f64 > link + LOST_MARGIN
+        });
         if !low_load && (slow || lost) {
             state.back_off(options.max_inflight);
         } else if !answers.is_empty() {
@@ -411,6 +400,13 @@ impl Pacer {
 }
 
 impl State {
+    /// The share of answers at low load that only a confirming attempt got: the link's own loss,
+    /// once enough are known.
+    fn link_loss(&self) -> Option<f64> {
+        (self.low_answers >= MIN_LOW_LOAD_ANSWERS)
+            .then(|| self.low_retried as f64 / self.low_answers as f64)
+    }
+
     fn started(&mut self, count: u64) {
         let now = Instant::now();
         self.connections += count;
@@ -605,7 +601,11 @@ mod tests {
             results.extend(vec![answer(1.0, 3); 3]);
             pacer.admit("n", 9).await.finish(&results);
         }
-        assert!((pacer.link_loss() - 1.0 / 3.0).abs() < 1e-9);
+        let link = pacer
+            .lock()
+            .link_loss()
+            .expect("enough answers at low load");
+        assert!((link - 1.0 / 3.0).abs() < 1e-9);
         assert_eq!(pacer.report().backoffs, 0);
         // The same share at load is still the link's: no back-off.
         let held: Vec<Admission> =

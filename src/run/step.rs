@@ -2,6 +2,7 @@
 //! spec (and stays so for the stability window) or the deadline passes, and give every cell its
 //! verdict.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -10,10 +11,10 @@ use super::held::{check_flows, hold_flows};
 use super::result::{RunOptions, StepResult, Verdict};
 use super::summary::summarize;
 use super::timing::{CellTiming, Change, Race, StepTiming, changes};
-use super::{Deadlines, PathPlan, READY_TIMEOUT, probe_matrix};
+use super::{Deadlines, Pacer, PathPlan, READY_TIMEOUT, probe_matrix};
 use crate::analyze::Analysis;
-use crate::backend::{Backend, BackendError};
-use crate::matrix::{Grid, Judgement, TruthTable};
+use crate::backend::{Backend, BackendError, ProbeTiming};
+use crate::matrix::{Grid, Judgement, Observation, ObservedTable, TruthTable};
 use crate::model::ProbePath;
 use crate::scenario::{Action, Scenario};
 
@@ -149,14 +150,14 @@ fn blank(
 async fn recheck_silences<B: Backend>(
     backend: &B,
     result: &StepResult,
-    observed: &mut crate::matrix::ObservedTable,
-    timing: crate::backend::ProbeTiming,
+    observed: &mut ObservedTable,
+    timing: ProbeTiming,
     options: &RunOptions,
     round_began: Instant,
 ) -> usize {
     use polygraph_agent::wire::Outcome;
     let expected = &result.expected.table;
-    let suspects: std::collections::BTreeSet<(usize, usize, usize)> = observed
+    let suspects: BTreeSet<(usize, usize, usize)> = observed
         .judged(expected)
         .filter_map(|(k, cell, judgement, observation)| {
             let observation = observation?;
@@ -181,38 +182,70 @@ async fn recheck_silences<B: Backend>(
     if suspects.is_empty() {
         return 0;
     }
-    let half = crate::backend::ProbeTiming::longest_deadline(options.probe_timeout);
-    let whole = crate::backend::ProbeTiming {
+    let half = ProbeTiming::longest_deadline(options.probe_timeout);
+    let whole = ProbeTiming {
         timeout: options.probe_timeout,
         deadline: (!half.is_zero()).then_some(half),
         attempts: timing.attempts.max(2),
     };
+    let better = |o: &Observation| {
+        let unidentified = o.outcome == Outcome::Connected && o.peer.is_none();
+        !matches!(o.outcome, Outcome::Timeout | Outcome::DnsFailed) && !unidentified
+    };
+    probe_again(
+        backend,
+        result,
+        observed,
+        whole,
+        &options.pacer,
+        &suspects,
+        round_began,
+        better,
+    )
+    .await;
+    suspects.len()
+}
+
+/// Probes `cells` of the step's path again with `timing`, at `pacer`'s pace, and puts each answer
+/// `keep` accepts in place of the round's observation, timed from the round's start. Returns the
+/// observations it replaced, by cell (none when the probe failed: the round's stand).
+#[allow(clippy::too_many_arguments)]
+async fn probe_again<B: Backend>(
+    backend: &B,
+    result: &StepResult,
+    observed: &mut ObservedTable,
+    timing: ProbeTiming,
+    pacer: &Pacer,
+    cells: &BTreeSet<(usize, usize, usize)>,
+    round_began: Instant,
+    keep: impl Fn(&Observation) -> bool,
+) -> Vec<((usize, usize, usize), Observation)> {
     let offset_ms = round_began.elapsed().as_secs_f64() * 1e3;
     let Ok(again) = super::probe_cells(
         backend,
         &result.expected.cluster,
-        expected.port_protocols(),
+        result.expected.table.port_protocols(),
         result.path,
-        whole,
-        &options.pacer,
-        &suspects,
+        timing,
+        pacer,
+        cells,
     )
     .await
     else {
-        return 0;
+        return Vec::new();
     };
-    for &(k, from, to) in &suspects {
-        let better = |o: &&crate::matrix::Observation| {
-            let unidentified = o.outcome == Outcome::Connected && o.peer.is_none();
-            !matches!(o.outcome, Outcome::Timeout | Outcome::DnsFailed) && !unidentified
-        };
-        if let Some(answer) = again.get(k, from, to).filter(better) {
+    let mut replaced = Vec::new();
+    for &(k, from, to) in cells {
+        if let Some(answer) = again.get(k, from, to).filter(|o| keep(o)) {
             let mut answer = answer.clone();
             answer.started_ms += offset_ms;
+            if let Some(old) = observed.get(k, from, to).cloned() {
+                replaced.push(((k, from, to), old));
+            }
             observed.set(k, from, to, answer);
         }
     }
-    suspects.len()
+    replaced
 }
 
 /// How long the load stops before leaks seen under it are probed again at a low rate.
@@ -229,11 +262,11 @@ const QUIET: Duration = Duration::from_millis(250);
 async fn confirm_leaks<B: Backend>(
     backend: &B,
     result: &mut StepResult,
-    observed: &mut crate::matrix::ObservedTable,
-    timing: crate::backend::ProbeTiming,
+    observed: &mut ObservedTable,
+    timing: ProbeTiming,
     options: &RunOptions,
     round_began: Instant,
-) -> Vec<(usize, usize, usize)> {
+) {
     use polygraph_agent::wire::Outcome;
     let expected = &result.expected.table;
     let suspects: Vec<((usize, usize, usize), bool)> = observed
@@ -254,68 +287,62 @@ async fn confirm_leaks<B: Backend>(
     // an enforcer giving way, which a lagging one does not have).
     let giving_way = result.summary.fail_open_evidence.is_some();
     if !giving_way && !suspects.iter().any(|(_, settled)| *settled) {
-        return Vec::new();
+        return;
     }
-    let suspects: std::collections::BTreeSet<(usize, usize, usize)> =
+    let suspects: BTreeSet<(usize, usize, usize)> =
         suspects.into_iter().map(|(cell, _)| cell).collect();
     // The load the leaks met: the round's new connections per second, and the most in flight.
     let started: Vec<f64> = observed
         .observations()
         .map(|(_, _, o)| o.started_ms)
         .collect();
-    let span_ms = started.iter().copied().fold(f64::MIN, f64::max)
-        - started.iter().copied().fold(f64::MAX, f64::min);
-    let load_rate = started.len() as f64 / (span_ms.max(1.0) / 1e3);
-    let gentle = super::Pacer::new(options.pacer.options().gentle());
+    let load_rate = started.len() as f64 / (span_ms(&started).max(1.0) / 1e3);
+    let gentle = Pacer::new(options.pacer.options().gentle());
     // The load drops first: an enforcer that gave way drains its queue (or refills its bucket)
     // before it is asked again.
     tokio::time::sleep(QUIET).await;
-    let offset_ms = round_began.elapsed().as_secs_f64() * 1e3;
-    let Ok(again) = super::probe_cells(
+    let blocked = |o: &Observation| matches!(o.outcome, Outcome::Timeout | Outcome::Refused);
+    let failed_open = probe_again(
         backend,
-        &result.expected.cluster,
-        expected.port_protocols(),
-        result.path,
+        result,
+        observed,
         timing,
         &gentle,
         &suspects,
+        round_began,
+        blocked,
     )
-    .await
-    else {
-        return Vec::new();
-    };
-    let mut failed_open = Vec::new();
-    let mut leaked_at = Vec::new();
-    let mut inflight = 0;
-    for &(k, from, to) in &suspects {
-        let blocked = |o: &&crate::matrix::Observation| {
-            matches!(o.outcome, Outcome::Timeout | Outcome::Refused)
-        };
-        if let Some(answer) = again.get(k, from, to).filter(blocked) {
-            if let Some(leak) = observed.get(k, from, to) {
-                leaked_at.push(leak.started_ms);
-                inflight = inflight.max(leak.inflight);
-            }
-            let mut answer = answer.clone();
-            answer.started_ms += offset_ms;
-            observed.set(k, from, to, answer);
-            failed_open.push((k, from, to));
-        }
+    .await;
+    let leaked_at: Vec<f64> = failed_open.iter().map(|(_, o)| o.started_ms).collect();
+    let inflight = failed_open
+        .iter()
+        .map(|(_, o)| o.inflight)
+        .max()
+        .unwrap_or(0);
+    for &((k, from, to), _) in &failed_open {
+        let mut cell = *result.timing.get(k, from, to);
+        cell.failed_open = true;
+        result.timing.set(k, from, to, cell);
     }
     if !failed_open.is_empty() {
-        let burst_ms = leaked_at.iter().copied().fold(f64::MIN, f64::max)
-            - leaked_at.iter().copied().fold(f64::MAX, f64::min);
+        let burst_ms = span_ms(&leaked_at);
         let evidence = result.summary.fail_open_evidence.get_or_insert_default();
         evidence.cells += failed_open.len();
         if failed_open.len() > evidence.burst_cells {
             evidence.burst_cells = failed_open.len();
-            evidence.burst_ms = burst_ms.max(0.0);
+            evidence.burst_ms = burst_ms;
             evidence.load_rate = load_rate;
             evidence.load_inflight = inflight;
             evidence.gentle_rate = gentle.options().rate.unwrap_or(0.0);
         }
     }
-    failed_open
+}
+
+/// The time between the first and the last of `at` (ms; 0 for fewer than two).
+fn span_ms(at: &[f64]) -> f64 {
+    let first = at.iter().copied().fold(f64::INFINITY, f64::min);
+    let last = at.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    (last - first).max(0.0)
 }
 
 /// Probes `result.expected` on its path until every cell matches and stays so for the stability
@@ -355,13 +382,7 @@ async fn probe_until_settled<B: Backend>(
         deadlines.learn(&observed, timing);
         let rechecked =
             recheck_silences(backend, result, &mut observed, timing, options, round_began).await;
-        let failed_open =
-            confirm_leaks(backend, result, &mut observed, timing, options, round_began).await;
-        for &(k, from, to) in &failed_open {
-            let mut cell = *result.timing.get(k, from, to);
-            cell.failed_open = true;
-            result.timing.set(k, from, to, cell);
-        }
+        confirm_leaks(backend, result, &mut observed, timing, options, round_began).await;
         result.confirmations += rechecked;
         result.rounds += 1;
         result.deadline = result.deadline.max(timing.effective_deadline());

@@ -8,6 +8,22 @@ use std::collections::BTreeSet;
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
+/// `run` arguments that probe far past an injected enforcer queue (`--inject queue-overflow=N/s`,
+/// given beside them): two scenarios with settled and changed cells, and a rate and in-flight
+/// bounds far above any queue the tests inject.
+pub const FORCED_PAST_QUEUE: [&str; 10] = [
+    "deny-all-ingress",
+    "namespace-isolation",
+    "--rate",
+    "20000/s",
+    "--max-inflight",
+    "10000",
+    "--max-inflight-per-node",
+    "10000",
+    "--step-deadline",
+    "3s",
+];
+
 /// Validates a JUnit report against the Surefire/Jenkins schema in `tests/schemas/` with xmllint.
 pub fn validate_junit(path: &std::path::Path) {
     let xsd = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/schemas/junit-10.xsd");
