@@ -39,6 +39,8 @@ pub const LOW_LOAD: usize = 32;
 pub const MIN_WINDOW: usize = 8;
 /// The most targets one request to an agent carries.
 pub const CHUNK: usize = 64;
+/// The shortest wait for rate tokens: tokio's timer resolution.
+const TICK: Duration = Duration::from_millis(1);
 /// At most one back-off per this long: one burst's answers all say the same thing.
 const BACKOFF_GAP: Duration = Duration::from_millis(100);
 /// Answers this many times slower than the fastest chunk's typical answer mean congestion…
@@ -287,14 +289,9 @@ impl Pacer {
                 let fits = |used: usize, bound: usize| used == 0 || used + count <= bound;
                 let room = fits(total, window.min(options.max_inflight))
                     && fits(on_node.inflight, options.max_inflight_per_node);
-                let rate_wait = match options.rate {
-                    // A chunk waits for its tokens, but never for more than a bucket holds.
-                    Some(rate) if on_node.tokens < (count as f64).min(burst(rate)) => {
-                        let short = (count as f64).min(burst(rate)) - on_node.tokens;
-                        Some(Duration::from_secs_f64(short / rate))
-                    }
-                    _ => None,
-                };
+                let rate_wait = options
+                    .rate
+                    .and_then(|rate| rate_wait(on_node.tokens, count, rate));
                 if room && rate_wait.is_none() {
                     on_node.inflight += count;
                     if options.rate.is_some() {
@@ -448,6 +445,15 @@ impl State {
     }
 }
 
+/// How long a chunk of `count` waits for rate tokens, holding `tokens`: until it has them, but
+/// never for more than a bucket holds; `None` when it has them. At least the timer's tick: a
+/// shortfall of a rounding error would otherwise sleep zero, and on a paused clock (the
+/// simulation's tests) a zero sleep never lets time pass, so the wait would never end.
+fn rate_wait(tokens: f64, count: usize, rate: f64) -> Option<Duration> {
+    let needed = (count as f64).min(burst(rate));
+    (tokens < needed).then(|| Duration::from_secs_f64((needed - tokens) / rate).max(TICK))
+}
+
 /// The tokens a bucket holds at most: a tenth of a second's worth, at least one.
 fn burst(rate: f64) -> f64 {
     (rate / 10.0).max(1.0)
@@ -553,6 +559,23 @@ mod tests {
         let took = start.elapsed().as_secs_f64();
         assert!((0.85..=0.95).contains(&took), "took {took} s");
         assert!(pacer.report().peak_rate <= 1200.0 + 100.0 * 10.0);
+    }
+
+    #[test]
+    fn a_rounding_errors_shortfall_still_waits_a_tick() {
+        // A refill that left the bucket a hair short of whole.
+        assert_eq!(rate_wait(0.999_999_999, 1, 3.0), Some(TICK));
+        assert_eq!(rate_wait(1.0, 1, 3.0), None);
+        // A real shortfall waits for it: 100 tokens at 1000/s.
+        assert_eq!(
+            rate_wait(0.0, 100, 1000.0),
+            Some(Duration::from_millis(100))
+        );
+        // Never for more than a bucket holds (a tenth of a second).
+        assert_eq!(
+            rate_wait(0.0, 10_000, 1000.0),
+            Some(Duration::from_millis(100))
+        );
     }
 
     #[tokio::test(start_paused = true)]
