@@ -245,9 +245,16 @@ impl Pacer {
         self.inner.options.sources
     }
 
-    /// A chunk of at most this many targets fits the bounds at any window.
+    /// A chunk of at most this many targets fits the bounds at any window, and a rate's bucket
+    /// (a gentle pace sends no chunk larger than its burst).
     pub fn chunk(&self) -> usize {
+        let burst = self
+            .inner
+            .options
+            .rate
+            .map_or(usize::MAX, |r| burst(r) as usize);
         CHUNK
+            .min(burst)
             .min(self.inner.options.max_inflight_per_node)
             .min(MIN_WINDOW.max(self.window()))
             .max(1)

@@ -248,14 +248,18 @@ async fn probe_again<B: Backend>(
     replaced
 }
 
-/// How long the load stops before leaks seen under it are probed again at a low rate.
-const QUIET: Duration = Duration::from_millis(250);
+/// How long the load stops before leaks seen under it are probed again at a low rate: enough for
+/// an overflowed queue to drain (or its bucket to refill), short against an enforcement gap, so
+/// that the replay at load that follows a refutation falls before the next one.
+const QUIET: Duration = Duration::from_millis(50);
 
 /// Leaks the spec does not expect, in cells this step did not change or that already matched in
 /// it, sent while many connections were in flight (`pace::LOW_LOAD`), are probed again at a low
 /// rate (`PaceOptions::gentle`). A cell blocked then leaked because the enforcer gave way under
-/// load, not because it misread a policy: it is marked failed open (the gentle answer stands in
-/// its timeline, so it is neither flapping nor late) and the round's evidence is kept. A leak
+/// load, not because it misread a policy, if the matrix probed again at the run's pace leaks
+/// again (a resync gap that ended meanwhile would not): it is marked failed open (the gentle
+/// answer stands in its timeline, so it is neither flapping nor late) and the round's evidence
+/// is kept. A leak
 /// that persists at the low rate stays what it was. Cells the step changed and have not yet
 /// matched leak the same way a late deny does, and timing that is the point: they are looked at
 /// only once settled cells have leaked under load in the step.
@@ -302,10 +306,11 @@ async fn confirm_leaks<B: Backend>(
     // before it is asked again.
     tokio::time::sleep(QUIET).await;
     let blocked = |o: &Observation| matches!(o.outcome, Outcome::Timeout | Outcome::Refused);
+    let mut confirmed = observed.clone();
     let failed_open = probe_again(
         backend,
         result,
-        observed,
+        &mut confirmed,
         timing,
         &gentle,
         &suspects,
@@ -313,6 +318,13 @@ async fn confirm_leaks<B: Backend>(
         blocked,
     )
     .await;
+    // Blocked at a low rate could also be an enforcement gap that just ended (a resync): only
+    // load, with the enforcement left as it is, tells them apart. The matrix is probed again at
+    // the run's pace; the enforcer failed open only if blocked cells leak at load again.
+    if failed_open.is_empty() || !leaks_at_load(backend, result, timing, options).await {
+        return;
+    }
+    *observed = confirmed;
     let leaked_at: Vec<f64> = failed_open.iter().map(|(_, o)| o.started_ms).collect();
     let inflight = failed_open
         .iter()
@@ -336,6 +348,39 @@ async fn confirm_leaks<B: Backend>(
             evidence.gentle_rate = gentle.options().rate.unwrap_or(0.0);
         }
     }
+}
+
+/// Whether the step's matrix, probed at the run's pace, lets a blocked cell through while many
+/// connections are in flight.
+async fn leaks_at_load<B: Backend>(
+    backend: &B,
+    result: &StepResult,
+    timing: ProbeTiming,
+    options: &RunOptions,
+) -> bool {
+    use polygraph_agent::wire::Outcome;
+    let expected = &result.expected.table;
+    let Ok(replay) = probe_matrix(
+        backend,
+        &result.expected.cluster,
+        expected.port_protocols(),
+        result.path,
+        timing,
+        &options.pacer,
+    )
+    .await
+    else {
+        return false;
+    };
+    replay
+        .judged(expected)
+        .any(|(k, cell, judgement, observation)| {
+            judgement == Judgement::Wrong
+                && !expected.get(k, cell.from, cell.to).allowed()
+                && observation.is_some_and(|o| {
+                    o.outcome == Outcome::Connected && o.inflight > super::pace::LOW_LOAD
+                })
+        })
 }
 
 /// The time between the first and the last of `at` (ms; 0 for fewer than two).
