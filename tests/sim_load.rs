@@ -66,10 +66,11 @@ fn forced_past_the_queue_the_leak_is_named_fail_open_not_a_policy_bug() {
     let totals = &report["summary"]["totals"];
     let fail_open = totals["fail_open"].as_u64().expect("fail_open");
     let flapping = totals["flapping"].as_u64().expect("flapping");
-    assert!(fail_open >= 20, "{totals}");
-    // Settled cells that leak under load are never flapping; a few changed cells caught before
-    // the step showed the enforcer giving way may be.
-    assert!(fail_open > 10 * flapping, "{totals}");
+    assert!(fail_open >= 10, "{totals}");
+    // Never flapping, never a policy bug (cells the step changed that leaked before the step
+    // showed the enforcer giving way are late denies).
+    assert_eq!(flapping, 0, "{totals}");
+    assert_eq!(report["summary"]["cells"]["fail"], 0, "{stdout}");
     assert_eq!(report["summary"]["cells"]["fail_open"], fail_open);
     // Its own JUnit type, where nothing else failed in the step.
     assert!(junit.contains(r#"type="fail-open""#), "{junit}");

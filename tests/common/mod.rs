@@ -9,9 +9,10 @@ use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
 /// `run` arguments that probe far past an injected enforcer queue (`--inject queue-overflow=N/s`,
-/// given beside them): two scenarios with settled and changed cells, and a rate and in-flight
-/// bounds far above any queue the tests inject.
-pub const FORCED_PAST_QUEUE: [&str; 10] = [
+/// given beside them): two scenarios with settled and changed cells, a rate and in-flight bounds
+/// far above any queue the tests inject, and a stability window (a step that converges in its
+/// first round would otherwise never probe a matched cell at load again).
+pub const FORCED_PAST_QUEUE: [&str; 12] = [
     "deny-all-ingress",
     "namespace-isolation",
     "--rate",
@@ -22,6 +23,8 @@ pub const FORCED_PAST_QUEUE: [&str; 10] = [
     "10000",
     "--step-deadline",
     "3s",
+    "--stability",
+    "2s",
 ];
 
 /// Validates a JUnit report against the Surefire/Jenkins schema in `tests/schemas/` with xmllint.
