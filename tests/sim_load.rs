@@ -75,3 +75,16 @@ fn forced_past_the_queue_the_leak_is_named_fail_open_not_a_policy_bug() {
     // Its own JUnit type, where nothing else failed in the step.
     assert!(junit.contains(r#"type="fail-open""#), "{junit}");
 }
+
+#[test]
+fn bench_enforcer_finds_the_injected_knee_on_the_simulation() {
+    let (code, text, report) =
+        common::bench_enforcer(&["--backend", "sim", "--inject", "queue-overflow=3000/s"]);
+    assert_eq!(code, Some(0), "{text}");
+    common::assert_knee(&report, &text, "fails-open", 3000.0);
+    assert!(text.contains("fails open above ≈ "), "{text}");
+    // The steps under the knee held: nothing leaked there.
+    let steps = report["nodes"][0]["steps"].as_array().expect("steps");
+    assert!(steps.len() >= 3, "{text}");
+    assert_eq!(steps[0]["blocked_connected"], 0, "{text}");
+}

@@ -34,6 +34,10 @@ pub enum BenchCommand {
     /// count the false verdicts per run: on polygraph's own dataplane every verdict must be a
     /// pass. `--inject loss=10%` makes every link drop a tenth of its packets.
     Soak(Box<super::soak::SoakArgs>),
+    /// Measure the rate of new connections above which enforcement gives way, per node: a ramp
+    /// through an isolated and an open destination on scratch pods, until isolated cells connect
+    /// (the enforcer fails open) or open ones go silent (it fails closed).
+    Enforcer(Box<super::enforcer::EnforcerArgs>),
 }
 
 #[derive(Debug, Args)]
@@ -126,6 +130,7 @@ pub fn run(command: BenchCommand) -> Result<ExitCode, CliError> {
         BenchCommand::Oracle(args) => oracle(args),
         BenchCommand::Probe(args) => probe(*args),
         BenchCommand::Soak(args) => super::soak::soak(*args),
+        BenchCommand::Enforcer(args) => super::enforcer::enforcer(*args),
     }
 }
 

@@ -20,6 +20,7 @@ macro_rules! out_inline {
 mod analyze;
 mod backend_args;
 mod bench;
+mod enforcer;
 mod gc;
 mod generated;
 mod model_args;

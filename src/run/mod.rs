@@ -4,7 +4,8 @@
 //! probe rounds, verdicts), `held` (connections held across a step), `timing` (per-cell timelines),
 //! `summary` (step, scenario and run totals), `result` (what a run produces), `paths` (targets ×
 //! families, each path's analysis and probes), `deadline` (how long a silent probe is waited for),
-//! `smoke`.
+//! `smoke`,
+//! `ramp` (`bench enforcer`'s load ramp).
 
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ mod held;
 pub mod pace;
 pub mod parallel;
 pub mod paths;
+pub mod ramp;
 mod result;
 pub mod scenarios;
 pub mod smoke;

@@ -118,3 +118,36 @@ pub fn namespaces_of_run(run_id: &str) -> Vec<String> {
         .map(str::to_string)
         .collect()
 }
+
+/// `polygraph bench enforcer ARGS --json FILE`: the exit code, the output, and each node's ramp.
+pub fn bench_enforcer(args: &[&str]) -> (Option<i32>, String, serde_json::Value) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let json = dir.path().join("enforcer.json");
+    let json_arg = json.display().to_string();
+    let mut all = vec!["bench", "enforcer"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--json", &json_arg]);
+    let output = polygraph(&all, "");
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report = std::fs::read_to_string(&json)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or(serde_json::Value::Null);
+    (output.status.code(), text, report)
+}
+
+/// Asserts `bench enforcer` found one node's knee in `mode` within ±25% of `injected`.
+pub fn assert_knee(report: &serde_json::Value, text: &str, mode: &str, injected: f64) {
+    let knee = &report["nodes"][0]["knee"];
+    assert_eq!(knee["mode"], mode, "{text}");
+    let estimate = knee["estimate"].as_f64().unwrap_or(0.0);
+    assert!(
+        (estimate - injected).abs() <= injected * 0.25,
+        "the knee {estimate:.0}/s is not within 25% of the injected {injected}/s: {text}"
+    );
+    assert_eq!(report["nodes"][0]["stop"], "gave-way", "{text}");
+}
