@@ -463,3 +463,55 @@ fn parallel_lanes_report_the_library_in_order_with_the_same_verdicts() {
     };
     assert_eq!(code, Some(2), "{stdout}");
 }
+
+/// `probe` waits for enforcement as `run` does: under a CNI that applies policies 1.5 s late, the
+/// rounds go on until the matrix is the spec's, and the lag is reported as late cells, not as
+/// wrong ones; `--snapshot` keeps the one look right after applying; a fault that never
+/// converges is wrong at the deadline.
+#[test]
+fn probe_converges_and_reports_late_cells_apart_from_wrong_ones() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let deny = dir.path().join("deny.yaml");
+    std::fs::write(
+        &deny,
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: x}\nspec: {podSelector: {}, policyTypes: [Ingress]}\n",
+    )
+    .expect("policy file");
+    let deny = deny.display().to_string();
+    let probe = |extra: &[&str]| {
+        let mut args = vec!["probe", "--backend", "sim", "-f", &deny, "-o", "json"];
+        args.extend_from_slice(extra);
+        let output = common::polygraph(&args, "");
+        let report: Value = serde_json::from_slice(&output.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&output.stderr)));
+        (output.status.code(), report)
+    };
+    let (code, report) = probe(&["--inject", "delay=1500ms"]);
+    let convergence = &report["convergence"];
+    assert_eq!(code, Some(0), "{convergence}");
+    assert_eq!(convergence["converged"], true);
+    assert!(convergence["rounds"].as_u64() > Some(1), "{convergence}");
+    assert!(
+        convergence["elapsed_ms"].as_f64() >= Some(1400.0),
+        "{convergence}"
+    );
+    let late = convergence["late"].as_array().expect("late cells");
+    // Every cell into x, from every pod, on every port: 9 × 3 × 6 less x's own 3 × 6.
+    assert_eq!(late.len(), 144, "{convergence}");
+    assert_eq!(late[0]["first"], "connected");
+    assert_eq!(late[0]["settled"], "timeout");
+
+    let (code, report) = probe(&["--inject", "delay=1500ms", "--snapshot"]);
+    assert_eq!(
+        code,
+        Some(1),
+        "one look right after applying sees the lag as wrong cells"
+    );
+    assert_eq!(report["convergence"]["rounds"], 1);
+    assert_eq!(report["convergence"]["snapshot"], true);
+
+    let (code, report) = probe(&["--inject", "ingress-ignored", "--deadline", "1s"]);
+    assert_eq!(code, Some(1));
+    assert_eq!(report["convergence"]["converged"], false);
+    assert!(report["probe_summary"]["wrong"].as_u64() > Some(0));
+}

@@ -296,6 +296,9 @@ pub struct ProbeReport {
     #[serde(flatten)]
     pub model: ModelJson,
     pub probe_summary: ProbeSummary,
+    /// How the rounds went (`probe` waits for enforcement to converge).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub convergence: Option<crate::run::converge::Convergence>,
 }
 
 /// The analyze report's other parts, unchanged.
@@ -400,5 +403,6 @@ pub fn report(
             warnings,
         },
         probe_summary: summarize(analysis, observed),
+        convergence: None,
     }
 }

@@ -5,10 +5,11 @@
 //! `summary` (step, scenario and run totals), `result` (what a run produces), `paths` (targets ×
 //! families, each path's analysis and probes), `deadline` (how long a silent probe is waited for),
 //! `smoke`,
-//! `ramp` (`bench enforcer`'s load ramp).
+//! `ramp` (`bench enforcer`'s load ramp), `converge` (`probe`'s rounds).
 
 use std::time::Duration;
 
+pub mod converge;
 mod deadline;
 mod held;
 pub mod pace;
