@@ -780,17 +780,27 @@ impl FakeCluster {
     }
 
     async fn with_options(state: &Arc<Mutex<State>>, options: KubeOptions) -> FakeCluster {
+        FakeCluster::enforcing(state, options, &[]).await
+    }
+
+    /// A cluster whose enforcer has the simulation's `faults`, e.g. `admin-ignored`: an API the
+    /// server accepts and nothing enforces.
+    async fn enforcing(
+        state: &Arc<Mutex<State>>,
+        options: KubeOptions,
+        faults: &[&str],
+    ) -> FakeCluster {
         let dual = state.lock().expect("state").dual_stack;
         FakeCluster {
             kube: backend_with(state, options).await,
             sim: SimBackend::new(SimOptions {
                 sctp: true,
+                faults: polygraph::faults::Faults::parse(faults).expect("faults"),
                 families: if dual {
                     IpFamilies::Dual
                 } else {
                     IpFamilies::Ipv4
                 },
-                ..SimOptions::default()
             }),
             model_ips: BTreeMap::new(),
             probed: Mutex::new(Vec::new()),
@@ -953,6 +963,7 @@ fn run_options() -> RunOptions {
         }),
         poll_interval: Duration::from_millis(10),
         targets: Vec::new(),
+        precheck: false,
     }
 }
 
@@ -1934,4 +1945,96 @@ fn the_clusters_dns_is_its_running_kube_dns_pods_with_their_named_ports() {
     let none =
         polygraph::backend::kube::cluster_dns(&namespace, &[pod("coredns-b", "Pending", None)]);
     assert!(none.unwrap_err().contains("k8s-app=kube-dns"));
+}
+
+/// The precheck: a cluster that serves the AdminNetworkPolicy CRDs while its enforcer ignores
+/// them (the real cluster's v1alpha1 CRDs beside a ClusterNetworkPolicy-only enforcer). The run
+/// checks each API its scenarios use first; the ANP scenario fails at once with that reason (no
+/// step run, no deadline waited), the NetworkPolicy one runs and passes, and an API the cluster
+/// does not serve is "not served", its scenario unsupported as before.
+#[tokio::test]
+async fn the_precheck_fails_the_scenarios_of_an_api_nothing_enforces_at_once() {
+    let scenarios = library(&[
+        "anp-banp-v1alpha1",
+        "deny-all-ingress",
+        "cnp-admin-deny-over-np-allow",
+    ]);
+    let state = Arc::new(Mutex::new(State::default()));
+    state
+        .lock()
+        .expect("state")
+        .policy_versions
+        .insert("v1alpha1");
+    let mut cluster =
+        FakeCluster::enforcing(&state, KubeOptions::default(), &["admin-ignored"]).await;
+    let options = RunOptions {
+        precheck: true,
+        ..run_options()
+    };
+    let result = polygraph::run::run_in_parallel(
+        std::slice::from_mut(&mut cluster),
+        &scenarios,
+        &options,
+        &mut |_| {},
+    )
+    .await;
+    cluster.cleanup().await.expect("cleanup");
+    use polygraph::run::precheck::{ApiVerdict, PolicyApi};
+    let verdict = |api: PolicyApi| {
+        result
+            .apis
+            .iter()
+            .find(|c| c.api == api)
+            .map(|c| c.verdict.clone())
+    };
+    assert_eq!(
+        verdict(PolicyApi::NetworkPolicy),
+        Some(ApiVerdict::Enforcing)
+    );
+    assert_eq!(
+        verdict(PolicyApi::AdminNetworkPolicy),
+        Some(ApiVerdict::NotEnforcing)
+    );
+    assert_eq!(
+        verdict(PolicyApi::BaselineAdminNetworkPolicy),
+        Some(ApiVerdict::Enforcing)
+    );
+    assert!(
+        matches!(
+            verdict(PolicyApi::ClusterNetworkPolicy),
+            Some(ApiVerdict::NotServed(_))
+        ),
+        "{:?}",
+        result.apis
+    );
+    let anp = &result.scenarios[0];
+    assert_eq!(anp.status(), Status::Failed);
+    assert!(anp.steps.is_empty(), "failed at once");
+    let reason = anp.not_enforced.as_deref().unwrap_or_default();
+    assert!(
+        reason.starts_with(
+            "AdminNetworkPolicy (policy.networking.k8s.io/v1alpha1) is accepted here but nothing enforces it"
+        ),
+        "{reason}"
+    );
+    assert_eq!(result.scenarios[1].status(), Status::Passed);
+    assert_eq!(result.scenarios[2].status(), Status::Unsupported);
+    // The reports carry it: JUnit's failure type and the JSON's fields.
+    let xml = polygraph::report::junit::to_xml(&result).expect("junit");
+    assert!(xml.contains(r#"type="not-enforced""#), "{xml}");
+    let json = serde_json::to_value(polygraph::report::run_json::report(
+        &result,
+        polygraph::report::run_json::CellSelection::None,
+    ))
+    .expect("json");
+    assert_eq!(
+        json["apis"][2]["verdict"], "not-enforcing",
+        "{}",
+        json["apis"]
+    );
+    assert!(json["scenarios"][0]["not_enforced"].is_string());
+    assert!(
+        state.lock().expect("state").namespaces.is_empty(),
+        "the precheck's namespaces are gone too"
+    );
 }

@@ -128,6 +128,7 @@ fn simulated_failures(fault: &str, scope: &[&str]) -> BTreeSet<String> {
             pacer: polygraph::run::Pacer::new(Default::default()),
             poll_interval: std::time::Duration::from_millis(250),
             targets: Vec::new(),
+            precheck: false,
         };
         let library: Vec<_> = polygraph::scenario::library::load_all()
             .expect("library")

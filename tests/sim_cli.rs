@@ -515,3 +515,100 @@ fn probe_converges_and_reports_late_cells_apart_from_wrong_ones() {
     assert_eq!(report["convergence"]["converged"], false);
     assert!(report["probe_summary"]["wrong"].as_u64() > Some(0));
 }
+
+/// `smoke` gives a verdict per policy API: here the Admin tier is ignored, so AdminNetworkPolicy
+/// is not enforced at all and ClusterNetworkPolicy only in part (its Baseline tier works), and
+/// the answer is PARTIAL, naming the API that is accepted and ignored. `run --precheck` then
+/// fails that API's scenarios at once with the reason, above any cell detail.
+#[test]
+fn smoke_and_the_precheck_give_a_verdict_per_policy_api() {
+    let output = common::polygraph(
+        &["smoke", "--backend", "sim", "--inject", "admin-ignored"],
+        "",
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    let line = |prefix: &str| {
+        stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix:?} line: {stdout}"))
+            .to_string()
+    };
+    assert!(line("NetworkPolicy (networking.k8s.io/v1)").ends_with("ENFORCING"));
+    assert!(line("ClusterNetworkPolicy (").contains("PARTIAL"));
+    assert!(line("AdminNetworkPolicy (").contains("NOT ENFORCING: served and accepted"));
+    assert!(line("BaselineAdminNetworkPolicy (").ends_with("ENFORCING"));
+    assert!(
+        stdout.contains("\nPARTIAL: accepted but not enforced: AdminNetworkPolicy"),
+        "{stdout}"
+    );
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let json = dir.path().join("run.json");
+    let started = std::time::Instant::now();
+    let output = common::polygraph(
+        &[
+            "run",
+            "--json",
+            &json.display().to_string(),
+            "anp-banp-v1alpha1",
+            "deny-all-ingress",
+            "--backend",
+            "sim",
+            "--precheck",
+            "--inject",
+            "admin-ignored",
+            "--step-deadline",
+            "2s",
+        ],
+        "",
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("policy APIs (precheck): NetworkPolicy (networking.k8s.io/v1) ENFORCING"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("\nFAIL anp-banp-v1alpha1: AdminNetworkPolicy (policy.networking.k8s.io/v1alpha1) is accepted here but nothing enforces it"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("1 passed, 1 failed"), "{stdout}");
+    // The precheck waited one step deadline for AdminNetworkPolicy; the scenario's two steps
+    // waited none.
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(8),
+        "{stdout}"
+    );
+    // The JSON as the README documents it.
+    let report: common::schema::RunJson =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("json")).expect("schema");
+    let anp = report
+        .apis
+        .iter()
+        .find(|c| c.api == "AdminNetworkPolicy")
+        .expect("checked");
+    assert_eq!(anp.verdict, "not-enforcing");
+    assert!(report.scenarios[0].not_enforced.is_some());
+
+    // --no-precheck runs it anyway: its steps wait out their deadlines and fail on the cells.
+    let output = common::polygraph(
+        &[
+            "run",
+            "anp-banp-v1alpha1",
+            "--backend",
+            "sim",
+            "--no-precheck",
+            "--inject",
+            "admin-ignored",
+            "--step-deadline",
+            "1s",
+        ],
+        "",
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(!stdout.contains("precheck"), "{stdout}");
+    assert!(stdout.contains("cells differ from the spec"), "{stdout}");
+}

@@ -78,6 +78,15 @@ pub struct RunArgs {
     /// Service's name, through the cluster's DNS), `node-port` (from a host outside the cluster) or `external` (to a server outside it); several with commas.
     #[arg(long = "target", value_enum, value_delimiter = ',')]
     targets: Vec<ProbeTarget>,
+    /// Before the scenarios, check each policy API they use (the checks of `polygraph smoke`);
+    /// the scenarios of an API that is accepted but not enforced then fail at once with that
+    /// reason. The default on Kubernetes; on the local and simulated clusters (polygraph's own
+    /// dataplane) only when asked.
+    #[arg(long, conflicts_with = "no_precheck")]
+    precheck: bool,
+    /// Run every scenario whatever the policy APIs' checks would say (and don't check them).
+    #[arg(long)]
+    no_precheck: bool,
     /// A line for every step even on a terminal.
     #[arg(short, long)]
     verbose: bool,
@@ -171,6 +180,8 @@ pub fn run(args: RunArgs) -> Result<ExitCode, CliError> {
         pacer: args.pace.pacer()?,
         poll_interval: args.poll_interval,
         targets: args.targets.clone(),
+        precheck: !args.no_precheck
+            && (args.precheck || (args.target.kind() == BackendKind::Kube && !args.target.dry_run)),
     };
     let color = use_color();
     let Finished {

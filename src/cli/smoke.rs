@@ -7,8 +7,9 @@ use super::backend_args::BackendArgs;
 use super::run::execute;
 use super::session::Finished;
 use super::{CliError, EXIT_WRONG};
-use polygraph::run::smoke::{SmokeVerdict, classify};
-use polygraph::run::{RunOptions, Verdict};
+use polygraph::run::precheck::{ApiCheck, ApiVerdict, PolicyApi, classify as classify_api};
+use polygraph::run::smoke::{SmokeVerdict, overall};
+use polygraph::run::{RunOptions, Status, Verdict};
 use polygraph::scenario::library;
 
 #[derive(Debug, Args)]
@@ -26,12 +27,14 @@ pub struct SmokeArgs {
 }
 
 pub fn run(args: SmokeArgs) -> Result<ExitCode, CliError> {
-    // The enforcement check, then the DNS one (names resolve only where DNS egress is allowed;
-    // unsupported where polygraph finds no cluster DNS).
-    let scenarios = [
-        library::smoke().map_err(CliError::Scenario)?,
-        library::smoke_dns().map_err(CliError::Scenario)?,
-    ];
+    // One enforcement check per policy API (NetworkPolicy's first), then the DNS one (names
+    // resolve only where DNS egress is allowed; unsupported where polygraph finds no cluster DNS).
+    let mut scenarios = PolicyApi::ALL
+        .iter()
+        .map(|api| api.check())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(CliError::Scenario)?;
+    scenarios.push(library::smoke_dns().map_err(CliError::Scenario)?);
     let options = RunOptions {
         probe_timeout: args.probe_timeout,
         step_deadline: args.step_deadline,
@@ -41,6 +44,7 @@ pub fn run(args: SmokeArgs) -> Result<ExitCode, CliError> {
         pacer: args.pace.pacer()?,
         poll_interval: Duration::from_millis(250),
         targets: Vec::new(),
+        precheck: false,
     };
     let Finished {
         value: result,
@@ -50,7 +54,18 @@ pub fn run(args: SmokeArgs) -> Result<ExitCode, CliError> {
         out_inline!("{}", transcript.text())?;
         return Ok(ExitCode::SUCCESS);
     }
-    let verdict = classify(&result);
+    let apis: Vec<ApiCheck> = PolicyApi::ALL
+        .iter()
+        .zip(&result.scenarios)
+        .map(|(&api, scenario)| ApiCheck {
+            api,
+            verdict: classify_api(scenario),
+            scenario: scenario.scenario.name.clone(),
+        })
+        .collect();
+    let dns = result.scenarios.last();
+    let dns_passed = dns.is_none_or(|s| s.status() != Status::Failed);
+    let verdict = overall(&apis, dns_passed);
     out!()?;
     for scenario in &result.scenarios {
         if let Some(reason) = &scenario.unsupported {
@@ -99,12 +114,47 @@ pub fn run(args: SmokeArgs) -> Result<ExitCode, CliError> {
             }
         }
     }
+    out!("\npolicy APIs:")?;
+    let width = apis
+        .iter()
+        .map(|c| c.api.to_string().len())
+        .max()
+        .unwrap_or(0);
+    for check in &apis {
+        let detail = match &check.verdict {
+            ApiVerdict::Enforcing => String::new(),
+            ApiVerdict::NotEnforcing => {
+                ": served and accepted, but nothing it denies was blocked".into()
+            }
+            ApiVerdict::Partial => {
+                ": some of its denies took effect, not all (see the ✗ cells)".into()
+            }
+            ApiVerdict::NotServed(reason) | ApiVerdict::Error(reason) => format!(": {reason}"),
+        };
+        out!(
+            "  {:<width$}  {}{detail}",
+            check.api.to_string(),
+            check.verdict
+        )?;
+    }
+    let not_enforced: Vec<String> = apis
+        .iter()
+        .filter(|c| c.verdict == ApiVerdict::NotEnforcing)
+        .map(|c| c.api.to_string())
+        .collect();
     let explanation = match verdict {
-        SmokeVerdict::Enforcing => "every policy took effect as the spec says",
+        SmokeVerdict::Enforcing => "every policy took effect as the spec says".to_string(),
         SmokeVerdict::NotEnforcing => {
-            "policies were accepted, but nothing they deny was ever blocked: nothing enforces NetworkPolicy here"
+            "policies were accepted, but nothing they deny was ever blocked: nothing enforces them here".into()
         }
-        SmokeVerdict::Partial => "some policies took effect, others not (see the ✗ cells)",
+        SmokeVerdict::Partial if !not_enforced.is_empty() => format!(
+            "accepted but not enforced: {} (the other APIs served are enforced, wholly or in part)",
+            not_enforced.join(", ")
+        ),
+        SmokeVerdict::Partial if !dns_passed => {
+            "policies took effect, but the DNS check failed (see the ✗ cells)".into()
+        }
+        SmokeVerdict::Partial => "some policies took effect, others not (see the ✗ cells)".into(),
     };
     out!(
         "\n{verdict}: {explanation} ({:.1} s, {})",

@@ -43,6 +43,14 @@ pub fn report(result: &RunResult) -> Report {
             case.set_classname(scenario.scenario.name.as_str());
             suite.add_test_case(case);
         }
+        if let Some(reason) = &scenario.not_enforced {
+            let mut status = TestCaseStatus::non_success(NonSuccessKind::Failure);
+            status.set_type("not-enforced");
+            status.set_message(reason.as_str());
+            let mut case = TestCase::new("policy API enforced", status);
+            case.set_classname(scenario.scenario.name.as_str());
+            suite.add_test_case(case);
+        }
         if let (Some(e), true) = (&scenario.error, scenario.steps.is_empty()) {
             let mut status = TestCaseStatus::non_success(NonSuccessKind::Error);
             status.set_message(e.as_str());

@@ -16,6 +16,10 @@ pub struct RunJson {
     pub elapsed_ms: f64,
     pub options: OptionsJson,
     pub summary: SummaryJson,
+    /// The precheck's verdict per policy API the scenarios use (`run --precheck`, the default on
+    /// Kubernetes); absent when it did not run.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub apis: Vec<crate::run::precheck::ApiCheck>,
     pub scenarios: Vec<ScenarioJson>,
 }
 
@@ -96,6 +100,10 @@ pub struct ScenarioJson {
     /// Why the scenario could not run on this cluster (additive).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unsupported: Option<String>,
+    /// A policy API the scenario uses is accepted but not enforced (the precheck): it failed at
+    /// once, no step run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_enforced: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
     pub steps: Vec<StepJson>,
@@ -212,6 +220,7 @@ pub fn report(result: &RunResult, selection: CellSelection) -> RunJson {
             elapsed_ms: ms(scenario.elapsed),
             error: scenario.error.clone(),
             unsupported: scenario.unsupported.clone(),
+            not_enforced: scenario.not_enforced.clone(),
             warnings: scenario.warnings.clone(),
             steps: scenario
                 .steps
@@ -284,6 +293,7 @@ pub fn report(result: &RunResult, selection: CellSelection) -> RunJson {
         backend: result.backend.clone(),
         passed: result.passed(),
         elapsed_ms: ms(result.elapsed),
+        apis: result.apis.clone(),
         options: OptionsJson {
             probe_timeout_ms: ms(result.options.probe_timeout),
             step_deadline_ms: ms(result.options.step_deadline),

@@ -308,7 +308,33 @@ fn timing_section(text: &mut String, result: &RunResult, color: bool) {
 /// Everything after the run: failing steps in detail, then the summaries.
 pub fn render(result: &RunResult, color: bool) -> String {
     let mut text = String::new();
+    if !result.apis.is_empty() {
+        let checks: Vec<String> = result
+            .apis
+            .iter()
+            .map(|c| format!("{} {}", c.api, c.verdict))
+            .collect();
+        let _ = writeln!(text, "\npolicy APIs (precheck): {}", checks.join(" · "));
+    }
     for scenario in &result.scenarios {
+        if let Some(reason) = &scenario.not_enforced {
+            let _ = writeln!(text, "\nFAIL {}: {reason}", scenario.scenario.name);
+        }
+        // A failing scenario of an API the precheck found only partly enforced says so before
+        // its cells.
+        if scenario.status() == Status::Failed {
+            for api in crate::run::precheck::PolicyApi::used_by(&scenario.scenario) {
+                if let Some(check) = result.apis.iter().find(|c| {
+                    c.api == api && c.verdict == crate::run::precheck::ApiVerdict::Partial
+                }) {
+                    let _ = writeln!(
+                        text,
+                        "\nnote: {}: {} is only partly enforced here (the precheck, {}, saw some of its denies blocked, not all)",
+                        scenario.scenario.name, check.api, check.scenario
+                    );
+                }
+            }
+        }
         if let (Some(e), true) = (&scenario.error, scenario.steps.is_empty()) {
             let _ = writeln!(text, "\nFAIL {}: {e}", scenario.scenario.name);
         }

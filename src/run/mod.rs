@@ -15,6 +15,7 @@ mod held;
 pub mod pace;
 pub mod parallel;
 pub mod paths;
+pub mod precheck;
 pub mod ramp;
 mod result;
 pub mod scenarios;

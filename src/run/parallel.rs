@@ -8,8 +8,9 @@ use std::cell::RefCell;
 
 use tokio::time::Instant;
 
+use super::precheck::{ApiCheck, ApiVerdict, PolicyApi, apis_used, check_apis};
 use super::scenarios::{Event, run_scenarios};
-use super::{RunOptions, RunResult, RunTotals};
+use super::{RunOptions, RunResult, RunTotals, ScenarioResult};
 use crate::backend::Backend;
 use crate::scenario::Scenario;
 
@@ -29,7 +30,9 @@ pub fn deal(scenarios: &[Scenario], lanes: usize) -> Vec<Vec<usize>> {
 }
 
 /// Runs `scenarios` on `backends`, one lane each, concurrently on this task (backends need not
-/// be `Send`); events from all lanes reach `on_event` as they happen.
+/// be `Send`); events from all lanes reach `on_event` as they happen. With `options.precheck`,
+/// the policy APIs the scenarios use are checked first on the first lane, and the scenarios of
+/// an API nothing enforces fail at once (`run::precheck`).
 pub async fn run_in_parallel<B: Backend>(
     backends: &mut [B],
     scenarios: &[Scenario],
@@ -37,7 +40,42 @@ pub async fn run_in_parallel<B: Backend>(
     on_event: &mut dyn FnMut(Event<'_>),
 ) -> RunResult {
     let started = Instant::now();
-    let dealt = deal(scenarios, backends.len());
+    let apis = match backends.first_mut() {
+        Some(first) if options.precheck => precheck(first, scenarios, options).await,
+        _ => Vec::new(),
+    };
+    let mut failed_at_once: Vec<(usize, ScenarioResult)> = Vec::new();
+    let mut to_run: Vec<usize> = Vec::new();
+    for (index, scenario) in scenarios.iter().enumerate() {
+        let reason = PolicyApi::used_by(scenario).into_iter().find_map(|api| {
+            apis.iter()
+                .find(|check| check.api == api)
+                .and_then(ApiCheck::not_enforced)
+        });
+        match reason {
+            Some(reason) => {
+                let result = ScenarioResult {
+                    scenario: scenario.clone(),
+                    steps: Vec::new(),
+                    elapsed: std::time::Duration::ZERO,
+                    error: None,
+                    unsupported: None,
+                    not_enforced: Some(reason),
+                    warnings: Vec::new(),
+                    totals: Default::default(),
+                };
+                on_event(Event::ScenarioStarted { scenario });
+                on_event(Event::ScenarioFinished { result: &result });
+                failed_at_once.push((index, result));
+            }
+            None => to_run.push(index),
+        }
+    }
+    let runnable: Vec<Scenario> = to_run.iter().map(|&i| scenarios[i].clone()).collect();
+    let dealt: Vec<Vec<usize>> = deal(&runnable, backends.len())
+        .into_iter()
+        .map(|lane| lane.into_iter().map(|i| to_run[i]).collect())
+        .collect();
     let shares: Vec<Vec<Scenario>> = dealt
         .iter()
         .map(|lane| lane.iter().map(|&i| scenarios[i].clone()).collect())
@@ -54,6 +92,9 @@ pub async fn run_in_parallel<B: Backend>(
     let results = futures::future::join_all(lanes).await;
     // Back in the library's order.
     let mut ordered: Vec<Option<_>> = (0..scenarios.len()).map(|_| None).collect();
+    for (index, result) in failed_at_once {
+        ordered[index] = Some(result);
+    }
     let mut described = Vec::new();
     let mut sessions_broken = 0;
     for (lane, result) in dealt.iter().zip(results) {
@@ -72,6 +113,36 @@ pub async fn run_in_parallel<B: Backend>(
         elapsed: started.elapsed(),
         pace: options.pacer.report(),
         options: options.clone(),
+        apis,
+    }
+}
+
+/// Checks every policy API `scenarios` use; an API whose check could not even load is reported
+/// as not checked (the run goes on without it).
+async fn precheck<B: Backend>(
+    backend: &mut B,
+    scenarios: &[Scenario],
+    options: &RunOptions,
+) -> Vec<ApiCheck> {
+    let apis = apis_used(scenarios);
+    let options = RunOptions {
+        stability: std::time::Duration::ZERO,
+        established: false,
+        max_latency: None,
+        targets: Vec::new(),
+        precheck: false,
+        ..options.clone()
+    };
+    match check_apis(backend, &apis, &options).await {
+        Ok((checks, _)) => checks,
+        Err(e) => apis
+            .into_iter()
+            .map(|api| ApiCheck {
+                api,
+                verdict: ApiVerdict::Error(e.to_string()),
+                scenario: String::new(),
+            })
+            .collect(),
     }
 }
 

@@ -31,6 +31,9 @@ pub struct RunOptions {
     /// How probes reach their destinations (`--target`); empty: each scenario's own `target:`,
     /// or pod IPs.
     pub targets: Vec<ProbeTarget>,
+    /// Check each policy API the scenarios use before running them (`run::precheck`), and fail
+    /// the scenarios of an API that is not enforced at once.
+    pub precheck: bool,
 }
 
 /// `polygraph run`'s defaults: a 1 s probe timeout, 10 s to converge, no latency limit, no
@@ -47,6 +50,7 @@ impl Default for RunOptions {
             pacer: super::Pacer::new(super::PaceOptions::default()),
             poll_interval: Duration::from_millis(250),
             targets: Vec::new(),
+            precheck: false,
         }
     }
 }
@@ -198,6 +202,9 @@ pub struct ScenarioResult {
     pub error: Option<String>,
     /// Why the scenario could not run here at all (the cluster does not serve a kind it needs).
     pub unsupported: Option<String>,
+    /// A policy API it uses is accepted but not enforced (the precheck): it failed at once, its
+    /// steps not run.
+    pub not_enforced: Option<String>,
     /// What the user should know about the answers (e.g. the cluster's own cluster policies).
     pub warnings: Vec<String>,
     /// Races and verdict counts over its steps.
@@ -211,6 +218,9 @@ impl ScenarioResult {
 
     /// Failed if anything failed; unsupported if no step could be judged; passed otherwise.
     pub fn status(&self) -> Status {
+        if self.not_enforced.is_some() {
+            return Status::Failed;
+        }
         if self.unsupported.is_some() && self.error.is_none() {
             return Status::Unsupported;
         }
@@ -243,6 +253,8 @@ pub struct RunResult {
     pub sessions_broken: u64,
     /// The pace probing kept, and what congestion did to it (`run::Pacer`).
     pub pace: super::PaceReport,
+    /// The precheck's verdict per policy API, when it ran.
+    pub apis: Vec<super::precheck::ApiCheck>,
 }
 
 impl RunResult {

@@ -141,6 +141,7 @@ pub async fn run_scenarios<B: Backend>(
                 elapsed: Duration::ZERO,
                 error: None,
                 unsupported: None,
+                not_enforced: None,
                 warnings: Vec::new(),
                 totals: ScenarioTotals::default(),
             };
@@ -233,6 +234,7 @@ pub async fn run_scenarios<B: Backend>(
         elapsed: started.elapsed(),
         pace: options.pacer.report(),
         options: options.clone(),
+        apis: Vec::new(),
     }
 }
 

@@ -1,4 +1,5 @@
-//! `polygraph smoke`: the quickest answer to "does this cluster enforce NetworkPolicy at all?"
+//! `polygraph smoke`: the quickest answer to "does this cluster enforce NetworkPolicy at all?",
+//! and each cluster-scoped policy API it serves (`run::precheck`).
 
 use std::fmt;
 
@@ -47,6 +48,25 @@ pub fn classify(result: &RunResult) -> SmokeVerdict {
     }
     if blocked_as_spec == 0 {
         SmokeVerdict::NotEnforcing
+    } else {
+        SmokeVerdict::Partial
+    }
+}
+
+/// The answer over every policy API checked: enforcing when every API the cluster serves is
+/// enforced (and the DNS check passed), not enforcing when none is, partial otherwise. APIs not
+/// served, or whose check could not run, do not count.
+pub fn overall(apis: &[super::precheck::ApiCheck], dns_passed: bool) -> SmokeVerdict {
+    use super::precheck::ApiVerdict;
+    let served: Vec<&ApiVerdict> = apis
+        .iter()
+        .map(|c| &c.verdict)
+        .filter(|v| !matches!(v, ApiVerdict::NotServed(_) | ApiVerdict::Error(_)))
+        .collect();
+    if served.is_empty() || served.iter().all(|v| **v == ApiVerdict::NotEnforcing) {
+        SmokeVerdict::NotEnforcing
+    } else if served.iter().all(|v| **v == ApiVerdict::Enforcing) && dns_passed {
+        SmokeVerdict::Enforcing
     } else {
         SmokeVerdict::Partial
     }

@@ -41,6 +41,21 @@ pub fn smoke() -> Result<Scenario, ScenarioError> {
     parse("built-in:smoke", include_str!("smoke.yaml"), None)
 }
 
+/// `polygraph smoke`'s ClusterNetworkPolicy check (and the run's precheck of that API).
+pub fn smoke_cnp() -> Result<Scenario, ScenarioError> {
+    parse("built-in:smoke-cnp", include_str!("smoke-cnp.yaml"), None)
+}
+
+/// The AdminNetworkPolicy (v1alpha1) check.
+pub fn smoke_anp() -> Result<Scenario, ScenarioError> {
+    parse("built-in:smoke-anp", include_str!("smoke-anp.yaml"), None)
+}
+
+/// The BaselineAdminNetworkPolicy (v1alpha1) check.
+pub fn smoke_banp() -> Result<Scenario, ScenarioError> {
+    parse("built-in:smoke-banp", include_str!("smoke-banp.yaml"), None)
+}
+
 /// `polygraph smoke`'s DNS check: names resolve only where DNS egress is allowed. Unsupported
 /// where the cluster has no DNS polygraph can find.
 pub fn smoke_dns() -> Result<Scenario, ScenarioError> {

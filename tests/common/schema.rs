@@ -14,7 +14,23 @@ pub struct RunJson {
     pub elapsed_ms: f64,
     pub options: Options,
     pub summary: Summary,
+    /// Only when the precheck ran.
+    #[serde(default)]
+    pub apis: Vec<ApiCheck>,
     pub scenarios: Vec<ScenarioJson>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct ApiCheck {
+    pub api: String,
+    /// enforcing, not-enforcing, partial, not-served, error.
+    pub verdict: String,
+    /// Only for not-served and error.
+    #[serde(default)]
+    pub reason: Option<String>,
+    pub scenario: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -130,6 +146,9 @@ pub struct ScenarioJson {
     /// Only when the cluster cannot run the scenario (e.g. an unserved CRD).
     #[serde(default)]
     pub unsupported: Option<String>,
+    /// Only when the precheck found an API it uses not enforced.
+    #[serde(default)]
+    pub not_enforced: Option<String>,
     #[serde(default)]
     pub warnings: Vec<String>,
     pub steps: Vec<StepJson>,
