@@ -38,6 +38,8 @@ struct State {
     applied: Vec<Value>,
     /// Answer this many requests with 429 before serving normally.
     throttle: usize,
+    /// Answer every request with 503 until then, as an API server that is restarting.
+    down_until: Option<tokio::time::Instant>,
     /// Pods whose container never starts (name -> waiting reason).
     broken: BTreeMap<String, String>,
     /// Namespace creations to refuse with 403.
@@ -142,6 +144,11 @@ fn handle(
     if s.throttle > 0 {
         s.throttle -= 1;
         return status(429, "TooManyRequests");
+    }
+    if s.down_until
+        .is_some_and(|until| tokio::time::Instant::now() < until)
+    {
+        return status(503, "ServiceUnavailable");
     }
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (method, parts.as_slice()) {
@@ -1155,7 +1162,7 @@ async fn gc_keeps_live_runs_and_waits_for_what_it_deletes() {
                 .insert(name.into(), namespace_with(name, heartbeat, created));
         }
     }
-    let report = gc(fake_cluster(state.clone()), Duration::ZERO)
+    let report = gc(fake_cluster(state.clone()), Duration::ZERO, None)
         .await
         .expect("gc");
     assert_eq!(report.kept.len(), 1, "{report:?}");
@@ -1474,7 +1481,7 @@ async fn gc_removes_cluster_policies_of_dead_runs_only() {
             json!({"metadata": {"name": "not-ours"}}),
         );
     }
-    let report = polygraph::backend::kube::gc(fake_cluster(state.clone()), Duration::ZERO)
+    let report = polygraph::backend::kube::gc(fake_cluster(state.clone()), Duration::ZERO, None)
         .await
         .expect("gc");
     assert_eq!(
@@ -2037,4 +2044,81 @@ async fn the_precheck_fails_the_scenarios_of_an_api_nothing_enforces_at_once() {
         state.lock().expect("state").namespaces.is_empty(),
         "the precheck's namespaces are gone too"
     );
+}
+
+/// Clean-up through an API server that restarts: it answers nothing but 503 for a minute, far
+/// longer than one call's own retries last; clean-up tries again with backoff and removes
+/// everything, within its 2-minute budget. (The clock is paused: the waits cost no real time.)
+#[tokio::test(start_paused = true)]
+async fn cleanup_retries_through_an_api_server_outage() {
+    let state = Arc::new(Mutex::new(State::default()));
+    let mut backend = backend(&state).await;
+    deploy_default_model(&mut backend).await;
+    assert_eq!(state.lock().expect("state").namespaces.len(), 3);
+    let began = tokio::time::Instant::now();
+    state.lock().expect("state").down_until = Some(began + Duration::from_secs(60));
+    backend
+        .cleanup()
+        .await
+        .expect("clean-up outlasts the outage");
+    let s = state.lock().expect("state");
+    assert!(s.namespaces.is_empty(), "{:?}", s.namespaces.keys());
+    let took = began.elapsed();
+    assert!(
+        took >= Duration::from_secs(60) && took < Duration::from_secs(120),
+        "{took:?}"
+    );
+}
+
+/// An outage longer than clean-up's budget: clean-up gives up after the budget, naming the run
+/// and the exact `polygraph gc` command (with this invocation's connection flags); once the API
+/// answers again, that command's call removes the run, though its heartbeat is fresh.
+#[tokio::test(start_paused = true)]
+async fn cleanup_gives_up_after_its_budget_and_names_the_gc_command() {
+    let state = Arc::new(Mutex::new(State::default()));
+    let options = KubeOptions {
+        cleanup_budget: Duration::from_secs(30),
+        connection_flags: vec!["--context".into(), "kind-kind".into()],
+        ..KubeOptions::default()
+    };
+    let mut backend = backend_with(&state, options).await;
+    deploy_default_model(&mut backend).await;
+    let began = tokio::time::Instant::now();
+    state.lock().expect("state").down_until = Some(began + Duration::from_secs(3600));
+    let error = backend.cleanup().await.expect_err("the API never answers");
+    let waited = began.elapsed();
+    assert!(
+        waited >= Duration::from_secs(20) && waited <= Duration::from_secs(45),
+        "gave up after {waited:?}: {error:?}"
+    );
+    let line = error.to_string();
+    assert!(
+        line.starts_with("clean-up of run abc123 gave up after "),
+        "{line}"
+    );
+    assert!(
+        line.ends_with(
+            "remove what is left with `polygraph gc --backend kube --run abc123 --context kind-kind`"
+        ),
+        "{line}"
+    );
+    assert!(
+        matches!(&error, BackendError::CleanupIncomplete { source, .. } if source.is_transient()),
+        "the cause is kept: {error:?}"
+    );
+    // The API is back: the command's call finishes the job, live heartbeat or not.
+    {
+        let mut s = state.lock().expect("state");
+        s.down_until = None;
+        assert_eq!(
+            s.namespaces.len(),
+            3,
+            "nothing was removed during the outage"
+        );
+    }
+    let report = gc(fake_cluster(state.clone()), Duration::ZERO, Some("abc123"))
+        .await
+        .expect("gc");
+    assert_eq!(report.removed.len(), 3, "{report:?}");
+    assert!(state.lock().expect("state").namespaces.is_empty());
 }

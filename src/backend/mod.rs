@@ -71,9 +71,24 @@ pub enum BackendError {
         #[source]
         source: std::io::Error,
     },
+    /// Clean-up gave up (the API server stayed unreachable for the whole budget): what is left
+    /// is named, with the command that removes it.
+    #[error("clean-up of run {run_id} gave up after {}; remove what is left with `{gc}`", humantime::format_duration(*.after))]
+    CleanupIncomplete {
+        run_id: String,
+        after: Duration,
+        gc: String,
+        #[source]
+        source: Box<BackendError>,
+    },
 }
 
 impl BackendError {
+    /// A failure worth trying again: the API server throttled, restarted or could not be reached.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, BackendError::Kube { source, .. } if kube::connection_is_transient(source))
+    }
+
     /// A mutation the cluster as the backend knows it cannot take.
     pub fn rejected(mutation: &Mutation) -> impl FnOnce(crate::world::WorldError) -> BackendError {
         let mutation = mutation.to_string();

@@ -172,6 +172,17 @@ impl BackendArgs {
         }
         options.node_selector = selector;
         options.cluster_domain = cluster_domain(&self.cluster_domain)?;
+        // `polygraph gc` must reach the same cluster as this run did.
+        if let Some(path) = &self.kubeconfig {
+            options
+                .connection_flags
+                .extend(["--kubeconfig".to_string(), path.display().to_string()]);
+        }
+        if let Some(context) = &self.context {
+            options
+                .connection_flags
+                .extend(["--context".to_string(), context.clone()]);
+        }
         options.external = self
             .external_targets
             .iter()

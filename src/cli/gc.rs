@@ -24,6 +24,10 @@ pub struct GcArgs {
     /// in the last 3 minutes) are always kept, whatever their age.
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     older_than: Duration,
+    /// Kubernetes: only this run's namespaces and cluster-scoped objects, whatever their
+    /// heartbeat (a run whose clean-up gave up prints this command; name only a run that is over).
+    #[arg(long, value_name = "RUN_ID")]
+    run: Option<String>,
     #[arg(long, value_name = "FILE")]
     kubeconfig: Option<PathBuf>,
     #[arg(long)]
@@ -33,6 +37,9 @@ pub struct GcArgs {
 /// Removes what killed runs left behind.
 pub fn run(args: GcArgs) -> Result<ExitCode, CliError> {
     match args.backend {
+        GcBackend::Local if args.run.is_some() => Err(CliError::Usage(
+            "--run names a Kubernetes run: use it with --backend kube".into(),
+        )),
         GcBackend::Local => local(),
         GcBackend::Kube => {
             let connection = Connection {
@@ -41,7 +48,7 @@ pub fn run(args: GcArgs) -> Result<ExitCode, CliError> {
             };
             let report = super::runtime()?.block_on(async {
                 let (client, _) = connection.client().await?;
-                kube_gc(client, args.older_than).await
+                kube_gc(client, args.older_than, args.run.as_deref()).await
             })?;
             for (name, why) in &report.kept {
                 out!("kept namespace {name}: {why}")?;

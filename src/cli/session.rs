@@ -3,7 +3,7 @@
 //! with the interrupt message in the backend's own words.
 
 use polygraph::backend::kube::dry_run::Transcript;
-use polygraph::backend::{AnyBackend, Backend};
+use polygraph::backend::{AnyBackend, Backend, BackendError};
 
 use super::{CliError, runtime};
 
@@ -83,7 +83,61 @@ where
                 cleaned = cleaned.and(Err(e));
             }
         }
-        cleaned?;
-        outcome.map(|value| Finished { value, transcript })
+        settle(outcome, cleaned).map(|value| Finished { value, transcript })
     })
+}
+
+/// The session's answer from the work's and the clean-up's. Clean-up that gave up after retrying
+/// (`BackendError::CleanupIncomplete`) does not take the work's answer away: the caller still
+/// writes its reports and exits with its verdict, and what is left, with the command that
+/// removes it, is said on stderr. Any other clean-up failure is the answer; a failed work keeps
+/// its own error, the clean-up's said beside it.
+fn settle<T>(
+    outcome: Result<T, CliError>,
+    cleaned: Result<(), BackendError>,
+) -> Result<T, CliError> {
+    match (outcome, cleaned) {
+        (Ok(value), Err(e @ BackendError::CleanupIncomplete { .. })) => {
+            eprintln!("polygraph: {}", super::error_line(&e));
+            Ok(value)
+        }
+        (Ok(_), Err(e)) => Err(e.into()),
+        (Err(work), Err(e)) => {
+            eprintln!("polygraph: {}", super::error_line(&e));
+            Err(work)
+        }
+        (outcome, Ok(())) => outcome,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gave_up() -> BackendError {
+        BackendError::CleanupIncomplete {
+            run_id: "abc123".into(),
+            after: std::time::Duration::from_secs(120),
+            gc: "polygraph gc --backend kube --run abc123".into(),
+            source: Box::new(BackendError::Cluster {
+                what: "deleting namespace x".into(),
+                message: "unreachable".into(),
+            }),
+        }
+    }
+
+    #[test]
+    fn a_clean_up_that_gave_up_keeps_the_runs_answer() {
+        // The run's verdict and reports survive; only other clean-up failures replace them.
+        assert_eq!(settle(Ok(7), Err(gave_up())).ok(), Some(7));
+        let other = BackendError::Cluster {
+            what: "x".into(),
+            message: "y".into(),
+        };
+        assert!(settle(Ok(7), Err(other)).is_err());
+        assert!(matches!(
+            settle::<()>(Err(CliError::Usage("work".into())), Err(gave_up())),
+            Err(CliError::Usage(m)) if m == "work"
+        ));
+    }
 }

@@ -68,10 +68,19 @@ fn keep_reason(ns: &KubeNamespace, older_than: Duration, now: SystemTime) -> Opt
 }
 
 /// Deletes polygraph's namespaces of runs that are not live and are at least `older_than` old,
-/// and waits until they are gone.
-pub async fn gc(client: Client, older_than: Duration) -> Result<KubeGcReport, BackendError> {
+/// and waits until they are gone. With `run`, that run's only, whatever its heartbeat: the user
+/// named a run they know is over (the command a run whose clean-up gave up prints; its heartbeat
+/// may be younger than `STALE_AFTER`).
+pub async fn gc(
+    client: Client,
+    older_than: Duration,
+    run: Option<&str>,
+) -> Result<KubeGcReport, BackendError> {
     let api: Api<KubeNamespace> = Api::all(client.clone());
-    let selector = format!("{OWNER_LABEL}={OWNER}");
+    let selector = match run {
+        Some(run) => format!("{OWNER_LABEL}={OWNER},{RUN_LABEL}={run}"),
+        None => format!("{OWNER_LABEL}={OWNER}"),
+    };
     let list = call("listing polygraph's namespaces", || async {
         api.list(&ListParams::default().labels(&selector)).await
     })
@@ -82,7 +91,7 @@ pub async fn gc(client: Client, older_than: Duration) -> Result<KubeGcReport, Ba
         let Some(name) = ns.metadata.name.clone() else {
             continue;
         };
-        if let Some(reason) = keep_reason(&ns, older_than, now) {
+        if let Some(reason) = keep_reason(&ns, older_than, now).filter(|_| run.is_none()) {
             report.kept.push((name, reason));
             continue;
         }
@@ -102,11 +111,11 @@ pub async fn gc(client: Client, older_than: Duration) -> Result<KubeGcReport, Ba
         if !cluster_policies::served(&client, kind).await? {
             continue;
         }
-        for (name, run) in cluster_policies::owned(&client, kind, None).await? {
-            if live.contains(&run) {
+        for (name, owner) in cluster_policies::owned(&client, kind, run).await? {
+            if live.contains(&owner) {
                 report
                     .kept
-                    .push((format!("{kind} {name}"), format!("its run {run} is kept")));
+                    .push((format!("{kind} {name}"), format!("its run {owner} is kept")));
                 continue;
             }
             cluster_policies::delete(&client, kind, &name).await?;

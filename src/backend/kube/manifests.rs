@@ -51,6 +51,12 @@ pub struct KubeOptions {
     /// The cluster's DNS domain (`--cluster-domain`), for the names `--target service-name`
     /// resolves.
     pub cluster_domain: String,
+    /// How long clean-up keeps retrying through an API server that does not answer (a restart,
+    /// an outage) before it gives up and names the `polygraph gc` command that finishes it.
+    pub cleanup_budget: std::time::Duration,
+    /// The connection flags of this invocation (`--kubeconfig F`, `--context C`), repeated in that
+    /// `polygraph gc` command so it reaches the same cluster.
+    pub connection_flags: Vec<String>,
 }
 
 impl Default for KubeOptions {
@@ -67,6 +73,8 @@ impl Default for KubeOptions {
             services: false,
             external: Vec::new(),
             cluster_domain: "cluster.local".into(),
+            cleanup_budget: std::time::Duration::from_secs(120),
+            connection_flags: Vec::new(),
         }
     }
 }

@@ -32,6 +32,11 @@ use kube::{Api, Client};
 use polygraph_agent::wire::{ProbeResult, Target};
 
 pub use connection::Connection;
+
+/// Whether a Kubernetes API failure is worth trying again (throttled, 5xx, unreachable).
+pub fn connection_is_transient(error: &::kube::Error) -> bool {
+    connection::is_transient(error)
+}
 pub use gc::{HEARTBEAT_EVERY, KubeGcReport, STALE_AFTER, gc};
 
 use self::connection::{await_deletion, call, delete_namespace};
@@ -406,6 +411,16 @@ impl KubeBackend {
         let bases: BTreeSet<String> = self.namespaces.iter().cloned().collect();
         let manifest = manifests::cluster_policy(&self.names, policy, &bases);
         cluster_policies::apply(&self.client, policy.kind, &real, &manifest).await
+    }
+
+    /// The command that removes what this run left, on the same cluster.
+    pub fn gc_command(&self) -> String {
+        let mut words = vec![
+            "polygraph gc --backend kube --run".to_string(),
+            self.names.run_id.clone(),
+        ];
+        words.extend(self.options.connection_flags.iter().cloned());
+        words.join(" ")
     }
 
     /// Deletes this run's cluster-scoped objects, of every kind the API serves.
@@ -827,11 +842,33 @@ impl Backend for KubeBackend {
         .await
     }
 
+    /// Removes the run; through an API server that does not answer (a restart, an outage) it
+    /// tries again with backoff for `KubeOptions::cleanup_budget`, then gives up naming the
+    /// `polygraph gc` command that finishes the job. Every step of `remove_run` is idempotent.
     async fn cleanup(&mut self) -> Result<(), BackendError> {
         if self.cleaned {
             return Ok(());
         }
-        self.remove_run().await
+        let began = tokio::time::Instant::now();
+        let budget = self.options.cleanup_budget;
+        let mut delay = Duration::from_secs(1);
+        loop {
+            match self.remove_run().await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_transient() && began.elapsed() < budget => {
+                    tokio::time::sleep(delay.min(budget.saturating_sub(began.elapsed()))).await;
+                    delay = (delay * 2).min(Duration::from_secs(15));
+                }
+                Err(e) => {
+                    return Err(BackendError::CleanupIncomplete {
+                        run_id: self.names.run_id.clone(),
+                        after: began.elapsed(),
+                        gc: self.gc_command(),
+                        source: Box::new(e),
+                    });
+                }
+            }
+        }
     }
 
     async fn cluster_policy_support(
