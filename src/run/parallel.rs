@@ -133,7 +133,7 @@ async fn precheck<B: Backend>(
         precheck: false,
         ..options.clone()
     };
-    match check_apis(backend, &apis, &options).await {
+    match check_apis(backend, &apis, &options, true).await {
         Ok((checks, _)) => checks,
         Err(e) => apis
             .into_iter()

@@ -757,8 +757,11 @@ impl Backend for KubeBackend {
         }
     }
 
+    /// Waits until every pod serves. Namespaces being deleted are not waited for here: nothing
+    /// of theirs is probed any more, and only re-creating one under the same name must wait
+    /// (`create_namespace`); the clean-up waits for all of them. (Waiting here cost every
+    /// switch between cluster models the namespaces' finalization, seconds on a real cluster.)
     async fn wait_ready(&mut self, timeout: Duration) -> Result<(), BackendError> {
-        self.await_namespace_deletions().await?;
         let deadline = tokio::time::Instant::now() + timeout;
         let pending: Vec<PodRef> = self
             .pods
@@ -766,11 +769,30 @@ impl Backend for KubeBackend {
             .filter(|p| !self.addresses.contains_key(*p))
             .cloned()
             .collect();
+        // Every namespace's pending pods at once, each namespace with one LIST per poll.
+        let mut by_namespace: BTreeMap<String, Vec<PodRef>> = BTreeMap::new();
         for pod in pending {
-            let api = self.pods_api(&pod.namespace);
+            by_namespace
+                .entry(pod.namespace.clone())
+                .or_default()
+                .push(pod);
+        }
+        let selector = format!("{OWNER_LABEL}={OWNER},{RUN_LABEL}={}", self.names.run_id);
+        let waits = by_namespace.iter().map(|(namespace, pods)| {
+            let api = self.pods_api(namespace);
             let events: Api<Event> =
-                Api::namespaced(self.client.clone(), &self.names.namespace(&pod.namespace));
-            let placed = readiness::await_pod(&api, &events, &pod, deadline).await?;
+                Api::namespaced(self.client.clone(), &self.names.namespace(namespace));
+            let selector = selector.as_str();
+            async move { readiness::await_pods(&api, &events, pods, selector, deadline).await }
+        });
+        let placed: Vec<(PodRef, readiness::Placed)> = futures::future::join_all(waits)
+            .await
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .flatten()
+            .collect();
+        for (pod, placed) in placed {
             if self.services.contains_key(&pod) {
                 let slices: Api<EndpointSlice> =
                     Api::namespaced(self.client.clone(), &self.names.namespace(&pod.namespace));

@@ -30,57 +30,100 @@ pub(super) struct Placed {
     pub node: Option<String>,
 }
 
-/// Polls `pod` (model name) through `api` until it is ready, hopeless, or `deadline` passes.
-pub(super) async fn await_pod(
+/// How often pod readiness is read again.
+const POLL: Duration = Duration::from_millis(250);
+
+/// A pod's state as the API shows it: ready with its addresses, hopeless, or neither yet.
+enum PodState {
+    Ready(Placed),
+    Hopeless,
+    Waiting,
+}
+
+fn pod_state(current: &KubePod) -> PodState {
+    let node = current.spec.as_ref().and_then(|s| s.node_name.clone());
+    let status = current.status.clone().unwrap_or_default();
+    let ready = status
+        .conditions
+        .iter()
+        .flatten()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    // `podIPs` lists every family of a dual-stack pod; `podIP` is its first.
+    let mut ips: Vec<IpAddr> = status
+        .pod_ips
+        .iter()
+        .flatten()
+        .filter_map(|p| p.ip.parse().ok())
+        .collect();
+    if ips.is_empty() {
+        ips.extend(
+            status
+                .pod_ip
+                .as_deref()
+                .and_then(|ip| ip.parse::<IpAddr>().ok()),
+        );
+    }
+    let hopeless = status.container_statuses.iter().flatten().any(|c| {
+        c.state
+            .as_ref()
+            .and_then(|s| s.waiting.as_ref())
+            .and_then(|w| w.reason.as_deref())
+            .is_some_and(|r| HOPELESS.contains(&r))
+    });
+    match (ready, ips.is_empty()) {
+        (true, false) => PodState::Ready(Placed { ips, node }),
+        _ if hopeless => PodState::Hopeless,
+        _ => PodState::Waiting,
+    }
+}
+
+/// Waits until every pod of `pods` (model names, all in the namespace `api` covers) is ready,
+/// one is hopeless, or `deadline` passes: one LIST of the namespace's pods per poll, whatever
+/// their number (a GET per pod, one pod after the other, cost a call per pod and a poll's wait
+/// per pod still starting).
+pub(super) async fn await_pods(
     api: &Api<KubePod>,
     events: &Api<Event>,
-    pod: &PodRef,
+    pods: &[PodRef],
+    selector: &str,
     deadline: tokio::time::Instant,
-) -> Result<Placed, BackendError> {
+) -> Result<Vec<(PodRef, Placed)>, BackendError> {
+    let mut placed: Vec<(PodRef, Placed)> = Vec::new();
+    let mut waiting: Vec<PodRef> = pods.to_vec();
     loop {
-        let current = call(&format!("reading pod {pod}"), || async {
-            api.get(&pod.name).await
+        let list = call("listing the run's pods", || async {
+            api.list(&ListParams::default().labels(selector)).await
         })
         .await?;
-        let node = current.spec.as_ref().and_then(|s| s.node_name.clone());
-        let status = current.status.unwrap_or_default();
-        let ready = status
-            .conditions
-            .iter()
-            .flatten()
-            .any(|c| c.type_ == "Ready" && c.status == "True");
-        // `podIPs` lists every family of a dual-stack pod; `podIP` is its first.
-        let mut ips: Vec<IpAddr> = status
-            .pod_ips
-            .iter()
-            .flatten()
-            .filter_map(|p| p.ip.parse().ok())
-            .collect();
-        if ips.is_empty() {
-            ips.extend(
-                status
-                    .pod_ip
-                    .as_deref()
-                    .and_then(|ip| ip.parse::<IpAddr>().ok()),
-            );
-        }
-        let hopeless = status.container_statuses.iter().flatten().any(|c| {
-            c.state
-                .as_ref()
-                .and_then(|s| s.waiting.as_ref())
-                .and_then(|w| w.reason.as_deref())
-                .is_some_and(|r| HOPELESS.contains(&r))
-        });
-        match (ready, ips.is_empty()) {
-            (true, false) => return Ok(Placed { ips, node }),
-            _ if hopeless || tokio::time::Instant::now() > deadline => {
-                return Err(BackendError::Pod {
-                    pod: pod.clone(),
-                    message: format!("not ready: {}", unready_reason(api, events, pod).await),
-                });
+        let mut still = Vec::new();
+        for pod in waiting {
+            let state = list
+                .items
+                .iter()
+                .find(|p| p.metadata.name.as_deref() == Some(pod.name.as_str()))
+                .map_or(PodState::Waiting, pod_state);
+            match state {
+                PodState::Ready(at) => placed.push((pod, at)),
+                PodState::Hopeless => {
+                    return Err(BackendError::Pod {
+                        message: format!("not ready: {}", unready_reason(api, events, &pod).await),
+                        pod,
+                    });
+                }
+                PodState::Waiting => still.push(pod),
             }
-            _ => tokio::time::sleep(Duration::from_millis(500)).await,
         }
+        waiting = still;
+        let Some(first) = waiting.first() else {
+            return Ok(placed);
+        };
+        if tokio::time::Instant::now() > deadline {
+            return Err(BackendError::Pod {
+                pod: first.clone(),
+                message: format!("not ready: {}", unready_reason(api, events, first).await),
+            });
+        }
+        tokio::time::sleep(POLL).await;
     }
 }
 
