@@ -324,7 +324,29 @@ fn probe_and_smoke_dry_runs_are_valid_kubernetes() {
     validate("probe", &probe);
     let smoke = dry_run(&["smoke", "--dry-run", "--prefix", "ci"]);
     assert!(smoke.contains("name: ci-"));
-    validate("smoke", &smoke);
+    // A check per policy API: the cluster-scoped ones against their CRDs' rules, confined to the
+    // run like the library's.
+    let (core, cluster) = split_cluster_policies(&smoke);
+    let kinds: std::collections::BTreeSet<&str> =
+        cluster.iter().filter_map(|o| o["kind"].as_str()).collect();
+    assert_eq!(
+        kinds.into_iter().collect::<Vec<_>>(),
+        [
+            "AdminNetworkPolicy",
+            "BaselineAdminNetworkPolicy",
+            "ClusterNetworkPolicy"
+        ]
+    );
+    for object in &cluster {
+        assert!(
+            object["spec"]["subject"]["pods"]["namespaceSelector"]["matchLabels"]
+                ["polygraph.dev/run-id"]
+                .is_string(),
+            "subject not confined to the run: {object}"
+        );
+    }
+    validate_cluster_policies(&cluster);
+    validate("smoke", &core);
 }
 
 #[test]

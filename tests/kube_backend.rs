@@ -1018,6 +1018,7 @@ fn run_options() -> RunOptions {
         }),
         poll_interval: Duration::from_millis(10),
         targets: Vec::new(),
+        families: None,
         precheck: false,
     }
 }

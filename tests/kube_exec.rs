@@ -479,3 +479,26 @@ async fn a_session_that_never_starts_times_out() {
     );
     assert!(started.elapsed() < Duration::from_secs(3));
 }
+
+/// An SCTP-only pod on a node without SCTP, through the real agent's session on the fake API
+/// server: the answer is `unsupported`, never a drop. (Its own agent stays up serving nothing:
+/// `serve`'s test in the agent, and the local cluster's.) Where the kernel has SCTP, the closed
+/// port refuses instead; either way, never `timeout`.
+#[tokio::test]
+async fn an_sctp_only_destination_is_unsupported_through_the_session_never_blocked() {
+    let (url, _) = fake_server(Reply::Agent { break_after: None }).await;
+    let backend = backend(&url, Duration::from_secs(5)).await;
+    let targets = [Target::new("127.0.0.1", 40_997, Protocol::Sctp)];
+    let results = backend
+        .probe(&from(), &targets, Duration::from_millis(500).into())
+        .await
+        .expect("probe");
+    // Checked after the probe: opening an SCTP socket loads the module where the kernel has one.
+    let kernel_has_sctp = std::fs::metadata("/proc/net/sctp").is_ok();
+    let expected = if kernel_has_sctp {
+        "refused"
+    } else {
+        "unsupported"
+    };
+    assert_eq!(results[0].outcome.as_str(), expected, "{results:?}");
+}

@@ -431,3 +431,44 @@ fn gc_removes_what_a_killed_run_left() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// The reproduction: an agent serving only SCTP in a network namespace of its own, on a
+/// kernel without SCTP, must stay up (on Kubernetes an exit is a CrashLoopBackOff, and the
+/// truthful "SCTP unsupported" becomes "pod not ready"), say on its ready line that the port is
+/// unsupported, and end on SIGTERM as a pod's agent does.
+#[test]
+#[ignore = "needs root: creates a network namespace; .ci/run runs it as root"]
+fn an_agent_serving_only_unsupported_ports_stays_up_until_sigterm() {
+    require_local_cluster();
+    let netns = format!("pgtest-agent-{}", std::process::id());
+    let status = Command::new("ip")
+        .args(["netns", "add", &netns])
+        .status()
+        .expect("ip netns add");
+    assert!(status.success());
+    let mut agent = Command::new("ip")
+        .args(["netns", "exec", &netns])
+        .arg(env!("CARGO_BIN_EXE_polygraph"))
+        .args(["agent", "serve", "--identity", "x/a", "--listen", "80/SCTP"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the agent");
+    let mut ready = String::new();
+    BufReader::new(agent.stdout.take().expect("stdout"))
+        .read_line(&mut ready)
+        .expect("ready line");
+    std::thread::sleep(Duration::from_secs(1));
+    let alive = agent.try_wait().expect("try_wait").is_none();
+    // `ip netns exec` execs the agent: this PID is the agent's.
+    let pid = rustix::process::Pid::from_raw(agent.id() as i32).expect("pid");
+    let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    let exited = agent.wait().expect("wait");
+    let _ = Command::new("ip").args(["netns", "del", &netns]).status();
+    assert!(alive, "the agent exited with nothing to serve: {ready}");
+    assert!(
+        ready.contains("\"unsupported\":[{\"port\":80,\"protocol\":\"SCTP\"}]"),
+        "{ready}"
+    );
+    assert!(exited.success(), "SIGTERM ends it cleanly: {exited:?}");
+}

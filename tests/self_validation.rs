@@ -80,7 +80,9 @@ fn failing(report: &Value) -> BTreeMap<String, Vec<String>> {
 /// NetworkPolicy fault reaches the NetworkPolicies those scenarios hold, and
 /// `policy-deletion-ignored` poisons whatever follows it).
 fn fault_scope(fault: &polygraph::faults::FaultInfo) -> Vec<&'static str> {
-    let mut scope = if fault.features.iter().all(|f| f.starts_with("cnp-")) {
+    // No extra flags: every fault must show in a default run (IPv6 through the scenarios about
+    // both families, which a default run probes in both).
+    if fault.features.iter().all(|f| f.starts_with("cnp-")) {
         vec!["--tags", "cluster-network-policy"]
     } else if ["service", "dual-stack", "node-port", "dns"]
         .contains(&fault.features.join(",").as_str())
@@ -90,9 +92,7 @@ fn fault_scope(fault: &polygraph::faults::FaultInfo) -> Vec<&'static str> {
         vec!["--tags", fault.features[0]]
     } else {
         Vec::new()
-    };
-    scope.extend(fault.needs());
-    scope
+    }
 }
 
 /// The scenarios the library (the part `scope` selects, in the families it asks for) fails on the
@@ -108,28 +108,6 @@ fn simulated_failures(fault: &str, scope: &[&str]) -> BTreeSet<String> {
         .build()
         .expect("runtime");
     runtime.block_on(async {
-        let dual = scope.windows(2).any(|w| w == ["--ip-family", "dual"]);
-        let mut backend = SimBackend::new(SimOptions {
-            faults: polygraph::faults::Faults::parse(&[fault]).expect("fault"),
-            // Like this kernel: no SCTP.
-            sctp: false,
-            families: if dual {
-                polygraph::model::IpFamilies::Dual
-            } else {
-                polygraph::model::IpFamilies::Ipv4
-            },
-        });
-        let options = RunOptions {
-            probe_timeout: std::time::Duration::from_millis(500),
-            step_deadline: std::time::Duration::from_secs(2),
-            max_latency: None,
-            stability: std::time::Duration::ZERO,
-            established: true,
-            pacer: polygraph::run::Pacer::new(Default::default()),
-            poll_interval: std::time::Duration::from_millis(250),
-            targets: Vec::new(),
-            precheck: false,
-        };
         let library: Vec<_> = polygraph::scenario::library::load_all()
             .expect("library")
             .into_iter()
@@ -142,6 +120,30 @@ fn simulated_failures(fault: &str, scope: &[&str]) -> BTreeSet<String> {
                 }
             })
             .collect();
+        // The families a default `run` gives the cluster: every one a scenario is about.
+        let families = library.iter().filter_map(|s| s.families).fold(
+            polygraph::model::IpFamilies::Ipv4,
+            polygraph::model::IpFamilies::union,
+        );
+        let mut backend = SimBackend::new(SimOptions {
+            faults: polygraph::faults::Faults::parse(&[fault]).expect("fault"),
+            // Like this kernel: no SCTP.
+            sctp: false,
+            families,
+        });
+        let options = RunOptions {
+            probe_timeout: std::time::Duration::from_millis(500),
+            step_deadline: std::time::Duration::from_secs(2),
+            max_latency: None,
+            stability: std::time::Duration::ZERO,
+            established: true,
+            pacer: polygraph::run::Pacer::new(Default::default()),
+            poll_interval: std::time::Duration::from_millis(250),
+            targets: Vec::new(),
+            // As a default run: IPv4 unless a scenario is about more.
+            families: Some(polygraph::model::IpFamilies::Ipv4),
+            precheck: false,
+        };
         let result = run_scenarios(&mut backend, &library, &options, &mut |_| {}).await;
         backend.cleanup().await.expect("cleanup");
         result

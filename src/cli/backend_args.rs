@@ -154,6 +154,13 @@ fn external_target(text: &str) -> Result<std::net::SocketAddr, CliError> {
 }
 
 impl BackendArgs {
+    /// The families probed in scenarios that name none: `--ip-family`, or IPv4, on polygraph's
+    /// own clusters; on Kubernetes (and in a dry run) every family the cluster gives pods.
+    pub fn default_families(&self) -> Option<IpFamilies> {
+        (self.kind() != BackendKind::Kube && !self.dry_run)
+            .then(|| self.ip_family.unwrap_or_default())
+    }
+
     pub fn options(&self) -> Result<KubeOptions, CliError> {
         let mut options = KubeOptions {
             prefix: self.prefix.clone(),
@@ -261,7 +268,22 @@ impl BackendArgs {
     /// `services`: some probe goes through a Service, so Kubernetes needs one per pod (the local
     /// and simulated clusters always have them: they cost a rule).
     pub async fn start(&self, services: bool) -> Result<AnyBackend, CliError> {
-        let families = self.ip_family.unwrap_or_default();
+        self.start_with(services, None).await
+    }
+
+    /// `start`, for scenarios some of which are about IP families (`ip-family:`): without
+    /// `--ip-family`, polygraph's own clusters give pods every family one of them names, so a
+    /// default run probes IPv6 where a scenario is about it.
+    pub async fn start_with(
+        &self,
+        services: bool,
+        scenario_families: Option<IpFamilies>,
+    ) -> Result<AnyBackend, CliError> {
+        let families = match (self.ip_family, scenario_families) {
+            (Some(asked), _) => asked,
+            (None, Some(named)) => IpFamilies::Ipv4.union(named),
+            (None, None) => IpFamilies::Ipv4,
+        };
         // Checked here too, so a bad combination never reaches a cluster.
         self.faults()?;
         if self.dry_run {

@@ -125,17 +125,7 @@ pub fn load(names: &[String]) -> Result<Vec<Scenario>, CliError> {
 pub fn run(args: RunArgs) -> Result<ExitCode, CliError> {
     if args.list_faults {
         for fault in faults::CATALOGUE {
-            let needs = fault.needs();
-            if needs.is_empty() {
-                out!("{:<28}{}", fault.name, fault.imitates)?;
-            } else {
-                out!(
-                    "{:<28}{} (shows with {})",
-                    fault.name,
-                    fault.imitates,
-                    needs.join(" ")
-                )?;
-            }
+            out!("{:<28}{}", fault.name, fault.imitates)?;
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -180,6 +170,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode, CliError> {
         pacer: args.pace.pacer()?,
         poll_interval: args.poll_interval,
         targets: args.targets.clone(),
+        families: args.target.default_families(),
         precheck: !args.no_precheck
             && (args.precheck || (args.target.kind() == BackendKind::Kube && !args.target.dry_run)),
     };
@@ -262,7 +253,14 @@ pub fn execute(
                 .flat_map(|s| &s.targets)
                 .any(|t| t.needs_services()));
     let lanes = lanes.clamp(1, scenarios.len().max(1));
-    let starts = (0..lanes).map(|_| target.start(services)).collect();
+    // Every family some scenario is about, so polygraph's own clusters can give pods them all.
+    let named = scenarios
+        .iter()
+        .filter_map(|s| s.families)
+        .reduce(polygraph::model::IpFamilies::union);
+    let starts = (0..lanes)
+        .map(|_| target.start_with(services, named))
+        .collect();
     session_many(starts, async |backends: &mut [AnyBackend]| {
         let transcript = backends.first().and_then(|b| b.transcript());
         if transcript.is_none() {

@@ -44,6 +44,7 @@ pub fn run(args: SmokeArgs) -> Result<ExitCode, CliError> {
         pacer: args.pace.pacer()?,
         poll_interval: Duration::from_millis(250),
         targets: Vec::new(),
+        families: args.target.default_families(),
         precheck: false,
     };
     let Finished {

@@ -63,14 +63,21 @@ pub fn soak(args: SoakArgs) -> Result<ExitCode, CliError> {
     let options = RunOptions {
         probe_timeout: args.probe_timeout,
         pacer: args.pace.pacer()?,
+        families: args.backend.default_families(),
         ..RunOptions::default()
     };
+    let named = scenarios
+        .iter()
+        .filter_map(|s| s.families)
+        .reduce(polygraph::model::IpFamilies::union);
     let lanes =
         super::run::lanes(args.parallel_scenarios, &args.backend)?.clamp(1, scenarios.len().max(1));
     let mut total = 0;
     for run in 1..=args.runs {
         let started = Instant::now();
-        let starts = (0..lanes).map(|_| args.backend.start(services)).collect();
+        let starts = (0..lanes)
+            .map(|_| args.backend.start_with(services, named))
+            .collect();
         let finished = session_many(starts, async |backends: &mut [AnyBackend]| {
             Ok(run_in_parallel(backends, &scenarios, &options, &mut |_| {}).await)
         })?;

@@ -71,17 +71,6 @@ pub struct FaultInfo {
     pub imitates: &'static str,
 }
 
-impl FaultInfo {
-    /// The `run` arguments without which the fault cannot show at all (IPv6 traffic needs a
-    /// dual-stack cluster); `--list-faults` prints them.
-    pub fn needs(&self) -> &'static [&'static str] {
-        match self.fault {
-            Some(Fault::Ipv6Unfiltered) => &["--ip-family", "dual"],
-            _ => &[],
-        }
-    }
-}
-
 pub const CATALOGUE: &[FaultInfo] = &[
     FaultInfo {
         name: "delay=DUR",
@@ -255,7 +244,7 @@ pub const CATALOGUE: &[FaultInfo] = &[
         name: "ipv6-unfiltered",
         fault: Some(Fault::Ipv6Unfiltered),
         features: &["dual-stack"],
-        imitates: "only IPv4 is filtered: IPv6 traffic of a dual-stack pod passes whatever the policies say",
+        imitates: "only IPv4 is filtered: IPv6 traffic of a dual-stack pod passes whatever the policies say (scenarios about both families, dual-stack-ip-block-per-family, probe IPv6 in a default run; --ip-family dual probes every scenario in both)",
     },
     FaultInfo {
         name: "dns-egress-blocked",

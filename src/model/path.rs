@@ -137,8 +137,10 @@ impl fmt::Display for Family {
     }
 }
 
-/// Which families the pods of a cluster polygraph builds get (`--ip-family`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+/// Which families the pods of a cluster polygraph builds get (`--ip-family`), or a scenario is
+/// about (`ip-family:`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum IpFamilies {
     /// Every pod at its model address (IPv4 unless the model says otherwise).
     #[default]
@@ -150,6 +152,26 @@ pub enum IpFamilies {
 }
 
 impl IpFamilies {
+    /// The families, IPv4 first.
+    pub fn families(self) -> &'static [Family] {
+        match self {
+            IpFamilies::Ipv4 => &[Family::V4],
+            IpFamilies::Ipv6 => &[Family::V6],
+            IpFamilies::Dual => &[Family::V4, Family::V6],
+        }
+    }
+
+    /// The families of both, as a cluster that must give pods every family either needs.
+    pub fn union(self, other: IpFamilies) -> IpFamilies {
+        let v4 = self.families().contains(&Family::V4) || other.families().contains(&Family::V4);
+        let v6 = self.families().contains(&Family::V6) || other.families().contains(&Family::V6);
+        match (v4, v6) {
+            (true, true) => IpFamilies::Dual,
+            (false, true) => IpFamilies::Ipv6,
+            _ => IpFamilies::Ipv4,
+        }
+    }
+
     /// A pod's addresses, from its model address. The derived IPv6 address embeds the IPv4 one in
     /// `fd00:10:244::/96` (10.244.1.10 → fd00:10:244::af4:10a), so a reader can map one to the other.
     /// A model address that is already IPv6 stays the pod's only one: nothing derives an IPv4

@@ -24,6 +24,8 @@ pub struct PathPlan {
     pub outside: Vec<(ProbeTarget, Vec<Pod>)>,
     /// The cluster's DNS, when a target resolves names (`Backend::dns`).
     pub dns: Option<ClusterDns>,
+    /// The families probed, of those the pods have; `None`: every family they have.
+    pub families: Option<Vec<Family>>,
 }
 
 impl PathPlan {
@@ -38,6 +40,7 @@ impl PathPlan {
             targets: targets.to_vec(),
             outside: Vec::new(),
             dns: None,
+            families: None,
         }
     }
 
@@ -77,10 +80,16 @@ impl PathPlan {
             .map_or(&[], |(_, hosts)| hosts.as_slice())
     }
 
-    /// The paths a step is probed on: each target in each family some pod has, IPv4 first.
+    /// The paths a step is probed on: each target in each family some pod has (of the plan's
+    /// `families`, when it names them), IPv4 first.
     pub fn paths<B: Backend>(&self, backend: &B, analysis: &Analysis) -> Vec<ProbePath> {
         let families: Vec<Family> = [Family::V4, Family::V6]
             .into_iter()
+            .filter(|f| {
+                self.families
+                    .as_ref()
+                    .is_none_or(|wanted| wanted.contains(f))
+            })
             .filter(|&f| {
                 analysis
                     .cluster

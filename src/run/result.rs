@@ -31,6 +31,9 @@ pub struct RunOptions {
     /// How probes reach their destinations (`--target`); empty: each scenario's own `target:`,
     /// or pod IPs.
     pub targets: Vec<ProbeTarget>,
+    /// The IP families probed in scenarios that name none (`ip-family:`): `--ip-family`, or IPv4
+    /// on polygraph's own clusters; `None`: every family the pods have (Kubernetes).
+    pub families: Option<crate::model::IpFamilies>,
     /// Check each policy API the scenarios use before running them (`run::precheck`), and fail
     /// the scenarios of an API that is not enforced at once.
     pub precheck: bool,
@@ -50,6 +53,7 @@ impl Default for RunOptions {
             pacer: super::Pacer::new(super::PaceOptions::default()),
             poll_interval: Duration::from_millis(250),
             targets: Vec::new(),
+            families: None,
             precheck: false,
         }
     }

@@ -160,7 +160,21 @@ pub async fn run_scenarios<B: Backend>(
             };
             let initial = initial_analysis(scenario);
             let set_up = match reconcile(backend, &deployed, &scenario.initial).await {
-                Ok(()) => await_baseline(&*backend, &initial, &plan, options, &mut deadlines).await,
+                Ok(()) => match missing_family(&*backend, scenario) {
+                    // Deployed, but not in every family it is about: unsupported, never IPv4
+                    // alone in silence.
+                    Some(reason) => {
+                        result.unsupported = Some(reason);
+                        result.elapsed = scenario_start.elapsed();
+                        deployed = scenario.initial.clone();
+                        on_event(Event::ScenarioFinished { result: &result });
+                        results.push((index, result));
+                        continue;
+                    }
+                    None => {
+                        await_baseline(&*backend, &initial, &plan, options, &mut deadlines).await
+                    }
+                },
                 Err(e) => Err(e.to_string()),
             };
             match set_up {
@@ -265,8 +279,42 @@ async fn prepare<B: Backend>(
         .collect();
     namespaces.sort_unstable();
     namespaces.dedup();
-    let plan = PathPlan::prepare(backend, targets, &scenario.port_protocols, &namespaces).await?;
+    let mut plan =
+        PathPlan::prepare(backend, targets, &scenario.port_protocols, &namespaces).await?;
+    plan.families = scenario
+        .families
+        .or(options.families)
+        .map(|f| f.families().to_vec());
     Ok((warnings, plan))
+}
+
+/// Why a scenario about IP families (`ip-family:`) cannot be judged here: a family it names in
+/// which no pod of its cluster has an address.
+fn missing_family<B: Backend>(backend: &B, scenario: &Scenario) -> Option<String> {
+    let wanted = scenario.families?;
+    let pods = scenario.initial.cluster().pods();
+    let missing: Vec<String> = wanted
+        .families()
+        .iter()
+        .filter(|&&f| {
+            !pods
+                .iter()
+                .any(|p| super::pod_address(backend, p, f).is_some())
+        })
+        .map(ToString::to_string)
+        .collect();
+    (!missing.is_empty()).then(|| {
+        format!(
+            "the scenario is about {} traffic and the cluster gives its pods no {} address (a single-stack cluster; on polygraph's own, --ip-family {})",
+            wanted.families().iter().map(ToString::to_string).collect::<Vec<_>>().join(" and "),
+            missing.join(" or "),
+            match wanted {
+                crate::model::IpFamilies::Ipv4 => "ipv4",
+                crate::model::IpFamilies::Ipv6 => "ipv6",
+                crate::model::IpFamilies::Dual => "dual",
+            }
+        )
+    })
 }
 
 /// The cluster-scoped kinds a scenario uses, at its start or in any step.

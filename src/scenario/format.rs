@@ -27,6 +27,11 @@ pub struct ScenarioDoc {
     /// How probes reach their destinations: one target or a list (`pod-ip`, `service`).
     #[serde(default)]
     pub target: Option<OneOrMany<ProbeTarget>>,
+    /// The IP families the scenario is about (`ipv4`, `ipv6`, `dual`): probed in each of them
+    /// wherever the cluster gives pods those addresses, unsupported where it cannot. Left out:
+    /// the run's families (`--ip-family`; IPv4 on polygraph's own clusters).
+    #[serde(default, rename = "ip-family")]
+    pub ip_family: Option<crate::model::IpFamilies>,
     pub steps: Vec<Spanned<StepDoc>>,
 }
 

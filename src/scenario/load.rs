@@ -139,6 +139,7 @@ pub fn parse(source: &str, text: &str, base_dir: Option<&Path>) -> Result<Scenar
         initial,
         port_protocols,
         targets,
+        families: doc.ip_family,
         steps,
     })
 }

@@ -59,6 +59,9 @@ pub struct Scenario {
     pub port_protocols: Vec<PortProtocol>,
     /// How its probes reach their destinations (`target:`); empty: pod IPs. `--target` overrides.
     pub targets: Vec<ProbeTarget>,
+    /// The IP families it is about (`ip-family:`), probed whatever the run's default; `None`:
+    /// the run's (`RunOptions::families`).
+    pub families: Option<crate::model::IpFamilies>,
     pub steps: Vec<Step>,
 }
 

@@ -91,6 +91,11 @@ pub async fn bind(
             };
         }
         while tasks.join_next().await.is_some() {}
+        // An agent stays up for as long as its pod lives, whatever it could bind: one whose
+        // every port is unsupported here (SCTP on a kernel without it) has nothing to serve, but
+        // if it exited, Kubernetes would restart its container into CrashLoopBackOff and the pod
+        // would never be ready, where the truthful answer is "unsupported". SIGTERM ends it.
+        std::future::pending::<()>().await;
     };
     Ok((ready, serving))
 }
@@ -124,5 +129,33 @@ async fn serve_datagrams(socket: UdpSocket, greeting: Arc<[u8]>) {
         if let Ok((_, from)) = socket.recv_from(&mut buf).await {
             let _ = socket.send_to(&greeting, from).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Mutation tried: without the final `pending()`, the future completes at once when no
+    /// listener was opened, and this test fails.
+    #[tokio::test]
+    async fn an_agent_with_nothing_it_can_serve_stays_up() {
+        // A high port, so no privilege is needed where the kernel has SCTP (the listener then
+        // opens and serves: staying up either way).
+        let sctp_only = [Listen {
+            port: 40_999,
+            protocol: Protocol::Sctp,
+        }];
+        let (ready, serving) = bind("x/a", &sctp_only).await.expect("bind");
+        assert_eq!(ready.listening.len() + ready.unsupported.len(), 1);
+        let ended = tokio::time::timeout(std::time::Duration::from_millis(300), serving).await;
+        assert!(
+            ended.is_err(),
+            "the serving future ended: the agent would exit"
+        );
+        // And with nothing asked at all.
+        let (_, serving) = bind("x/a", &[]).await.expect("bind");
+        let ended = tokio::time::timeout(std::time::Duration::from_millis(100), serving).await;
+        assert!(ended.is_err());
     }
 }
