@@ -73,7 +73,8 @@ struct State {
 const POLICY_GROUP: &str = "policy.networking.k8s.io";
 
 /// (plural, kind, version) of the cluster-scoped policy resources.
-const CLUSTER_RESOURCES: [(&str, &str, &str); 3] = [
+const CLUSTER_RESOURCES: [(&str, &str, &str); 4] = [
+    ("clusternetworkpolicies", "ClusterNetworkPolicy", "v1beta1"),
     ("clusternetworkpolicies", "ClusterNetworkPolicy", "v1alpha2"),
     ("adminnetworkpolicies", "AdminNetworkPolicy", "v1alpha1"),
     (
@@ -2258,4 +2259,51 @@ async fn the_library_on_kubernetes_costs_few_calls_and_waits_per_scenario() {
         waited.as_secs_f64()
     );
     assert!(requests < 12 * all.len(), "{requests} requests");
+}
+
+/// ClusterNetworkPolicy in the version the cluster serves: a v1beta1 file and a v1alpha2 file are
+/// both applied as v1beta1 where the API serves v1beta1 (network-policy-api v0.3), and as v1alpha2
+/// where only that is served; the object is the same either way.
+#[tokio::test]
+async fn cluster_network_policies_are_applied_in_the_version_the_cluster_serves() {
+    let alpha = library(&["cnp-admin-deny-over-np-allow"]);
+    let text = include_str!("../scenarios/cnp-admin-deny-over-np-allow.yaml").replace(
+        "policy.networking.k8s.io/v1alpha2",
+        "policy.networking.k8s.io/v1beta1",
+    );
+    let beta = vec![
+        polygraph::scenario::parse("cnp-v1beta1.yaml", &text, None).expect("a v1beta1 scenario"),
+    ];
+    for (served, scenarios, expected) in [
+        (
+            &["v1beta1", "v1alpha2"][..],
+            &beta,
+            "policy.networking.k8s.io/v1beta1",
+        ),
+        (
+            &["v1beta1", "v1alpha2"][..],
+            &alpha,
+            "policy.networking.k8s.io/v1beta1",
+        ),
+        (
+            &["v1alpha2"][..],
+            &beta,
+            "policy.networking.k8s.io/v1alpha2",
+        ),
+    ] {
+        let state = Arc::new(Mutex::new(State::default()));
+        state.lock().expect("state").policy_versions.extend(served);
+        let mut cluster = FakeCluster::new(&state).await;
+        let result = run_scenarios(&mut cluster, scenarios, &run_options(), &mut |_| {}).await;
+        cluster.cleanup().await.expect("cleanup");
+        assert!(result.passed(), "served {served:?}");
+        let s = state.lock().expect("state");
+        let versions: BTreeSet<&str> = s
+            .applied
+            .iter()
+            .filter(|o| o["kind"] == "ClusterNetworkPolicy")
+            .filter_map(|o| o["apiVersion"].as_str())
+            .collect();
+        assert_eq!(versions, BTreeSet::from([expected]), "served {served:?}");
+    }
 }

@@ -1,4 +1,4 @@
-//! Random ClusterNetworkPolicies (v1alpha2) over the default model: the Admin and Baseline tiers,
+//! Random ClusterNetworkPolicies (v1beta1 and v1alpha2 by turns) over the default model: the Admin and Baseline tiers,
 //! priorities that order them (and now and then tie), subjects by namespace or by pod, rules whose
 //! order matters, each action (Accept, Deny, Pass), peers by namespace, by pod and by network,
 //! and the protocol forms (a port, a range, a named port, none).
@@ -194,7 +194,14 @@ impl<'a> ClusterGen<'a> {
             name: name.to_string(),
             priority,
             manifest: json!({
-                "apiVersion": "policy.networking.k8s.io/v1alpha2",
+                // Both versions polygraph reads, one schema: written in v1beta1 and v1alpha2 by
+                // turns (by the name, so the random stream, and every seed's cases, stay as
+                // they were).
+                "apiVersion": if name.bytes().map(u32::from).sum::<u32>() % 2 == 0 {
+                    crate::policy::cluster::api::V1BETA1
+                } else {
+                    crate::policy::cluster::api::V1ALPHA2
+                },
                 "kind": "ClusterNetworkPolicy",
                 "metadata": {"name": name},
                 "spec": spec,

@@ -112,7 +112,8 @@ fn compile_object(
                 origin: Box::new(origin),
                 kind: format!("{other} ({api_version})"),
                 problem: format!(
-                    "not supported: polygraph reads {API_VERSION} NetworkPolicy, {} ClusterNetworkPolicy and {} AdminNetworkPolicy/BaselineAdminNetworkPolicy objects",
+                    "not supported: polygraph reads {API_VERSION} NetworkPolicy, {} and {} ClusterNetworkPolicy and {} AdminNetworkPolicy/BaselineAdminNetworkPolicy objects",
+                    cluster::api::V1BETA1,
                     cluster::api::V1ALPHA2,
                     cluster::api::V1ALPHA1
                 ),

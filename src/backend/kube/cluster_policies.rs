@@ -21,45 +21,63 @@ use crate::policy::{ClusterKind, PolicyError};
 
 const FIELD_MANAGER: &str = "polygraph";
 
-/// The API resource of a kind.
-pub fn resource(kind: ClusterKind) -> ApiResource {
-    let version = kind.api_version().rsplit('/').next().unwrap_or_default();
-    let gvk = GroupVersionKind::gvk(GROUP, version, kind.as_str());
-    ApiResource::from_gvk_with_plural(&gvk, kind.plural())
+/// A kind at the version the cluster serves it in (`served`): `policy.networking.k8s.io/v1beta1`
+/// or `.../v1alpha2` for ClusterNetworkPolicy, `.../v1alpha1` for the other two.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Served {
+    pub kind: ClusterKind,
+    pub api_version: &'static str,
 }
 
-fn api(client: &Client, kind: ClusterKind) -> Api<DynamicObject> {
-    Api::all_with(client.clone(), &resource(kind))
+/// The API resource of a kind at a version.
+pub fn resource(served: Served) -> ApiResource {
+    let version = served.api_version.rsplit('/').next().unwrap_or_default();
+    let gvk = GroupVersionKind::gvk(GROUP, version, served.kind.as_str());
+    ApiResource::from_gvk_with_plural(&gvk, served.kind.plural())
 }
 
-/// Whether the API server serves `kind` (its group/version lists the resource).
-pub async fn served(client: &Client, kind: ClusterKind) -> Result<bool, BackendError> {
-    match client.list_api_group_resources(kind.api_version()).await {
-        Ok(list) => Ok(list.resources.iter().any(|r| r.name == kind.plural())),
-        Err(kube::Error::Api(status)) if status.code == 404 => Ok(false),
-        Err(source) => Err(BackendError::Kube {
-            what: format!("asking whether the cluster serves {}", kind.api_version()),
-            source,
-        }),
+fn api(client: &Client, served: Served) -> Api<DynamicObject> {
+    Api::all_with(client.clone(), &resource(served))
+}
+
+/// The version the API server serves `kind` in, the newest polygraph reads first (`None`: not
+/// served). Discovery per group/version: the one whose resource list names the kind.
+pub async fn served(client: &Client, kind: ClusterKind) -> Result<Option<Served>, BackendError> {
+    for &api_version in kind.api_versions() {
+        match client.list_api_group_resources(api_version).await {
+            Ok(list) if list.resources.iter().any(|r| r.name == kind.plural()) => {
+                return Ok(Some(Served { kind, api_version }));
+            }
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(source) => {
+                return Err(BackendError::Kube {
+                    what: format!("asking whether the cluster serves {api_version}"),
+                    source,
+                });
+            }
+        }
     }
+    Ok(None)
 }
 
 /// The reason scenarios needing `kind` cannot run here.
 pub fn unsupported_reason(kind: ClusterKind) -> String {
     format!(
         "the cluster does not serve {} {}",
-        kind.api_version(),
+        kind.api_versions().join(" or "),
         kind.as_str()
     )
 }
 
 pub async fn apply(
     client: &Client,
-    kind: ClusterKind,
+    served: Served,
     name: &str,
     manifest: &serde_json::Value,
 ) -> Result<(), BackendError> {
-    let api = api(client, kind);
+    let kind = served.kind;
+    let api = api(client, served);
     let params = PatchParams::apply(FIELD_MANAGER).force();
     call(&format!("applying {kind} {name}"), || async {
         api.patch(name, &params, &Patch::Apply(manifest)).await
@@ -68,8 +86,9 @@ pub async fn apply(
     Ok(())
 }
 
-pub async fn delete(client: &Client, kind: ClusterKind, name: &str) -> Result<(), BackendError> {
-    let api = api(client, kind);
+pub async fn delete(client: &Client, served: Served, name: &str) -> Result<(), BackendError> {
+    let kind = served.kind;
+    let api = api(client, served);
     let gone = call(&format!("deleting {kind} {name}"), || async {
         match api.delete(name, &DeleteParams::default()).await {
             Ok(_) => Ok(true),
@@ -88,10 +107,11 @@ pub async fn delete(client: &Client, kind: ClusterKind, name: &str) -> Result<()
 /// created it, the run it belongs to.
 pub async fn owner(
     client: &Client,
-    kind: ClusterKind,
+    served: Served,
     name: &str,
 ) -> Result<Option<Option<String>>, BackendError> {
-    let api = api(client, kind);
+    let kind = served.kind;
+    let api = api(client, served);
     let found = call(&format!("reading {kind} {name}"), || async {
         api.get_opt(name).await
     })
@@ -107,10 +127,11 @@ pub async fn owner(
 /// The objects of `kind` polygraph created, by run id (all runs when `run` is `None`).
 pub async fn owned(
     client: &Client,
-    kind: ClusterKind,
+    served: Served,
     run: Option<&str>,
 ) -> Result<Vec<(String, String)>, BackendError> {
-    let api = api(client, kind);
+    let kind = served.kind;
+    let api = api(client, served);
     let mut selector = format!("{OWNER_LABEL}={OWNER}");
     if let Some(run) = run {
         selector.push_str(&format!(",{RUN_LABEL}={run}"));
@@ -134,10 +155,11 @@ pub async fn owned(
 /// run's namespaces (real name → labels as created), each as `Kind name (tier, priority)`.
 pub async fn foreign_selecting(
     client: &Client,
-    kind: ClusterKind,
+    served: Served,
     namespaces: &BTreeMap<String, Labels>,
 ) -> Result<Vec<String>, BackendError> {
-    let api = api(client, kind);
+    let kind = served.kind;
+    let api = api(client, served);
     let list = call(
         &format!("listing the cluster's {}", kind.plural()),
         || async { api.list(&ListParams::default()).await },
@@ -156,7 +178,7 @@ pub async fn foreign_selecting(
         }
         let name = object.metadata.name.clone().unwrap_or_default();
         let mut value = serde_json::json!({
-            "apiVersion": kind.api_version(),
+            "apiVersion": served.api_version,
             "kind": kind.as_str(),
             "metadata": {"name": name},
             "spec": object.data.get("spec").cloned().unwrap_or_default(),

@@ -139,8 +139,22 @@ impl Recorder {
                     manifests::RUN_LABEL,
                     self.names.run_id
                 ));
-                self.transcript
-                    .object(&manifests::cluster_policy(&self.names, policy, &bases))
+                // No cluster to ask: the newest version polygraph reads. A real run applies the
+                // one the cluster serves (ClusterNetworkPolicy: v1beta1, else v1alpha2).
+                let versions = policy.kind.api_versions();
+                if versions.len() > 1 {
+                    self.transcript.comment(&format!(
+                        "shown as {}; a cluster that serves only {} gets that version (same schema)",
+                        versions[0],
+                        versions[1..].join(", ")
+                    ));
+                }
+                self.transcript.object(&manifests::cluster_policy(
+                    &self.names,
+                    policy,
+                    &bases,
+                    versions[0],
+                ))
             }
             Mutation::DeleteNamespace(_)
             | Mutation::DeletePod(_)

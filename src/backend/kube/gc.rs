@@ -108,17 +108,17 @@ pub async fn gc(
     // Cluster-scoped policies go with their run: kept when any namespace of the run was kept.
     let live: BTreeSet<String> = list_runs(&api, &selector).await?;
     for kind in ClusterKind::ALL {
-        if !cluster_policies::served(&client, kind).await? {
+        let Some(served) = cluster_policies::served(&client, kind).await? else {
             continue;
-        }
-        for (name, owner) in cluster_policies::owned(&client, kind, run).await? {
+        };
+        for (name, owner) in cluster_policies::owned(&client, served, run).await? {
             if live.contains(&owner) {
                 report
                     .kept
                     .push((format!("{kind} {name}"), format!("its run {owner} is kept")));
                 continue;
             }
-            cluster_policies::delete(&client, kind, &name).await?;
+            cluster_policies::delete(&client, served, &name).await?;
             report.removed.push(format!("{kind} {name}"));
         }
     }

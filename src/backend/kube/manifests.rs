@@ -412,9 +412,11 @@ pub fn cluster_policy(
     names: &RunNames,
     policy: &ClusterPolicy,
     model_namespaces: &BTreeSet<String>,
+    api_version: &str,
 ) -> serde_json::Value {
     use serde_json::{Value, json};
     let mut object = policy.object.clone();
+    object["apiVersion"] = Value::String(api_version.to_string());
     object["metadata"] = json!({
         "name": cluster_policy_name(names, policy.kind, &policy.name),
         "labels": names.labels(),

@@ -8,6 +8,7 @@
 //! (cleaning up after dead runs, heartbeats), `dry_run` (the recorder that prints a run's API calls).
 
 mod cluster_policies;
+use cluster_policies::Served;
 pub mod cni;
 mod connection;
 pub mod dry_run;
@@ -247,7 +248,7 @@ pub struct KubeBackend {
     /// The agent session (one exec) of each source pod.
     sessions: Sessions,
     /// Which cluster-scoped kinds the API serves, asked once each.
-    served: BTreeMap<ClusterKind, bool>,
+    served: BTreeMap<ClusterKind, Option<Served>>,
     _heartbeat: Heartbeat,
 }
 
@@ -386,8 +387,8 @@ impl KubeBackend {
 
     /// Deletes every namespace of this run (all at once, then waits for all): what a run leaves is
     /// found by label, so a namespace the bookkeeping missed goes too.
-    /// Whether the API serves `kind`, asked once.
-    async fn serves(&mut self, kind: ClusterKind) -> Result<bool, BackendError> {
+    /// The version the API serves `kind` in (`None`: not served), asked once.
+    async fn serves(&mut self, kind: ClusterKind) -> Result<Option<Served>, BackendError> {
         if let Some(&served) = self.served.get(&kind) {
             return Ok(served);
         }
@@ -396,11 +397,23 @@ impl KubeBackend {
         Ok(served)
     }
 
+    /// `serves`, for a change that needs the kind: not served is an error (a scenario using it
+    /// is unsupported before it gets here).
+    async fn served_for(&mut self, kind: ClusterKind) -> Result<Served, BackendError> {
+        self.serves(kind)
+            .await?
+            .ok_or_else(|| BackendError::Cluster {
+                what: format!("changing a {kind}"),
+                message: cluster_policies::unsupported_reason(kind),
+            })
+    }
+
     async fn apply_cluster_policy(&mut self, policy: &ClusterPolicy) -> Result<(), BackendError> {
         let real = manifests::cluster_policy_name(&self.names, policy.kind, &policy.name);
+        let served = self.served_for(policy.kind).await?;
         if policy.kind == ClusterKind::BaselineAdminNetworkPolicy {
             // A singleton: never replace one this run did not create.
-            let owner = cluster_policies::owner(&self.client, policy.kind, &real).await?;
+            let owner = cluster_policies::owner(&self.client, served, &real).await?;
             if owner.is_some_and(|run| run.as_deref() != Some(self.names.run_id.as_str())) {
                 return Err(BackendError::Cluster {
                     what: format!("applying {} {real}", policy.kind),
@@ -409,8 +422,10 @@ impl KubeBackend {
             }
         }
         let bases: BTreeSet<String> = self.namespaces.iter().cloned().collect();
-        let manifest = manifests::cluster_policy(&self.names, policy, &bases);
-        cluster_policies::apply(&self.client, policy.kind, &real, &manifest).await
+        // Written in whichever version the file used; applied in the one the cluster prefers
+        // (v1beta1 and v1alpha2 share one schema).
+        let manifest = manifests::cluster_policy(&self.names, policy, &bases, served.api_version);
+        cluster_policies::apply(&self.client, served, &real, &manifest).await
     }
 
     /// The command that removes what this run left, on the same cluster.
@@ -426,13 +441,13 @@ impl KubeBackend {
     /// Deletes this run's cluster-scoped objects, of every kind the API serves.
     async fn remove_cluster_policies(&mut self) -> Result<(), BackendError> {
         for kind in ClusterKind::ALL {
-            if !self.serves(kind).await? {
+            let Some(served) = self.serves(kind).await? else {
                 continue;
-            }
+            };
             for (name, _) in
-                cluster_policies::owned(&self.client, kind, Some(&self.names.run_id)).await?
+                cluster_policies::owned(&self.client, served, Some(&self.names.run_id)).await?
             {
-                cluster_policies::delete(&self.client, kind, &name).await?;
+                cluster_policies::delete(&self.client, served, &name).await?;
             }
         }
         Ok(())
@@ -752,7 +767,8 @@ impl Backend for KubeBackend {
             Mutation::ApplyClusterPolicy(policy) => self.apply_cluster_policy(policy).await,
             Mutation::DeleteClusterPolicy { kind, name } => {
                 let real = manifests::cluster_policy_name(&self.names, *kind, name);
-                cluster_policies::delete(&self.client, *kind, &real).await
+                let served = self.served_for(*kind).await?;
+                cluster_policies::delete(&self.client, served, &real).await
             }
         }
     }
@@ -900,11 +916,11 @@ impl Backend for KubeBackend {
     ) -> Result<Vec<String>, String> {
         let mut warnings = Vec::new();
         for &kind in kinds {
-            match self.serves(kind).await {
-                Ok(true) => {}
-                Ok(false) => return Err(cluster_policies::unsupported_reason(kind)),
+            let served = match self.serves(kind).await {
+                Ok(Some(served)) => served,
+                Ok(None) => return Err(cluster_policies::unsupported_reason(kind)),
                 Err(e) => return Err(format!("{e}")),
-            }
+            };
             // The scenario's namespaces as they will be created: the model's labels and ours.
             let real: BTreeMap<String, crate::model::Labels> = namespaces
                 .iter()
@@ -914,7 +930,7 @@ impl Backend for KubeBackend {
                     (self.names.namespace(&ns.name), labels)
                 })
                 .collect();
-            match cluster_policies::foreign_selecting(&self.client, kind, &real).await {
+            match cluster_policies::foreign_selecting(&self.client, served, &real).await {
                 Ok(found) => warnings.extend(found.into_iter().map(|f| {
                     format!("the cluster's own {f} can select this run's pods: it may change the answers")
                 })),

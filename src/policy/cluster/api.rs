@@ -1,5 +1,6 @@
-//! The API objects as written: `policy.networking.k8s.io/v1alpha2` ClusterNetworkPolicy and the
-//! v1alpha1 AdminNetworkPolicy / BaselineAdminNetworkPolicy it replaced.
+//! The API objects as written: `policy.networking.k8s.io/v1alpha2` ClusterNetworkPolicy (and
+//! `v1beta1`, network-policy-api v0.3's version of the same schema) and the v1alpha1
+//! AdminNetworkPolicy / BaselineAdminNetworkPolicy it replaced.
 //!
 //! Enums and numbers are kept as the user wrote them (strings, `i64`) so that validation can
 //! answer in the API server's words (`Unsupported value: "Allow"`) instead of a type error, and
@@ -12,6 +13,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub const GROUP: &str = "policy.networking.k8s.io";
+pub const V1BETA1: &str = "policy.networking.k8s.io/v1beta1";
 pub const V1ALPHA2: &str = "policy.networking.k8s.io/v1alpha2";
 pub const V1ALPHA1: &str = "policy.networking.k8s.io/v1alpha1";
 
@@ -321,8 +323,20 @@ pub fn crds()
 -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
 {
     use kube::CustomResourceExt;
+    // network-policy-api v0.3 serves ClusterNetworkPolicy as v1beta1 (stored) and v1alpha2, with
+    // one schema.
+    let mut cnp = ClusterNetworkPolicyCrd::crd();
+    if let Some(alpha) = cnp.spec.versions.first().cloned() {
+        for version in &mut cnp.spec.versions {
+            version.storage = false;
+        }
+        let mut beta = alpha;
+        beta.name = "v1beta1".into();
+        beta.storage = true;
+        cnp.spec.versions.insert(0, beta);
+    }
     vec![
-        ClusterNetworkPolicyCrd::crd(),
+        cnp,
         AdminNetworkPolicyCrd::crd(),
         BaselineAdminNetworkPolicyCrd::crd(),
     ]

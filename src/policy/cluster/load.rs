@@ -38,9 +38,8 @@ pub fn compile_object(
             more,
         }))
     };
-    let expected = kind.api_version();
     let found = value.get("apiVersion").and_then(Value::as_str);
-    if found != Some(expected) {
+    if !found.is_some_and(|v| kind.api_versions().contains(&v)) {
         let found = value
             .get("apiVersion")
             .map(ToString::to_string)
@@ -52,7 +51,10 @@ pub fn compile_object(
         return Err(invalid(
             FieldProblem {
                 field: "apiVersion".into(),
-                message: format!("must be {expected}, found {found}{hint}"),
+                message: format!(
+                    "must be {}, found {found}{hint}",
+                    kind.api_versions().join(" or ")
+                ),
             },
             0,
         ));

@@ -45,10 +45,22 @@ impl ClusterKind {
         }
     }
 
+    /// The version polygraph writes and names by default: v1alpha2 for ClusterNetworkPolicy (the
+    /// version every release since v0.2 serves), v1alpha1 for the other two.
     pub fn api_version(self) -> &'static str {
         match self {
             ClusterKind::ClusterNetworkPolicy => api::V1ALPHA2,
             _ => api::V1ALPHA1,
+        }
+    }
+
+    /// Every version polygraph reads, the cluster's preferred first: ClusterNetworkPolicy
+    /// `v1beta1` (network-policy-api v0.3, the storage version) and `v1alpha2`, with the same
+    /// schema; AdminNetworkPolicy and BaselineAdminNetworkPolicy `v1alpha1`.
+    pub fn api_versions(self) -> &'static [&'static str] {
+        match self {
+            ClusterKind::ClusterNetworkPolicy => &[api::V1BETA1, api::V1ALPHA2],
+            _ => &[api::V1ALPHA1],
         }
     }
 

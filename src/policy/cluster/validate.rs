@@ -22,11 +22,11 @@ use crate::policy::Direction;
 use crate::policy::cidr;
 use crate::policy::validate::{Problems, validate_selector};
 
-/// The CRD's `DomainName` pattern, verbatim, `A-z` typo included (it admits `[\]^_\``): polygraph
-/// accepts exactly what the API server accepts.
+/// The CRD's `DomainName` pattern as network-policy-api v0.2.1 fixed it (before, an `A-z` typo
+/// admitted `[\]^_\``): polygraph accepts what the API server of a current release accepts.
 static DOMAIN_NAME: LazyLock<regex::Regex> = LazyLock::new(|| {
     regex::Regex::new(
-        r"^(\*\.)?([a-zA-z0-9]([-a-zA-Z0-9_]*[a-zA-Z0-9])?\.)+[a-zA-z0-9]([-a-zA-Z0-9_]*[a-zA-Z0-9])?\.?$",
+        r"^(\*\.)?([a-zA-Z0-9]([-a-zA-Z0-9_]*[a-zA-Z0-9])?\.)+[a-zA-Z0-9]([-a-zA-Z0-9_]*[a-zA-Z0-9])?\.?$",
     )
     .unwrap_or_else(|e| unreachable!("the domain-name pattern is a valid regex: {e}"))
 });
@@ -465,11 +465,27 @@ fn validate_cidr(text: &str, path: &str, problems: &mut Problems) {
         return;
     }
     // isCIDR needs a prefix length; a bare address is not a CIDR.
-    if !text.contains('/') || cidr::parse(text).is_err() {
-        problems.add(
+    match cidr::parse(text) {
+        Ok(net) if text.contains('/') => {
+            // Since network-policy-api v0.2.1 (and so in v1beta1): the canonical, masked form
+            // only. `10.1.2.3/8` names a host, not the network the rule means. (The address is
+            // compared, not the text: `2001:DB8::/32` is canonical.)
+            let written: Option<std::net::IpAddr> =
+                text.split_once('/').and_then(|(a, _)| a.parse().ok());
+            let canonical = net.to_string();
+            if written != Some(net.network()) {
+                problems.add(
+                    path,
+                    format!(
+                        "Invalid value: {text:?}: CIDR must be in canonical form (host bits zero): use {canonical:?}"
+                    ),
+                );
+            }
+        }
+        _ => problems.add(
             path,
             format!("Invalid value: {text:?}: Invalid CIDR format provided"),
-        );
+        ),
     }
 }
 
