@@ -125,7 +125,16 @@ pub fn load(names: &[String]) -> Result<Vec<Scenario>, CliError> {
 pub fn run(args: RunArgs) -> Result<ExitCode, CliError> {
     if args.list_faults {
         for fault in faults::CATALOGUE {
-            out!("{:<28}{}", fault.name, fault.imitates)?;
+            if fault.provenance.is_empty() {
+                out!("{:<30}{}", fault.name, fault.imitates)?;
+            } else {
+                out!(
+                    "{:<30}{} [shipped: {}]",
+                    fault.name,
+                    fault.imitates,
+                    fault.provenance
+                )?;
+            }
         }
         return Ok(ExitCode::SUCCESS);
     }

@@ -44,6 +44,9 @@ pub enum Fault {
     Ipv6Unfiltered,
     NodePortUnfiltered,
     DnsEgressBlocked,
+    IpBlockMissesPods,
+    IpBlockOnlyOpensNamespace,
+    SctpRulesDropped,
 }
 
 impl Fault {
@@ -69,6 +72,9 @@ pub struct FaultInfo {
     /// The feature tags of the scenarios expected to catch it.
     pub features: &'static [&'static str],
     pub imitates: &'static str,
+    /// Where a CNI shipped it (project and issue or advisory); empty for the classic misreadings
+    /// of the spec no one report names.
+    pub provenance: &'static str,
 }
 
 pub const CATALOGUE: &[FaultInfo] = &[
@@ -77,180 +83,231 @@ pub const CATALOGUE: &[FaultInfo] = &[
         fault: None,
         features: &[],
         imitates: "every policy, label and namespace change reaches the dataplane DUR late (a slow or backlogged CNI agent): denies leak, allows lag",
+        provenance: "",
     },
     FaultInfo {
         name: "new-pod-unprotected=DUR",
         fault: None,
         features: &["new-pod"],
         imitates: "a new pod's own rules arrive DUR after it gets its IP: it sends and receives unprotected meanwhile (the new-pod race)",
+        provenance: "",
     },
     FaultInfo {
         name: "resync-gap=DUR",
         fault: None,
         features: &[],
         imitates: "every DUR the agent flushes and rebuilds its rules, enforcing nothing for half of DUR (a full resync): cells flap; `--stability` catches it",
+        provenance: "",
     },
     FaultInfo {
         name: "loss=P%",
         fault: None,
         features: &[],
         imitates: "not a bug but a bad network: P% of packets are dropped on every link of the local cluster, each way (a pod-to-pod round trip crosses four); verdicts must not change",
+        provenance: "",
     },
     FaultInfo {
         name: "queue-overflow=N/s",
         fault: None,
         features: &[],
         imitates: "an enforcer that judges first packets in a userspace queue and fails open (kube-network-policies' default): beyond N new connections per second (a tenth of a second's burst) packets skip the policy and are accepted; polygraph's pace must stay under it, and a leak above it is `fail-open`",
+        provenance: "",
     },
     FaultInfo {
         name: "queue-overflow-closed=N/s",
         fault: None,
         features: &[],
         imitates: "the same queue failing closed (`--fail-open=false`): beyond N new connections per second packets are dropped, allowed ones too; polygraph backs off",
+        provenance: "",
     },
     FaultInfo {
         name: "ipblock-except-ignored",
         fault: Some(Fault::IpBlockExceptIgnored),
         features: &["ip-block"],
         imitates: "ipBlock.except is dropped: the whole CIDR is allowed",
+        provenance: "",
     },
     FaultInfo {
         name: "endport-ignored",
         fault: Some(Fault::EndPortIgnored),
         features: &["end-port"],
         imitates: "endPort is ignored: only the first port of a range is allowed",
+        provenance: "",
     },
     FaultInfo {
         name: "named-ports-unresolved",
         fault: Some(Fault::NamedPortsUnresolved),
         features: &["named-ports"],
         imitates: "named ports are never resolved against the pod's container ports: they allow nothing",
+        provenance: "",
     },
     FaultInfo {
         name: "udp-as-tcp",
         fault: Some(Fault::UdpAsTcp),
         features: &["udp"],
         imitates: "UDP port entries are programmed as TCP",
+        provenance: "",
     },
     FaultInfo {
         name: "sctp-as-tcp",
         fault: Some(Fault::SctpAsTcp),
         features: &["sctp"],
         imitates: "SCTP port entries are programmed as TCP",
+        provenance: "",
     },
     FaultInfo {
         name: "protocol-not-defaulted",
         fault: Some(Fault::ProtocolNotDefaulted),
         features: &["protocol-default"],
         imitates: "a port entry without protocol is not defaulted to TCP: it matches every protocol",
+        provenance: "",
     },
     FaultInfo {
         name: "peer-selectors-ored",
         fault: Some(Fault::PeerSelectorsOred),
         features: &["and-or"],
         imitates: "a peer with both namespaceSelector and podSelector is treated as two peers (OR, not AND)",
+        provenance: "",
     },
     FaultInfo {
         name: "namespace-selector-ignored",
         fault: Some(Fault::NamespaceSelectorIgnored),
         features: &["namespace-selector"],
         imitates: "namespaceSelector is ignored: peers are looked up in the policy's own namespace only",
+        provenance: "",
     },
     FaultInfo {
         name: "egress-ignored",
         fault: Some(Fault::EgressIgnored),
         features: &["egress"],
         imitates: "egress rules are never enforced (ingress-only CNIs and modes)",
+        provenance: "",
     },
     FaultInfo {
         name: "ingress-ignored",
         fault: Some(Fault::IngressIgnored),
         features: &["ingress"],
         imitates: "ingress rules are never enforced",
+        provenance: "",
     },
     FaultInfo {
         name: "stateless",
         fault: Some(Fault::Stateless),
         features: &["stateful"],
         imitates: "stateless filtering: replies of allowed connections meet the reverse direction's rules and are dropped",
+        provenance: "",
     },
     FaultInfo {
         name: "policy-deletion-ignored",
         fault: Some(Fault::PolicyDeletionIgnored),
         features: &["delete"],
         imitates: "a deleted policy stays enforced (a missed delete event)",
+        provenance: "",
     },
     FaultInfo {
         name: "pass-as-accept",
         fault: Some(Fault::PassAsAccept),
         features: &["cnp-pass"],
         imitates: "a cluster policy's Pass is programmed as Accept: lower tiers are never consulted",
+        provenance: "",
     },
     FaultInfo {
         name: "pass-as-deny",
         fault: Some(Fault::PassAsDeny),
         features: &["cnp-pass"],
         imitates: "a cluster policy's Pass is programmed as Deny",
+        provenance: "",
     },
     FaultInfo {
         name: "baseline-ignored",
         fault: Some(Fault::BaselineIgnored),
         features: &["cnp-baseline"],
         imitates: "the Baseline tier (BaselineAdminNetworkPolicy) is never enforced",
+        provenance: "",
     },
     FaultInfo {
         name: "admin-ignored",
         fault: Some(Fault::AdminIgnored),
         features: &["cnp-admin"],
         imitates: "the Admin tier (AdminNetworkPolicy) is never enforced",
+        provenance: "",
     },
     FaultInfo {
         name: "priority-inverted",
         fault: Some(Fault::PriorityInverted),
         features: &["cnp-priority"],
         imitates: "cluster policies are ordered highest priority value first (the comparison the wrong way round)",
+        provenance: "",
     },
     FaultInfo {
         name: "rule-order-ignored",
         fault: Some(Fault::RuleOrderIgnored),
         features: &["cnp-rule-order"],
         imitates: "a cluster policy's rules are evaluated last to first, not in the order written",
+        provenance: "",
     },
     FaultInfo {
         name: "deny-as-reject",
         fault: Some(Fault::DenyAsReject),
         features: &["cnp-deny"],
         imitates: "a cluster policy's Deny refuses (TCP reset, ICMP unreachable) instead of dropping",
+        provenance: "",
     },
     FaultInfo {
         name: "networks-skip-pods",
         fault: Some(Fault::NetworksSkipPods),
         features: &["cnp-networks"],
         imitates: "networks peers are applied only to traffic leaving the cluster, never to pod addresses",
+        provenance: "",
     },
     FaultInfo {
         name: "service-traffic-unfiltered",
         fault: Some(Fault::ServiceTrafficUnfiltered),
         features: &["service"],
         imitates: "traffic the service proxy DNATed (to a ClusterIP) skips the policies: only pod-IP traffic is filtered",
+        provenance: "",
     },
     FaultInfo {
         name: "nodeport-unfiltered",
         fault: Some(Fault::NodePortUnfiltered),
         features: &["node-port"],
         imitates: "traffic arriving through a NodePort skips the policies: ingress from outside the cluster is never filtered",
+        provenance: "",
     },
     FaultInfo {
         name: "ipv6-unfiltered",
         fault: Some(Fault::Ipv6Unfiltered),
         features: &["dual-stack"],
         imitates: "only IPv4 is filtered: IPv6 traffic of a dual-stack pod passes whatever the policies say (scenarios about both families, dual-stack-ip-block-per-family, probe IPv6 in a default run; --ip-family dual probes every scenario in both)",
+        provenance: "",
     },
     FaultInfo {
         name: "dns-egress-blocked",
         fault: Some(Fault::DnsEgressBlocked),
         features: &["dns"],
         imitates: "DNS to the cluster's DNS pods (UDP and TCP 53) is dropped even where a policy allows it: names never resolve",
+        provenance: "",
+    },
+    FaultInfo {
+        name: "ipblock-misses-pods",
+        fault: Some(Fault::IpBlockMissesPods),
+        features: &["ip-block"],
+        imitates: "an ipBlock never matches pod addresses, even where its CIDR covers them: only traffic beyond the cluster is matched",
+        provenance: "Cilium #9209, #35212; Terway #904",
+    },
+    FaultInfo {
+        name: "ipblock-only-opens-namespace",
+        fault: Some(Fault::IpBlockOnlyOpensNamespace),
+        features: &["ip-block"],
+        imitates: "a rule whose peers are all ipBlocks also admits every pod of the policy's own namespace",
+        provenance: "Cilium, CVE-2026-56743",
+    },
+    FaultInfo {
+        name: "sctp-rules-dropped",
+        fault: Some(Fault::SctpRulesDropped),
+        features: &["sctp"],
+        imitates: "a rule naming SCTP in its ports is silently left out, with every other port it names",
+        provenance: "aci-containers #1753",
     },
 ];
 
@@ -383,6 +440,38 @@ impl Faults {
         self.has(Fault::DenyAsReject)
     }
 
+    /// The policies as the faulty CNI understands them, in `cluster`: the faults that depend on
+    /// the pods (`ipblock-misses-pods`) need it.
+    pub fn distort_in(&self, policies: &[Policy], cluster: &crate::model::Cluster) -> Vec<Policy> {
+        let mut distorted = self.distort(policies);
+        if self.has(Fault::IpBlockMissesPods) {
+            // Every pod address (both families) an ipBlock covers becomes one of its excepts.
+            let addresses: Vec<std::net::IpAddr> = cluster
+                .pods()
+                .iter()
+                .flat_map(|p| crate::model::IpFamilies::Dual.addresses(p.ip))
+                .collect();
+            for policy in &mut distorted {
+                for rules in [policy.ingress.as_mut(), policy.egress.as_mut()]
+                    .into_iter()
+                    .flatten()
+                {
+                    for peer in rules.iter_mut().flat_map(|r| r.peers.iter_mut().flatten()) {
+                        if let Peer::IpBlock { cidr, except } = peer {
+                            except.extend(
+                                addresses
+                                    .iter()
+                                    .filter(|ip| cidr.contains(*ip))
+                                    .map(|&ip| ipnet::IpNet::from(ip)),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        distorted
+    }
+
     /// The policies as the faulty CNI understands them.
     pub fn distort(&self, policies: &[Policy]) -> Vec<Policy> {
         // Without a policy fault (the default) there is nothing to distort on every sync.
@@ -399,6 +488,21 @@ impl Faults {
         }
         if self.has(Fault::IngressIgnored) {
             policy.ingress = None;
+        }
+        if self.has(Fault::SctpRulesDropped) {
+            // The whole rule goes, with the other ports it names; a policy left without rules
+            // still isolates its pods.
+            for rules in [policy.ingress.as_mut(), policy.egress.as_mut()]
+                .into_iter()
+                .flatten()
+            {
+                rules.retain(|r| {
+                    !r.ports
+                        .iter()
+                        .flatten()
+                        .any(|p| p.protocol() == Protocol::Sctp)
+                });
+            }
         }
         let object_rules = |ingress: bool| -> Vec<Vec<bool>> {
             // Per rule, per port entry: whether the object gave no protocol.
@@ -439,9 +543,17 @@ impl Faults {
 
     fn distort_rule(&self, rule: &mut Rule, protocol_unset: &[bool]) {
         if let Some(peers) = &mut rule.peers {
+            let ip_blocks_only =
+                !peers.is_empty() && peers.iter().all(|p| matches!(p, Peer::IpBlock { .. }));
             let mut distorted = Vec::new();
             for peer in peers.drain(..) {
                 distorted.extend(self.distort_peer(peer));
+            }
+            if ip_blocks_only && self.has(Fault::IpBlockOnlyOpensNamespace) {
+                distorted.push(Peer::Pods {
+                    namespaces: NamespaceScope::PolicyNamespace,
+                    pods: Selector::default(),
+                });
             }
             *peers = distorted;
         }

@@ -435,7 +435,7 @@ impl LocalBackend {
             .collect();
         let state = programmer::State {
             at,
-            policies: self.options.faults.distort(&enforced),
+            policies: self.options.faults.distort_in(&enforced, &cluster),
             cluster_policies: self
                 .options
                 .faults

@@ -206,7 +206,7 @@ impl Dataplane {
         self.states.push(State {
             at: Instant::now(),
             clusters,
-            policies: self.faults.distort(&enforced),
+            policies: self.faults.distort_in(&enforced, self.world.cluster()),
             cluster_policies: self.faults.distort_cluster(self.world.cluster_policies()),
             created: self.created.clone(),
         });
