@@ -86,9 +86,11 @@ fn fault_scope(fault: &polygraph::faults::FaultInfo) -> Vec<&'static str> {
         vec!["--tags", "cluster-network-policy"]
     } else if ["service", "dual-stack", "node-port", "dns"]
         .contains(&fault.features.join(",").as_str())
+        || !fault.provenance.is_empty()
     {
         // Only traffic through Services, IPv6 traffic or names can meet these faults: the scenarios
-        // that probe it are the ones to run.
+        // that probe it are the ones to run. A shipped bug is run on the scenarios of its feature
+        // (they are the library's claim to catch it, and it keeps the suite's time).
         vec!["--tags", fault.features[0]]
     } else {
         Vec::new()

@@ -47,6 +47,7 @@ pub enum Fault {
     IpBlockMissesPods,
     IpBlockOnlyOpensNamespace,
     SctpRulesDropped,
+    UdpRepliesDropped,
 }
 
 impl Fault {
@@ -56,6 +57,7 @@ impl Fault {
         !matches!(
             self,
             Fault::Stateless
+                | Fault::UdpRepliesDropped
                 | Fault::PolicyDeletionIgnored
                 | Fault::ServiceTrafficUnfiltered
                 | Fault::Ipv6Unfiltered
@@ -308,6 +310,13 @@ pub const CATALOGUE: &[FaultInfo] = &[
         features: &["sctp"],
         imitates: "a rule naming SCTP in its ports is silently left out, with every other port it names",
         provenance: "aci-containers #1753",
+    },
+    FaultInfo {
+        name: "udp-replies-dropped",
+        fault: Some(Fault::UdpRepliesDropped),
+        features: &["udp"],
+        imitates: "replies of allowed UDP flows are dropped (TCP is fine): UDP looks blocked, DNS lookups time out",
+        provenance: "Calico #12752",
     },
 ];
 

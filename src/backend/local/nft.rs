@@ -44,6 +44,9 @@ pub struct Ruleset {
     pub dispatch: Vec<String>,
     /// The `stateless` fault: no conntrack shortcut for replies (see `faults`).
     pub stateless: bool,
+    /// Rules a faulty dataplane applies before conntrack, each with its verdict:
+    /// `meta l4proto udp ct direction reply drop` (`udp-replies-dropped`).
+    pub before_conntrack: Vec<String>,
     /// Traffic a faulty dataplane lets past every policy, right after conntrack: `ct status dnat`
     /// (`service-traffic-unfiltered`), `meta nfproto ipv6` (`ipv6-unfiltered`).
     pub unfiltered: Vec<String>,
@@ -499,7 +502,11 @@ pub fn install(ruleset: &Ruleset) -> String {
         "add table {TABLE}\nadd chain {TABLE} forward {{ type filter hook forward priority filter; policy accept; }}\n"
     );
     tx.push_str(&update(&Ruleset::default(), ruleset).unwrap_or_default());
-    if ruleset.dispatch.is_empty() && ruleset.unfiltered.is_empty() && ruleset.dropped.is_empty() {
+    if ruleset.dispatch.is_empty()
+        && ruleset.unfiltered.is_empty()
+        && ruleset.dropped.is_empty()
+        && ruleset.before_conntrack.is_empty()
+    {
         // `update` writes the forward chain only when dispatch changes; a fresh table needs it.
         tx.push_str(&forward_rules(ruleset));
     }
@@ -513,8 +520,11 @@ fn forward_rules(ruleset: &Ruleset) -> String {
         .filter(|r| !(ruleset.stateless && r.starts_with("ct state established")));
     let dropped = ruleset.dropped.iter().map(|r| format!("{r} drop"));
     let unfiltered = ruleset.unfiltered.iter().map(|r| format!("{r} accept"));
-    for rule in base
-        .map(|r| r.to_string())
+    for rule in ruleset
+        .before_conntrack
+        .iter()
+        .cloned()
+        .chain(base.map(|r| r.to_string()))
         .chain(dropped)
         .chain(unfiltered)
         .chain(ruleset.dispatch.iter().cloned())
@@ -544,9 +554,19 @@ pub fn update(old: &Ruleset, new: &Ruleset) -> Option<String> {
             let _ = writeln!(tx, "add rule {TABLE} {name} {rule}");
         }
     }
-    if (&old.dispatch, old.stateless, &old.unfiltered, &old.dropped)
-        != (&new.dispatch, new.stateless, &new.unfiltered, &new.dropped)
-    {
+    if (
+        &old.dispatch,
+        old.stateless,
+        &old.before_conntrack,
+        &old.unfiltered,
+        &old.dropped,
+    ) != (
+        &new.dispatch,
+        new.stateless,
+        &new.before_conntrack,
+        &new.unfiltered,
+        &new.dropped,
+    ) {
         tx.push_str(&forward_rules(new));
     }
     // Stale chains go last, once the forward chain no longer jumps to them; emptied first, since

@@ -70,6 +70,7 @@ impl Installer {
         );
         let base = base(&self.faults);
         ruleset.stateless = base.stateless;
+        ruleset.before_conntrack = base.before_conntrack;
         ruleset.unfiltered = base.unfiltered;
         ruleset.dropped = base.dropped;
         for slot in &state.infrastructure {
@@ -130,8 +131,14 @@ fn base(faults: &Faults) -> nft::Ruleset {
             ));
         }
     }
+    let mut before_conntrack = Vec::new();
+    if faults.has(Fault::UdpRepliesDropped) {
+        // Replies of UDP flows, whatever the policies allowed; TCP's are untouched.
+        before_conntrack.push("meta l4proto udp ct direction reply drop".to_string());
+    }
     nft::Ruleset {
         stateless: faults.has(Fault::Stateless),
+        before_conntrack,
         unfiltered,
         dropped,
         ..nft::Ruleset::default()

@@ -246,6 +246,7 @@ impl Dataplane {
             dns: self.dns.as_ref(),
             lag: self.lag,
             stateless: self.faults.has(Fault::Stateless),
+            udp_replies_dropped: self.faults.has(Fault::UdpRepliesDropped),
             rejects: self.faults.rejects_denies(),
             sctp: self.sctp,
             world: &self.world,
@@ -288,6 +289,8 @@ pub(super) struct Judge<'a> {
     dns: Option<&'a (Pod, Vec<IpAddr>)>,
     lag: Lag,
     stateless: bool,
+    /// `udp-replies-dropped`: no UDP flow gets its reply back.
+    udp_replies_dropped: bool,
     /// `deny-as-reject`: a cluster Deny refuses instead of dropping.
     rejects: bool,
     sctp: bool,
@@ -526,6 +529,9 @@ impl Judge<'_> {
             return true;
         };
         let forward = self.allows(cluster, oracle, from, to, pp);
+        if forward && self.udp_replies_dropped && pp.protocol == Protocol::Udp {
+            return false;
+        }
         if !forward || !self.stateless {
             return forward;
         }
