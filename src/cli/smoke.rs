@@ -7,7 +7,7 @@ use super::backend_args::BackendArgs;
 use super::run::execute;
 use super::session::Finished;
 use super::{CliError, EXIT_WRONG};
-use polygraph::run::precheck::{ApiCheck, ApiVerdict, PolicyApi, classify as classify_api};
+use polygraph::run::precheck::{ApiVerdict, PolicyApi, checks_of};
 use polygraph::run::smoke::{SmokeVerdict, overall};
 use polygraph::run::{RunOptions, Status, Verdict};
 use polygraph::scenario::library;
@@ -55,15 +55,7 @@ pub fn run(args: SmokeArgs) -> Result<ExitCode, CliError> {
         out_inline!("{}", transcript.text())?;
         return Ok(ExitCode::SUCCESS);
     }
-    let apis: Vec<ApiCheck> = PolicyApi::ALL
-        .iter()
-        .zip(&result.scenarios)
-        .map(|(&api, scenario)| ApiCheck {
-            api,
-            verdict: classify_api(scenario),
-            scenario: scenario.scenario.name.clone(),
-        })
-        .collect();
+    let apis = checks_of(&PolicyApi::ALL, &result.scenarios);
     let dns = result.scenarios.last();
     let dns_passed = dns.is_none_or(|s| s.status() != Status::Failed);
     let verdict = overall(&apis, dns_passed);

@@ -210,16 +210,19 @@ pub async fn check_apis<B: Backend>(
         }
     }
     let result = run_scenarios(backend, &scenarios, options, &mut |_| {}).await;
-    let checks = apis
-        .iter()
-        .zip(&result.scenarios)
+    Ok((checks_of(apis, &result.scenarios), result))
+}
+
+/// Each API's verdict from the results of its check, `apis` and `results` in the same order.
+pub fn checks_of(apis: &[PolicyApi], results: &[ScenarioResult]) -> Vec<ApiCheck> {
+    apis.iter()
+        .zip(results)
         .map(|(&api, scenario)| ApiCheck {
             api,
             verdict: classify(scenario),
             scenario: scenario.scenario.name.clone(),
         })
-        .collect();
-    Ok((checks, result))
+        .collect()
 }
 
 /// The APIs `scenarios` use, in `PolicyApi::ALL`'s order.
