@@ -11,7 +11,8 @@ use common::{assert_knee, bench_enforcer, require_local_cluster};
 #[ignore = "needs root: builds a local cluster (network namespaces, nftables); .ci/run runs it as root"]
 fn bench_enforcer_finds_the_injected_knee_failing_open_and_failing_closed() {
     require_local_cluster();
-    let (code, text, report) = bench_enforcer(&["--inject", "queue-overflow=1000/s"]);
+    let (code, text, report) =
+        bench_enforcer(&["--inject", "queue-overflow=1000/s", "--start-rate", "500/s"]);
     assert_eq!(code, Some(0), "{text}");
     assert_knee(&report, &text, "fails-open", 1000.0);
     assert!(
@@ -19,7 +20,12 @@ fn bench_enforcer_finds_the_injected_knee_failing_open_and_failing_closed() {
         "{text}"
     );
 
-    let (code, text, report) = bench_enforcer(&["--inject", "queue-overflow-closed=2000/s"]);
+    let (code, text, report) = bench_enforcer(&[
+        "--inject",
+        "queue-overflow-closed=2000/s",
+        "--start-rate",
+        "900/s",
+    ]);
     assert_eq!(code, Some(0), "{text}");
     assert_knee(&report, &text, "fails-closed", 2000.0);
     // Failing closed leaks nothing.
@@ -32,7 +38,7 @@ fn bench_enforcer_finds_the_injected_knee_failing_open_and_failing_closed() {
 #[ignore = "needs root: builds a local cluster (network namespaces, nftables); .ci/run runs it as root"]
 fn bench_enforcer_without_a_knee_says_so_up_to_its_ceiling() {
     require_local_cluster();
-    let (code, text, report) = bench_enforcer(&["--max-rate", "1500/s"]);
+    let (code, text, report) = bench_enforcer(&["--start-rate", "600/s", "--max-rate", "1500/s"]);
     assert_eq!(code, Some(0), "{text}");
     assert_eq!(
         report["nodes"][0]["knee"],

@@ -6,6 +6,14 @@ mod common;
 
 use serde_json::Value;
 
+/// The simulation's queue runs on real time: a test loading the machine (the forced run, the
+/// ramp) must not share it with another one, or the first's timings are the second's load.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn run_json(args: &[&str]) -> (std::process::Output, Value, String) {
     let dir = tempfile::tempdir().expect("temp dir");
     let (json, junit) = (dir.path().join("run.json"), dir.path().join("junit.xml"));
@@ -23,6 +31,7 @@ fn run_json(args: &[&str]) -> (std::process::Output, Value, String) {
 
 #[test]
 fn the_default_pace_stays_under_an_enforcer_queue_and_says_so() {
+    let _serial = serial();
     let (output, report, _) = run_json(&["--inject", "queue-overflow=5500/s"]);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(0), "{stdout}");
@@ -45,6 +54,7 @@ fn the_default_pace_stays_under_an_enforcer_queue_and_says_so() {
 
 #[test]
 fn forced_past_the_queue_the_leak_is_named_fail_open_not_a_policy_bug() {
+    let _serial = serial();
     let (output, report, junit) = run_json(
         &[
             &common::FORCED_PAST_QUEUE[..],
@@ -78,6 +88,7 @@ fn forced_past_the_queue_the_leak_is_named_fail_open_not_a_policy_bug() {
 
 #[test]
 fn bench_enforcer_finds_the_injected_knee_on_the_simulation() {
+    let _serial = serial();
     let (code, text, report) =
         common::bench_enforcer(&["--backend", "sim", "--inject", "queue-overflow=3000/s"]);
     assert_eq!(code, Some(0), "{text}");
