@@ -114,10 +114,10 @@ fn simulated_failures(fault: &str, scope: &[&str]) -> BTreeSet<String> {
             })
             .collect();
         // The families a default `run` gives the cluster: every one a scenario is about.
-        let families = library.iter().filter_map(|s| s.families).fold(
-            polygraph::model::IpFamilies::Ipv4,
-            polygraph::model::IpFamilies::union,
-        );
+        let families = polygraph::scenario::named_families(&library)
+            .map_or(polygraph::model::IpFamilies::Ipv4, |named| {
+                polygraph::model::IpFamilies::Ipv4.union(named)
+            });
         let mut backend = SimBackend::new(SimOptions {
             faults: polygraph::faults::Faults::parse(&[fault]).expect("fault"),
             // Like this kernel: no SCTP.

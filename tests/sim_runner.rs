@@ -31,10 +31,8 @@ fn families_for(info: &polygraph::faults::FaultInfo) -> IpFamilies {
 /// scenarios that name none are probed in IPv4.
 async fn default_run(faults: &[&str]) -> RunResult {
     let list = library::load_all().expect("the library loads");
-    let families = list
-        .iter()
-        .filter_map(|s| s.families)
-        .fold(IpFamilies::Ipv4, IpFamilies::union);
+    let families = polygraph::scenario::named_families(&list)
+        .map_or(IpFamilies::Ipv4, |named| IpFamilies::Ipv4.union(named));
     let mut backend = SimBackend::new(SimOptions {
         faults: Faults::parse(faults).expect("faults parse"),
         sctp: true,

@@ -263,10 +263,7 @@ pub fn execute(
                 .any(|t| t.needs_services()));
     let lanes = lanes.clamp(1, scenarios.len().max(1));
     // Every family some scenario is about, so polygraph's own clusters can give pods them all.
-    let named = scenarios
-        .iter()
-        .filter_map(|s| s.families)
-        .reduce(polygraph::model::IpFamilies::union);
+    let named = polygraph::scenario::named_families(scenarios);
     let starts = (0..lanes)
         .map(|_| target.start_with(services, named))
         .collect();

@@ -66,10 +66,7 @@ pub fn soak(args: SoakArgs) -> Result<ExitCode, CliError> {
         families: args.backend.default_families(),
         ..RunOptions::default()
     };
-    let named = scenarios
-        .iter()
-        .filter_map(|s| s.families)
-        .reduce(polygraph::model::IpFamilies::union);
+    let named = polygraph::scenario::named_families(&scenarios);
     let lanes =
         super::run::lanes(args.parallel_scenarios, &args.backend)?.clamp(1, scenarios.len().max(1));
     let mut total = 0;

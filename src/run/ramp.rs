@@ -240,18 +240,15 @@ pub async fn ramp<B: Backend>(
             }
             rate = next;
         };
-        let held_at = steps
-            .iter()
-            .filter(|s| s.gave_way().is_none())
-            .map(|s| s.achieved)
-            .reduce(f64::max);
-        let knee = knee.and_then(|(first, second)| estimate(&first, &second, held_at));
-        out.push(NodeRamp {
+        let mut node = NodeRamp {
             node: targets.node.clone(),
             steps,
-            knee,
+            knee: None,
             stop,
-        });
+        };
+        let held_at = node.held_up_to();
+        node.knee = knee.and_then(|(first, second)| estimate(&first, &second, held_at));
+        out.push(node);
     }
     Ok(out)
 }

@@ -308,11 +308,8 @@ fn missing_family<B: Backend>(backend: &B, scenario: &Scenario) -> Option<String
             "the scenario is about {} traffic and the cluster gives its pods no {} address (a single-stack cluster; on polygraph's own, --ip-family {})",
             wanted.families().iter().map(ToString::to_string).collect::<Vec<_>>().join(" and "),
             missing.join(" or "),
-            match wanted {
-                crate::model::IpFamilies::Ipv4 => "ipv4",
-                crate::model::IpFamilies::Ipv6 => "ipv6",
-                crate::model::IpFamilies::Dual => "dual",
-            }
+            clap::ValueEnum::to_possible_value(&wanted)
+                .map_or_else(String::new, |v| v.get_name().to_string())
         )
     })
 }

@@ -77,6 +77,15 @@ pub struct Step {
     pub analysis: Analysis,
 }
 
+/// Every IP family one of `scenarios` is about (`ip-family:`); `None` when none names one.
+/// polygraph's own clusters give pods all of them (`--ip-family` aside).
+pub fn named_families(scenarios: &[Scenario]) -> Option<crate::model::IpFamilies> {
+    scenarios
+        .iter()
+        .filter_map(|s| s.families)
+        .reduce(crate::model::IpFamilies::union)
+}
+
 /// Loads a scenario file.
 pub fn load_file(path: &Path) -> Result<Scenario, ScenarioError> {
     let source = path.display().to_string();
