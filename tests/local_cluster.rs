@@ -218,6 +218,87 @@ fn ignored_policies_are_caught() {
     assert!(tried >= 3, "only {tried} cases had blocked cells");
 }
 
+/// The three kinds of "no" on real packets: a dataplane that answers denials with ICMP
+/// administratively prohibited gives `filtered` cells (IPv4 and IPv6, TCP and UDP), which
+/// NetworkPolicy accepts as blocked and a cluster policy's Deny does not; a refusal stays
+/// `refused`, so the agent tells the two apart by the ICMP error, not the errno.
+#[test]
+#[ignore = "needs root: builds a local cluster (network namespaces, nftables); .ci/run runs it as root"]
+fn an_administratively_prohibited_answer_is_filtered_and_fails_only_a_deny() {
+    require_local_cluster();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let network = dir.path().join("deny.yaml");
+    std::fs::write(&network, DENY_X).expect("write");
+    let cluster = dir.path().join("cnp.yaml");
+    std::fs::write(
+        &cluster,
+        "apiVersion: policy.networking.k8s.io/v1beta1\nkind: ClusterNetworkPolicy\nmetadata: {name: deny-x}\n\
+         spec:\n  tier: Admin\n  priority: 10\n  subject: {namespaces: {matchLabels: {ns: x}}}\n\
+         \x20 ingress:\n  - {name: deny-all, action: Deny, from: [{namespaces: {}}]}\n",
+    )
+    .expect("write");
+    let probe = |policy: &std::path::Path, fault: &str| {
+        let output = common::polygraph(
+            &[
+                "probe",
+                "-f",
+                &policy.display().to_string(),
+                "--inject",
+                fault,
+                "--protocol",
+                "TCP",
+                "--protocol",
+                "UDP",
+                "--port",
+                "80",
+                "--ip-family",
+                "dual",
+                "--timeout",
+                TIMEOUT,
+                "-o",
+                "json",
+            ],
+            "",
+        );
+        let report: serde_json::Value =
+            serde_json::from_slice(&output.stdout).expect("JSON report");
+        // Per (protocol, family, observed, judgement): how many cells into x from elsewhere.
+        let mut seen = std::collections::BTreeMap::<String, usize>::new();
+        for c in report["cells"].as_array().expect("cells") {
+            let to_x = c["to"].as_str().is_some_and(|t| t.starts_with("x/"));
+            let from_x = c["from"].as_str().is_some_and(|f| f.starts_with("x/"));
+            if to_x && !from_x {
+                *seen
+                    .entry(format!(
+                        "{} {} {} {}",
+                        c["protocol"].as_str().unwrap_or_default(),
+                        c["family"].as_str().unwrap_or_default(),
+                        c["observed"].as_str().unwrap_or_default(),
+                        c["judgement"].as_str().unwrap_or_default()
+                    ))
+                    .or_default() += 1;
+            }
+        }
+        (output.status.code(), seen)
+    };
+    // 6 sources outside x, 3 pods in x: 18 cells per protocol and family.
+    let every = |observed: &str, judgement: &str| {
+        ["TCP", "UDP"]
+            .iter()
+            .flat_map(|p| ["IPv4", "IPv6"].map(|f| (format!("{p} {f} {observed} {judgement}"), 18)))
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    let (code, seen) = probe(&network, "deny-as-icmp-filtered");
+    assert_eq!(seen, every("filtered", "match"));
+    assert_eq!(code, Some(0), "NetworkPolicy takes filtered as blocked");
+    let (code, seen) = probe(&cluster, "deny-as-icmp-filtered");
+    assert_eq!(seen, every("filtered", "refused_not_dropped"));
+    assert_eq!(code, Some(1), "a Deny must be silent");
+    let (code, seen) = probe(&cluster, "deny-as-reject");
+    assert_eq!(seen, every("refused", "refused_not_dropped"));
+    assert_eq!(code, Some(1));
+}
+
 /// Whether this kernel can open SCTP sockets, as the agent sees it.
 fn kernel_has_sctp() -> bool {
     let output = common::polygraph(

@@ -353,7 +353,7 @@ async fn settle<B: Backend>(
                     let isolated = i < node.blocked.len();
                     let right = match result.outcome {
                         Outcome::Connected => !isolated,
-                        Outcome::Timeout | Outcome::Refused => isolated,
+                        outcome if outcome.is_blocked() => isolated,
                         _ => false,
                     };
                     if !right {

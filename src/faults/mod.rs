@@ -48,6 +48,7 @@ pub enum Fault {
     IpBlockOnlyOpensNamespace,
     SctpRulesDropped,
     UdpRepliesDropped,
+    DenyAsIcmpFiltered,
 }
 
 impl Fault {
@@ -58,6 +59,7 @@ impl Fault {
             self,
             Fault::Stateless
                 | Fault::UdpRepliesDropped
+                | Fault::DenyAsIcmpFiltered
                 | Fault::PolicyDeletionIgnored
                 | Fault::ServiceTrafficUnfiltered
                 | Fault::Ipv6Unfiltered
@@ -318,6 +320,13 @@ pub const CATALOGUE: &[FaultInfo] = &[
         imitates: "replies of allowed UDP flows are dropped (TCP is fine): UDP looks blocked, DNS lookups time out",
         provenance: "Calico #12752",
     },
+    FaultInfo {
+        name: "deny-as-icmp-filtered",
+        fault: Some(Fault::DenyAsIcmpFiltered),
+        features: &["cnp-deny"],
+        imitates: "every denied packet is answered with ICMP administratively prohibited (probes see `filtered`): right for NetworkPolicy, wrong for a cluster policy's Deny, which must be silent",
+        provenance: "Cilium policyDenyResponse: icmp",
+    },
 ];
 
 /// An `--inject` value that names no fault, or misses its duration.
@@ -447,6 +456,12 @@ impl Faults {
     /// Whether a cluster policy's Deny must be a refusal, not a drop (`deny-as-reject`).
     pub fn rejects_denies(&self) -> bool {
         self.has(Fault::DenyAsReject)
+    }
+
+    /// Whether every denied packet is answered with an ICMP administratively-prohibited
+    /// (`deny-as-icmp-filtered`).
+    pub fn filters_denies(&self) -> bool {
+        self.has(Fault::DenyAsIcmpFiltered)
     }
 
     /// The policies as the faulty CNI understands them, in `cluster`: the faults that depend on

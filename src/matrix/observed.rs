@@ -66,8 +66,8 @@ pub enum Judgement {
     /// The spec leaves the cell to the implementation (same-priority cluster policies that
     /// disagree, a rule that needs DNS): whatever was observed, not a failure.
     Undefined,
-    /// Blocked as required, but refused (a reset or ICMP error) where a cluster policy's Deny
-    /// requires a silent drop: its own failure, since tools and users rely on drops.
+    /// Blocked as required, but answered (a reset, an ICMP unreachable or an ICMP
+    /// administratively-prohibited) where a cluster policy's Deny requires a silent drop: its own failure, since tools and users rely on drops.
     RefusedNotDropped,
     /// The protocol is unavailable; never counted as blocked.
     Unsupported,
@@ -179,12 +179,18 @@ impl ObservedTable {
                 }
                 true
             }
-            Outcome::Refused | Outcome::Timeout => false,
+            // Three kinds of "no": a refusal, an administratively-prohibited answer, silence.
+            // NetworkPolicy takes any of them as blocked.
+            Outcome::Refused | Outcome::Filtered | Outcome::Timeout => false,
         };
         if spec.undefined {
             return Judgement::Undefined;
         }
-        if spec.drop && !spec.allowed() && observation.outcome == Outcome::Refused {
+        // A cluster policy's Deny is a silent drop: an answer, even a "prohibited" one, is not.
+        if spec.drop
+            && !spec.allowed()
+            && matches!(observation.outcome, Outcome::Refused | Outcome::Filtered)
+        {
             return Judgement::RefusedNotDropped;
         }
         match (allowed == spec.allowed(), from == to && !spec.judged_self) {
@@ -303,6 +309,24 @@ mod tests {
         seen.set(0, 1, 0, observation(Outcome::Refused, None));
         assert_eq!(seen.judge(&spec, 0, 1, 0), Judgement::RefusedNotDropped);
         assert!(Judgement::RefusedNotDropped.fails() && !Judgement::Undefined.fails());
+        // "Administratively prohibited" is an answer too: not the silence a Deny requires.
+        seen.set(0, 1, 0, observation(Outcome::Filtered, None));
+        assert_eq!(seen.judge(&spec, 0, 1, 0), Judgement::RefusedNotDropped);
+    }
+
+    #[test]
+    fn networkpolicy_takes_every_kind_of_no_as_blocked() {
+        let pods: Vec<PodRef> = ["x/a", "x/b"].iter().map(|p| p.parse().unwrap()).collect();
+        let pps = vec![PortProtocol::new(80, Protocol::Tcp)];
+        let mut spec = TruthTable::new(pods.clone(), pps.clone());
+        spec.set(0, 0, 1, Decision::new(true, false));
+        let mut seen = ObservedTable::new(pods, pps);
+        for outcome in [Outcome::Timeout, Outcome::Refused, Outcome::Filtered] {
+            seen.set(0, 0, 1, observation(outcome, None));
+            assert_eq!(seen.judge(&spec, 0, 0, 1), Judgement::Match, "{outcome}");
+        }
+        seen.set(0, 0, 1, observation(Outcome::Connected, Some("x/b")));
+        assert_eq!(seen.judge(&spec, 0, 0, 1), Judgement::Wrong);
     }
 
     #[test]

@@ -79,7 +79,9 @@ pub fn report(result: &RunResult) -> Report {
                 let mut s = TestCaseStatus::non_success(NonSuccessKind::Failure);
                 let timing = run_terminal::timing_line(step);
                 let refused = if not_dropped > 0 {
-                    format!(", {not_dropped} refused where a Deny requires a drop")
+                    format!(
+                        ", {not_dropped} answered (refused or filtered) where a Deny requires a drop"
+                    )
                 } else {
                     String::new()
                 };

@@ -14,7 +14,7 @@ use crate::analyze::Analysis;
 use crate::matrix::{Judgement, ObservedTable, Placement, TruthTable};
 use crate::model::{Family, ProbePath, ProbeTarget};
 
-pub const LEGEND: &str = "legend: ✓ connected · ✗ timed out (dropped) · ⊘ refused · ? unsupported here · D the name did not resolve (dns-failed) · ! probe error · \
+pub const LEGEND: &str = "legend: ✓ connected · ✗ timed out (dropped) · ⊘ refused · ⊗ filtered (ICMP administratively prohibited) · ? unsupported here · D the name did not resolve (dns-failed) · ! probe error · \
                           · not probed (nothing listens, or another IP family) · * differs from the spec · ( ) a pod to itself: undefined by the spec (through its own Service: judged where a cluster policy decides)";
 
 /// Counts of each judgement.
@@ -92,6 +92,7 @@ fn glyph(outcome: Outcome) -> &'static str {
         Outcome::Connected => "✓",
         Outcome::Timeout => "✗",
         Outcome::Refused => "⊘",
+        Outcome::Filtered => "⊗",
         Outcome::Unsupported => "?",
         Outcome::DnsFailed => "D",
         Outcome::Error => "!",
@@ -261,7 +262,7 @@ pub fn summary_line(s: &ProbeSummary) -> String {
     if s.not_dropped > 0 {
         let _ = write!(
             line,
-            ", {} refused where a Deny requires a drop",
+            ", {} answered (refused or filtered) where a Deny requires a drop",
             s.not_dropped
         );
     }

@@ -143,7 +143,7 @@ pub fn step_line(scenario: &Scenario, step: &StepResult) -> String {
     if not_dropped > 0 {
         let _ = write!(
             line,
-            ": {not_dropped} refused where a Deny requires a silent drop"
+            ": {not_dropped} answered (refused or filtered) where a Deny requires a silent drop"
         );
     }
     let late = step.count(Verdict::Late);

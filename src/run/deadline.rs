@@ -21,7 +21,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use polygraph_agent::wire::{MAX_ATTEMPTS, Outcome};
+use polygraph_agent::wire::MAX_ATTEMPTS;
 
 use crate::backend::ProbeTiming;
 use crate::matrix::ObservedTable;
@@ -68,7 +68,7 @@ impl Deadlines {
     pub fn learn(&mut self, observed: &ObservedTable, timing: ProbeTiming) {
         let confirming = timing.effective_deadline().is_some();
         for (_, _, observation) in observed.observations() {
-            if matches!(observation.outcome, Outcome::Connected | Outcome::Refused) {
+            if observation.outcome.is_answer() {
                 self.answers.push_back(Answer {
                     ms: observation.answer_ms.unwrap_or(observation.elapsed_ms),
                     retried: confirming.then_some(observation.attempts > 1),
@@ -137,6 +137,7 @@ mod tests {
     use super::*;
     use crate::matrix::Observation;
     use crate::model::{PodRef, PortProtocol, Protocol};
+    use polygraph_agent::wire::Outcome;
 
     /// Rounds probed with a deadline: the ones that show lost first attempts.
     const CONFIRMING: ProbeTiming = ProbeTiming {

@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use polygraph_agent::wire::{Outcome, ProbeResult};
+use polygraph_agent::wire::ProbeResult;
 use serde::Serialize;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -350,10 +350,7 @@ impl Pacer {
             node.tokens -= extra as f64;
         }
         state.started(extra);
-        let answers: Vec<&ProbeResult> = results
-            .iter()
-            .filter(|r| matches!(r.outcome, Outcome::Connected | Outcome::Refused))
-            .collect();
+        let answers: Vec<&ProbeResult> = results.iter().filter(|r| r.outcome.is_answer()).collect();
         let retried = answers
             .iter()
             .filter(|r| r.attempts.unwrap_or(1) > 1)
@@ -486,6 +483,7 @@ impl Drop for Admission {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use polygraph_agent::wire::Outcome;
 
     fn result(outcome: Outcome, ms: f64, attempts: u32) -> ProbeResult {
         ProbeResult {

@@ -332,7 +332,7 @@ async fn one_rate<B: Backend>(
                     step.blocked_sent += 1;
                     step.blocked_connected += 1;
                 }
-                (true, Outcome::Timeout | Outcome::Refused) => step.blocked_sent += 1,
+                (true, outcome) if outcome.is_blocked() => step.blocked_sent += 1,
                 (false, Outcome::Connected) => step.allowed_sent += 1,
                 (false, Outcome::Timeout) => {
                     step.allowed_sent += 1;

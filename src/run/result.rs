@@ -75,7 +75,7 @@ pub enum Verdict {
     /// Blocked traffic got through under load and was blocked at a low rate: the enforcer failed
     /// open (`Race::FailOpen`). A real leak: it fails.
     FailOpen,
-    /// Blocked, but refused where a cluster policy's Deny requires a silent drop.
+    /// Blocked, but answered (refused or filtered) where a cluster policy's Deny requires a silent drop.
     NotDropped,
     /// Undefined by the spec: a pod to itself differing from the computed answer, or a cell
     /// the spec leaves to the implementation (same-priority cluster policies, DNS).

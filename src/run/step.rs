@@ -305,7 +305,7 @@ async fn confirm_leaks<B: Backend>(
     // The load drops first: an enforcer that gave way drains its queue (or refills its bucket)
     // before it is asked again.
     tokio::time::sleep(QUIET).await;
-    let blocked = |o: &Observation| matches!(o.outcome, Outcome::Timeout | Outcome::Refused);
+    let blocked = |o: &Observation| o.outcome.is_blocked();
     let mut confirmed = observed.clone();
     let failed_open = probe_again(
         backend,

@@ -9,6 +9,7 @@
 pub mod cli;
 pub mod dns;
 pub mod hold;
+mod icmp;
 pub mod probe;
 pub mod resolve;
 pub mod serve;

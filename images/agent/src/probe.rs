@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 
 use socket2::Protocol as SockProtocol;
 use tokio::io::AsyncReadExt;
-use tokio::net::{TcpStream, UdpSocket};
+use tokio::net::{TcpSocket, UdpSocket};
 
+use crate::icmp;
 use crate::resolve::{LookupWaits, Names};
 use crate::sockets::{IPPROTO_SCTP, is_protocol_unavailable, stream_socket};
 use crate::wire::{
@@ -49,10 +50,7 @@ impl Finding {
             peer: self.peer,
             detail: self.detail,
             attempts: (self.attempts > 1).then_some(self.attempts),
-            answer_ms: self
-                .answer
-                .filter(|_| matches!(self.outcome, Outcome::Connected | Outcome::Refused))
-                .map(millis),
+            answer_ms: self.answer.filter(|_| self.outcome.is_answer()).map(millis),
         }
     }
 
@@ -246,9 +244,23 @@ struct Attempt {
 /// handshake is done: the target answered, whatever happens to the greeting.
 async fn tcp_attempt(addr: SocketAddr, shaken: Arc<OnceLock<Duration>>) -> Attempt {
     let started = Instant::now();
-    let mut stream = match TcpStream::connect(addr).await {
-        Err(e) => {
-            let finding = classify(&e);
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4(),
+        SocketAddr::V6(_) => TcpSocket::new_v6(),
+    };
+    let outcome = match socket {
+        Err(e) => Err((e, None)),
+        Ok(socket) => {
+            let watch = icmp::watch(&socket, addr.is_ipv6());
+            socket.connect(addr).await.map_err(|e| (e, watch))
+        }
+    };
+    let mut stream = match outcome {
+        Err((e, watch)) => {
+            let finding = match watch.as_ref().and_then(icmp::prohibited) {
+                Some(detail) => Finding::new(Outcome::Filtered, detail),
+                None => classify(&e),
+            };
             let handshake = (finding.outcome != Outcome::Error).then(|| started.elapsed());
             return Attempt { finding, handshake };
         }
@@ -363,6 +375,7 @@ pub(crate) async fn udp_socket(
         None => UdpSocket::bind(local(0)).await.map_err(|e| classify(&e))?,
     };
     socket.connect(addr).await.map_err(|e| classify(&e))?;
+    icmp::queue_errors(&socket, addr.is_ipv6());
     Ok(socket)
 }
 
@@ -412,8 +425,12 @@ async fn udp_exchange_with(
             }
             received = socket.recv(&mut buf) => {
                 let finding = match received {
-                    // An ICMP port unreachable arrives as ECONNREFUSED on a connected socket.
-                    Err(e) => classify(&e),
+                    // An ICMP port unreachable arrives as ECONNREFUSED on a connected socket;
+                    // an administratively-prohibited one is told apart by its queued error.
+                    Err(e) => match icmp::prohibited(socket) {
+                        Some(detail) => Finding::new(Outcome::Filtered, detail),
+                        None => classify(&e),
+                    },
                     Ok(n) => connected(parse_greeting(&buf[..n])),
                 };
                 return finding.attempts(sent).answered_in(last_sent.elapsed());

@@ -187,6 +187,9 @@ pub enum Outcome {
     Refused,
     /// No answer within the timeout: the signature of a dropping firewall.
     Timeout,
+    /// An ICMP "administratively prohibited" answer (a firewall that says no rather than staying
+    /// silent, like Cilium's `policyDenyResponse: icmp`): blocked, but not silently.
+    Filtered,
     /// The protocol can't be used here (e.g. no SCTP in the kernel). Never "blocked".
     Unsupported,
     /// The target was a name and it did not resolve (no answer from DNS, or no such record):
@@ -198,11 +201,29 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Whether the target (or a firewall on its behalf) answered: the answers deadlines and the
+    /// pacer learn round trips from.
+    pub fn is_answer(self) -> bool {
+        matches!(
+            self,
+            Outcome::Connected | Outcome::Refused | Outcome::Filtered
+        )
+    }
+
+    /// One of the three kinds of "no": refused, filtered, silence.
+    pub fn is_blocked(self) -> bool {
+        matches!(
+            self,
+            Outcome::Refused | Outcome::Filtered | Outcome::Timeout
+        )
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Connected => "connected",
             Outcome::Refused => "refused",
             Outcome::Timeout => "timeout",
+            Outcome::Filtered => "filtered",
             Outcome::Unsupported => "unsupported",
             Outcome::DnsFailed => "dns-failed",
             Outcome::Error => "error",

@@ -16,7 +16,7 @@ const GATEWAY_V4: &str = "169.254.1.1";
 const GATEWAY_V6: &str = "fe80::1";
 
 /// Creates the node namespace, with forwarding on and ICMP errors not rate-limited: a refusal the
-/// dataplane sends (the `deny-as-reject` fault) must reach every probe, or a rate-limited one would
+/// dataplane sends (the `deny-as-reject` and `deny-as-icmp-filtered` faults) must reach every probe, or a rate-limited one would
 /// look like a drop. Both sysctls are per network namespace: the host is untouched. The node's own
 /// addresses sit on its loopback: the service proxy masquerades hairpin traffic to them.
 pub(super) async fn create_node(node: &str) -> Result<(), BackendError> {
@@ -39,6 +39,12 @@ pub(super) async fn create_node(node: &str) -> Result<(), BackendError> {
             "net.ipv6.conf.all.forwarding=1",
             "net.ipv4.icmp_ratelimit=0",
             "net.ipv6.icmp.ratelimit=0",
+            // Besides the per-destination limit, the kernel caps every ICMP error type the
+            // ratemask names at 1000/s with a burst of 50 (`icmp_msgs_per_sec`), which a round
+            // of denials answered by ICMP (`deny-as-icmp-filtered`) overran: exempt every type
+            // (IPv6's mask names type 255 only, which nothing sends).
+            "net.ipv4.icmp_ratemask=0",
+            "net.ipv6.icmp.ratemask=255",
         ],
         None,
     )

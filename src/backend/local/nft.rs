@@ -92,14 +92,19 @@ fn chain_name(direction: Direction, slot: usize) -> String {
     }
 }
 
-/// How the dataplane ends a cluster policy's Deny: a silent drop, as the spec requires, or a
-/// refusal (the `deny-as-reject` fault).
+/// How the dataplane ends a cluster policy's Deny: a silent drop, as the spec requires, a
+/// refusal (the `deny-as-reject` fault), or, for every denied packet, NetworkPolicy's too, an ICMP
+/// administratively-prohibited answer (the `deny-as-icmp-filtered` fault).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DenyVerdict {
     #[default]
     Drop,
     Reject,
+    Filtered,
 }
+
+/// `icmpx` picks ICMP type 3 code 13 for IPv4 and ICMPv6 type 1 code 1 for IPv6.
+const ADMIN_PROHIBITED: &str = "reject with icmpx type admin-prohibited";
 
 /// Compiles every pod's chains.
 pub fn compile(
@@ -157,7 +162,11 @@ pub fn compile(
                 rules
             };
             let isolated_end = format!(
-                "counter drop comment {}",
+                "counter {} comment {}",
+                match deny {
+                    DenyVerdict::Filtered => ADMIN_PROHIBITED,
+                    DenyVerdict::Drop | DenyVerdict::Reject => "drop",
+                },
                 comment(&format!("{} isolated", pod.key()))
             );
             if tiered.is_empty() {
@@ -175,8 +184,11 @@ pub fn compile(
                             let verdict = match rule.action {
                                 Action::Accept => allow.to_string(),
                                 // ICMP port unreachable: the probe sees a refusal.
-                                Action::Deny if deny == DenyVerdict::Reject => "reject".into(),
-                                Action::Deny => "drop".into(),
+                                Action::Deny => match deny {
+                                    DenyVerdict::Reject => "reject".into(),
+                                    DenyVerdict::Filtered => ADMIN_PROHIBITED.into(),
+                                    DenyVerdict::Drop => "drop".into(),
+                                },
                                 Action::Pass => pass.to_string(),
                             };
                             let comment = comment(&format!(

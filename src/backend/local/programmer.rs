@@ -53,7 +53,9 @@ impl Installer {
         if self.lag.in_gap(now) {
             return base(&self.faults);
         }
-        let deny = if self.faults.rejects_denies() {
+        let deny = if self.faults.filters_denies() {
+            nft::DenyVerdict::Filtered
+        } else if self.faults.rejects_denies() {
             nft::DenyVerdict::Reject
         } else {
             nft::DenyVerdict::Drop

@@ -248,6 +248,7 @@ impl Dataplane {
             stateless: self.faults.has(Fault::Stateless),
             udp_replies_dropped: self.faults.has(Fault::UdpRepliesDropped),
             rejects: self.faults.rejects_denies(),
+            filters: self.faults.filters_denies(),
             sctp: self.sctp,
             world: &self.world,
             now,
@@ -293,6 +294,8 @@ pub(super) struct Judge<'a> {
     udp_replies_dropped: bool,
     /// `deny-as-reject`: a cluster Deny refuses instead of dropping.
     rejects: bool,
+    /// `deny-as-icmp-filtered`: every denied packet is answered "administratively prohibited".
+    filters: bool,
     sctp: bool,
     world: &'a World,
     now: Instant,
@@ -469,6 +472,9 @@ impl Judge<'_> {
             {
                 (Outcome::Refused, None)
             }
+            Some((dst, route)) if self.filters && self.denied(from, &dst.key(), pp, route) => {
+                (Outcome::Filtered, None)
+            }
             Some(_) => (Outcome::Timeout, None),
         };
         let elapsed_ms = match outcome {
@@ -518,6 +524,16 @@ impl Judge<'_> {
                 .drop_required(),
             _ => false,
         }
+    }
+
+    /// Whether the policies deny a new connection's first packet (not its replies): what a
+    /// dataplane answers for when it answers denials.
+    fn denied(&self, from: &PodRef, to: &PodRef, pp: PortProtocol, route: Route) -> bool {
+        if !self.in_effect || self.unfiltered(route) {
+            return false;
+        }
+        self.oracle(route)
+            .is_some_and(|(cluster, oracle)| !self.allows(cluster, oracle, from, to, pp))
     }
 
     /// Whether a new connection gets through, replies included.
