@@ -441,10 +441,11 @@ async fn a_soak_counts_every_departure_from_a_clean_pass_and_nothing_else() {
 }
 
 /// The generated suite catches every policy fault on its own, as the library does: its first
-/// 100 cases of the default seed, each fault on the families it needs.
+/// 200 cases of the default seed (`run --generated --count 200`), each fault on the families it
+/// needs.
 #[tokio::test(start_paused = true)]
 async fn the_generated_suite_catches_every_policy_fault() {
-    let cases: Vec<Scenario> = polygraph::generate::cases(polygraph::generate::DEFAULT_SEED, 100)
+    let cases: Vec<Scenario> = polygraph::generate::cases(polygraph::generate::DEFAULT_SEED, 200)
         .iter()
         .map(|case| case.scenario().expect("a generated case parses"))
         .collect();

@@ -4,7 +4,7 @@
 //! apply too.
 
 use super::{Fault, Faults};
-use crate::model::Protocol;
+use crate::model::{Cluster, Protocol};
 use crate::policy::cluster::ProtocolMatch;
 use crate::policy::{Action, ClusterPeer, ClusterPolicy, Tier};
 
@@ -12,19 +12,24 @@ use crate::policy::{Action, ClusterPeer, ClusterPolicy, Tier};
 const PRIORITY_MAX: u32 = 1000;
 
 impl Faults {
-    /// Cluster policies as the faulty implementation understands them.
-    pub fn distort_cluster(&self, policies: &[ClusterPolicy]) -> Vec<ClusterPolicy> {
+    /// Cluster policies as the faulty implementation understands them, in `cluster` (where the
+    /// named-port faults resolve names).
+    pub fn distort_cluster(
+        &self,
+        policies: &[ClusterPolicy],
+        cluster: &Cluster,
+    ) -> Vec<ClusterPolicy> {
         policies
             .iter()
             .filter(|p| match p.tier {
                 Tier::Admin => !self.has(Fault::AdminIgnored),
                 Tier::Baseline => !self.has(Fault::BaselineIgnored),
             })
-            .map(|p| self.distort_cluster_policy(p))
+            .map(|p| self.distort_cluster_policy(p, cluster))
             .collect()
     }
 
-    fn distort_cluster_policy(&self, policy: &ClusterPolicy) -> ClusterPolicy {
+    fn distort_cluster_policy(&self, policy: &ClusterPolicy, cluster: &Cluster) -> ClusterPolicy {
         let mut policy = policy.clone();
         if self.has(Fault::PriorityInverted) {
             policy.priority = PRIORITY_MAX.saturating_sub(policy.priority);
@@ -54,6 +59,37 @@ impl Faults {
                             nets.clear();
                         }
                     }
+                }
+                if let Some(protocols) = &mut rule.protocols
+                    && self.misresolves_names()
+                {
+                    // `destinationNamedPort` names a container port of either protocol.
+                    *protocols = protocols
+                        .drain(..)
+                        .flat_map(|p| match &p {
+                            ProtocolMatch::Named(name) => {
+                                let found = self.resolve_everywhere(cluster, |pod| {
+                                    pod.ports
+                                        .iter()
+                                        .find(|c| c.name.as_deref() == Some(name.as_str()))
+                                        .map(|c| (c.port, c.protocol))
+                                });
+                                if found.is_empty() {
+                                    vec![p]
+                                } else {
+                                    found
+                                        .into_iter()
+                                        .map(|(n, protocol)| ProtocolMatch::Range {
+                                            protocol,
+                                            start: n,
+                                            end: n,
+                                        })
+                                        .collect()
+                                }
+                            }
+                            _ => vec![p],
+                        })
+                        .collect();
                 }
                 if let Some(protocols) = &mut rule.protocols {
                     protocols.retain(|p| {

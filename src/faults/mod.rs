@@ -49,6 +49,8 @@ pub enum Fault {
     SctpRulesDropped,
     UdpRepliesDropped,
     DenyAsIcmpFiltered,
+    NamedPortFirstPod,
+    NamedPortAnyNumber,
 }
 
 impl Fault {
@@ -327,6 +329,20 @@ pub const CATALOGUE: &[FaultInfo] = &[
         imitates: "every denied packet is answered with ICMP administratively prohibited (probes see `filtered`): right for NetworkPolicy, wrong for a cluster policy's Deny, which must be silent",
         provenance: "Cilium policyDenyResponse: icmp",
     },
+    FaultInfo {
+        name: "named-port-first-pod",
+        fault: Some(Fault::NamedPortFirstPod),
+        features: &["named-ports"],
+        imitates: "a named port is resolved once, with the number of the first pod that has the name, for every pod (where the name means other numbers on other pods)",
+        provenance: "Cilium #30003",
+    },
+    FaultInfo {
+        name: "named-port-any-number",
+        fault: Some(Fault::NamedPortAnyNumber),
+        features: &["named-ports"],
+        imitates: "a named port allows every number the name has on any pod, on every pod the rule covers",
+        provenance: "aci-containers #1707",
+    },
 ];
 
 /// An `--inject` value that names no fault, or misses its duration.
@@ -465,9 +481,44 @@ impl Faults {
     }
 
     /// The policies as the faulty CNI understands them, in `cluster`: the faults that depend on
-    /// the pods (`ipblock-misses-pods`) need it.
+    /// the pods (`ipblock-misses-pods`, the named-port ones) need it.
     pub fn distort_in(&self, policies: &[Policy], cluster: &crate::model::Cluster) -> Vec<Policy> {
         let mut distorted = self.distort(policies);
+        if self.misresolves_names() {
+            for policy in &mut distorted {
+                for rules in [policy.ingress.as_mut(), policy.egress.as_mut()]
+                    .into_iter()
+                    .flatten()
+                {
+                    for ports in rules.iter_mut().filter_map(|r| r.ports.as_mut()) {
+                        *ports = ports
+                            .drain(..)
+                            .flat_map(|port| match &port {
+                                PortMatch::Named { protocol, name } => {
+                                    let numbers = self.resolve_everywhere(
+                                        cluster,
+                                        |pod| pod.named_port(name, *protocol).map(|n| (n, *protocol)),
+                                    );
+                                    if numbers.is_empty() {
+                                        vec![port]
+                                    } else {
+                                        numbers
+                                            .into_iter()
+                                            .map(|(n, protocol)| PortMatch::Range {
+                                                protocol,
+                                                start: n,
+                                                end: n,
+                                            })
+                                            .collect()
+                                    }
+                                }
+                                _ => vec![port],
+                            })
+                            .collect();
+                    }
+                }
+            }
+        }
         if self.has(Fault::IpBlockMissesPods) {
             // Every pod address (both families) an ipBlock covers becomes one of its excepts.
             let addresses: Vec<std::net::IpAddr> = cluster
@@ -494,6 +545,36 @@ impl Faults {
             }
         }
         distorted
+    }
+
+    /// Whether a named-port fault resolves names once for the cluster instead of on each
+    /// destination pod.
+    pub(super) fn misresolves_names(&self) -> bool {
+        self.has(Fault::NamedPortFirstPod) || self.has(Fault::NamedPortAnyNumber)
+    }
+
+    /// What a named port becomes under the named-port faults: the (number, protocol) `lookup`
+    /// finds on the first pod (by namespace and name) that has the name (`named-port-first-pod`), or every one it finds
+    /// on any pod (`named-port-any-number`). Empty where no pod has the name.
+    pub(super) fn resolve_everywhere(
+        &self,
+        cluster: &crate::model::Cluster,
+        lookup: impl Fn(&crate::model::Pod) -> Option<(u16, Protocol)>,
+    ) -> Vec<(u16, Protocol)> {
+        // "First" by namespace and name: the same pod whatever order a backend keeps pods in.
+        let found = cluster
+            .pods()
+            .iter()
+            .filter_map(|pod| lookup(pod).map(|number| (pod.key(), number)));
+        if self.has(Fault::NamedPortFirstPod) {
+            found.min().map(|(_, number)| number).into_iter().collect()
+        } else {
+            found
+                .map(|(_, number)| number)
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect()
+        }
     }
 
     /// The policies as the faulty CNI understands them.

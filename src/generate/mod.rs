@@ -82,6 +82,8 @@ struct Doc {
     name: String,
     description: String,
     tags: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model: Option<&'static str>,
     probe: ProbeDoc,
     #[serde(skip_serializing_if = "Option::is_none")]
     target: Option<Vec<&'static str>>,
@@ -305,6 +307,10 @@ impl<'a> Draw<'a> {
             name: name.clone(),
             description: words.join("; "),
             tags,
+            model: self
+                .features
+                .contains(policy::MIXED_PORTS)
+                .then_some("mixed-ports"),
             probe: ProbeDoc { protocols },
             target,
             steps,

@@ -9,6 +9,10 @@ use std::collections::BTreeSet;
 
 use serde_json::{Value, json};
 
+/// The feature of a case whose named port means different numbers on different pods: it runs on
+/// the built-in `mixed-ports` model.
+pub const MIXED_PORTS: &str = "mixed-ports";
+
 /// The default model's namespaces and pod names (`model::default_model`).
 pub const NAMESPACES: [&str; 3] = ["x", "y", "z"];
 pub const PODS: [&str; 3] = ["a", "b", "c"];
@@ -221,11 +225,15 @@ impl<'a> PolicyGen<'a> {
                 )
             }
             4 => {
+                // A name that means 80 on some pods and 81 on others: the case runs on the
+                // `mixed-ports` model (the `mixed-ports` feature says so).
                 self.features.insert("named-ports");
                 self.features.insert("protocol-default");
+                self.features.insert(MIXED_PORTS);
+                let name = crate::model::MIXED_PORT_NAME;
                 (
-                    json!({"port": "serve-81-tcp"}),
-                    "named port serve-81-tcp (TCP by default)".into(),
+                    json!({"port": name}),
+                    format!("named port {name} (TCP by default; 80 on the pods a, 81 on the pods b)"),
                 )
             }
             5 => {

@@ -127,6 +127,31 @@ pub fn default_model() -> ClusterDescription {
     }
 }
 
+/// The name the `mixed-ports` model gives two different ports.
+pub const MIXED_PORT_NAME: &str = "web";
+
+/// The default model where one port name means different numbers on different pods, as in a
+/// real cluster where every team calls its own port `web`: `web` is 80/TCP on the pods `a` and
+/// 81/TCP on the pods `b` (each in place of that port's `serve-` name), and the pods `c` have no
+/// `web` at all. A CNI that resolves a named port once for all pods, or into every number the
+/// name has anywhere, only shows on such a cluster.
+pub fn mixed_ports_model() -> ClusterDescription {
+    let mut model = default_model();
+    for pod in &mut model.pods {
+        let number = match pod.name.as_str() {
+            "a" => 80,
+            "b" => 81,
+            _ => continue,
+        };
+        for port in &mut pod.ports {
+            if port.port == number && port.protocol.as_deref() == Some("TCP") {
+                port.name = Some(MIXED_PORT_NAME.to_string());
+            }
+        }
+    }
+    model
+}
+
 impl ClusterDescription {
     /// Loads and checks a cluster description file.
     pub fn load(path: &Path) -> Result<Cluster, ModelError> {

@@ -15,7 +15,7 @@ pub use cluster::{
     PodRef,
 };
 pub use description::{
-    ClusterDescription, NamespaceDescription, PodDescription, PortDescription, default_model,
+    ClusterDescription, NamespaceDescription, PodDescription, PortDescription, default_model, mixed_ports_model, MIXED_PORT_NAME,
 };
 pub use error::{ModelError, Problem};
 pub use path::{Family, IpFamilies, ProbePath, ProbeTarget, embed_v4};

@@ -1,18 +1,19 @@
 //! The built-in library: `scenarios/*.yaml` and the named cluster models, embedded at build time.
 
 use super::{Scenario, ScenarioError, parse};
-use crate::model::{ClusterDescription, default_model};
+use crate::model::{ClusterDescription, default_model, mixed_ports_model};
 
 include!(concat!(env!("OUT_DIR"), "/library.rs"));
 
 /// Names of the built-in cluster models a scenario can use with `model:`.
-pub const MODELS: [&str; 2] = ["default", "production"];
+pub const MODELS: [&str; 3] = ["default", "production", "mixed-ports"];
 
 const PRODUCTION: &str = include_str!("../../examples/production/cluster.yaml");
 
 pub fn model(name: &str) -> Option<ClusterDescription> {
     match name {
         "default" => Some(default_model()),
+        "mixed-ports" => Some(mixed_ports_model()),
         "production" => ClusterDescription::parse("built-in model production", PRODUCTION).ok(),
         _ => None,
     }

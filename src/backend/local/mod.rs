@@ -439,7 +439,10 @@ impl LocalBackend {
             cluster_policies: self
                 .options
                 .faults
-                .distort_cluster(&self.cluster_policies.values().cloned().collect::<Vec<_>>()),
+                .distort_cluster(
+                    &self.cluster_policies.values().cloned().collect::<Vec<_>>(),
+                    &cluster,
+                ),
             created: self
                 .pods
                 .values()

@@ -207,7 +207,9 @@ impl Dataplane {
             at: Instant::now(),
             clusters,
             policies: self.faults.distort_in(&enforced, self.world.cluster()),
-            cluster_policies: self.faults.distort_cluster(self.world.cluster_policies()),
+            cluster_policies: self
+                .faults
+                .distort_cluster(self.world.cluster_policies(), self.world.cluster()),
             created: self.created.clone(),
         });
     }
