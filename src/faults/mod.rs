@@ -51,6 +51,7 @@ pub enum Fault {
     DenyAsIcmpFiltered,
     NamedPortFirstPod,
     NamedPortAnyNumber,
+    ExceptSpillsToPeers,
 }
 
 impl Fault {
@@ -343,6 +344,13 @@ pub const CATALOGUE: &[FaultInfo] = &[
         imitates: "a named port allows every number the name has on any pod, on every pod the rule covers",
         provenance: "aci-containers #1707",
     },
+    FaultInfo {
+        name: "except-spills-to-peers",
+        fault: Some(Fault::ExceptSpillsToPeers),
+        features: &["ip-block"],
+        imitates: "an ipBlock's except is applied to every peer of its rule: a pod a selector of the same rule admits is refused when its address is excepted",
+        provenance: "Kube-OVN; k3k #690",
+    },
 ];
 
 /// An `--inject` value that names no fault, or misses its duration.
@@ -484,6 +492,19 @@ impl Faults {
     /// the pods (`ipblock-misses-pods`, the named-port ones) need it.
     pub fn distort_in(&self, policies: &[Policy], cluster: &crate::model::Cluster) -> Vec<Policy> {
         let mut distorted = self.distort(policies);
+        if self.has(Fault::ExceptSpillsToPeers) {
+            for policy in &mut distorted {
+                let namespace = policy.namespace.clone();
+                for rules in [policy.ingress.as_mut(), policy.egress.as_mut()]
+                    .into_iter()
+                    .flatten()
+                {
+                    for peers in rules.iter_mut().filter_map(|r| r.peers.as_mut()) {
+                        *peers = spill_excepts(peers, cluster, &namespace);
+                    }
+                }
+            }
+        }
         if self.misresolves_names() {
             for policy in &mut distorted {
                 for rules in [policy.ingress.as_mut(), policy.egress.as_mut()]
@@ -734,6 +755,49 @@ impl Faults {
         }
         vec![port]
     }
+}
+
+/// `except-spills-to-peers`: the peers of one rule with every ipBlock's `except` applied to all
+/// of them. A selector peer becomes what a CNI's address set holds, the addresses (both
+/// families) of the pods it selects now, minus the excepted ones: `distort_in` runs on every
+/// change, so the set follows the pods as a CNI's does.
+fn spill_excepts(
+    peers: &[Peer],
+    cluster: &crate::model::Cluster,
+    namespace: &str,
+) -> Vec<Peer> {
+    let excepts: Vec<ipnet::IpNet> = peers
+        .iter()
+        .flat_map(|p| match p {
+            Peer::IpBlock { except, .. } => except.clone(),
+            Peer::Pods { .. } => Vec::new(),
+        })
+        .collect();
+    if excepts.is_empty() {
+        return peers.to_vec();
+    }
+    let excepted = |ip: &std::net::IpAddr| excepts.iter().any(|e| e.contains(ip));
+    peers
+        .iter()
+        .flat_map(|peer| match peer {
+            // Its own excepts are among them.
+            Peer::IpBlock { cidr, .. } => vec![Peer::IpBlock {
+                cidr: *cidr,
+                except: excepts.clone(),
+            }],
+            Peer::Pods { .. } => cluster
+                .pods()
+                .iter()
+                .filter(|pod| peer.matches(cluster, namespace, pod))
+                .flat_map(|pod| crate::model::IpFamilies::Dual.addresses(pod.ip))
+                .filter(|ip| !excepted(ip))
+                .map(|ip| Peer::IpBlock {
+                    cidr: ipnet::IpNet::from(ip),
+                    except: Vec::new(),
+                })
+                .collect(),
+        })
+        .collect()
 }
 
 /// `loss=P%`: a share above 0 and at most 50% (beyond that no probe design tells a drop from the
