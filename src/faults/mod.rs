@@ -7,8 +7,11 @@
 //! replies are treated, `policy-deletion-ignored` the backend's bookkeeping, and the timed faults
 //! (`delay`, `new-pod-unprotected`, `resync-gap`) when rules take effect (`lag`, shared too).
 
+mod cleanup;
 mod cluster;
 pub mod lag;
+
+pub use cleanup::EgressClobber;
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -52,6 +55,7 @@ pub enum Fault {
     NamedPortFirstPod,
     NamedPortAnyNumber,
     ExceptSpillsToPeers,
+    DirectionCleanupClobbers,
 }
 
 impl Fault {
@@ -63,6 +67,7 @@ impl Fault {
             Fault::Stateless
                 | Fault::UdpRepliesDropped
                 | Fault::DenyAsIcmpFiltered
+                | Fault::DirectionCleanupClobbers
                 | Fault::PolicyDeletionIgnored
                 | Fault::ServiceTrafficUnfiltered
                 | Fault::Ipv6Unfiltered
@@ -350,6 +355,13 @@ pub const CATALOGUE: &[FaultInfo] = &[
         features: &["ip-block"],
         imitates: "an ipBlock's except is applied to every peer of its rule: a pod a selector of the same rule admits is refused when its address is excepted",
         provenance: "Kube-OVN; k3k #690",
+    },
+    FaultInfo {
+        name: "direction-cleanup-clobbers",
+        fault: Some(Fault::DirectionCleanupClobbers),
+        features: &["delete"],
+        imitates: "removing a pod's last ingress policy also removes its egress enforcement, until a policy isolates it for ingress again",
+        provenance: "Calico eBPF #11569",
     },
 ];
 

@@ -74,6 +74,8 @@ pub struct LocalBackend {
     next_slot: usize,
     /// `None` without a dataplane.
     programmer: Option<Programmer>,
+    /// `direction-cleanup-clobbers`' history.
+    clobber: crate::faults::EgressClobber,
     owner_file: Option<PathBuf>,
     cleaned: bool,
     udp_ports: UdpSourcePorts,
@@ -217,6 +219,7 @@ impl LocalBackend {
             ghosts: BTreeMap::new(),
             next_slot: 0,
             programmer: None,
+            clobber: Default::default(),
             owner_file: None,
             cleaned: false,
             udp_ports: UdpSourcePorts::default(),
@@ -433,9 +436,21 @@ impl LocalBackend {
             .chain(&self.policies)
             .map(|(_, p)| p.clone())
             .collect();
+        let policies = self.options.faults.distort_in(&enforced, &cluster);
+        let egress_clobbered = if self.options.faults.has(Fault::DirectionCleanupClobbers) {
+            let clobbered = self.clobber.update(&cluster, &policies);
+            self.pods
+                .values()
+                .filter(|p| clobbered.contains(&p.pod.key()))
+                .map(|p| p.slot)
+                .collect()
+        } else {
+            Vec::new()
+        };
         let state = programmer::State {
             at,
-            policies: self.options.faults.distort_in(&enforced, &cluster),
+            policies,
+            egress_clobbered,
             cluster_policies: self
                 .options
                 .faults

@@ -58,15 +58,20 @@ pub struct Ruleset {
 impl Ruleset {
     /// This ruleset minus one pod's own chains: the pod is not isolated at all (the
     /// `new-pod-unprotected` fault).
-    pub fn without_pod(mut self, slot: usize) -> Ruleset {
-        for direction in [Direction::Ingress, Direction::Egress] {
-            let name = chain_name(direction, slot);
-            let tier_prefix = format!("{name}-");
-            self.chains
-                .retain(|chain, _| *chain != name && !chain.starts_with(&tier_prefix));
-        }
-        let iface = format!("\"{}\"", veth_name(slot));
-        self.dispatch.retain(|rule| !rule.contains(&iface));
+    pub fn without_pod(self, slot: usize) -> Ruleset {
+        self.without_direction(slot, Direction::Ingress)
+            .without_direction(slot, Direction::Egress)
+    }
+
+    /// This ruleset minus one pod's chains of one direction (`direction-cleanup-clobbers` drops
+    /// a pod's egress side).
+    pub fn without_direction(mut self, slot: usize, direction: Direction) -> Ruleset {
+        let name = chain_name(direction, slot);
+        let tier_prefix = format!("{name}-");
+        self.chains
+            .retain(|chain, _| *chain != name && !chain.starts_with(&tier_prefix));
+        let dispatch = format!("jump {name}");
+        self.dispatch.retain(|rule| !rule.ends_with(&dispatch));
         self
     }
 }

@@ -20,6 +20,7 @@ use super::{SlotTable, host, nft};
 use crate::backend::BackendError;
 use crate::faults::lag::Lag;
 use crate::faults::{Fault, Faults};
+use crate::policy::Direction;
 use crate::model::Cluster;
 use crate::policy::{ClusterPolicy, Policy};
 
@@ -37,6 +38,8 @@ pub(super) struct State {
     pub created: Vec<Instant>,
     /// Slots of the cluster's own pods (its DNS): peers, never subjects of any policy.
     pub infrastructure: Vec<usize>,
+    /// Slots of the pods left without egress enforcement (`direction-cleanup-clobbers`).
+    pub egress_clobbered: Vec<usize>,
 }
 
 struct Installer {
@@ -77,6 +80,9 @@ impl Installer {
         ruleset.dropped = base.dropped;
         for slot in &state.infrastructure {
             ruleset = ruleset.without_pod(*slot);
+        }
+        for slot in &state.egress_clobbered {
+            ruleset = ruleset.without_direction(*slot, Direction::Egress);
         }
         for (slot, created) in state.slots.iter().zip(&state.created) {
             if self.lag.unprotected(*created, now) {

@@ -1,7 +1,7 @@
 //! The simulated dataplane: what a probe would meet at a given instant, computed from the policies
 //! in effect then, with the faults applied as the local dataplane applies them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -29,6 +29,8 @@ pub(super) struct State {
     pub policies: Vec<Policy>,
     pub cluster_policies: Vec<ClusterPolicy>,
     pub created: BTreeMap<PodRef, Instant>,
+    /// `direction-cleanup-clobbers`: the pods left without egress enforcement.
+    pub egress_clobbered: BTreeSet<PodRef>,
 }
 
 /// Everything the simulation knows: the API's view and the dataplane's history.
@@ -53,6 +55,8 @@ pub(super) struct Dataplane {
     /// Deleted policies the `policy-deletion-ignored` fault keeps enforcing.
     pub ghosts: Vec<Policy>,
     pub created: BTreeMap<PodRef, Instant>,
+    /// `direction-cleanup-clobbers`' history.
+    pub clobber: crate::faults::EgressClobber,
     /// States not yet superseded by a newer state in effect, oldest first.
     pub states: Vec<State>,
     /// `queue-overflow`: the enforcer's tokens (connections it can judge now) and when they were
@@ -94,6 +98,7 @@ impl Dataplane {
             world: World::empty(),
             ghosts: Vec::new(),
             created: BTreeMap::new(),
+            clobber: Default::default(),
             states: Vec::new(),
             queue_tokens,
             queue_counted: Instant::now(),
@@ -203,10 +208,15 @@ impl Dataplane {
                 any.then(|| (family, built.with_outside(&outside)))
             })
             .collect();
+        let policies = self.faults.distort_in(&enforced, self.world.cluster());
         self.states.push(State {
             at: Instant::now(),
             clusters,
-            policies: self.faults.distort_in(&enforced, self.world.cluster()),
+            egress_clobbered: match self.faults.has(Fault::DirectionCleanupClobbers) {
+                true => self.clobber.update(self.world.cluster(), &policies),
+                false => BTreeSet::new(),
+            },
+            policies,
             cluster_policies: self
                 .faults
                 .distort_cluster(self.world.cluster_policies(), self.world.cluster()),
@@ -240,6 +250,7 @@ impl Dataplane {
             oracles,
             in_effect: state.is_some(),
             created: state.map(|s| &s.created),
+            egress_clobbered: state.map(|s| &s.egress_clobbered),
             faults: &self.faults,
             families: self.families,
             services: &self.services,
@@ -284,6 +295,7 @@ pub(super) struct Judge<'a> {
     /// Per family, plain and through Services (hairpin judged): the oracle of the state in effect.
     oracles: Vec<(Family, bool, &'a Cluster, Oracle<'a>)>,
     created: Option<&'a BTreeMap<PodRef, Instant>>,
+    egress_clobbered: Option<&'a BTreeSet<PodRef>>,
     faults: &'a Faults,
     families: IpFamilies,
     services: &'a BTreeMap<PodRef, usize>,
@@ -586,6 +598,9 @@ impl Judge<'_> {
                     .and_then(|c| c.get(pod))
                     .is_some_and(|created| self.lag.unprotected(*created, self.now))
         };
+        let egress_unprotected = |pod: &PodRef| {
+            unprotected(pod) || self.egress_clobbered.is_some_and(|c| c.contains(pod))
+        };
         match (cluster.find_pod(from), cluster.find_pod(to)) {
             (Some(src), Some(dst)) => {
                 let why = oracle.explain(Cell {
@@ -593,11 +608,12 @@ impl Judge<'_> {
                     to: dst,
                     port_protocol: pp,
                 });
-                (why.egress.allowed() || unprotected(from))
+                (why.egress.allowed() || egress_unprotected(from))
                     && (why.ingress.allowed() || unprotected(to))
             }
             (Some(src), None) => {
-                unprotected(from) || oracle.isolating_policies(src, Direction::Egress).is_empty()
+                egress_unprotected(from)
+                    || oracle.isolating_policies(src, Direction::Egress).is_empty()
             }
             (None, Some(dst)) => {
                 unprotected(to)
