@@ -56,6 +56,7 @@ pub enum Fault {
     NamedPortAnyNumber,
     ExceptSpillsToPeers,
     DirectionCleanupClobbers,
+    NodePortAllowAllBroken,
 }
 
 impl Fault {
@@ -68,6 +69,7 @@ impl Fault {
                 | Fault::UdpRepliesDropped
                 | Fault::DenyAsIcmpFiltered
                 | Fault::DirectionCleanupClobbers
+                | Fault::NodePortAllowAllBroken
                 | Fault::PolicyDeletionIgnored
                 | Fault::ServiceTrafficUnfiltered
                 | Fault::Ipv6Unfiltered
@@ -362,6 +364,13 @@ pub const CATALOGUE: &[FaultInfo] = &[
         features: &["delete"],
         imitates: "removing a pod's last ingress policy also removes its egress enforcement, until a policy isolates it for ingress again",
         provenance: "Calico eBPF #11569",
+    },
+    FaultInfo {
+        name: "nodeport-allow-all-broken",
+        fault: Some(Fault::NodePortAllowAllBroken),
+        features: &["node-port"],
+        imitates: "an ipBlock of a whole family (0.0.0.0/0, ::/0) no longer admits traffic that arrived through a NodePort",
+        provenance: "Cilium #39656",
     },
 ];
 
@@ -767,6 +776,23 @@ impl Faults {
         }
         vec![port]
     }
+}
+
+/// The policies `nodeport-allow-all-broken` applies to traffic through a NodePort: without the
+/// ipBlocks of a whole family (a rule left with no peer admits nothing).
+pub fn without_catch_all_blocks(policies: &[Policy]) -> Vec<Policy> {
+    let mut policies = policies.to_vec();
+    for policy in &mut policies {
+        for rules in [policy.ingress.as_mut(), policy.egress.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            for peers in rules.iter_mut().filter_map(|r| r.peers.as_mut()) {
+                peers.retain(|p| !matches!(p, Peer::IpBlock { cidr, .. } if cidr.prefix_len() == 0));
+            }
+        }
+    }
+    policies
 }
 
 /// `except-spills-to-peers`: the peers of one rule with every ipBlock's `except` applied to all

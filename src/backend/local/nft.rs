@@ -108,6 +108,16 @@ pub enum DenyVerdict {
     Filtered,
 }
 
+/// How the dataplane compiles what it misreads on purpose (the faults that live in the rules
+/// rather than in the policies).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Dialect {
+    pub deny: DenyVerdict,
+    /// `nodeport-allow-all-broken`: an ipBlock of a whole family (`0.0.0.0/0`, `::/0`) does not
+    /// match traffic that arrived through a NodePort.
+    pub catch_all_skips_node_ports: bool,
+}
+
 /// `icmpx` picks ICMP type 3 code 13 for IPv4 and ICMPv6 type 1 code 1 for IPv6.
 const ADMIN_PROHIBITED: &str = "reject with icmpx type admin-prohibited";
 
@@ -116,9 +126,10 @@ pub fn compile(
     cluster: &Cluster,
     policies: &[Policy],
     cluster_policies: &[ClusterPolicy],
-    deny: DenyVerdict,
+    dialect: Dialect,
     slots: &dyn Slots,
 ) -> Ruleset {
+    let deny = dialect.deny;
     let mut ruleset = Ruleset::default();
     let order = tiers::ordered(cluster_policies);
     for (id, pod) in cluster.pods().iter().enumerate() {
@@ -158,7 +169,7 @@ pub fn compile(
                             policy.key(),
                             direction.rules_field()
                         ));
-                        for matcher in rule_matchers(cluster, slots, policy, rule, direction, pod) {
+                        for matcher in rule_matchers(cluster, slots, &dialect, policy, rule, direction, pod) {
                             rules.push(format!("{matcher} {allow} comment {comment}"));
                         }
                     }
@@ -396,6 +407,7 @@ fn comment(text: &str) -> String {
 fn rule_matchers(
     cluster: &Cluster,
     slots: &dyn Slots,
+    dialect: &Dialect,
     policy: &Policy,
     rule: &Rule,
     direction: Direction,
@@ -407,7 +419,7 @@ fn rule_matchers(
         None => any_peer(),
         Some(peers) => peers
             .iter()
-            .flat_map(|peer| peer_exprs(cluster, slots, policy, peer, side))
+            .flat_map(|peer| peer_exprs(cluster, slots, dialect, policy, peer, side))
             .collect(),
     };
     let Some(ports) = &rule.ports else {
@@ -483,6 +495,7 @@ fn port_expr(port: &PortMatch) -> String {
 fn peer_exprs(
     cluster: &Cluster,
     slots: &dyn Slots,
+    dialect: &Dialect,
     policy: &Policy,
     peer: &Peer,
     side: &str,
@@ -494,6 +507,10 @@ fn peer_exprs(
             for e in except {
                 // Each `!=` is its own match so overlapping excepts need no interval merging.
                 let _ = write!(expr, " {fam} {side} != {e}");
+            }
+            if dialect.catch_all_skips_node_ports && cidr.prefix_len() == 0 {
+                let node = super::proxy::node_address(crate::model::Family::of(cidr.addr()));
+                let _ = write!(expr, " ct original {fam} daddr != {node}");
             }
             vec![expr]
         }
@@ -622,7 +639,7 @@ mod tests {
             &cluster,
             &policies.network,
             &policies.cluster,
-            DenyVerdict::Drop,
+            Dialect::default(),
             &Identity,
         )
     }

@@ -67,7 +67,10 @@ impl Installer {
             &state.cluster,
             &state.policies,
             &state.cluster_policies,
-            deny,
+            nft::Dialect {
+                deny,
+                catch_all_skips_node_ports: self.faults.has(Fault::NodePortAllowAllBroken),
+            },
             &SlotTable {
                 slots: state.slots.clone(),
                 families: state.families,

@@ -31,6 +31,8 @@ pub(super) struct State {
     pub created: BTreeMap<PodRef, Instant>,
     /// `direction-cleanup-clobbers`: the pods left without egress enforcement.
     pub egress_clobbered: BTreeSet<PodRef>,
+    /// `nodeport-allow-all-broken`: the policies as they apply to traffic through a NodePort.
+    pub node_port_policies: Option<Vec<Policy>>,
 }
 
 /// Everything the simulation knows: the API's view and the dataplane's history.
@@ -216,6 +218,10 @@ impl Dataplane {
                 true => self.clobber.update(self.world.cluster(), &policies),
                 false => BTreeSet::new(),
             },
+            node_port_policies: self
+                .faults
+                .has(Fault::NodePortAllowAllBroken)
+                .then(|| crate::faults::without_catch_all_blocks(&policies)),
             policies,
             cluster_policies: self
                 .faults
@@ -239,15 +245,24 @@ impl Dataplane {
         };
         let state = in_effect.and_then(|i| self.states.get(i));
         let mut oracles = Vec::new();
+        let mut node_port_oracles = Vec::new();
         if let Some(s) = state {
             for (family, cluster) in &s.clusters {
                 let oracle = || Oracle::tiered(cluster, &s.policies, &s.cluster_policies);
                 oracles.push((*family, false, cluster, oracle()));
                 oracles.push((*family, true, cluster, oracle().through_services()));
+                if let Some(policies) = &s.node_port_policies {
+                    node_port_oracles.push((
+                        *family,
+                        cluster,
+                        Oracle::tiered(cluster, policies, &s.cluster_policies),
+                    ));
+                }
             }
         }
         Judge {
             oracles,
+            node_port_oracles,
             in_effect: state.is_some(),
             created: state.map(|s| &s.created),
             egress_clobbered: state.map(|s| &s.egress_clobbered),
@@ -294,6 +309,9 @@ pub(super) struct Judge<'a> {
     in_effect: bool,
     /// Per family, plain and through Services (hairpin judged): the oracle of the state in effect.
     oracles: Vec<(Family, bool, &'a Cluster, Oracle<'a>)>,
+    /// Per family, where traffic through a NodePort meets other policies
+    /// (`nodeport-allow-all-broken`).
+    node_port_oracles: Vec<(Family, &'a Cluster, Oracle<'a>)>,
     created: Option<&'a BTreeMap<PodRef, Instant>>,
     egress_clobbered: Option<&'a BTreeSet<PodRef>>,
     faults: &'a Faults,
@@ -375,6 +393,14 @@ impl Judge<'_> {
     }
 
     fn oracle(&self, route: Route) -> Option<(&Cluster, &Oracle<'_>)> {
+        if route.node_port
+            && let Some((_, cluster, oracle)) = self
+                .node_port_oracles
+                .iter()
+                .find(|(family, _, _)| *family == route.family)
+        {
+            return Some((*cluster, oracle));
+        }
         self.oracles
             .iter()
             .find(|(family, hairpin, _, _)| (*family, *hairpin) == (route.family, route.service))
