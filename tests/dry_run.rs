@@ -120,6 +120,20 @@ fn the_whole_library_dry_run_is_valid_kubernetes() {
 /// selects it by a label the pod carries, and the whole run still validates strictly.
 /// Names through the cluster's DNS (the DNS-egress scenario's own target) need the same Services,
 /// and nothing in the cluster's own `kube-system`.
+/// A scenario that reuses a deleted pod's address cannot run where the cluster's IPAM picks
+/// addresses: unsupported, with the reason, and nothing of it deployed.
+#[test]
+fn a_scenario_that_chooses_pod_addresses_is_unsupported_on_kubernetes() {
+    let yaml = dry_run(&["run", "pod-ip-reused", "--backend", "kube", "--dry-run"]);
+    assert!(
+        yaml.contains(
+            "# unsupported, not run: the scenario creates pods at addresses of its choosing (x/d at 10.244.1.1)"
+        ),
+        "{yaml}"
+    );
+    assert!(!yaml.contains("# create Pod "), "{yaml}");
+}
+
 #[test]
 fn names_need_services_and_touch_nothing_of_the_clusters_dns() {
     let yaml = dry_run(&["run", "seed-dns-egress", "--dry-run"]);

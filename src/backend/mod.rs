@@ -157,6 +157,12 @@ pub trait Backend {
     /// What `cleanup` removes, for the message after an interrupt, e.g. `the local cluster was
     /// removed`.
     fn cleanup_message(&self) -> String;
+    /// Whether a pod created with an address of the scenario's choosing gets it (polygraph's own
+    /// clusters: yes; Kubernetes: its IPAM decides, so scenarios that reuse an address are
+    /// unsupported there).
+    fn chooses_addresses(&self) -> bool {
+        true
+    }
     /// The pod's real addresses, one per family it has, when the backend assigns its own (a
     /// Kubernetes cluster does; the local cluster adds an IPv6 one when dual-stack). Empty means
     /// the model's address is the only one.
@@ -298,6 +304,9 @@ impl Backend for AnyBackend {
     }
     fn addresses(&self, pod: &PodRef) -> Vec<IpAddr> {
         delegate!(self, b => b.addresses(pod))
+    }
+    fn chooses_addresses(&self) -> bool {
+        delegate!(self, b => b.chooses_addresses())
     }
     fn service_addresses(&self, pod: &PodRef) -> Vec<IpAddr> {
         delegate!(self, b => b.service_addresses(pod))

@@ -312,6 +312,11 @@ pub fn execute(
             (Event::TearingDown, Some(t)) => {
                 t.comment("end of the run: back to nothing");
             }
+            (Event::ScenarioFinished { result }, Some(t)) => {
+                if let Some(reason) = &result.unsupported {
+                    t.comment(&format!("unsupported, not run: {reason}"));
+                }
+            }
             (Event::ScenarioStarted { scenario }, None) => {
                 if let Some(bar) = &bar {
                     bar.set_message(scenario.name.clone());

@@ -10,8 +10,10 @@
 mod cleanup;
 mod cluster;
 pub mod lag;
+mod stale;
 
 pub use cleanup::EgressClobber;
+pub use stale::StaleIdentities;
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -57,6 +59,7 @@ pub enum Fault {
     ExceptSpillsToPeers,
     DirectionCleanupClobbers,
     NodePortAllowAllBroken,
+    ReusedIpStale,
 }
 
 impl Fault {
@@ -70,6 +73,7 @@ impl Fault {
                 | Fault::DenyAsIcmpFiltered
                 | Fault::DirectionCleanupClobbers
                 | Fault::NodePortAllowAllBroken
+                | Fault::ReusedIpStale
                 | Fault::PolicyDeletionIgnored
                 | Fault::ServiceTrafficUnfiltered
                 | Fault::Ipv6Unfiltered
@@ -371,6 +375,13 @@ pub const CATALOGUE: &[FaultInfo] = &[
         features: &["node-port"],
         imitates: "an ipBlock of a whole family (0.0.0.0/0, ::/0) no longer admits traffic that arrived through a NodePort",
         provenance: "Cilium #39656",
+    },
+    FaultInfo {
+        name: "reused-ip-stale",
+        fault: Some(Fault::ReusedIpStale),
+        features: &["pod-churn"],
+        imitates: "a new pod on a deleted pod's address is taken for the old pod: selectors see the old pod's labels on it as long as it lives",
+        provenance: "kube-router #2059; Antrea #6507",
     },
 ];
 

@@ -115,6 +115,10 @@ struct StepDoc {
     set_namespace_labels: Option<NamespaceLabels>,
     #[serde(skip_serializing_if = "Option::is_none")]
     remove_namespace_labels: Option<NamespaceKeys>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    delete_pod: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    create_pod: Option<crate::model::PodDescription>,
 }
 
 #[derive(Debug, Serialize)]
@@ -270,9 +274,9 @@ impl<'a> Draw<'a> {
             6..=14 => 1,
             _ => 2,
         };
-        for _ in 0..changes {
-            let (step, said) = self.change();
-            steps.push(step);
+        for n in 0..changes {
+            let (changed, said) = self.change(n + 1 == changes);
+            steps.extend(changed);
             words.push(format!("then {said}"));
         }
         if steps.len() > 1 {
@@ -329,17 +333,17 @@ impl<'a> Draw<'a> {
         }
     }
 
-    /// One change after the first step, and its words.
-    fn change(&mut self) -> (StepDoc, String) {
-        let choice = self.rng.u8(..6);
-        match choice {
+    /// One change after the first step (two steps for a pod replaced), and its words. `last`:
+    /// nothing comes after it, so it may replace a pod the later changes could have named.
+    fn change(&mut self, last: bool) -> (Vec<StepDoc>, String) {
+        let (step, said) = match self.rng.u8(..6) {
             0 | 1 => {
                 self.features.insert("labels");
-                let pod = format!(
-                    "{}/{}",
-                    NAMESPACES[self.rng.usize(..3)],
-                    PODS[self.rng.usize(..3)]
-                );
+                let (namespace, name) = (self.rng.usize(..3), self.rng.usize(..3));
+                let pod = format!("{}/{}", NAMESPACES[namespace], PODS[name]);
+                if last && !self.labelled_pods.contains(&pod) && self.rng.u8(..3) == 0 {
+                    return self.replace_pod(namespace, name);
+                }
                 let (key, value) = POD_LABEL;
                 if self.labelled_pods.remove(&pod) {
                     let said = format!("remove {key} from {pod}");
@@ -445,7 +449,37 @@ impl<'a> Draw<'a> {
                 };
                 (step, said)
             }
-        }
+        };
+        (vec![step], said)
+    }
+
+    /// Pod churn: the pod `NAMESPACES[namespace]/PODS[name]` deleted, and a pod with other
+    /// labels created on its address (the model's pods are 10.244.1.1-9 in order), which a
+    /// dataplane keyed by address must not take for the old one.
+    fn replace_pod(&mut self, namespace: usize, name: usize) -> (Vec<StepDoc>, String) {
+        self.features.insert("pod-churn");
+        let ns = NAMESPACES[namespace];
+        let old = format!("{ns}/{}", PODS[name]);
+        let new = format!("{}-new", PODS[name]);
+        let ip = format!("10.244.1.{}", namespace * 3 + name + 1);
+        let said = format!("replace {old} by {ns}/{new} (pod=new) on its address {ip}");
+        let delete = StepDoc {
+            name: format!("delete pod {old}"),
+            delete_pod: Some(old),
+            ..StepDoc::default()
+        };
+        let create = StepDoc {
+            name: format!("create {ns}/{new} on {ip}"),
+            create_pod: Some(crate::model::PodDescription {
+                namespace: ns.to_string(),
+                name: new,
+                labels: [("pod".to_string(), "new".to_string())].into(),
+                ip: Some(ip),
+                ports: Vec::new(),
+            }),
+            ..StepDoc::default()
+        };
+        (vec![delete, create], said)
     }
 }
 

@@ -261,6 +261,12 @@ async fn prepare<B: Backend>(
     scenario: &Scenario,
     options: &RunOptions,
 ) -> Result<(Vec<String>, PathPlan), String> {
+    if !scenario.chosen_addresses.is_empty() && !backend.chooses_addresses() {
+        return Err(format!(
+            "the scenario creates pods at addresses of its choosing ({}) and this cluster's IPAM picks pod addresses itself",
+            scenario.chosen_addresses.join(", ")
+        ));
+    }
     let kinds = cluster_kinds(scenario);
     let warnings = if kinds.is_empty() {
         Vec::new()

@@ -105,7 +105,13 @@ pub fn parse(source: &str, text: &str, base_dir: Option<&Path>) -> Result<Scenar
 
     let mut world = initial.clone();
     let mut steps = Vec::with_capacity(doc.steps.len());
+    let mut chosen_addresses = Vec::new();
     for spanned in &doc.steps {
+        if let Some(pod) = &spanned.value.create_pod
+            && let Some(ip) = &pod.ip
+        {
+            chosen_addresses.push(format!("{}/{} at {ip}", pod.namespace, pod.name));
+        }
         let origin = format!("{source}:{}", spanned.referenced.line());
         let action = resolve(&spanned.value, &world, source, &origin, base_dir)?;
         world
@@ -140,6 +146,7 @@ pub fn parse(source: &str, text: &str, base_dir: Option<&Path>) -> Result<Scenar
         port_protocols,
         targets,
         families: doc.ip_family,
+        chosen_addresses,
         steps,
     })
 }

@@ -62,6 +62,10 @@ pub struct Scenario {
     /// The IP families it is about (`ip-family:`), probed whatever the run's default; `None`:
     /// the run's (`RunOptions::families`).
     pub families: Option<crate::model::IpFamilies>,
+    /// Pods its steps create at an address of the scenario's choosing (`create-pod` with `ip:`,
+    /// e.g. a deleted pod's address reused), as `ns/name at IP`: only a backend that can choose
+    /// pod addresses (`Backend::chooses_addresses`) runs it.
+    pub chosen_addresses: Vec<String>,
     pub steps: Vec<Step>,
 }
 

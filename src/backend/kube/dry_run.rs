@@ -173,6 +173,9 @@ impl Backend for Recorder {
         "nothing was contacted".into()
     }
 
+    fn chooses_addresses(&self) -> bool {
+        false
+    }
     fn addresses(&self, pod: &PodRef) -> Vec<std::net::IpAddr> {
         self.sim.addresses(pod)
     }

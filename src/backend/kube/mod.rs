@@ -702,6 +702,9 @@ impl Backend for KubeBackend {
         )
     }
 
+    fn chooses_addresses(&self) -> bool {
+        false
+    }
     fn addresses(&self, pod: &PodRef) -> Vec<IpAddr> {
         self.addresses.get(pod).cloned().unwrap_or_default()
     }

@@ -76,6 +76,8 @@ pub struct LocalBackend {
     programmer: Option<Programmer>,
     /// `direction-cleanup-clobbers`' history.
     clobber: crate::faults::EgressClobber,
+    /// `reused-ip-stale`'s history.
+    stale: crate::faults::StaleIdentities,
     owner_file: Option<PathBuf>,
     cleaned: bool,
     udp_ports: UdpSourcePorts,
@@ -220,6 +222,7 @@ impl LocalBackend {
             next_slot: 0,
             programmer: None,
             clobber: Default::default(),
+            stale: Default::default(),
             owner_file: None,
             cleaned: false,
             udp_ports: UdpSourcePorts::default(),
@@ -429,6 +432,13 @@ impl LocalBackend {
             return Ok(());
         }
         let (cluster, slots) = self.snapshot()?;
+        // The cluster as the dataplane sees it: with `reused-ip-stale`, old labels on reused
+        // addresses.
+        let cluster = if self.options.faults.has(Fault::ReusedIpStale) {
+            self.stale.update(&cluster)
+        } else {
+            cluster
+        };
         let enforced: Vec<Policy> = self
             .ghosts
             .iter()

@@ -59,6 +59,8 @@ pub(super) struct Dataplane {
     pub created: BTreeMap<PodRef, Instant>,
     /// `direction-cleanup-clobbers`' history.
     pub clobber: crate::faults::EgressClobber,
+    /// `reused-ip-stale`'s history.
+    pub stale: crate::faults::StaleIdentities,
     /// States not yet superseded by a newer state in effect, oldest first.
     pub states: Vec<State>,
     /// `queue-overflow`: the enforcer's tokens (connections it can judge now) and when they were
@@ -101,6 +103,7 @@ impl Dataplane {
             ghosts: Vec::new(),
             created: BTreeMap::new(),
             clobber: Default::default(),
+            stale: Default::default(),
             states: Vec::new(),
             queue_tokens,
             queue_counted: Instant::now(),
@@ -159,7 +162,13 @@ impl Dataplane {
             .chain(self.world.policies())
             .cloned()
             .collect();
-        let cluster = self.world.cluster();
+        // The cluster as the dataplane sees it: with `reused-ip-stale`, old labels on reused
+        // addresses.
+        let cluster = &if self.faults.has(Fault::ReusedIpStale) {
+            self.stale.update(self.world.cluster())
+        } else {
+            self.world.cluster().clone()
+        };
         let clusters = [Family::V4, Family::V6]
             .into_iter()
             .filter_map(|family| {
@@ -210,12 +219,12 @@ impl Dataplane {
                 any.then(|| (family, built.with_outside(&outside)))
             })
             .collect();
-        let policies = self.faults.distort_in(&enforced, self.world.cluster());
+        let policies = self.faults.distort_in(&enforced, cluster);
         self.states.push(State {
             at: Instant::now(),
             clusters,
             egress_clobbered: match self.faults.has(Fault::DirectionCleanupClobbers) {
-                true => self.clobber.update(self.world.cluster(), &policies),
+                true => self.clobber.update(cluster, &policies),
                 false => BTreeSet::new(),
             },
             node_port_policies: self
@@ -225,7 +234,7 @@ impl Dataplane {
             policies,
             cluster_policies: self
                 .faults
-                .distort_cluster(self.world.cluster_policies(), self.world.cluster()),
+                .distort_cluster(self.world.cluster_policies(), cluster),
             created: self.created.clone(),
         });
     }
