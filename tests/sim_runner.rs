@@ -20,7 +20,7 @@ fn options() -> RunOptions {
 /// dual-stack cluster, and generated cases name no family: `--ip-family dual` probes them in
 /// both).
 fn families_for(info: &polygraph::faults::FaultInfo) -> IpFamilies {
-    if info.fault == Some(polygraph::faults::Fault::Ipv6Unfiltered) {
+    if info.features.contains(&"dual-stack") {
         IpFamilies::Dual
     } else {
         IpFamilies::Ipv4

@@ -9,11 +9,13 @@
 
 mod cleanup;
 mod cluster;
+mod history;
 pub mod lag;
 mod stale;
 
-pub use cleanup::EgressClobber;
-pub use stale::StaleIdentities;
+use cleanup::EgressClobber;
+pub use history::{Enforced, History};
+use stale::StaleIdentities;
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -60,6 +62,8 @@ pub enum Fault {
     DirectionCleanupClobbers,
     NodePortAllowAllBroken,
     ReusedIpStale,
+    RecreatedPodIpv4Missing,
+    Ipv6SetsFrozen,
 }
 
 impl Fault {
@@ -74,6 +78,8 @@ impl Fault {
                 | Fault::DirectionCleanupClobbers
                 | Fault::NodePortAllowAllBroken
                 | Fault::ReusedIpStale
+                | Fault::RecreatedPodIpv4Missing
+                | Fault::Ipv6SetsFrozen
                 | Fault::PolicyDeletionIgnored
                 | Fault::ServiceTrafficUnfiltered
                 | Fault::Ipv6Unfiltered
@@ -382,6 +388,20 @@ pub const CATALOGUE: &[FaultInfo] = &[
         features: &["pod-churn"],
         imitates: "a new pod on a deleted pod's address is taken for the old pod: selectors see the old pod's labels on it as long as it lives",
         provenance: "kube-router #2059; Antrea #6507",
+    },
+    FaultInfo {
+        name: "recreated-pod-ipv4-missing",
+        fault: Some(Fault::RecreatedPodIpv4Missing),
+        features: &["dual-stack"],
+        imitates: "a dual-stack pod deleted and created again under its name never gets its IPv4 address into the selectors' sets (IPv6 is fine)",
+        provenance: "k3s #10053",
+    },
+    FaultInfo {
+        name: "ipv6-sets-frozen",
+        fault: Some(Fault::Ipv6SetsFrozen),
+        features: &["dual-stack"],
+        imitates: "the IPv6 half of each selector's address set stops updating once first written: pods that come under a selector later are matched over IPv4 only",
+        provenance: "kube-router #1927",
     },
 ];
 
@@ -834,17 +854,7 @@ fn spill_excepts(
                 cidr: *cidr,
                 except: excepts.clone(),
             }],
-            Peer::Pods { .. } => cluster
-                .pods()
-                .iter()
-                .filter(|pod| peer.matches(cluster, namespace, pod))
-                .flat_map(|pod| crate::model::IpFamilies::Dual.addresses(pod.ip))
-                .filter(|ip| !excepted(ip))
-                .map(|ip| Peer::IpBlock {
-                    cidr: ipnet::IpNet::from(ip),
-                    except: Vec::new(),
-                })
-                .collect(),
+            Peer::Pods { .. } => history::selector_as_addresses(peer, cluster, namespace, excepted),
         })
         .collect()
 }

@@ -453,13 +453,34 @@ impl<'a> Draw<'a> {
         (vec![step], said)
     }
 
-    /// Pod churn: the pod `NAMESPACES[namespace]/PODS[name]` deleted, and a pod with other
-    /// labels created on its address (the model's pods are 10.244.1.1-9 in order), which a
-    /// dataplane keyed by address must not take for the old one.
+    /// Pod churn: the pod `NAMESPACES[namespace]/PODS[name]` deleted, then either created
+    /// again as it was (as a StatefulSet's pod is, on whatever address the cluster gives it), or
+    /// replaced by a pod with other labels on its address (the model's pods are 10.244.1.1-9 in
+    /// order), which a dataplane keyed by address must not take for the old one.
     fn replace_pod(&mut self, namespace: usize, name: usize) -> (Vec<StepDoc>, String) {
         self.features.insert("pod-churn");
         let ns = NAMESPACES[namespace];
         let old = format!("{ns}/{}", PODS[name]);
+        if self.rng.bool() {
+            let said = format!("delete {old} and create it again");
+            let delete = StepDoc {
+                name: format!("delete pod {old}"),
+                delete_pod: Some(old.clone()),
+                ..StepDoc::default()
+            };
+            let create = StepDoc {
+                name: format!("create {old} again"),
+                create_pod: Some(crate::model::PodDescription {
+                    namespace: ns.to_string(),
+                    name: PODS[name].to_string(),
+                    labels: [("pod".to_string(), PODS[name].to_string())].into(),
+                    ip: None,
+                    ports: Vec::new(),
+                }),
+                ..StepDoc::default()
+            };
+            return (vec![delete, create], said);
+        }
         let new = format!("{}-new", PODS[name]);
         let ip = format!("10.244.1.{}", namespace * 3 + name + 1);
         let said = format!("replace {old} by {ns}/{new} (pod=new) on its address {ip}");

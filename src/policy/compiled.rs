@@ -11,7 +11,7 @@ use super::selector::Selector;
 use crate::input::Origin;
 use crate::model::{Cluster, Pod, PortProtocol, Protocol};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Direction {
     Ingress,
     Egress,

@@ -74,10 +74,8 @@ pub struct LocalBackend {
     next_slot: usize,
     /// `None` without a dataplane.
     programmer: Option<Programmer>,
-    /// `direction-cleanup-clobbers`' history.
-    clobber: crate::faults::EgressClobber,
-    /// `reused-ip-stale`'s history.
-    stale: crate::faults::StaleIdentities,
+    /// What the faults with a history remember.
+    history: crate::faults::History,
     owner_file: Option<PathBuf>,
     cleaned: bool,
     udp_ports: UdpSourcePorts,
@@ -221,8 +219,7 @@ impl LocalBackend {
             ghosts: BTreeMap::new(),
             next_slot: 0,
             programmer: None,
-            clobber: Default::default(),
-            stale: Default::default(),
+            history: Default::default(),
             owner_file: None,
             cleaned: false,
             udp_ports: UdpSourcePorts::default(),
@@ -432,13 +429,6 @@ impl LocalBackend {
             return Ok(());
         }
         let (cluster, slots) = self.snapshot()?;
-        // The cluster as the dataplane sees it: with `reused-ip-stale`, old labels on reused
-        // addresses.
-        let cluster = if self.options.faults.has(Fault::ReusedIpStale) {
-            self.stale.update(&cluster)
-        } else {
-            cluster
-        };
         let enforced: Vec<Policy> = self
             .ghosts
             .iter()
@@ -446,17 +436,22 @@ impl LocalBackend {
             .chain(&self.policies)
             .map(|(_, p)| p.clone())
             .collect();
-        let policies = self.options.faults.distort_in(&enforced, &cluster);
-        let egress_clobbered = if self.options.faults.has(Fault::DirectionCleanupClobbers) {
-            let clobbered = self.clobber.update(&cluster, &policies);
-            self.pods
-                .values()
-                .filter(|p| clobbered.contains(&p.pod.key()))
-                .map(|p| p.slot)
-                .collect()
-        } else {
-            Vec::new()
-        };
+        let crate::faults::Enforced {
+            cluster,
+            policies,
+            egress_clobbered,
+        } = self.history.enforce(
+            &self.options.faults,
+            self.options.families,
+            &cluster,
+            &enforced,
+        );
+        let egress_clobbered = self
+            .pods
+            .values()
+            .filter(|p| egress_clobbered.contains(&p.pod.key()))
+            .map(|p| p.slot)
+            .collect();
         let state = programmer::State {
             at,
             policies,

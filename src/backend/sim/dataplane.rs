@@ -57,10 +57,8 @@ pub(super) struct Dataplane {
     /// Deleted policies the `policy-deletion-ignored` fault keeps enforcing.
     pub ghosts: Vec<Policy>,
     pub created: BTreeMap<PodRef, Instant>,
-    /// `direction-cleanup-clobbers`' history.
-    pub clobber: crate::faults::EgressClobber,
-    /// `reused-ip-stale`'s history.
-    pub stale: crate::faults::StaleIdentities,
+    /// What the faults with a history remember.
+    pub history: crate::faults::History,
     /// States not yet superseded by a newer state in effect, oldest first.
     pub states: Vec<State>,
     /// `queue-overflow`: the enforcer's tokens (connections it can judge now) and when they were
@@ -102,8 +100,7 @@ impl Dataplane {
             world: World::empty(),
             ghosts: Vec::new(),
             created: BTreeMap::new(),
-            clobber: Default::default(),
-            stale: Default::default(),
+            history: Default::default(),
             states: Vec::new(),
             queue_tokens,
             queue_counted: Instant::now(),
@@ -162,13 +159,17 @@ impl Dataplane {
             .chain(self.world.policies())
             .cloned()
             .collect();
-        // The cluster as the dataplane sees it: with `reused-ip-stale`, old labels on reused
-        // addresses.
-        let cluster = &if self.faults.has(Fault::ReusedIpStale) {
-            self.stale.update(self.world.cluster())
-        } else {
-            self.world.cluster().clone()
-        };
+        let crate::faults::Enforced {
+            cluster,
+            policies,
+            egress_clobbered,
+        } = self.history.enforce(
+            &self.faults,
+            self.families,
+            self.world.cluster(),
+            &enforced,
+        );
+        let cluster = &cluster;
         let clusters = [Family::V4, Family::V6]
             .into_iter()
             .filter_map(|family| {
@@ -219,14 +220,10 @@ impl Dataplane {
                 any.then(|| (family, built.with_outside(&outside)))
             })
             .collect();
-        let policies = self.faults.distort_in(&enforced, cluster);
         self.states.push(State {
             at: Instant::now(),
             clusters,
-            egress_clobbered: match self.faults.has(Fault::DirectionCleanupClobbers) {
-                true => self.clobber.update(cluster, &policies),
-                false => BTreeSet::new(),
-            },
+            egress_clobbered,
             node_port_policies: self
                 .faults
                 .has(Fault::NodePortAllowAllBroken)
