@@ -64,6 +64,7 @@ pub enum Fault {
     ReusedIpStale,
     RecreatedPodIpv4Missing,
     Ipv6SetsFrozen,
+    ServiceNamedTargetportBypass,
 }
 
 impl Fault {
@@ -80,6 +81,7 @@ impl Fault {
                 | Fault::ReusedIpStale
                 | Fault::RecreatedPodIpv4Missing
                 | Fault::Ipv6SetsFrozen
+                | Fault::ServiceNamedTargetportBypass
                 | Fault::PolicyDeletionIgnored
                 | Fault::ServiceTrafficUnfiltered
                 | Fault::Ipv6Unfiltered
@@ -402,6 +404,13 @@ pub const CATALOGUE: &[FaultInfo] = &[
         features: &["dual-stack"],
         imitates: "the IPv6 half of each selector's address set stops updating once first written: pods that come under a selector later are matched over IPv4 only",
         provenance: "kube-router #1927",
+    },
+    FaultInfo {
+        name: "service-named-targetport-bypass",
+        fault: Some(Fault::ServiceNamedTargetportBypass),
+        features: &["service"],
+        imitates: "traffic to a ClusterIP is judged before DNAT, where a named port is taken at every number it has on any pod: a pod whose own number differs is reached through its Service",
+        provenance: "amazon-network-policy-controller-k8s #210",
     },
 ];
 
@@ -807,6 +816,14 @@ impl Faults {
         }
         vec![port]
     }
+}
+
+/// The policies `service-named-targetport-bypass` applies to traffic to a ClusterIP: each named
+/// port at every number it has on any pod.
+pub fn named_ports_anywhere(policies: &[Policy], cluster: &crate::model::Cluster) -> Vec<Policy> {
+    let mut any_number = Faults::default();
+    any_number.set.insert(Fault::NamedPortAnyNumber);
+    any_number.distort_in(policies, cluster)
 }
 
 /// The policies `nodeport-allow-all-broken` applies to traffic through a NodePort: without the

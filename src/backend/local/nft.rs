@@ -116,6 +116,9 @@ pub struct Dialect {
     /// `nodeport-allow-all-broken`: an ipBlock of a whole family (`0.0.0.0/0`, `::/0`) does not
     /// match traffic that arrived through a NodePort.
     pub catch_all_skips_node_ports: bool,
+    /// `service-named-targetport-bypass`: traffic to a ClusterIP passes a named port at any
+    /// number the name has on any pod.
+    pub service_named_ports_anywhere: bool,
 }
 
 /// `icmpx` picks ICMP type 3 code 13 for IPv4 and ICMPv6 type 1 code 1 for IPv6.
@@ -437,13 +440,25 @@ fn rule_matchers(
                             .iter()
                             .any(|p| p.matches(cluster, &policy.namespace, dst)),
                     };
-                    if let (true, Some(number)) = (allowed_peer, dst.named_port(name, *protocol)) {
+                    if !allowed_peer {
+                        continue;
+                    }
+                    let own = dst.named_port(name, *protocol);
+                    if let Some(number) = own {
                         matchers.extend(destination_port(slots, dst, *protocol, number));
+                    }
+                    if dialect.service_named_ports_anywhere {
+                        for number in numbers_anywhere(cluster, name, *protocol, own) {
+                            for exact in destination_port(slots, dst, *protocol, number) {
+                                matchers.extend(cross(&through_cluster_ips(), &exact));
+                            }
+                        }
                     }
                 }
             }
             PortMatch::Named { name, protocol } => {
-                if let Some(number) = subject.named_port(name, *protocol) {
+                let own = subject.named_port(name, *protocol);
+                if let Some(number) = own {
                     let port = PortMatch::Range {
                         protocol: *protocol,
                         start: number,
@@ -451,11 +466,51 @@ fn rule_matchers(
                     };
                     matchers.extend(cross(&peer_exprs, &port_expr(&port)));
                 }
+                if dialect.service_named_ports_anywhere {
+                    for number in numbers_anywhere(cluster, name, *protocol, own) {
+                        let port = PortMatch::Range {
+                            protocol: *protocol,
+                            start: number,
+                            end: number,
+                        };
+                        for via in through_cluster_ips() {
+                            let port = format!("{via} {}", port_expr(&port));
+                            matchers.extend(cross(&peer_exprs, &port));
+                        }
+                    }
+                }
             }
             other => matchers.extend(cross(&peer_exprs, &port_expr(other))),
         }
     }
     matchers
+}
+
+/// Every number the port name has on any pod of `cluster`, but `own`
+/// (`service-named-targetport-bypass`).
+fn numbers_anywhere(
+    cluster: &Cluster,
+    name: &str,
+    protocol: crate::model::Protocol,
+    own: Option<u16>,
+) -> std::collections::BTreeSet<u16> {
+    cluster
+        .pods()
+        .iter()
+        .filter_map(|pod| pod.named_port(name, protocol))
+        .filter(|n| Some(*n) != own)
+        .collect()
+}
+
+/// Matches for traffic sent to a ClusterIP (before the proxy's DNAT), one per family.
+fn through_cluster_ips() -> Vec<String> {
+    super::proxy::SERVICE_RANGES
+        .iter()
+        .map(|range| {
+            let fam = if range.contains(':') { "ip6" } else { "ip" };
+            format!("ct original {fam} daddr {range}")
+        })
+        .collect()
 }
 
 fn cross(peers: &[String], port: &str) -> Vec<String> {

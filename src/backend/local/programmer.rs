@@ -70,6 +70,7 @@ impl Installer {
             nft::Dialect {
                 deny,
                 catch_all_skips_node_ports: self.faults.has(Fault::NodePortAllowAllBroken),
+                service_named_ports_anywhere: self.faults.has(Fault::ServiceNamedTargetportBypass),
             },
             &SlotTable {
                 slots: state.slots.clone(),

@@ -30,7 +30,9 @@ pub const NAT_TABLE: &str = "inet polygraph-nat";
 pub const NODE_V4: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 2);
 pub const NODE_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x18, 0, 0, 0, 0, 0, 2);
 
-/// The Service ranges: 10.96.0.0/16 and fd00:10:96::/112, as kind's defaults.
+/// The Service ranges, as kind's defaults.
+pub const SERVICE_RANGES: [&str; 2] = ["10.96.0.0/16", "fd00:10:96::/112"];
+/// The first ClusterIPs of the Service ranges.
 const SERVICE_V4_FIRST: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const SERVICE_V6_FIRST: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x96, 0, 0, 0, 0, 0x10);
 

@@ -33,6 +33,8 @@ pub(super) struct State {
     pub egress_clobbered: BTreeSet<PodRef>,
     /// `nodeport-allow-all-broken`: the policies as they apply to traffic through a NodePort.
     pub node_port_policies: Option<Vec<Policy>>,
+    /// `service-named-targetport-bypass`: the policies as they apply to traffic to a ClusterIP.
+    pub service_policies: Option<Vec<Policy>>,
 }
 
 /// Everything the simulation knows: the API's view and the dataplane's history.
@@ -224,6 +226,10 @@ impl Dataplane {
             at: Instant::now(),
             clusters,
             egress_clobbered,
+            service_policies: self
+                .faults
+                .has(Fault::ServiceNamedTargetportBypass)
+                .then(|| crate::faults::named_ports_anywhere(&policies, cluster)),
             node_port_policies: self
                 .faults
                 .has(Fault::NodePortAllowAllBroken)
@@ -256,7 +262,11 @@ impl Dataplane {
             for (family, cluster) in &s.clusters {
                 let oracle = || Oracle::tiered(cluster, &s.policies, &s.cluster_policies);
                 oracles.push((*family, false, cluster, oracle()));
-                oracles.push((*family, true, cluster, oracle().through_services()));
+                let through_services = match &s.service_policies {
+                    Some(policies) => Oracle::tiered(cluster, policies, &s.cluster_policies),
+                    None => oracle(),
+                };
+                oracles.push((*family, true, cluster, through_services.through_services()));
                 if let Some(policies) = &s.node_port_policies {
                     node_port_oracles.push((
                         *family,
