@@ -124,12 +124,19 @@ pub fn load(names: &[String]) -> Result<Vec<Scenario>, CliError> {
 
 pub fn run(args: RunArgs) -> Result<ExitCode, CliError> {
     if args.list_faults {
+        // Names in a column as wide as the longest, two spaces after it.
+        let width = faults::CATALOGUE
+            .iter()
+            .map(|f| f.name.len())
+            .max()
+            .unwrap_or(0)
+            + 2;
         for fault in faults::CATALOGUE {
             if fault.provenance.is_empty() {
-                out!("{:<30}{}", fault.name, fault.imitates)?;
+                out!("{:<width$}{}", fault.name, fault.imitates)?;
             } else {
                 out!(
-                    "{:<30}{} [shipped: {}]",
+                    "{:<width$}{} [shipped: {}]",
                     fault.name,
                     fault.imitates,
                     fault.provenance

@@ -65,6 +65,7 @@ pub enum Fault {
     RecreatedPodIpv4Missing,
     Ipv6SetsFrozen,
     ServiceNamedTargetportBypass,
+    NodeEgressUnfiltered,
 }
 
 impl Fault {
@@ -82,6 +83,7 @@ impl Fault {
                 | Fault::RecreatedPodIpv4Missing
                 | Fault::Ipv6SetsFrozen
                 | Fault::ServiceNamedTargetportBypass
+                | Fault::NodeEgressUnfiltered
                 | Fault::PolicyDeletionIgnored
                 | Fault::ServiceTrafficUnfiltered
                 | Fault::Ipv6Unfiltered
@@ -411,6 +413,13 @@ pub const CATALOGUE: &[FaultInfo] = &[
         features: &["service"],
         imitates: "traffic to a ClusterIP is judged before DNAT, where a named port is taken at every number it has on any pod: a pod whose own number differs is reached through its Service",
         provenance: "amazon-network-policy-controller-k8s #210",
+    },
+    FaultInfo {
+        name: "node-egress-unfiltered",
+        fault: Some(Fault::NodeEgressUnfiltered),
+        features: &["node"],
+        imitates: "traffic from a pod to its node's own address skips egress policy: only traffic the node forwards is filtered",
+        provenance: "kube-network-policies #283",
     },
 ];
 

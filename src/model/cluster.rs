@@ -93,6 +93,12 @@ impl std::str::FromStr for PodRef {
 /// valid namespace name, so no policy, selector or user namespace can ever name it.
 pub const OUTSIDE_NAMESPACE: &str = "(outside)";
 
+/// The namespace of the pods' node in a path's analysis (`ProbeTarget::Node`): like
+/// `OUTSIDE_NAMESPACE`, no selector can name it, so only address peers (`ipBlock`, `networks`)
+/// match the node; the analysis adds what is the node's alone (a pod's own node may always reach
+/// it).
+pub const NODE_NAMESPACE: &str = "(node)";
+
 /// The cluster's DNS as a name-resolving path's analysis needs it: the namespace its servers run
 /// in (with its labels, `kubernetes.io/metadata.name` included) and the servers, as pods with
 /// their labels and addresses. Policies judge a source's DNS egress against these, as a CNI does.
@@ -159,7 +165,12 @@ impl Cluster {
     pub fn with_outside(&self, hosts: &[Pod]) -> Cluster {
         let mut pods = self.pods.clone();
         pods.extend(hosts.iter().map(|h| Pod {
-            namespace: OUTSIDE_NAMESPACE.to_string(),
+            namespace: if h.namespace == NODE_NAMESPACE {
+                NODE_NAMESPACE
+            } else {
+                OUTSIDE_NAMESPACE
+            }
+            .to_string(),
             ..h.clone()
         }));
         Cluster::from_parts(self.namespaces.clone(), pods)
@@ -184,9 +195,18 @@ impl Cluster {
         Cluster::from_parts(namespaces, pods)
     }
 
-    /// Whether the pod at `id` is a host outside the cluster (see `with_outside`).
+    /// Whether the pod at `id` is no pod: a host outside the cluster, or the pods' node (see
+    /// `with_outside`).
     pub fn is_outside(&self, id: PodId) -> bool {
-        self.pods[id].namespace == OUTSIDE_NAMESPACE
+        matches!(
+            self.pods[id].namespace.as_str(),
+            OUTSIDE_NAMESPACE | NODE_NAMESPACE
+        )
+    }
+
+    /// Whether the pod at `id` is the pods' node.
+    pub fn is_node(&self, id: PodId) -> bool {
+        self.pods[id].namespace == NODE_NAMESPACE
     }
 
     /// The cluster as a description again, every pod with its IP: to rebuild it with changes.

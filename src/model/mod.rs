@@ -11,7 +11,7 @@ mod protocol;
 pub mod syntax;
 
 pub use cluster::{
-    Cluster, ClusterDns, ContainerPort, DNS_PORT, Labels, Namespace, OUTSIDE_NAMESPACE, Pod, PodId,
+    Cluster, ClusterDns, ContainerPort, DNS_PORT, Labels, Namespace, NODE_NAMESPACE, OUTSIDE_NAMESPACE, Pod, PodId,
     PodRef,
 };
 pub use description::{

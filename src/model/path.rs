@@ -39,15 +39,20 @@ pub enum ProbeTarget {
     NodePort,
     /// The other way out: pods reaching a server outside the cluster.
     External,
+    /// The pods' node, at its own address, both ways: pods reach it (their egress judges that,
+    /// where an `ipBlock` covering the node's address, or a cluster policy's `nodes` peer, can
+    /// admit it) and it reaches them (always allowed: NetworkPolicy exempts a pod's own node).
+    Node,
 }
 
 impl ProbeTarget {
-    pub const ALL: [ProbeTarget; 5] = [
+    pub const ALL: [ProbeTarget; 6] = [
         ProbeTarget::PodIp,
         ProbeTarget::Service,
         ProbeTarget::ServiceName,
         ProbeTarget::NodePort,
         ProbeTarget::External,
+        ProbeTarget::Node,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -57,6 +62,7 @@ impl ProbeTarget {
             ProbeTarget::ServiceName => "service-name",
             ProbeTarget::NodePort => "node-port",
             ProbeTarget::External => "external",
+            ProbeTarget::Node => "node",
         }
     }
 
@@ -79,10 +85,13 @@ impl ProbeTarget {
         self == ProbeTarget::ServiceName
     }
 
-    /// Whether the path has a host outside the cluster at one end: the client of a NodePort, the
-    /// server of an external destination.
+    /// Whether the path has a host that is no pod at one end: the client of a NodePort, the
+    /// server of an external destination, the pods' node.
     pub fn needs_outside(self) -> bool {
-        matches!(self, ProbeTarget::NodePort | ProbeTarget::External)
+        matches!(
+            self,
+            ProbeTarget::NodePort | ProbeTarget::External | ProbeTarget::Node
+        )
     }
 }
 
@@ -101,7 +110,7 @@ impl std::str::FromStr for ProbeTarget {
             .find(|t| t.as_str() == s)
             .ok_or_else(|| {
                 format!(
-                    "unknown target {s:?} (expected pod-ip, service, service-name, node-port or external)"
+                    "unknown target {s:?} (expected pod-ip, service, service-name, node-port, external or node)"
                 )
             })
     }

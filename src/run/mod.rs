@@ -210,13 +210,17 @@ async fn probe_selected<B: Backend>(
     type Chunk = Vec<(Target, usize, usize)>;
     type Unit<'a> = (usize, &'a crate::model::Pod, Vec<Chunk>);
     let plan = &plan;
+    let outside = &outside;
     let select = &select;
     let node_of = &node_of;
     let node_key = &node_key;
     let chunk_size = pacer.chunk();
     let chunked = move |from: usize| -> Vec<Chunk> {
         let mut by_node: std::collections::BTreeMap<&Option<String>, Chunk> = Default::default();
-        for cell in plan.iter().filter(|(_, k, to)| select(*k, from, *to)) {
+        for cell in plan
+            .iter()
+            .filter(|(_, k, to)| select(*k, from, *to) && paths::probes_cell(outside, from, *to, path))
+        {
             by_node
                 .entry(&node_of[cell.2])
                 .or_default()

@@ -171,6 +171,9 @@ impl PathPlan {
             &port_protocols,
         );
         outside.warnings = base.warnings;
+        if path.target == ProbeTarget::Node {
+            own_node_exempt(&mut outside);
+        }
         outside
     }
 }
@@ -225,6 +228,33 @@ impl PathPlan {
     }
 }
 
+/// The node's cells into its pods: "the only allowed connections into the pod are those from the
+/// pod's node and those allowed by the ingress list" (NetworkPolicy), so allowed whatever the
+/// NetworkPolicies say. Every pod polygraph's own clusters run is on their one node. Where a
+/// cluster policy's Deny would block the node, the cell is undefined: the cluster-scoped API says
+/// nothing of traffic from a pod's own node.
+fn own_node_exempt(analysis: &mut Analysis) {
+    let cluster = &analysis.cluster;
+    let nodes: Vec<PodId> = (0..cluster.pods().len())
+        .filter(|&id| cluster.is_node(id))
+        .collect();
+    let pods: Vec<PodId> = (0..cluster.pods().len())
+        .filter(|&id| !cluster.is_outside(id))
+        .collect();
+    for k in 0..analysis.table.port_protocols().len() {
+        for &node in &nodes {
+            for &pod in &pods {
+                let mut decision = analysis.table.get(k, node, pod);
+                decision.undefined |= decision.drop;
+                decision.drop = false;
+                decision.egress = true;
+                decision.ingress = true;
+                analysis.table.set(k, node, pod, decision);
+            }
+        }
+    }
+}
+
 /// The namespaces of an analysis's cluster, by name (for `PathPlan::prepare`).
 pub fn namespace_names(analysis: &Analysis) -> Vec<&str> {
     analysis
@@ -246,10 +276,21 @@ pub fn pod_address<B: Backend>(backend: &B, pod: &Pod, family: Family) -> Option
 }
 
 /// Whether the pod at `id` of a path's analysis probes on that path: hosts outside the cluster
-/// only as NodePort clients, pods otherwise; in the path's family either way.
+/// only as NodePort clients, the node on its own path, pods otherwise; in the path's family
+/// either way.
 pub fn is_source(analysis_pods: &[Pod], outside: &[bool], id: PodId, path: ProbePath) -> bool {
     Family::of(analysis_pods[id].ip) == path.family
-        && outside[id] == (path.target == ProbeTarget::NodePort)
+        && match path.target {
+            ProbeTarget::NodePort => outside[id],
+            ProbeTarget::Node => true,
+            _ => !outside[id],
+        }
+}
+
+/// Whether the cell `from` → `to` is probed on `path`: on a path with a host that is no pod,
+/// only the cells between it and the pods (the pods among themselves are the pod-IP path's).
+pub fn probes_cell(outside: &[bool], from: usize, to: usize, path: ProbePath) -> bool {
+    !path.target.needs_outside() || outside[from] != outside[to]
 }
 
 /// The probe for destination `dst` (a pod of the path's analysis, `outside` if it is a host beyond
@@ -275,7 +316,8 @@ pub fn probe_target<B: Backend>(
         ),
     };
     match (path.target, outside) {
-        (ProbeTarget::External, true) => to(dst.ip, pp.port),
+        (ProbeTarget::External | ProbeTarget::Node, true) => to(dst.ip, pp.port),
+        (ProbeTarget::Node, false) => to(dst.ip, pp.port),
         (ProbeTarget::External, false) | (_, true) => Ok(None),
         (ProbeTarget::PodIp, false) => to(dst.ip, pp.port),
         (ProbeTarget::ServiceName, false) => {

@@ -196,6 +196,9 @@ pub fn outside_hosts(
     options: &KubeOptions,
     target: crate::model::ProbeTarget,
 ) -> Result<Vec<Pod>, String> {
+    if target == crate::model::ProbeTarget::Node {
+        return Err("probing between pods and their nodes needs host-network probe pods, which polygraph does not deploy on Kubernetes yet".into());
+    }
     if target == crate::model::ProbeTarget::NodePort {
         return Err("probing NodePorts from outside the cluster is not supported on Kubernetes yet: polygraph would have to know the address its probes arrive from".into());
     }

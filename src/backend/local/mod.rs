@@ -84,6 +84,9 @@ pub struct LocalBackend {
     next_node_port: u16,
     /// The host outside the cluster, once a path needs it.
     outside: Option<Outside>,
+    /// The node as an endpoint (`--target node`), once a path needs it: an agent serving in the
+    /// node namespace, at the node's addresses.
+    node_host: Option<(Pod, Option<Agent>)>,
     /// The cluster's DNS, once a path resolves names.
     dns: Option<Dns>,
 }
@@ -138,6 +141,28 @@ pub(crate) fn dns_namespace() -> Namespace {
 
 /// The fully qualified name of `pod`'s Service in a cluster with `domain`, as the Kubernetes DNS
 /// specification names it.
+/// The node as an endpoint: `model::NODE_NAMESPACE`, named `node`, at its first address, serving
+/// `port_protocols` (the local cluster's and the simulation's alike).
+pub fn node_host(addresses: &[IpAddr], port_protocols: &[PortProtocol]) -> Pod {
+    Pod {
+        namespace: crate::model::NODE_NAMESPACE.into(),
+        name: "node".into(),
+        labels: Labels::new(),
+        ip: addresses
+            .first()
+            .copied()
+            .unwrap_or(IpAddr::V4(proxy::NODE_V4)),
+        ports: port_protocols
+            .iter()
+            .map(|pp| ContainerPort {
+                name: None,
+                port: pp.port,
+                protocol: pp.protocol,
+            })
+            .collect(),
+    }
+}
+
 pub fn service_fqdn(pod: &PodRef, domain: &str) -> String {
     format!(
         "{}.{}.svc.{domain}.",
@@ -226,6 +251,7 @@ impl LocalBackend {
             sessions: Sessions::default(),
             next_node_port: proxy::NODE_PORT_FIRST,
             outside: None,
+            node_host: None,
             dns: None,
         };
         if let Err(e) = backend.create_node().await {
@@ -493,6 +519,9 @@ impl LocalBackend {
         if let Some(agent) = self.outside.as_mut().and_then(|o| o.agent.as_mut()) {
             agent.stop().await;
         }
+        if let Some((_, Some(agent))) = &mut self.node_host {
+            agent.stop().await;
+        }
         if let Some(dns) = &mut self.dns {
             dns.server.stop().await;
         }
@@ -509,6 +538,7 @@ impl LocalBackend {
         }
         // Unconditionally: a half-made outside host has a namespace but no record.
         self.outside = None;
+        self.node_host = None;
         host::netns_delete_now(&self.names.outside());
         host::netns_delete_now(&self.names.node());
         if let Some(owner) = self.owner_file.take() {
@@ -741,9 +771,47 @@ impl LocalBackend {
         Ok(outside.host.clone())
     }
 
+    /// The node as an endpoint on first use, serving `port_protocols` in the node namespace
+    /// (restarted when they change). Its ports must not be the node's own services': the local
+    /// node has none but the NodePorts (30000 and up), which the proxy's DNAT takes first.
+    async fn ensure_node_host(
+        &mut self,
+        port_protocols: &[PortProtocol],
+    ) -> Result<Pod, BackendError> {
+        let addresses: Vec<IpAddr> = self
+            .options
+            .families
+            .families()
+            .iter()
+            .map(|&f| proxy::node_address(f))
+            .collect();
+        let wanted = node_host(&addresses, port_protocols);
+        if let Some((host, _)) = &self.node_host
+            && host.ports == wanted.ports
+        {
+            return Ok(host.clone());
+        }
+        if let Some((_, Some(agent))) = &mut self.node_host {
+            agent.stop().await;
+        }
+        let netns = self.names.node();
+        let mut agent = Agent::serve(&self.options.agent, &netns, &wanted)?;
+        if let Some(agent) = &mut agent {
+            let timeout = Duration::from_secs(10);
+            agent
+                .await_ready(&wanted.key(), tokio::time::Instant::now() + timeout, timeout)
+                .await?;
+        }
+        self.node_host = Some((wanted.clone(), agent));
+        Ok(wanted)
+    }
+
     fn netns_of(&self, pod: &PodRef) -> Result<String, BackendError> {
         if self.outside.as_ref().is_some_and(|o| o.host.key() == *pod) {
             return Ok(self.names.outside());
+        }
+        if self.node_host.as_ref().is_some_and(|(h, _)| h.key() == *pod) {
+            return Ok(self.names.node());
         }
         let local = self.pods.get(pod).ok_or_else(|| BackendError::Probe {
             pod: pod.clone(),
@@ -792,6 +860,15 @@ impl Backend for LocalBackend {
         if let Some(outside) = self.outside.as_ref().filter(|o| o.host.key() == *pod) {
             return outside.addresses.clone();
         }
+        if self.node_host.as_ref().is_some_and(|(h, _)| h.key() == *pod) {
+            return self
+                .options
+                .families
+                .families()
+                .iter()
+                .map(|&f| proxy::node_address(f))
+                .collect();
+        }
         self.pods
             .get(pod)
             .map(|p| p.addresses.clone())
@@ -807,12 +884,19 @@ impl Backend for LocalBackend {
         Some((proxy::node_address(family), *port))
     }
 
-    /// The outside namespace, for both NodePort clients and external servers.
+    /// The outside namespace, for both NodePort clients and external servers; the node
+    /// namespace for `node`.
     async fn outside(
         &mut self,
-        _target: ProbeTarget,
+        target: ProbeTarget,
         port_protocols: &[PortProtocol],
     ) -> Result<Vec<Pod>, String> {
+        if target == ProbeTarget::Node {
+            return match self.ensure_node_host(port_protocols).await {
+                Ok(host) => Ok(vec![host]),
+                Err(e) => Err(format!("the node could not serve as an endpoint: {e}")),
+            };
+        }
         match self.ensure_outside(port_protocols).await {
             Ok(host) => Ok(vec![host]),
             Err(e) => Err(format!("the outside host could not be set up: {e}")),
@@ -982,6 +1066,9 @@ impl Drop for LocalBackend {
                 }
             }
             if let Some(agent) = self.outside.as_mut().and_then(|o| o.agent.as_mut()) {
+                agent.kill();
+            }
+            if let Some((_, Some(agent))) = &mut self.node_host {
                 agent.kill();
             }
             if let Some(dns) = &mut self.dns {

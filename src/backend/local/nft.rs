@@ -53,6 +53,10 @@ pub struct Ruleset {
     /// Traffic a faulty dataplane drops whatever the policies say, right after conntrack (before
     /// `unfiltered`): DNS to the cluster's DNS pod (`dns-egress-blocked`).
     pub dropped: Vec<String>,
+    /// The `input` chain's dispatch: traffic from a pod to the node's own addresses is never
+    /// forwarded, so its egress check is dispatched there too (`node-egress-unfiltered` leaves it
+    /// out).
+    pub node_dispatch: Vec<String>,
 }
 
 impl Ruleset {
@@ -72,6 +76,7 @@ impl Ruleset {
             .retain(|chain, _| *chain != name && !chain.starts_with(&tier_prefix));
         let dispatch = format!("jump {name}");
         self.dispatch.retain(|rule| !rule.ends_with(&dispatch));
+        self.node_dispatch.retain(|rule| !rule.ends_with(&dispatch));
         self
     }
 }
@@ -249,6 +254,12 @@ pub fn compile(
                 Direction::Egress => ("iifname", veth_name(slot)),
                 Direction::Ingress => ("oifname", veth_name(slot)),
             };
+            if direction == Direction::Egress {
+                // Only the transport protocols: neighbour discovery to the node must pass.
+                ruleset.node_dispatch.push(format!(
+                    "meta l4proto {{ tcp, udp, sctp }} {keyword} \"{iface}\" jump {chain}"
+                ));
+            }
             ruleset
                 .dispatch
                 .push(format!("{keyword} \"{iface}\" jump {chain}"));
@@ -588,9 +599,13 @@ const FORWARD_BASE: [&str; 2] = [
 /// The transaction that creates the table from nothing.
 pub fn install(ruleset: &Ruleset) -> String {
     let mut tx = format!(
-        "add table {TABLE}\nadd chain {TABLE} forward {{ type filter hook forward priority filter; policy accept; }}\n"
+        "add table {TABLE}\nadd chain {TABLE} forward {{ type filter hook forward priority filter; policy accept; }}\n\
+         add chain {TABLE} input {{ type filter hook input priority filter; policy accept; }}\n"
     );
     tx.push_str(&update(&Ruleset::default(), ruleset).unwrap_or_default());
+    if ruleset.node_dispatch.is_empty() {
+        tx.push_str(&input_rules(ruleset));
+    }
     if ruleset.dispatch.is_empty()
         && ruleset.unfiltered.is_empty()
         && ruleset.dropped.is_empty()
@@ -598,6 +613,16 @@ pub fn install(ruleset: &Ruleset) -> String {
     {
         // `update` writes the forward chain only when dispatch changes; a fresh table needs it.
         tx.push_str(&forward_rules(ruleset));
+    }
+    tx
+}
+
+/// The node's own traffic from pods: replies of what the node sent pass, then each isolated
+/// pod's egress check.
+fn input_rules(ruleset: &Ruleset) -> String {
+    let mut tx = format!("flush chain {TABLE} input\n");
+    for rule in std::iter::once(&FORWARD_BASE[0].to_string()).chain(&ruleset.node_dispatch) {
+        let _ = writeln!(tx, "add rule {TABLE} input {rule}");
     }
     tx
 }
@@ -657,6 +682,9 @@ pub fn update(old: &Ruleset, new: &Ruleset) -> Option<String> {
         &new.dropped,
     ) {
         tx.push_str(&forward_rules(new));
+    }
+    if old.node_dispatch != new.node_dispatch {
+        tx.push_str(&input_rules(new));
     }
     // Stale chains go last, once the forward chain no longer jumps to them; emptied first, since
     // one stale tier chain may still `goto` another.

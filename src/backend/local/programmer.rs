@@ -82,6 +82,9 @@ impl Installer {
         ruleset.before_conntrack = base.before_conntrack;
         ruleset.unfiltered = base.unfiltered;
         ruleset.dropped = base.dropped;
+        if self.faults.has(Fault::NodeEgressUnfiltered) {
+            ruleset.node_dispatch.clear();
+        }
         for slot in &state.infrastructure {
             ruleset = ruleset.without_pod(*slot);
         }

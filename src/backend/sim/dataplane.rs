@@ -50,6 +50,8 @@ pub(super) struct Dataplane {
     next_node_port: u16,
     /// The host outside the cluster, once a path needs it, with its addresses.
     pub outside: Option<(Pod, Vec<IpAddr>)>,
+    /// The pods' node as an endpoint, once a path needs it, with its addresses.
+    pub node: Option<(Pod, Vec<IpAddr>)>,
     /// The cluster's DNS pod (the local cluster's), once a path resolves names, with its
     /// addresses.
     pub dns: Option<(Pod, Vec<IpAddr>)>,
@@ -98,6 +100,7 @@ impl Dataplane {
             next_slot: 0,
             next_node_port: crate::backend::local::proxy::NODE_PORT_FIRST,
             outside: None,
+            node: None,
             dns: None,
             world: World::empty(),
             ghosts: Vec::new(),
@@ -193,6 +196,7 @@ impl Dataplane {
                 let outside: Vec<Pod> = self
                     .outside
                     .iter()
+                    .chain(&self.node)
                     .filter_map(|(host, addresses)| {
                         let ip = addresses.iter().find(|ip| Family::of(**ip) == family)?;
                         Some(Pod {
@@ -287,6 +291,7 @@ impl Dataplane {
             services: &self.services,
             node_ports: &self.node_ports,
             outside: self.outside.as_ref(),
+            node: self.node.as_ref(),
             dns: self.dns.as_ref(),
             lag: self.lag,
             stateless: self.faults.has(Fault::Stateless),
@@ -335,6 +340,7 @@ pub(super) struct Judge<'a> {
     services: &'a BTreeMap<PodRef, usize>,
     node_ports: &'a BTreeMap<PodRef, Vec<(PortProtocol, u16)>>,
     outside: Option<&'a (Pod, Vec<IpAddr>)>,
+    node: Option<&'a (Pod, Vec<IpAddr>)>,
     dns: Option<&'a (Pod, Vec<IpAddr>)>,
     lag: Lag,
     stateless: bool,
@@ -361,10 +367,16 @@ impl Judge<'_> {
             return Some((outside, Route::plain(family)));
         }
         if ip == crate::backend::local::proxy::node_address(family) {
-            let pod = self
+            let node_port = self
                 .node_ports
                 .iter()
-                .find_map(|(pod, ports)| ports.iter().any(|(_, p)| *p == port).then_some(pod))?;
+                .find_map(|(pod, ports)| ports.iter().any(|(_, p)| *p == port).then_some(pod));
+            // The node's own ports, where it serves as an endpoint (`--target node`).
+            let Some(pod) = node_port else {
+                return self
+                    .node
+                    .map(|(node, _)| (node, Route::plain(family)));
+            };
             let pod = self.world.pod(pod)?;
             return Some((
                 pod,
@@ -516,6 +528,16 @@ impl Judge<'_> {
             Some((dst, route)) if dst.key() == *from && !route.service => {
                 (Outcome::Connected, Some(dst.key()))
             }
+            // The node's own traffic leaves by its output path, where no policy filters it: a
+            // pod's own node may always reach it (the local cluster's kernel does the same).
+            Some((dst, _)) if self.is_node(from) => (Outcome::Connected, Some(dst.key())),
+            // `node-egress-unfiltered`: traffic to the node skips the pods' egress (and the node
+            // has no ingress policy).
+            Some((dst, _))
+                if self.is_node(&dst.key()) && self.faults.has(Fault::NodeEgressUnfiltered) =>
+            {
+                (Outcome::Connected, Some(dst.key()))
+            }
             Some(_) if queued == Queued::Dropped => (Outcome::Timeout, None),
             Some((dst, route)) if queued == Queued::Accepted || self.unfiltered(route) => {
                 (Outcome::Connected, Some(dst.key()))
@@ -580,6 +602,11 @@ impl Judge<'_> {
                 .drop_required(),
             _ => false,
         }
+    }
+
+    /// Whether `pod` is the pods' node.
+    fn is_node(&self, pod: &PodRef) -> bool {
+        self.node.is_some_and(|(node, _)| node.key() == *pod)
     }
 
     /// Whether the policies deny a new connection's first packet (not its replies): what a

@@ -90,7 +90,12 @@ impl Backend for SimBackend {
 
     fn addresses(&self, pod: &PodRef) -> Vec<IpAddr> {
         let dataplane = self.dataplane();
-        if let Some((_, addresses)) = dataplane.outside.as_ref().filter(|(h, _)| h.key() == *pod) {
+        if let Some((_, addresses)) = dataplane
+            .outside
+            .iter()
+            .chain(&dataplane.node)
+            .find(|(h, _)| h.key() == *pod)
+        {
             return addresses.clone();
         }
         let families = dataplane.families;
@@ -116,13 +121,26 @@ impl Backend for SimBackend {
     }
 
     /// A host outside the cluster at the local cluster's addresses (203.0.113.10,
-    /// 2001:db8::10), serving what the scenario probes.
+    /// 2001:db8::10), or for `node` the pods' node at the local cluster's node addresses, serving
+    /// what the scenario probes.
     async fn outside(
         &mut self,
-        _target: ProbeTarget,
+        target: ProbeTarget,
         port_protocols: &[PortProtocol],
     ) -> Result<Vec<Pod>, String> {
         let mut dataplane = self.dataplane();
+        if target == ProbeTarget::Node {
+            let addresses: Vec<IpAddr> = dataplane
+                .families
+                .families()
+                .iter()
+                .map(|&f| crate::backend::local::proxy::node_address(f))
+                .collect();
+            let node = crate::backend::local::node_host(&addresses, port_protocols);
+            dataplane.node = Some((node.clone(), addresses));
+            dataplane.record();
+            return Ok(vec![node]);
+        }
         let v4 = IpAddr::from([203, 0, 113, 10]);
         let v6 = IpAddr::from([0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10u16]);
         let addresses = match dataplane.families {
@@ -239,8 +257,9 @@ impl Backend for SimBackend {
         let mut dataplane = self.dataplane();
         let outside = dataplane
             .outside
-            .as_ref()
-            .is_some_and(|(h, _)| h.key() == *from);
+            .iter()
+            .chain(&dataplane.node)
+            .any(|(h, _)| h.key() == *from);
         if dataplane.world.pod(from).is_none() && !outside {
             return Err(BackendError::Probe {
                 pod: from.clone(),
