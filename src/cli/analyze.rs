@@ -21,16 +21,33 @@ pub struct AnalyzeArgs {
     /// Explain one pair, FROM,TO (e.g. x/a,y/b): which policy and rule decide it. Repeatable.
     #[arg(long, value_name = "FROM,TO")]
     explain: Vec<String>,
+    /// Add the pods' node, at this address, as an endpoint `(node)/node`: a pod's traffic to it is
+    /// egress judged by address (ipBlock), its traffic to a pod always allowed (a pod's own node
+    /// is exempt). The local cluster's node is 172.18.0.2.
+    #[arg(long, value_name = "IP")]
+    node: Option<std::net::IpAddr>,
 }
 
 pub fn run(args: AnalyzeArgs) -> Result<ExitCode, CliError> {
-    let cluster = args.model.cluster()?;
+    let mut cluster = args.model.cluster()?;
+    if let Some(ip) = args.node {
+        let served: Vec<polygraph::model::PortProtocol> = cluster
+            .pods()
+            .iter()
+            .flat_map(|p| p.ports.iter().map(|c| polygraph::model::PortProtocol::new(c.port, c.protocol)))
+            .collect();
+        let mut served = served;
+        served.sort();
+        served.dedup();
+        cluster = cluster.with_outside(&[polygraph::backend::local::node_host(&[ip], &served)]);
+    }
     let explain = args
         .explain
         .iter()
         .map(|pair| parse_pair(&cluster, pair))
         .collect::<Result<Vec<_>, _>>()?;
-    let analysis = args.model.analysis(cluster)?;
+    let mut analysis = args.model.analysis(cluster)?;
+    polygraph::run::paths::own_node_exempt(&mut analysis);
 
     let mut out = std::io::stdout().lock();
     match args.output {
@@ -105,13 +122,24 @@ fn explanations(analysis: &Analysis, pairs: &[(usize, usize)]) -> Vec<String> {
         .flat_map(|&(from, to)| {
             let oracle = &oracle;
             analysis.table.port_protocols().iter().map(move |&pp| {
-                oracle
+                let detail = oracle
                     .explain(Cell {
                         from,
                         to,
                         port_protocol: pp,
                     })
-                    .detail()
+                    .detail();
+                if analysis.cluster.is_node(from) && !analysis.cluster.is_outside(to) {
+                    // What the tiers would say of any address, overruled: the node is the pod's own.
+                    format!(
+                        "{} -> {} on {pp}: ALLOWED (the pod's own node may always reach it; the policies alone would say: {})",
+                        analysis.cluster.pods()[from].key(),
+                        analysis.cluster.pods()[to].key(),
+                        detail.lines().next().unwrap_or_default()
+                    )
+                } else {
+                    detail
+                }
             })
         })
         .collect()

@@ -288,7 +288,8 @@ impl<'a> Draw<'a> {
         }
         // Now and then through other paths too: Services (the policies must hold after the
         // proxy's DNAT), their names (through the cluster's DNS, which egress policies may cut
-        // off) and NodePorts (from outside the cluster).
+        // off), NodePorts (from outside the cluster) and the node itself (pods' egress to it,
+        // its own way in).
         let target = match self.rng.u8(..20) {
             0 | 1 => {
                 self.features.insert("service");
@@ -301,6 +302,10 @@ impl<'a> Draw<'a> {
             3 => {
                 self.features.insert("node-port");
                 Some(vec!["pod-ip", "node-port"])
+            }
+            4 => {
+                self.features.insert("node");
+                Some(vec!["pod-ip", "node"])
             }
             _ => None,
         };

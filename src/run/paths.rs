@@ -233,7 +233,7 @@ impl PathPlan {
 /// NetworkPolicies say. Every pod polygraph's own clusters run is on their one node. Where a
 /// cluster policy's Deny would block the node, the cell is undefined: the cluster-scoped API says
 /// nothing of traffic from a pod's own node.
-fn own_node_exempt(analysis: &mut Analysis) {
+pub fn own_node_exempt(analysis: &mut Analysis) {
     let cluster = &analysis.cluster;
     let nodes: Vec<PodId> = (0..cluster.pods().len())
         .filter(|&id| cluster.is_node(id))
