@@ -2252,9 +2252,12 @@ async fn the_library_on_kubernetes_costs_few_calls_and_waits_per_scenario() {
         );
     }
     assert_eq!(result.apis.len(), 4, "{:?}", result.apis);
-    // Before namespaces deleted by a reset stopped being waited for: 15.0 s of waits.
+    // Before namespaces deleted by a reset stopped being waited for: 15.0 s of waits for 52
+    // scenarios; then 10.x s. The 58 of issue 22 measured 16.0 s: the mixed-ports model replaces
+    // six pods (their named ports differ) and puts them back, and dual-stack-pod-churn deletes
+    // and re-creates a pod, each awaited as a real cluster must be.
     assert!(
-        waited < Duration::from_secs(11),
+        waited < Duration::from_secs(17),
         "{:.1} s changing the cluster and waiting for it",
         waited.as_secs_f64()
     );

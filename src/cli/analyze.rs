@@ -34,7 +34,11 @@ pub fn run(args: AnalyzeArgs) -> Result<ExitCode, CliError> {
         let served: Vec<polygraph::model::PortProtocol> = cluster
             .pods()
             .iter()
-            .flat_map(|p| p.ports.iter().map(|c| polygraph::model::PortProtocol::new(c.port, c.protocol)))
+            .flat_map(|p| {
+                p.ports
+                    .iter()
+                    .map(|c| polygraph::model::PortProtocol::new(c.port, c.protocol))
+            })
             .collect();
         let mut served = served;
         served.sort();

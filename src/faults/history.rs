@@ -117,7 +117,8 @@ fn without_addresses(
             for peers in rules.iter_mut().filter_map(|r| r.peers.as_mut()) {
                 *peers = peers
                     .iter()
-                    .flat_map(|peer| match peer {
+                    .flat_map(|peer| {
+                        match peer {
                         Peer::Pods { .. }
                             if selector_as_addresses(peer, cluster, &namespace, |_| false)
                                 .iter()
@@ -128,6 +129,7 @@ fn without_addresses(
                             selector_as_addresses(peer, cluster, &namespace, missing)
                         }
                         other => vec![other.clone()],
+                    }
                     })
                     .collect();
             }
@@ -148,8 +150,7 @@ struct Recreated {
 impl Recreated {
     fn update(&mut self, cluster: &Cluster) -> BTreeSet<PodRef> {
         let now: BTreeSet<PodRef> = cluster.pods().iter().map(|p| p.key()).collect();
-        self.gone
-            .extend(self.present.difference(&now).cloned());
+        self.gone.extend(self.present.difference(&now).cloned());
         for pod in now.difference(&self.present) {
             if self.gone.remove(pod) {
                 self.recreated.insert(pod.clone());

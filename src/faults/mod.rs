@@ -586,10 +586,9 @@ impl Faults {
                             .drain(..)
                             .flat_map(|port| match &port {
                                 PortMatch::Named { protocol, name } => {
-                                    let numbers = self.resolve_everywhere(
-                                        cluster,
-                                        |pod| pod.named_port(name, *protocol).map(|n| (n, *protocol)),
-                                    );
+                                    let numbers = self.resolve_everywhere(cluster, |pod| {
+                                        pod.named_port(name, *protocol).map(|n| (n, *protocol))
+                                    });
                                     if numbers.is_empty() {
                                         vec![port]
                                     } else {
@@ -845,7 +844,8 @@ pub fn without_catch_all_blocks(policies: &[Policy]) -> Vec<Policy> {
             .flatten()
         {
             for peers in rules.iter_mut().filter_map(|r| r.peers.as_mut()) {
-                peers.retain(|p| !matches!(p, Peer::IpBlock { cidr, .. } if cidr.prefix_len() == 0));
+                peers
+                    .retain(|p| !matches!(p, Peer::IpBlock { cidr, .. } if cidr.prefix_len() == 0));
             }
         }
     }
@@ -856,11 +856,7 @@ pub fn without_catch_all_blocks(policies: &[Policy]) -> Vec<Policy> {
 /// of them. A selector peer becomes what a CNI's address set holds, the addresses (both
 /// families) of the pods it selects now, minus the excepted ones: `distort_in` runs on every
 /// change, so the set follows the pods as a CNI's does.
-fn spill_excepts(
-    peers: &[Peer],
-    cluster: &crate::model::Cluster,
-    namespace: &str,
-) -> Vec<Peer> {
+fn spill_excepts(peers: &[Peer], cluster: &crate::model::Cluster, namespace: &str) -> Vec<Peer> {
     let excepts: Vec<ipnet::IpNet> = peers
         .iter()
         .flat_map(|p| match p {

@@ -73,9 +73,13 @@ mod tests {
     fn a_pod_on_a_deleted_pods_address_keeps_its_labels_until_it_goes() {
         let model = default_model();
         let full = model.build("m").unwrap();
-        let xa = full.pod(full.find_pod(&"x/a".parse().unwrap()).unwrap()).clone();
+        let xa = full
+            .pod(full.find_pod(&"x/a".parse().unwrap()).unwrap())
+            .clone();
         let mut without = model.clone();
-        without.pods.retain(|p| !(p.namespace == "x" && p.name == "a"));
+        without
+            .pods
+            .retain(|p| !(p.namespace == "x" && p.name == "a"));
         let mut reused = without.clone();
         reused.pods.push(PodDescription {
             namespace: "x".into(),

@@ -233,7 +233,9 @@ impl<'a> PolicyGen<'a> {
                 let name = crate::model::MIXED_PORT_NAME;
                 (
                     json!({"port": name}),
-                    format!("named port {name} (TCP by default; 80 on the pods a, 81 on the pods b)"),
+                    format!(
+                        "named port {name} (TCP by default; 80 on the pods a, 81 on the pods b)"
+                    ),
                 )
             }
             5 => {

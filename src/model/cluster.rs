@@ -164,14 +164,16 @@ impl Cluster {
     /// of traffic from or to outside the cluster. Not a cluster a description could build.
     pub fn with_outside(&self, hosts: &[Pod]) -> Cluster {
         let mut pods = self.pods.clone();
-        pods.extend(hosts.iter().map(|h| Pod {
-            namespace: if h.namespace == NODE_NAMESPACE {
-                NODE_NAMESPACE
-            } else {
-                OUTSIDE_NAMESPACE
+        pods.extend(hosts.iter().map(|h| {
+            Pod {
+                namespace: if h.namespace == NODE_NAMESPACE {
+                    NODE_NAMESPACE
+                } else {
+                    OUTSIDE_NAMESPACE
+                }
+                .to_string(),
+                ..h.clone()
             }
-            .to_string(),
-            ..h.clone()
         }));
         Cluster::from_parts(self.namespaces.clone(), pods)
     }

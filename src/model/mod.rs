@@ -11,11 +11,12 @@ mod protocol;
 pub mod syntax;
 
 pub use cluster::{
-    Cluster, ClusterDns, ContainerPort, DNS_PORT, Labels, Namespace, NODE_NAMESPACE, OUTSIDE_NAMESPACE, Pod, PodId,
-    PodRef,
+    Cluster, ClusterDns, ContainerPort, DNS_PORT, Labels, NODE_NAMESPACE, Namespace,
+    OUTSIDE_NAMESPACE, Pod, PodId, PodRef,
 };
 pub use description::{
-    ClusterDescription, NamespaceDescription, PodDescription, PortDescription, default_model, mixed_ports_model, MIXED_PORT_NAME,
+    ClusterDescription, MIXED_PORT_NAME, NamespaceDescription, PodDescription, PortDescription,
+    default_model, mixed_ports_model,
 };
 pub use error::{ModelError, Problem};
 pub use path::{Family, IpFamilies, ProbePath, ProbeTarget, embed_v4};

@@ -217,10 +217,9 @@ async fn probe_selected<B: Backend>(
     let chunk_size = pacer.chunk();
     let chunked = move |from: usize| -> Vec<Chunk> {
         let mut by_node: std::collections::BTreeMap<&Option<String>, Chunk> = Default::default();
-        for cell in plan
-            .iter()
-            .filter(|(_, k, to)| select(*k, from, *to) && paths::probes_cell(outside, from, *to, path))
-        {
+        for cell in plan.iter().filter(|(_, k, to)| {
+            select(*k, from, *to) && paths::probes_cell(outside, from, *to, path)
+        }) {
             by_node
                 .entry(&node_of[cell.2])
                 .or_default()

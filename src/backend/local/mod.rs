@@ -482,13 +482,10 @@ impl LocalBackend {
             at,
             policies,
             egress_clobbered,
-            cluster_policies: self
-                .options
-                .faults
-                .distort_cluster(
-                    &self.cluster_policies.values().cloned().collect::<Vec<_>>(),
-                    &cluster,
-                ),
+            cluster_policies: self.options.faults.distort_cluster(
+                &self.cluster_policies.values().cloned().collect::<Vec<_>>(),
+                &cluster,
+            ),
             created: self
                 .pods
                 .values()
@@ -799,7 +796,11 @@ impl LocalBackend {
         if let Some(agent) = &mut agent {
             let timeout = Duration::from_secs(10);
             agent
-                .await_ready(&wanted.key(), tokio::time::Instant::now() + timeout, timeout)
+                .await_ready(
+                    &wanted.key(),
+                    tokio::time::Instant::now() + timeout,
+                    timeout,
+                )
                 .await?;
         }
         self.node_host = Some((wanted.clone(), agent));
@@ -810,7 +811,11 @@ impl LocalBackend {
         if self.outside.as_ref().is_some_and(|o| o.host.key() == *pod) {
             return Ok(self.names.outside());
         }
-        if self.node_host.as_ref().is_some_and(|(h, _)| h.key() == *pod) {
+        if self
+            .node_host
+            .as_ref()
+            .is_some_and(|(h, _)| h.key() == *pod)
+        {
             return Ok(self.names.node());
         }
         let local = self.pods.get(pod).ok_or_else(|| BackendError::Probe {
@@ -860,7 +865,11 @@ impl Backend for LocalBackend {
         if let Some(outside) = self.outside.as_ref().filter(|o| o.host.key() == *pod) {
             return outside.addresses.clone();
         }
-        if self.node_host.as_ref().is_some_and(|(h, _)| h.key() == *pod) {
+        if self
+            .node_host
+            .as_ref()
+            .is_some_and(|(h, _)| h.key() == *pod)
+        {
             return self
                 .options
                 .families

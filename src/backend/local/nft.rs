@@ -177,7 +177,9 @@ pub fn compile(
                             policy.key(),
                             direction.rules_field()
                         ));
-                        for matcher in rule_matchers(cluster, slots, &dialect, policy, rule, direction, pod) {
+                        for matcher in
+                            rule_matchers(cluster, slots, &dialect, policy, rule, direction, pod)
+                        {
                             rules.push(format!("{matcher} {allow} comment {comment}"));
                         }
                     }
@@ -786,7 +788,38 @@ mod tests {
             stateless: true,
             ..Ruleset::default()
         };
-        assert!(!install(&stateless).contains("ct state established"));
+        // Stateless forwarding; the node's own connections keep their replies (its input).
+        let installed = install(&stateless);
+        assert!(
+            !installed.contains("forward ct state established"),
+            "{installed}"
+        );
+        assert!(
+            installed.contains("input ct state established"),
+            "{installed}"
+        );
+    }
+
+    #[test]
+    fn a_pods_egress_is_checked_on_the_way_to_the_node_too() {
+        let r = ruleset(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny}\nspec: {podSelector: {}, policyTypes: [Egress]}\n",
+        );
+        assert_eq!(r.node_dispatch.len(), 3, "{:?}", r.node_dispatch);
+        assert!(
+            r.node_dispatch
+                .iter()
+                .all(|d| d.starts_with("meta l4proto { tcp, udp, sctp } iifname"))
+        );
+        let tx = install(&r);
+        assert!(tx.contains("add rule inet polygraph input meta l4proto { tcp, udp, sctp } iifname \"pgv0\" jump egress-0"), "{tx}");
+        assert!(
+            r.clone()
+                .without_direction(0, Direction::Egress)
+                .node_dispatch
+                .len()
+                == 2
+        );
     }
 
     #[test]

@@ -20,8 +20,8 @@ use super::{SlotTable, host, nft};
 use crate::backend::BackendError;
 use crate::faults::lag::Lag;
 use crate::faults::{Fault, Faults};
-use crate::policy::Direction;
 use crate::model::Cluster;
+use crate::policy::Direction;
 use crate::policy::{ClusterPolicy, Policy};
 
 /// The cluster's state at one instant, as the dataplane must see it.

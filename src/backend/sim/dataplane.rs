@@ -168,12 +168,9 @@ impl Dataplane {
             cluster,
             policies,
             egress_clobbered,
-        } = self.history.enforce(
-            &self.faults,
-            self.families,
-            self.world.cluster(),
-            &enforced,
-        );
+        } = self
+            .history
+            .enforce(&self.faults, self.families, self.world.cluster(), &enforced);
         let cluster = &cluster;
         let clusters = [Family::V4, Family::V6]
             .into_iter()
@@ -373,9 +370,7 @@ impl Judge<'_> {
                 .find_map(|(pod, ports)| ports.iter().any(|(_, p)| *p == port).then_some(pod));
             // The node's own ports, where it serves as an endpoint (`--target node`).
             let Some(pod) = node_port else {
-                return self
-                    .node
-                    .map(|(node, _)| (node, Route::plain(family)));
+                return self.node.map(|(node, _)| (node, Route::plain(family)));
             };
             let pod = self.world.pod(pod)?;
             return Some((
