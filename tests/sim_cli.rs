@@ -612,3 +612,57 @@ fn smoke_and_the_precheck_give_a_verdict_per_policy_api() {
     assert!(!stdout.contains("precheck"), "{stdout}");
     assert!(stdout.contains("cells differ from the spec"), "{stdout}");
 }
+
+/// `--list-faults` lists every fault, name first in one column, and each bug a CNI shipped with
+/// where it shipped: the catalogue a vendor reads to see whether their last bug is in it.
+#[test]
+fn list_faults_names_every_fault_and_where_the_shipped_ones_come_from() {
+    let output = common::polygraph(&["run", "--list-faults"], "");
+    assert_eq!(output.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&output.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), polygraph::faults::CATALOGUE.len());
+    assert!(lines.len() >= 42, "{} faults", lines.len());
+    // One column: every description starts where the longest name's ends, plus two spaces.
+    let width = polygraph::faults::CATALOGUE
+        .iter()
+        .map(|f| f.name.len())
+        .max()
+        .unwrap_or(0)
+        + 2;
+    for (line, fault) in lines.iter().zip(polygraph::faults::CATALOGUE) {
+        assert!(line.starts_with(fault.name), "{line}");
+        assert!(line[width..].starts_with(fault.imitates), "{line}");
+        if !fault.provenance.is_empty() {
+            assert!(
+                line.ends_with(&format!("[shipped: {}]", fault.provenance)),
+                "{line}"
+            );
+        }
+    }
+    // The bugs issue 22 names, each with its provenance.
+    for name in [
+        "ipblock-misses-pods",
+        "ipblock-only-opens-namespace",
+        "named-port-first-pod",
+        "named-port-any-number",
+        "except-spills-to-peers",
+        "reused-ip-stale",
+        "ipv6-sets-frozen",
+        "recreated-pod-ipv4-missing",
+        "sctp-rules-dropped",
+        "service-named-targetport-bypass",
+        "udp-replies-dropped",
+        "direction-cleanup-clobbers",
+        "node-egress-unfiltered",
+        "nodeport-allow-all-broken",
+        "deny-as-icmp-filtered",
+    ] {
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with(&format!("{name} ")) && l.contains("[shipped: ")),
+            "{name} is not listed with its provenance"
+        );
+    }
+}
