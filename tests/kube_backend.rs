@@ -1021,6 +1021,7 @@ fn run_options() -> RunOptions {
         targets: Vec::new(),
         families: None,
         precheck: false,
+        service_hairpin: Default::default(),
     }
 }
 

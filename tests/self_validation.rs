@@ -136,6 +136,7 @@ fn simulated_failures(fault: &str, scope: &[&str]) -> BTreeSet<String> {
             // As a default run: IPv4 unless a scenario is about more.
             families: Some(polygraph::model::IpFamilies::Ipv4),
             precheck: false,
+            service_hairpin: Default::default(),
         };
         let result = run_scenarios(&mut backend, &library, &options, &mut |_| {}).await;
         backend.cleanup().await.expect("cleanup");

@@ -666,3 +666,49 @@ fn list_faults_names_every_fault_and_where_the_shipped_ones_come_from() {
         );
     }
 }
+
+/// `--service-hairpin`: a socket-level load balancer (`service-hairpin-exempt`) fails the spec's
+/// rule, that a pod's traffic to its own Service is subject to cluster policies, and passes the
+/// exemption a cluster may declare; the report says which rule it was judged by.
+#[test]
+fn a_declared_hairpin_exemption_is_judged_by_the_rule_declared() {
+    let run = |hairpin: &str| {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let json = dir.path().join("run.json");
+        let output = common::polygraph(
+            &[
+                "run",
+                "--backend",
+                "sim",
+                "--inject",
+                "service-hairpin-exempt",
+                "--service-hairpin",
+                hairpin,
+                "--step-deadline",
+                "2s",
+                "cnp-hairpin-through-service",
+                "--json",
+                json.to_str().expect("utf-8"),
+            ],
+            "",
+        );
+        let report: Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).expect("json")).expect("JSON");
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        (output.status.code(), report, stdout)
+    };
+    let (code, report, stdout) = run("policy");
+    assert_eq!(code, Some(1), "{stdout}");
+    assert_eq!(report["options"]["service_hairpin"], "policy");
+    assert!(
+        stdout.contains("judged as subject to cluster policies (--service-hairpin policy)"),
+        "{stdout}"
+    );
+    let (code, report, stdout) = run("exempt");
+    assert_eq!(code, Some(0), "{stdout}");
+    assert_eq!(report["options"]["service_hairpin"], "exempt");
+    assert!(
+        stdout.contains("never judged (a socket-level load balancer) (--service-hairpin exempt)"),
+        "{stdout}"
+    );
+}

@@ -87,6 +87,11 @@ pub struct RunArgs {
     /// Run every scenario whatever the policy APIs' checks would say (and don't check them).
     #[arg(long)]
     no_precheck: bool,
+    /// The hairpin rule this cluster declares for a pod's traffic to its own Service: `policy`
+    /// (subject to cluster policies, as the spec says) or `exempt` (a socket-level load
+    /// balancer, which no dataplane sees: never judged). The report says which was used.
+    #[arg(long, value_enum, default_value = "policy")]
+    service_hairpin: polygraph::model::ServiceHairpin,
     /// A line for every step even on a terminal.
     #[arg(short, long)]
     verbose: bool,
@@ -189,6 +194,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode, CliError> {
         families: args.target.default_families(),
         precheck: !args.no_precheck
             && (args.precheck || (args.target.kind() == BackendKind::Kube && !args.target.dry_run)),
+        service_hairpin: args.service_hairpin,
     };
     let color = use_color();
     let Finished {

@@ -46,6 +46,7 @@ pub fn run(args: SmokeArgs) -> Result<ExitCode, CliError> {
         targets: Vec::new(),
         families: args.target.default_families(),
         precheck: false,
+        service_hairpin: Default::default(),
     };
     let Finished {
         value: result,

@@ -66,6 +66,7 @@ pub enum Fault {
     Ipv6SetsFrozen,
     ServiceNamedTargetportBypass,
     NodeEgressUnfiltered,
+    ServiceHairpinExempt,
 }
 
 impl Fault {
@@ -84,6 +85,7 @@ impl Fault {
                 | Fault::Ipv6SetsFrozen
                 | Fault::ServiceNamedTargetportBypass
                 | Fault::NodeEgressUnfiltered
+                | Fault::ServiceHairpinExempt
                 | Fault::PolicyDeletionIgnored
                 | Fault::ServiceTrafficUnfiltered
                 | Fault::Ipv6Unfiltered
@@ -420,6 +422,13 @@ pub const CATALOGUE: &[FaultInfo] = &[
         features: &["node"],
         imitates: "traffic from a pod to its node's own address skips egress policy: only traffic the node forwards is filtered",
         provenance: "kube-network-policies #283",
+    },
+    FaultInfo {
+        name: "service-hairpin-exempt",
+        fault: Some(Fault::ServiceHairpinExempt),
+        features: &["cnp-hairpin"],
+        imitates: "a socket-level load balancer: a pod's traffic to its own Service never leaves its socket, so no cluster policy sees it; wrong by the spec's rule, right by the exemption a cluster may declare (run with --service-hairpin exempt)",
+        provenance: "",
     },
 ];
 

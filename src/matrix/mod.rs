@@ -119,6 +119,18 @@ impl TruthTable {
         Decision::from_bits(*self.grid.get(pp_index, from, to))
     }
 
+    /// Every pod's cell to itself back to undefined by the spec: no longer judged where a
+    /// cluster policy decided its hairpin (`--service-hairpin exempt`).
+    pub fn unjudge_self(&mut self) {
+        for k in 0..self.port_protocols().len() {
+            for pod in 0..self.pods().len() {
+                let mut decision = self.get(k, pod, pod);
+                decision.judged_self = false;
+                self.set(k, pod, pod, decision);
+            }
+        }
+    }
+
     /// Every cell with its verdict, ordered by (port, protocol), then from, then to.
     pub fn cells(&self) -> impl Iterator<Item = (Cell, Decision)> + '_ {
         self.grid

@@ -19,7 +19,7 @@ pub use description::{
     default_model, mixed_ports_model,
 };
 pub use error::{ModelError, Problem};
-pub use path::{Family, IpFamilies, ProbePath, ProbeTarget, embed_v4};
+pub use path::{Family, IpFamilies, ProbePath, ProbeTarget, ServiceHairpin, embed_v4};
 pub use protocol::{PortProtocol, Protocol};
 
 /// The label every namespace carries with its own name (set by the API server since 1.21).

@@ -116,6 +116,32 @@ impl std::str::FromStr for ProbeTarget {
     }
 }
 
+/// How an implementation treats a pod's traffic to its own Service when the Service load-balances
+/// it back to the pod (hairpin). The ClusterNetworkPolicy docs make it subject to policy, unlike a
+/// pod's traffic to its own IP; an open proposal exempts socket-level load balancers, which
+/// rewrite the destination in the pod's own socket so that no dataplane ever sees the packet.
+/// `--service-hairpin` says which rule the cluster declares, and polygraph judges it by that.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServiceHairpin {
+    /// Subject to cluster policies, as the spec says: judged where one decides.
+    #[default]
+    Policy,
+    /// Exempt (a socket-level load balancer): like a pod's traffic to its own IP, never judged.
+    Exempt,
+}
+
 /// An IP address family.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,

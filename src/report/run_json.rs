@@ -33,6 +33,8 @@ pub struct OptionsJson {
     /// The bounds probing kept (`--max-inflight`, `--max-inflight-per-node`, `--rate`,
     /// `--parallel`); `rate` null: no bound.
     pub pace: crate::run::PaceOptions,
+    /// The hairpin rule the run judged by (`--service-hairpin`): `policy` or `exempt`.
+    pub service_hairpin: crate::model::ServiceHairpin,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -300,6 +302,7 @@ pub fn report(result: &RunResult, selection: CellSelection) -> RunJson {
             max_latency_ms: result.options.max_latency.map(ms),
             stability_ms: ms(result.options.stability),
             pace: result.pace.options,
+            service_hairpin: result.options.service_hairpin,
         },
         summary: SummaryJson {
             scenarios: result.scenarios.len(),

@@ -407,6 +407,25 @@ pub fn render(result: &RunResult, color: bool) -> String {
         String::new()
     };
     let _ = writeln!(text, "{}", pace_line(&result.pace));
+    let through_services = result.scenarios.iter().any(|s| {
+        s.steps
+            .iter()
+            .any(|step| step.path.target.through_cluster_ip())
+    });
+    if through_services {
+        let _ = writeln!(
+            text,
+            "service hairpin: {} (--service-hairpin {})",
+            match result.options.service_hairpin {
+                crate::model::ServiceHairpin::Policy =>
+                    "a pod's traffic to its own Service judged as subject to cluster policies",
+                crate::model::ServiceHairpin::Exempt =>
+                    "a pod's traffic to its own Service exempt, never judged (a socket-level load balancer)",
+            },
+            clap::ValueEnum::to_possible_value(&result.options.service_hairpin)
+                .map_or_else(String::new, |v| v.get_name().to_string())
+        );
+    }
     if result.sessions_broken > 0 {
         let _ = writeln!(
             text,

@@ -131,6 +131,7 @@ async fn precheck<B: Backend>(
         max_latency: None,
         targets: Vec::new(),
         precheck: false,
+        service_hairpin: Default::default(),
         ..options.clone()
     };
     match check_apis(backend, &apis, &options, true).await {

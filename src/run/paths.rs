@@ -26,6 +26,8 @@ pub struct PathPlan {
     pub dns: Option<ClusterDns>,
     /// The families probed, of those the pods have; `None`: every family they have.
     pub families: Option<Vec<Family>>,
+    /// The hairpin rule the run judges by (`RunOptions::service_hairpin`).
+    pub hairpin: crate::model::ServiceHairpin,
 }
 
 impl PathPlan {
@@ -41,6 +43,7 @@ impl PathPlan {
             outside: Vec::new(),
             dns: None,
             families: None,
+            hairpin: Default::default(),
         }
     }
 
@@ -131,9 +134,14 @@ impl PathPlan {
         analysis: &Analysis,
         path: ProbePath,
     ) -> Analysis {
-        let base = analysis
+        let mut base = analysis
             .at_addresses(|pod| pod_address(backend, pod, path.family))
             .for_target(path.target);
+        if self.hairpin == crate::model::ServiceHairpin::Exempt {
+            // The declared exemption: a pod to itself through its Service is what it is through
+            // its own IP, left to the implementation.
+            base.table.unjudge_self();
+        }
         if path.target.needs_dns() {
             return self.resolving(base);
         }

@@ -37,6 +37,9 @@ pub struct RunOptions {
     /// Check each policy API the scenarios use before running them (`run::precheck`), and fail
     /// the scenarios of an API that is not enforced at once.
     pub precheck: bool,
+    /// The hairpin rule the cluster declares (`--service-hairpin`): whether a pod's traffic to
+    /// its own Service is judged where a cluster policy decides it.
+    pub service_hairpin: crate::model::ServiceHairpin,
 }
 
 /// `polygraph run`'s defaults: a 1 s probe timeout, 10 s to converge, no latency limit, no
@@ -55,6 +58,7 @@ impl Default for RunOptions {
             targets: Vec::new(),
             families: None,
             precheck: false,
+            service_hairpin: Default::default(),
         }
     }
 }

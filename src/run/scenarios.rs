@@ -291,6 +291,7 @@ async fn prepare<B: Backend>(
         .families
         .or(options.families)
         .map(|f| f.families().to_vec());
+    plan.hairpin = options.service_hairpin;
     Ok((warnings, plan))
 }
 

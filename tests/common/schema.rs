@@ -42,6 +42,8 @@ pub struct Options {
     pub max_latency_ms: Option<f64>,
     pub stability_ms: f64,
     pub pace: PaceBounds,
+    /// `policy` or `exempt`.
+    pub service_hairpin: String,
 }
 
 #[derive(Debug, Deserialize)]

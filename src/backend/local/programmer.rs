@@ -85,6 +85,16 @@ impl Installer {
         if self.faults.has(Fault::NodeEgressUnfiltered) {
             ruleset.node_dispatch.clear();
         }
+        if self.faults.has(Fault::ServiceHairpinExempt) {
+            // A pod's packets that come back to it through the node are its hairpin through
+            // its Service (its own IP never leaves it): passed, as if they never left its socket.
+            for slot in &state.slots {
+                let veth = nft::veth_name(*slot);
+                ruleset
+                    .unfiltered
+                    .push(format!("iifname \"{veth}\" oifname \"{veth}\""));
+            }
+        }
         for slot in &state.infrastructure {
             ruleset = ruleset.without_pod(*slot);
         }

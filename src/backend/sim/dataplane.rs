@@ -520,7 +520,10 @@ impl Judge<'_> {
             Some((dst, _)) if !dst.serves(pp) => (Outcome::Refused, None),
             // A pod's traffic to its own IP never leaves it: no dataplane sees it. Through its
             // Service it goes to the node and back (hairpin), and is filtered.
-            Some((dst, route)) if dst.key() == *from && !route.service => {
+            Some((dst, route))
+                if dst.key() == *from
+                    && (!route.service || self.faults.has(Fault::ServiceHairpinExempt)) =>
+            {
                 (Outcome::Connected, Some(dst.key()))
             }
             // The node's own traffic leaves by its output path, where no policy filters it: a
