@@ -68,6 +68,8 @@ struct State {
     dual_stack: bool,
     /// Pods the endpoint controller never adds to their Service's slices.
     no_endpoints: BTreeSet<String>,
+    /// CustomResourceDefinitions by name (those a test gives the server; none otherwise).
+    crds: BTreeMap<String, Value>,
 }
 
 const POLICY_GROUP: &str = "policy.networking.k8s.io";
@@ -184,6 +186,19 @@ fn handle(
             ],
         ),
         ("GET", ["api", "v1", "nodes"]) => list("NodeList", s.nodes.clone()),
+        (
+            "GET",
+            [
+                "apis",
+                "apiextensions.k8s.io",
+                "v1",
+                "customresourcedefinitions",
+                name,
+            ],
+        ) => match s.crds.get(*name) {
+            Some(crd) => json_response(StatusCode::OK, crd.clone()),
+            None => status(404, "NotFound"),
+        },
         ("GET", ["apis", POLICY_GROUP, version]) => {
             if !s.policy_versions.contains(version) {
                 return status(404, "NotFound");
@@ -1003,6 +1018,12 @@ impl Backend for FakeCluster {
         namespaces: &[polygraph::model::Namespace],
     ) -> Result<Vec<String>, String> {
         self.kube.cluster_policy_support(kinds, namespaces).await
+    }
+    fn cluster_policy_bundle(
+        &self,
+        kind: polygraph::policy::ClusterKind,
+    ) -> Option<polygraph::backend::CrdBundle> {
+        self.kube.cluster_policy_bundle(kind)
     }
 }
 
@@ -2309,5 +2330,79 @@ async fn cluster_network_policies_are_applied_in_the_version_the_cluster_serves(
             .filter_map(|o| o["apiVersion"].as_str())
             .collect();
         assert_eq!(versions, BTreeSet::from([expected]), "served {served:?}");
+    }
+}
+
+/// The CRDs' network-policy-api annotations are read and reported with each API's verdict; on the
+/// standard channel, which has no named ports since v0.2.1, a scenario whose ClusterNetworkPolicy
+/// names a port is unsupported (an API server would prune the field and apply another policy),
+/// while the experimental channel runs it.
+#[tokio::test]
+async fn the_crd_channel_is_reported_and_standard_has_no_named_ports() {
+    let scenarios = library(&["cnp-named-ports", "cnp-admin-deny-over-np-allow"]);
+    for channel in ["standard", "experimental"] {
+        let state = Arc::new(Mutex::new(State::default()));
+        {
+            let mut s = state.lock().expect("state");
+            s.policy_versions.extend(["v1beta1", "v1alpha2"]);
+            s.crds.insert(
+                "clusternetworkpolicies.policy.networking.k8s.io".into(),
+                json!({
+                    "apiVersion": "apiextensions.k8s.io/v1",
+                    "kind": "CustomResourceDefinition",
+                    "metadata": {
+                        "name": "clusternetworkpolicies.policy.networking.k8s.io",
+                        "annotations": {
+                            "policy.networking.k8s.io/bundle-version": "v0.3.0",
+                            "policy.networking.k8s.io/channel": channel,
+                        },
+                    },
+                    "spec": {
+                        "group": "policy.networking.k8s.io",
+                        "names": {"kind": "ClusterNetworkPolicy", "plural": "clusternetworkpolicies"},
+                        "scope": "Cluster",
+                        "versions": [],
+                    },
+                }),
+            );
+        }
+        let mut cluster = FakeCluster::new(&state).await;
+        let options = RunOptions {
+            precheck: true,
+            ..run_options()
+        };
+        let result = polygraph::run::run_in_parallel(
+            std::slice::from_mut(&mut cluster),
+            &scenarios,
+            &options,
+            &mut |_| {},
+        )
+        .await;
+        cluster.cleanup().await.expect("cleanup");
+        let cnp = result
+            .apis
+            .iter()
+            .find(|c| c.api == polygraph::run::precheck::PolicyApi::ClusterNetworkPolicy)
+            .expect("checked");
+        let crd = cnp.crd.as_ref().expect("the CRD's annotations");
+        assert_eq!(crd.bundle_version.as_deref(), Some("v0.3.0"));
+        assert_eq!(crd.channel.as_deref(), Some(channel));
+        let report = polygraph::report::run_terminal::render(&result, false);
+        assert!(
+            report.contains(&format!("(CRD bundle v0.3.0, {channel} channel)")),
+            "{report}"
+        );
+        let named = &result.scenarios[0];
+        assert_eq!(named.scenario.name, "cnp-named-ports");
+        if channel == "standard" {
+            let reason = named.unsupported.as_deref().expect("unsupported");
+            assert!(
+                reason.contains("destinationNamedPort") && reason.contains("standard channel"),
+                "{reason}"
+            );
+        } else {
+            assert!(named.unsupported.is_none(), "{:?}", named.unsupported);
+        }
+        assert!(result.scenarios[1].unsupported.is_none());
     }
 }

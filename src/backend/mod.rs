@@ -147,6 +147,33 @@ impl From<Duration> for ProbeTiming {
     }
 }
 
+/// What a cluster's CRD for a cluster-scoped policy kind says of itself: network-policy-api's
+/// `policy.networking.k8s.io/bundle-version` and `policy.networking.k8s.io/channel` annotations
+/// (`standard` or `experimental`; the standard channel lacks the experimental fields, e.g.
+/// named ports since v0.2.1, which an API server would silently prune).
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
+pub struct CrdBundle {
+    pub bundle_version: Option<String>,
+    pub channel: Option<String>,
+}
+
+impl CrdBundle {
+    pub fn is_standard(&self) -> bool {
+        self.channel.as_deref() == Some("standard")
+    }
+}
+
+impl std::fmt::Display for CrdBundle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "CRD bundle {}, {} channel",
+            self.bundle_version.as_deref().unwrap_or("unknown"),
+            self.channel.as_deref().unwrap_or("unknown")
+        )
+    }
+}
+
 /// What the runner needs from a cluster: carry out mutations, wait for pods, probe from a pod (one
 /// batch, all targets concurrently), hold connections, and clean up.
 // Backends are driven from a single task, so their futures need not be `Send`.
@@ -249,6 +276,11 @@ pub trait Backend {
     fn sessions_broken(&self) -> u64 {
         0
     }
+    /// The CRD annotations of a cluster-scoped kind, once `cluster_policy_support` has asked for
+    /// it (`None`: not known; polygraph's own clusters have no CRDs).
+    fn cluster_policy_bundle(&self, _kind: crate::policy::ClusterKind) -> Option<CrdBundle> {
+        None
+    }
     /// Whether scenarios using these cluster-scoped kinds can run here: `Err(reason)` makes them
     /// `unsupported`; `Ok(warnings)` may name objects of the cluster's own that could change the
     /// answers. The backends polygraph owns serve every kind.
@@ -304,6 +336,9 @@ impl Backend for AnyBackend {
     }
     fn addresses(&self, pod: &PodRef) -> Vec<IpAddr> {
         delegate!(self, b => b.addresses(pod))
+    }
+    fn cluster_policy_bundle(&self, kind: crate::policy::ClusterKind) -> Option<CrdBundle> {
+        delegate!(self, b => b.cluster_policy_bundle(kind))
     }
     fn chooses_addresses(&self) -> bool {
         delegate!(self, b => b.chooses_addresses())

@@ -125,6 +125,10 @@ pub fn run(args: SmokeArgs) -> Result<ExitCode, CliError> {
             }
             ApiVerdict::NotServed(reason) | ApiVerdict::Error(reason) => format!(": {reason}"),
         };
+        let detail = match &check.crd {
+            Some(crd) => format!("{detail} ({crd})"),
+            None => detail,
+        };
         out!(
             "  {:<width$}  {}{detail}",
             check.api.to_string(),

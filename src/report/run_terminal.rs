@@ -312,7 +312,10 @@ pub fn render(result: &RunResult, color: bool) -> String {
         let checks: Vec<String> = result
             .apis
             .iter()
-            .map(|c| format!("{} {}", c.api, c.verdict))
+            .map(|c| match &c.crd {
+                Some(crd) => format!("{} {} ({crd})", c.api, c.verdict),
+                None => format!("{} {}", c.api, c.verdict),
+            })
             .collect();
         let _ = writeln!(text, "\npolicy APIs (precheck): {}", checks.join(" · "));
     }

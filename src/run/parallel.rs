@@ -142,6 +142,7 @@ async fn precheck<B: Backend>(
                 api,
                 verdict: ApiVerdict::Error(e.to_string()),
                 scenario: String::new(),
+                crd: None,
             })
             .collect(),
     }

@@ -43,6 +43,16 @@ impl PolicyApi {
         }
     }
 
+    /// The cluster-scoped kind, for the APIs that are one.
+    pub fn kind(self) -> Option<ClusterKind> {
+        match self {
+            PolicyApi::NetworkPolicy => None,
+            PolicyApi::ClusterNetworkPolicy => Some(ClusterKind::ClusterNetworkPolicy),
+            PolicyApi::AdminNetworkPolicy => Some(ClusterKind::AdminNetworkPolicy),
+            PolicyApi::BaselineAdminNetworkPolicy => Some(ClusterKind::BaselineAdminNetworkPolicy),
+        }
+    }
+
     /// `networking.k8s.io/v1`, `policy.networking.k8s.io/v1alpha2`, ...
     pub fn api_version(self) -> &'static str {
         match self {
@@ -144,6 +154,9 @@ pub struct ApiCheck {
     pub verdict: ApiVerdict,
     /// The check's scenario, as reports name it.
     pub scenario: String,
+    /// What the cluster's CRD for the kind says of itself (Kubernetes, where readable).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub crd: Option<crate::backend::CrdBundle>,
 }
 
 impl ApiCheck {
@@ -210,7 +223,14 @@ pub async fn check_apis<B: Backend>(
         }
     }
     let result = run_scenarios(backend, &scenarios, options, &mut |_| {}).await;
-    Ok((checks_of(apis, &result.scenarios), result))
+    let mut checks = checks_of(apis, &result.scenarios);
+    for check in &mut checks {
+        check.crd = check
+            .api
+            .kind()
+            .and_then(|kind| backend.cluster_policy_bundle(kind));
+    }
+    Ok((checks, result))
 }
 
 /// Each API's verdict from the results of its check, `apis` and `results` in the same order.
@@ -221,6 +241,7 @@ pub fn checks_of(apis: &[PolicyApi], results: &[ScenarioResult]) -> Vec<ApiCheck
             api,
             verdict: classify(scenario),
             scenario: scenario.scenario.name.clone(),
+            crd: None,
         })
         .collect()
 }

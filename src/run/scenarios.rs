@@ -272,7 +272,20 @@ async fn prepare<B: Backend>(
         Vec::new()
     } else {
         let namespaces = scenario.initial.cluster().namespaces();
-        backend.cluster_policy_support(&kinds, namespaces).await?
+        let warnings = backend.cluster_policy_support(&kinds, namespaces).await?;
+        // The standard channel has no named ports (experimental since network-policy-api
+        // v0.2.1): the API server would prune them and apply what is left, another policy.
+        for &kind in &kinds {
+            if let Some(crd) = backend.cluster_policy_bundle(kind)
+                && crd.is_standard()
+                && uses_named_ports(scenario, kind)
+            {
+                return Err(format!(
+                    "the scenario's {kind} names ports (destinationNamedPort), which the cluster's {crd} does not have: named ports are experimental since network-policy-api v0.2.1"
+                ));
+            }
+        }
+        warnings
     };
     let targets = if options.targets.is_empty() {
         &scenario.targets
@@ -319,6 +332,26 @@ fn missing_family<B: Backend>(backend: &B, scenario: &Scenario) -> Option<String
                 .map_or_else(String::new, |v| v.get_name().to_string())
         )
     })
+}
+
+/// Whether any of the scenario's `kind` policies, at its start or in any step, names a port.
+fn uses_named_ports(scenario: &Scenario, kind: ClusterKind) -> bool {
+    std::iter::once(&scenario.initial)
+        .map(|w| w.cluster_policies().to_vec())
+        .chain(
+            scenario
+                .steps
+                .iter()
+                .map(|s| s.analysis.cluster_policies.clone()),
+        )
+        .flatten()
+        .filter(|p| p.kind == kind)
+        .any(|p| {
+            p.ingress
+                .iter()
+                .chain(&p.egress)
+                .any(|rule| rule.has_named_ports())
+        })
 }
 
 /// The cluster-scoped kinds a scenario uses, at its start or in any step.

@@ -31,6 +31,16 @@ pub struct ApiCheck {
     #[serde(default)]
     pub reason: Option<String>,
     pub scenario: String,
+    /// The CRD's network-policy-api annotations, on Kubernetes where readable.
+    #[serde(default)]
+    pub crd: Option<CrdJson>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CrdJson {
+    pub bundle_version: Option<String>,
+    pub channel: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

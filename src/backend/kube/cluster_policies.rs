@@ -61,6 +61,25 @@ pub async fn served(client: &Client, kind: ClusterKind) -> Result<Option<Served>
     Ok(None)
 }
 
+/// The annotations network-policy-api puts on its CRDs, read from `kind`'s CRD. `None` where
+/// it cannot be read (no right to read CRDs, or a CRD without them): nothing is concluded then.
+pub async fn bundle(client: &Client, kind: ClusterKind) -> Option<crate::backend::CrdBundle> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd = crds
+        .get_opt(&format!("{}.{GROUP}", kind.plural()))
+        .await
+        .ok()
+        .flatten()?;
+    let annotations = crd.metadata.annotations.unwrap_or_default();
+    let read = |key: &str| annotations.get(&format!("{GROUP}/{key}")).cloned();
+    let bundle = crate::backend::CrdBundle {
+        bundle_version: read("bundle-version"),
+        channel: read("channel"),
+    };
+    (bundle != crate::backend::CrdBundle::default()).then_some(bundle)
+}
+
 /// The reason scenarios needing `kind` cannot run here.
 pub fn unsupported_reason(kind: ClusterKind) -> String {
     format!(

@@ -252,6 +252,8 @@ pub struct KubeBackend {
     sessions: Sessions,
     /// Which cluster-scoped kinds the API serves, asked once each.
     served: BTreeMap<ClusterKind, Option<Served>>,
+    /// The CRD annotations of each served kind, where readable.
+    bundles: BTreeMap<ClusterKind, crate::backend::CrdBundle>,
     _heartbeat: Heartbeat,
 }
 
@@ -291,6 +293,7 @@ impl KubeBackend {
             udp_ports: UdpSourcePorts::default(),
             sessions: Sessions::default(),
             served: BTreeMap::new(),
+            bundles: BTreeMap::new(),
             _heartbeat: heartbeat,
         };
         backend.cni = backend.detect_cni().await;
@@ -397,6 +400,11 @@ impl KubeBackend {
         }
         let served = cluster_policies::served(&self.client, kind).await?;
         self.served.insert(kind, served);
+        if served.is_some()
+            && let Some(bundle) = cluster_policies::bundle(&self.client, kind).await
+        {
+            self.bundles.insert(kind, bundle);
+        }
         Ok(served)
     }
 
@@ -913,6 +921,10 @@ impl Backend for KubeBackend {
                 }
             }
         }
+    }
+
+    fn cluster_policy_bundle(&self, kind: ClusterKind) -> Option<crate::backend::CrdBundle> {
+        self.bundles.get(&kind).cloned()
     }
 
     async fn cluster_policy_support(
