@@ -190,7 +190,7 @@ fn ignored_cluster_policies_fail_every_cluster_policy_scenario() {
     args.extend(NO_DATAPLANE);
     let (code, stdout, report) = run_report(&args);
     assert_eq!(code, Some(1), "{stdout}");
-    assert_eq!(report.scenarios.len(), 17, "{stdout}");
+    assert_eq!(report.scenarios.len(), 18, "{stdout}");
     let passing: Vec<&str> = report
         .scenarios
         .iter()

@@ -801,11 +801,12 @@ fn cluster_peer_set(
                     );
                 }
             }
-            ClusterPeer::Networks(_) => {
+            // Addresses; the node endpoint by its labels.
+            ClusterPeer::Networks(_) | ClusterPeer::Nodes(_) => {
                 set.extend((0..n).filter(|&id| peer.matches(cluster, cluster.pod(id))));
             }
-            // Never a pod's address (nodes), or unknowable without DNS (domainNames).
-            ClusterPeer::Nodes(_) | ClusterPeer::DomainNames(_) => {}
+            // Unknowable without DNS.
+            ClusterPeer::DomainNames(_) => {}
         }
     }
     set

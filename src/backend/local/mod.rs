@@ -141,13 +141,21 @@ pub(crate) fn dns_namespace() -> Namespace {
 
 /// The fully qualified name of `pod`'s Service in a cluster with `domain`, as the Kubernetes DNS
 /// specification names it.
-/// The node as an endpoint: `model::NODE_NAMESPACE`, named `node`, at its first address, serving
-/// `port_protocols` (the local cluster's and the simulation's alike).
+/// The local node's labels, as a kubelet registers them (`nodes` peers select by them).
+pub fn node_labels() -> Labels {
+    Labels::from([
+        ("kubernetes.io/hostname".to_string(), "node".to_string()),
+        ("kubernetes.io/os".to_string(), "linux".to_string()),
+    ])
+}
+
+/// The node as an endpoint: `model::NODE_NAMESPACE`, named `node`, with the node's labels, at its
+/// first address, serving `port_protocols` (the local cluster's and the simulation's alike).
 pub fn node_host(addresses: &[IpAddr], port_protocols: &[PortProtocol]) -> Pod {
     Pod {
         namespace: crate::model::NODE_NAMESPACE.into(),
         name: "node".into(),
-        labels: Labels::new(),
+        labels: node_labels(),
         ip: addresses
             .first()
             .copied()

@@ -326,6 +326,15 @@ fn cluster_matchers(
                     }
                 }
             }
+            // The one node, where its labels match: its own addresses, never a pod's.
+            ClusterPeer::Nodes(nodes) if nodes.matches(&super::node_labels()) => {
+                for (fam, node) in [
+                    ("ip", super::proxy::NODE_V4.to_string()),
+                    ("ip6", super::proxy::NODE_V6.to_string()),
+                ] {
+                    peer_exprs.push(format!("{fam} {side} {node}"));
+                }
+            }
             ClusterPeer::Nodes(_) | ClusterPeer::DomainNames(_) => {}
             ClusterPeer::Namespaces(_) | ClusterPeer::Pods { .. } => {
                 let pods: Vec<&Pod> = cluster

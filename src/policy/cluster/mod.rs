@@ -264,7 +264,8 @@ pub enum ClusterPeer {
     },
     /// Egress only: destination addresses, pods' included.
     Networks(Vec<IpNet>),
-    /// Egress only: node addresses. Probes go to pods, which are never a node's address here.
+    /// Egress only: node addresses, by the nodes' labels. Pods are never a node's address here;
+    /// the pods' node is an endpoint on the `node` path (`model::NODE_NAMESPACE`).
     Nodes(Selector),
     /// Egress only: names resolved by DNS; the model cannot say which pods they reach.
     DomainNames(Vec<String>),
@@ -284,7 +285,10 @@ impl ClusterPeer {
             }
             // A CIDR matches only addresses of its own family.
             ClusterPeer::Networks(nets) => nets.iter().any(|n| n.contains(&remote.ip)),
-            ClusterPeer::Nodes(_) | ClusterPeer::DomainNames(_) => false,
+            ClusterPeer::Nodes(nodes) => {
+                remote.namespace == crate::model::NODE_NAMESPACE && nodes.matches(&remote.labels)
+            }
+            ClusterPeer::DomainNames(_) => false,
         }
     }
 }
