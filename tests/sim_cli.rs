@@ -673,29 +673,18 @@ fn list_faults_names_every_fault_and_where_the_shipped_ones_come_from() {
 #[test]
 fn a_declared_hairpin_exemption_is_judged_by_the_rule_declared() {
     let run = |hairpin: &str| {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let json = dir.path().join("run.json");
-        let output = common::polygraph(
-            &[
-                "run",
-                "--backend",
-                "sim",
-                "--inject",
-                "service-hairpin-exempt",
-                "--service-hairpin",
-                hairpin,
-                "--step-deadline",
-                "2s",
-                "cnp-hairpin-through-service",
-                "--json",
-                json.to_str().expect("utf-8"),
-            ],
-            "",
-        );
-        let report: Value =
-            serde_json::from_str(&std::fs::read_to_string(&json).expect("json")).expect("JSON");
-        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-        (output.status.code(), report, stdout)
+        common::polygraph_json(&[
+            "run",
+            "--backend",
+            "sim",
+            "--inject",
+            "service-hairpin-exempt",
+            "--service-hairpin",
+            hairpin,
+            "--step-deadline",
+            "2s",
+            "cnp-hairpin-through-service",
+        ])
     };
     let (code, report, stdout) = run("policy");
     assert_eq!(code, Some(1), "{stdout}");

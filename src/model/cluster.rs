@@ -26,6 +26,21 @@ pub struct ContainerPort {
     pub protocol: Protocol,
 }
 
+impl ContainerPort {
+    /// Unnamed ports serving each of `port_protocols`: a host that is no pod serving what a
+    /// scenario probes (the outside host, the node).
+    pub fn serving(port_protocols: &[super::PortProtocol]) -> Vec<ContainerPort> {
+        port_protocols
+            .iter()
+            .map(|pp| ContainerPort {
+                name: None,
+                port: pp.port,
+                protocol: pp.protocol,
+            })
+            .collect()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pod {
     pub namespace: String,

@@ -64,6 +64,26 @@ pub fn polygraph(args: &[&str], stdin: &str) -> Output {
     child.wait_with_output().expect("polygraph finishes")
 }
 
+/// `polygraph ARGS --json FILE`: the exit code, the report (`Null` when none was written) and
+/// stdout.
+#[allow(dead_code)] // Not every test binary that includes `common` uses it.
+pub fn polygraph_json(args: &[&str]) -> (Option<i32>, serde_json::Value, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let json = dir.path().join("report.json");
+    let mut all = args.to_vec();
+    all.extend(["--json", json.to_str().expect("utf-8 path")]);
+    let output = polygraph(&all, "");
+    let report = std::fs::read_to_string(&json)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or(serde_json::Value::Null);
+    (
+        output.status.code(),
+        report,
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}
+
 /// `FROM -> TO` into (from, to) pod-name pairs, with the library's pattern syntax
 /// (`ns/pod`, `ns/*`, `*/pod`, `*/*`, `!` to exclude). Panics on a pattern that matches no pod,
 /// which is always a typo in a hand-written case.

@@ -160,14 +160,7 @@ pub fn node_host(addresses: &[IpAddr], port_protocols: &[PortProtocol]) -> Pod {
             .first()
             .copied()
             .unwrap_or(IpAddr::V4(proxy::NODE_V4)),
-        ports: port_protocols
-            .iter()
-            .map(|pp| ContainerPort {
-                name: None,
-                port: pp.port,
-                protocol: pp.protocol,
-            })
-            .collect(),
+        ports: ContainerPort::serving(port_protocols),
     }
 }
 
@@ -748,14 +741,7 @@ impl LocalBackend {
                 })
             }
         };
-        let ports: Vec<ContainerPort> = port_protocols
-            .iter()
-            .map(|pp| ContainerPort {
-                name: None,
-                port: pp.port,
-                protocol: pp.protocol,
-            })
-            .collect();
+        let ports = ContainerPort::serving(port_protocols);
         if outside.host.ports != ports {
             if let Some(agent) = &mut outside.agent {
                 agent.stop().await;
@@ -783,14 +769,10 @@ impl LocalBackend {
         &mut self,
         port_protocols: &[PortProtocol],
     ) -> Result<Pod, BackendError> {
-        let addresses: Vec<IpAddr> = self
-            .options
-            .families
-            .families()
-            .iter()
-            .map(|&f| proxy::node_address(f))
-            .collect();
-        let wanted = node_host(&addresses, port_protocols);
+        let wanted = node_host(
+            &proxy::node_addresses(self.options.families),
+            port_protocols,
+        );
         if let Some((host, _)) = &self.node_host
             && host.ports == wanted.ports
         {
@@ -878,13 +860,7 @@ impl Backend for LocalBackend {
             .as_ref()
             .is_some_and(|(h, _)| h.key() == *pod)
         {
-            return self
-                .options
-                .families
-                .families()
-                .iter()
-                .map(|&f| proxy::node_address(f))
-                .collect();
+            return proxy::node_addresses(self.options.families);
         }
         self.pods
             .get(pod)

@@ -69,6 +69,15 @@ pub fn node_address(family: Family) -> IpAddr {
     }
 }
 
+/// The node's addresses on a cluster of `families`.
+pub fn node_addresses(families: crate::model::IpFamilies) -> Vec<IpAddr> {
+    families
+        .families()
+        .iter()
+        .map(|&f| node_address(f))
+        .collect()
+}
+
 /// The transaction that creates the NAT table (once, with the node).
 pub fn install() -> String {
     format!(

@@ -130,12 +130,7 @@ impl Backend for SimBackend {
     ) -> Result<Vec<Pod>, String> {
         let mut dataplane = self.dataplane();
         if target == ProbeTarget::Node {
-            let addresses: Vec<IpAddr> = dataplane
-                .families
-                .families()
-                .iter()
-                .map(|&f| crate::backend::local::proxy::node_address(f))
-                .collect();
+            let addresses = crate::backend::local::proxy::node_addresses(dataplane.families);
             let node = crate::backend::local::node_host(&addresses, port_protocols);
             dataplane.node = Some((node.clone(), addresses));
             dataplane.record();
@@ -153,14 +148,7 @@ impl Backend for SimBackend {
             name: "host".into(),
             labels: Default::default(),
             ip: addresses[0],
-            ports: port_protocols
-                .iter()
-                .map(|pp| ContainerPort {
-                    name: None,
-                    port: pp.port,
-                    protocol: pp.protocol,
-                })
-                .collect(),
+            ports: ContainerPort::serving(port_protocols),
         };
         dataplane.outside = Some((host.clone(), addresses));
         dataplane.record();
