@@ -174,6 +174,7 @@ pub enum Target {
     ServiceName,
     NodePort,
     External,
+    Node,
 }
 
 #[derive(Debug, Deserialize, PartialEq, Eq)]
