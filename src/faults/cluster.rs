@@ -74,18 +74,13 @@ impl Faults {
                                         .find(|c| c.name.as_deref() == Some(name.as_str()))
                                         .map(|c| (c.port, c.protocol))
                                 });
-                                if found.is_empty() {
-                                    vec![p]
-                                } else {
-                                    found
-                                        .into_iter()
-                                        .map(|(n, protocol)| ProtocolMatch::Range {
-                                            protocol,
-                                            start: n,
-                                            end: n,
-                                        })
-                                        .collect()
-                                }
+                                super::distort::as_ranges(found, p, |protocol, n| {
+                                    ProtocolMatch::Range {
+                                        protocol,
+                                        start: n,
+                                        end: n,
+                                    }
+                                })
                             }
                             _ => vec![p],
                         })

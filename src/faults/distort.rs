@@ -16,47 +16,30 @@ impl Faults {
         if self.has(Fault::ExceptSpillsToPeers) {
             for policy in &mut distorted {
                 let namespace = policy.namespace.clone();
-                for rules in [policy.ingress.as_mut(), policy.egress.as_mut()]
-                    .into_iter()
-                    .flatten()
-                {
-                    for peers in rules.iter_mut().filter_map(|r| r.peers.as_mut()) {
-                        *peers = spill_excepts(peers, cluster, &namespace);
-                    }
+                for peers in policy.rules_mut().filter_map(|r| r.peers.as_mut()) {
+                    *peers = spill_excepts(peers, cluster, &namespace);
                 }
             }
         }
         if self.misresolves_names() {
             for policy in &mut distorted {
-                for rules in [policy.ingress.as_mut(), policy.egress.as_mut()]
-                    .into_iter()
-                    .flatten()
-                {
-                    for ports in rules.iter_mut().filter_map(|r| r.ports.as_mut()) {
-                        *ports = ports
-                            .drain(..)
-                            .flat_map(|port| match &port {
-                                PortMatch::Named { protocol, name } => {
-                                    let numbers = self.resolve_everywhere(cluster, |pod| {
-                                        pod.named_port(name, *protocol).map(|n| (n, *protocol))
-                                    });
-                                    if numbers.is_empty() {
-                                        vec![port]
-                                    } else {
-                                        numbers
-                                            .into_iter()
-                                            .map(|(n, protocol)| PortMatch::Range {
-                                                protocol,
-                                                start: n,
-                                                end: n,
-                                            })
-                                            .collect()
-                                    }
-                                }
-                                _ => vec![port],
-                            })
-                            .collect();
-                    }
+                for ports in policy.rules_mut().filter_map(|r| r.ports.as_mut()) {
+                    *ports = ports
+                        .drain(..)
+                        .flat_map(|port| match &port {
+                            PortMatch::Named { protocol, name } => {
+                                let numbers = self.resolve_everywhere(cluster, |pod| {
+                                    pod.named_port(name, *protocol).map(|n| (n, *protocol))
+                                });
+                                as_ranges(numbers, port, |protocol, n| PortMatch::Range {
+                                    protocol,
+                                    start: n,
+                                    end: n,
+                                })
+                            }
+                            _ => vec![port],
+                        })
+                        .collect();
                 }
             }
         }
@@ -68,19 +51,17 @@ impl Faults {
                 .flat_map(|p| crate::model::IpFamilies::Dual.addresses(p.ip))
                 .collect();
             for policy in &mut distorted {
-                for rules in [policy.ingress.as_mut(), policy.egress.as_mut()]
-                    .into_iter()
-                    .flatten()
+                for peer in policy
+                    .rules_mut()
+                    .flat_map(|r| r.peers.iter_mut().flatten())
                 {
-                    for peer in rules.iter_mut().flat_map(|r| r.peers.iter_mut().flatten()) {
-                        if let Peer::IpBlock { cidr, except } = peer {
-                            except.extend(
-                                addresses
-                                    .iter()
-                                    .filter(|ip| cidr.contains(*ip))
-                                    .map(|&ip| ipnet::IpNet::from(ip)),
-                            );
-                        }
+                    if let Peer::IpBlock { cidr, except } = peer {
+                        except.extend(
+                            addresses
+                                .iter()
+                                .filter(|ip| cidr.contains(*ip))
+                                .map(|&ip| ipnet::IpNet::from(ip)),
+                        );
                     }
                 }
             }
@@ -290,14 +271,8 @@ pub fn named_ports_anywhere(policies: &[Policy], cluster: &crate::model::Cluster
 pub fn without_catch_all_blocks(policies: &[Policy]) -> Vec<Policy> {
     let mut policies = policies.to_vec();
     for policy in &mut policies {
-        for rules in [policy.ingress.as_mut(), policy.egress.as_mut()]
-            .into_iter()
-            .flatten()
-        {
-            for peers in rules.iter_mut().filter_map(|r| r.peers.as_mut()) {
-                peers
-                    .retain(|p| !matches!(p, Peer::IpBlock { cidr, .. } if cidr.prefix_len() == 0));
-            }
+        for peers in policy.rules_mut().filter_map(|r| r.peers.as_mut()) {
+            peers.retain(|p| !matches!(p, Peer::IpBlock { cidr, .. } if cidr.prefix_len() == 0));
         }
     }
     policies
@@ -342,4 +317,20 @@ fn with_protocol(port: &PortMatch, protocol: Protocol) -> PortMatch {
         },
         PortMatch::Named { name, .. } => PortMatch::Named { protocol, name },
     }
+}
+
+/// What a named port becomes under the named-port faults: one single-port range per (number,
+/// protocol) `found` for it (`range` builds it), or the port as it was where no pod has the name.
+pub(super) fn as_ranges<T>(
+    found: Vec<(u16, Protocol)>,
+    original: T,
+    range: impl Fn(Protocol, u16) -> T,
+) -> Vec<T> {
+    if found.is_empty() {
+        return vec![original];
+    }
+    found
+        .into_iter()
+        .map(|(number, protocol)| range(protocol, number))
+        .collect()
 }

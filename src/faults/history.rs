@@ -110,29 +110,23 @@ fn without_addresses(
     let mut policies = policies.to_vec();
     for policy in &mut policies {
         let namespace = policy.namespace.clone();
-        for rules in [policy.ingress.as_mut(), policy.egress.as_mut()]
-            .into_iter()
-            .flatten()
-        {
-            for peers in rules.iter_mut().filter_map(|r| r.peers.as_mut()) {
-                *peers = peers
-                    .iter()
-                    .flat_map(|peer| {
-                        match peer {
-                        Peer::Pods { .. }
-                            if selector_as_addresses(peer, cluster, &namespace, |_| false)
-                                .iter()
-                                .any(|p| {
-                                    matches!(p, Peer::IpBlock { cidr, .. } if missing(&cidr.addr()))
-                                }) =>
-                        {
-                            selector_as_addresses(peer, cluster, &namespace, missing)
-                        }
-                        other => vec![other.clone()],
+        for peers in policy.rules_mut().filter_map(|r| r.peers.as_mut()) {
+            *peers = peers
+                .iter()
+                .flat_map(|peer| {
+                    if !matches!(peer, Peer::Pods { .. }) {
+                        return vec![peer.clone()];
                     }
-                    })
-                    .collect();
-            }
+                    let held = selector_as_addresses(peer, cluster, &namespace, |_| false);
+                    let misses =
+                        |p: &Peer| matches!(p, Peer::IpBlock { cidr, .. } if missing(&cidr.addr()));
+                    if held.iter().any(misses) {
+                        held.into_iter().filter(|p| !misses(p)).collect()
+                    } else {
+                        vec![peer.clone()]
+                    }
+                })
+                .collect();
         }
     }
     policies

@@ -76,6 +76,14 @@ impl Policy {
         }
     }
 
+    /// Every rule of both directions, to rewrite them (the faults do).
+    pub fn rules_mut(&mut self) -> impl Iterator<Item = &mut Rule> {
+        [self.ingress.as_mut(), self.egress.as_mut()]
+            .into_iter()
+            .flatten()
+            .flat_map(|rules| rules.iter_mut())
+    }
+
     /// Whether this policy applies to `pod` (same namespace, selector matches).
     pub fn selects(&self, pod: &Pod) -> bool {
         pod.namespace == self.namespace && self.pod_selector.matches(&pod.labels)
