@@ -1027,6 +1027,27 @@ impl Backend for FakeCluster {
     }
 }
 
+/// `scenarios` run as `run` runs them on Kubernetes, the policy APIs checked first; the cluster
+/// cleaned up after.
+async fn run_with_precheck(
+    cluster: &mut FakeCluster,
+    scenarios: &[polygraph::scenario::Scenario],
+) -> polygraph::run::RunResult {
+    let options = RunOptions {
+        precheck: true,
+        ..run_options()
+    };
+    let result = polygraph::run::run_in_parallel(
+        std::slice::from_mut(cluster),
+        scenarios,
+        &options,
+        &mut |_| {},
+    )
+    .await;
+    cluster.cleanup().await.expect("cleanup");
+    result
+}
+
 fn run_options() -> RunOptions {
     RunOptions {
         probe_timeout: Duration::from_millis(200),
@@ -2057,18 +2078,7 @@ async fn the_precheck_fails_the_scenarios_of_an_api_nothing_enforces_at_once() {
         .insert("v1alpha1");
     let mut cluster =
         FakeCluster::enforcing(&state, KubeOptions::default(), &["admin-ignored"]).await;
-    let options = RunOptions {
-        precheck: true,
-        ..run_options()
-    };
-    let result = polygraph::run::run_in_parallel(
-        std::slice::from_mut(&mut cluster),
-        &scenarios,
-        &options,
-        &mut |_| {},
-    )
-    .await;
-    cluster.cleanup().await.expect("cleanup");
+    let result = run_with_precheck(&mut cluster, &scenarios).await;
     use polygraph::run::precheck::{ApiVerdict, PolicyApi};
     let verdict = |api: PolicyApi| {
         result
@@ -2232,18 +2242,7 @@ async fn the_library_on_kubernetes_costs_few_calls_and_waits_per_scenario() {
     .await;
     let began = tokio::time::Instant::now();
     // As `run` on Kubernetes does: the policy APIs checked first.
-    let options = RunOptions {
-        precheck: true,
-        ..run_options()
-    };
-    let result = polygraph::run::run_in_parallel(
-        std::slice::from_mut(&mut cluster),
-        &all,
-        &options,
-        &mut |_| {},
-    )
-    .await;
-    cluster.cleanup().await.expect("cleanup");
+    let result = run_with_precheck(&mut cluster, &all).await;
     let took = began.elapsed();
     let waited = cluster.waited;
     let s = state.lock().expect("state");
@@ -2367,18 +2366,7 @@ async fn the_crd_channel_is_reported_and_standard_has_no_named_ports() {
             );
         }
         let mut cluster = FakeCluster::new(&state).await;
-        let options = RunOptions {
-            precheck: true,
-            ..run_options()
-        };
-        let result = polygraph::run::run_in_parallel(
-            std::slice::from_mut(&mut cluster),
-            &scenarios,
-            &options,
-            &mut |_| {},
-        )
-        .await;
-        cluster.cleanup().await.expect("cleanup");
+        let result = run_with_precheck(&mut cluster, &scenarios).await;
         let cnp = result
             .apis
             .iter()

@@ -31,6 +31,7 @@ pub struct AnalyzeArgs {
 pub fn run(args: AnalyzeArgs) -> Result<ExitCode, CliError> {
     let mut cluster = args.model.cluster()?;
     if let Some(ip) = args.node {
+        // The node serves every (port, protocol) a pod serves, each once.
         let served: Vec<polygraph::model::PortProtocol> = cluster
             .pods()
             .iter()
@@ -39,10 +40,9 @@ pub fn run(args: AnalyzeArgs) -> Result<ExitCode, CliError> {
                     .iter()
                     .map(|c| polygraph::model::PortProtocol::new(c.port, c.protocol))
             })
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
             .collect();
-        let mut served = served;
-        served.sort();
-        served.dedup();
         cluster = cluster.with_outside(&[polygraph::backend::local::node_host(&[ip], &served)]);
     }
     let explain = args
