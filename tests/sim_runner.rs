@@ -343,6 +343,110 @@ impl Backend for WrongPeer {
     }
 }
 
+/// An enforcer that gives way under load for one source only: a batch of more targets than a
+/// low load holds (`pace::LOW_LOAD`) from `source` connects wherever it would have been blocked.
+/// A queue overflowing at the tail of every round does this: the same cells leak each round, and
+/// they never match.
+struct TailGivesWay {
+    sim: SimBackend,
+    source: polygraph::model::PodRef,
+    /// Who answers at each address.
+    pods: std::collections::BTreeMap<String, String>,
+}
+
+impl Backend for TailGivesWay {
+    fn describe(&self) -> String {
+        self.sim.describe()
+    }
+    fn cleanup_message(&self) -> String {
+        self.sim.cleanup_message()
+    }
+    async fn apply(
+        &mut self,
+        mutation: &polygraph::world::Mutation,
+    ) -> Result<(), polygraph::backend::BackendError> {
+        self.sim.apply(mutation).await
+    }
+    async fn wait_ready(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<(), polygraph::backend::BackendError> {
+        self.sim.wait_ready(timeout).await
+    }
+    async fn probe(
+        &self,
+        from: &polygraph::model::PodRef,
+        targets: &[polygraph_agent::wire::Target],
+        timing: polygraph::backend::ProbeTiming,
+    ) -> Result<Vec<polygraph_agent::wire::ProbeResult>, polygraph::backend::BackendError> {
+        let mut results = self.sim.probe(from, targets, timing).await?;
+        if *from == self.source && targets.len() > polygraph::run::pace::LOW_LOAD {
+            for result in &mut results {
+                if result.outcome.is_blocked() {
+                    result.outcome = polygraph_agent::wire::Outcome::Connected;
+                    result.peer = self.pods.get(&result.host).cloned();
+                    result.elapsed_ms = 0.1;
+                }
+            }
+        }
+        Ok(results)
+    }
+    async fn hold(
+        &self,
+        from: &polygraph::model::PodRef,
+        targets: &[polygraph_agent::wire::Target],
+        timeout: Duration,
+    ) -> Result<polygraph::backend::Held, polygraph::backend::BackendError> {
+        self.sim.hold(from, targets, timeout).await
+    }
+    async fn cleanup(&mut self) -> Result<(), polygraph::backend::BackendError> {
+        self.sim.cleanup().await
+    }
+}
+
+/// Cells the step changed that leak at load in every round and never match are no late deny
+/// when a low rate finds them blocked and the run's pace leaks them again: the step's last round
+/// names them fail-open. (Judged only when settled cells leaked too, they were "never
+/// converged", a policy bug the load made.) A dataplane that is merely slow stays "never
+/// converged": `a_slow_dataplane_never_converges_within_the_deadline`.
+#[tokio::test(start_paused = true)]
+async fn leaks_at_load_in_cells_that_never_matched_are_named_fail_open_in_the_last_round() {
+    let scenario = scenarios(&["deny-all-ingress"]).remove(0);
+    let pods = scenario
+        .initial
+        .cluster()
+        .pods()
+        .iter()
+        .map(|p| (p.ip.to_string(), p.key().to_string()))
+        .collect();
+    let mut backend = TailGivesWay {
+        sim: SimBackend::new(SimOptions {
+            faults: Faults::default(),
+            sctp: true,
+            ..SimOptions::default()
+        }),
+        source: "z/c".parse().expect("pod"),
+        pods,
+    };
+    let result = run_scenarios(
+        &mut backend,
+        std::slice::from_ref(&scenario),
+        &RunOptions {
+            step_deadline: Duration::from_secs(2),
+            ..options()
+        },
+        &mut |_| {},
+    )
+    .await;
+    let deny = step(&result, "deny-all-ingress", "deny all ingress in x");
+    // z/c to the three pods of x, on every port and protocol.
+    let leaking = 3 * deny.expected.table.port_protocols().len();
+    assert_eq!(deny.count(Verdict::FailOpen), leaking);
+    assert_eq!(deny.count(Verdict::Fail), 0);
+    assert_eq!(deny.summary.never_converged, 0);
+    assert!(deny.summary.fail_open_evidence.is_some());
+}
+
 /// The verdicts that are neither pass nor fail: a pod to itself that differs from the computed
 /// answer is undefined, a port the destination doesn't serve is not probed, a probe answered by the
 /// wrong pod is an error (and fails the step).

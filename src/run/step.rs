@@ -262,7 +262,11 @@ const QUIET: Duration = Duration::from_millis(50);
 /// is kept. A leak
 /// that persists at the low rate stays what it was. Cells the step changed and have not yet
 /// matched leak the same way a late deny does, and timing that is the point: they are looked at
-/// only once settled cells have leaked under load in the step.
+/// only once settled cells have leaked under load in the step, or in the step's `last` round.
+/// There a late deny has had the whole deadline: a changed cell that leaks at load and not at a
+/// low rate is the enforcer giving way, and judging it "never converged" would blame the policy
+/// for a leak the load caused (the cells a queue overflows are the tail of every round, so they
+/// may never have matched at all).
 async fn confirm_leaks<B: Backend>(
     backend: &B,
     result: &mut StepResult,
@@ -270,6 +274,7 @@ async fn confirm_leaks<B: Backend>(
     timing: ProbeTiming,
     options: &RunOptions,
     round_began: Instant,
+    last: bool,
 ) {
     use polygraph_agent::wire::Outcome;
     let expected = &result.expected.table;
@@ -290,7 +295,7 @@ async fn confirm_leaks<B: Backend>(
     // once settled cells leak too, in this round or an earlier one of the step (the signature of
     // an enforcer giving way, which a lagging one does not have).
     let giving_way = result.summary.fail_open_evidence.is_some();
-    if !giving_way && !suspects.iter().any(|(_, settled)| *settled) {
+    if !giving_way && !last && !suspects.iter().any(|(_, settled)| *settled) {
         return;
     }
     let suspects: BTreeSet<(usize, usize, usize)> =
@@ -425,9 +430,22 @@ async fn probe_until_settled<B: Backend>(
             }
         };
         deadlines.learn(&observed, timing);
+        // No round follows one that ends this late (unless every cell matched, and then nothing
+        // leaked): its leaks get their last look here.
+        let last = settled_at.is_none()
+            && changed.elapsed() + options.probe_timeout > options.step_deadline;
         let rechecked =
             recheck_silences(backend, result, &mut observed, timing, options, round_began).await;
-        confirm_leaks(backend, result, &mut observed, timing, options, round_began).await;
+        confirm_leaks(
+            backend,
+            result,
+            &mut observed,
+            timing,
+            options,
+            round_began,
+            last,
+        )
+        .await;
         result.confirmations += rechecked;
         result.rounds += 1;
         result.deadline = result.deadline.max(timing.effective_deadline());
