@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use polygraph_agent::wire::MAX_ATTEMPTS;
 use tokio::time::Instant;
 
 use super::held::{check_flows, hold_flows};
@@ -151,7 +152,6 @@ async fn recheck_silences<B: Backend>(
     backend: &B,
     result: &StepResult,
     observed: &mut ObservedTable,
-    timing: ProbeTiming,
     options: &RunOptions,
     round_began: Instant,
 ) -> usize {
@@ -182,11 +182,15 @@ async fn recheck_silences<B: Backend>(
     if suspects.is_empty() {
         return 0;
     }
+    // Every attempt the agent makes: the suspects are few, and the attempts go together after
+    // the first deadline, so they cost no time. With the round's own count, a lossy network
+    // whose loss the runner has not yet learnt (two attempts, the first rounds of a run) could
+    // lose the recheck as well, and an allowed cell read as blocked once would stay so.
     let half = ProbeTiming::longest_deadline(options.probe_timeout);
     let whole = ProbeTiming {
         timeout: options.probe_timeout,
         deadline: (!half.is_zero()).then_some(half),
-        attempts: timing.attempts.max(2),
+        attempts: MAX_ATTEMPTS,
     };
     let better = |o: &Observation| {
         let unidentified = o.outcome == Outcome::Connected && o.peer.is_none();
@@ -435,7 +439,7 @@ async fn probe_until_settled<B: Backend>(
         let last = settled_at.is_none()
             && changed.elapsed() + options.probe_timeout > options.step_deadline;
         let rechecked =
-            recheck_silences(backend, result, &mut observed, timing, options, round_began).await;
+            recheck_silences(backend, result, &mut observed, options, round_began).await;
         confirm_leaks(
             backend,
             result,
