@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 use crate::matrix::{Cell, TruthTable};
-use crate::model::{Cluster, Pod, PortProtocol, ProbeTarget};
+use crate::model::{Cluster, Pod, PodId, PortProtocol, ProbeTarget};
 use crate::policy::{ClusterPolicy, Oracle, Policy, PolicySet};
 
 /// The result of an analysis: the inputs as used, the table, and what the user should know.
@@ -75,6 +75,12 @@ impl Analysis {
         analysis.through_services = true;
         let oracle = analysis.oracle();
         let mut table = oracle.truth_table(self.table.port_protocols());
+        host_network_cells(
+            &self.cluster,
+            &self.policies,
+            &self.cluster_policies,
+            &mut table,
+        );
         for k in 0..table.port_protocols().len() {
             for pod in 0..table.pods().len() {
                 let why = oracle.explain(Cell {
@@ -127,8 +133,14 @@ pub fn analyze(cluster: Cluster, policies: PolicySet, port_protocols: &[PortProt
         port_protocols.to_vec()
     };
     let oracle = Oracle::tiered(&cluster, &policies, &cluster_policies);
-    let table = oracle.truth_table(&port_protocols);
+    let mut table = oracle.truth_table(&port_protocols);
     warnings.extend(undefined_warnings(&oracle, &table));
+    warnings.extend(host_network_cells(
+        &cluster,
+        &policies,
+        &cluster_policies,
+        &mut table,
+    ));
     Analysis {
         cluster,
         policies,
@@ -137,6 +149,66 @@ pub fn analyze(cluster: Cluster, policies: PolicySet, port_protocols: &[PortProt
         warnings,
         through_services: false,
     }
+}
+
+/// Cells from or to a host-network pod, judged both ways the spec allows: as the pod its labels
+/// describe (the policies that select it, the selectors that match it:
+/// `Cluster::with_host_network_as_pods`), and as the node whose network it is in (no policy
+/// selects it, only address peers match it, and a pod's own node may always reach it: what the
+/// model's selectors do, `Pod::host_network`). Where the two agree that is the
+/// answer; where they differ, NetworkPolicy leaves it to the implementation ("undefined",
+/// holding the allowing reading). The warning says how many cells that is.
+fn host_network_cells(
+    cluster: &Cluster,
+    policies: &[Policy],
+    cluster_policies: &[ClusterPolicy],
+    table: &mut TruthTable,
+) -> Option<String> {
+    let host_network: Vec<PodId> = cluster.host_network().collect();
+    if host_network.is_empty() {
+        return None;
+    }
+    let as_pods = cluster.with_host_network_as_pods();
+    let pod_table =
+        Oracle::tiered(&as_pods, policies, cluster_policies).truth_table(table.port_protocols());
+    let is_host = |id: PodId| host_network.contains(&id);
+    let mut undefined = 0;
+    for k in 0..table.port_protocols().len() {
+        for from in 0..table.pods().len() {
+            for to in 0..table.pods().len() {
+                if !is_host(from) && !is_host(to) {
+                    continue;
+                }
+                let mut node = table.get(k, from, to);
+                if is_host(from) && !cluster.is_outside(to) && !is_host(to) {
+                    // Its pods' own node: "the only allowed connections into the pod are those
+                    // from the pod's node and those allowed by ..." (a cluster Deny: undefined).
+                    node.undefined |= node.drop;
+                    node.drop = false;
+                    node.egress = true;
+                    node.ingress = true;
+                }
+                let pod = pod_table.get(k, from, to);
+                if pod.allowed() != node.allowed() && !node.undefined {
+                    undefined += 1;
+                    node.undefined = true;
+                    node.drop = false;
+                    if pod.allowed() {
+                        node.egress = pod.egress;
+                        node.ingress = pod.ingress;
+                    }
+                }
+                table.set(k, from, to, node);
+            }
+        }
+    }
+    (undefined > 0).then(|| {
+        let plural = if undefined == 1 { "" } else { "s" };
+        format!(
+            "undefined ({undefined} cell{plural}, shown as ~ and never failed): a host-network pod is the node to some \
+             implementations and a selectable pod to others, and NetworkPolicy leaves it to them"
+        )
+    })
 }
 
 /// One warning per reason the spec leaves cells open (policies of equal priority that disagree,
@@ -208,4 +280,51 @@ fn dedupe(policies: Vec<Policy>, warnings: &mut Vec<String>) -> Vec<Policy> {
         }
     }
     kept
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::model::{PortProtocol, Protocol};
+    use crate::scenario::library;
+
+    /// The library's `host-network-pods`, offline: a cell the two readings of a host-network pod
+    /// (the pod its labels say, the node whose network it is in) answer alike is judged; one they
+    /// answer apart is undefined.
+    #[test]
+    fn cells_of_a_host_network_pod_are_undefined_only_where_its_readings_differ() {
+        let all = library::load_all().expect("the library loads");
+        let scenario = all
+            .iter()
+            .find(|s| s.name == "host-network-pods")
+            .expect("host-network-pods");
+        let cell = |step: usize, from: &str, to: &str, port: u16| {
+            let table = &scenario.steps[step].analysis.table;
+            let id = |name: &str| {
+                table
+                    .pods()
+                    .iter()
+                    .position(|p| p.to_string() == name)
+                    .expect("pod")
+            };
+            let k = table
+                .port_protocols()
+                .iter()
+                .position(|pp| *pp == PortProtocol::new(port, Protocol::Tcp))
+                .expect("port");
+            table.get(k, id(from), id(to))
+        };
+        // Ingress denied in x: the node may reach its pods, the pod may not.
+        let into_x = cell(0, "y/host", "x/a", 80);
+        assert!(into_x.undefined && into_x.allowed(), "{into_x:?}");
+        let plain = cell(0, "y/a", "x/a", 80);
+        assert!(!plain.undefined && !plain.allowed());
+        // Nothing selects y/host either way: x reaches it.
+        let to_host = cell(0, "x/a", "y/host", 8080);
+        assert!(!to_host.undefined && to_host.allowed());
+        // Egress from x only to app=host-agent: the pod is, the node is not.
+        let by_label = cell(1, "x/a", "y/host", 8080);
+        assert!(by_label.undefined, "{by_label:?}");
+        let other = cell(1, "x/a", "y/a", 80);
+        assert!(!other.undefined && !other.allowed());
+    }
 }

@@ -100,6 +100,7 @@ pub fn generate_cluster(size: &WorldSize) -> Cluster {
                     protocol: Some(protocol.as_str().to_string()),
                 })
                 .collect(),
+            host_network: false,
         })
         .collect();
     let description = ClusterDescription { namespaces, pods };

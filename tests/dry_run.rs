@@ -134,6 +134,35 @@ fn a_scenario_that_chooses_pod_addresses_is_unsupported_on_kubernetes() {
     assert!(!yaml.contains("# create Pod "), "{yaml}");
 }
 
+/// A host-network pod on Kubernetes: its namespace's Pod Security label first, then the pod in
+/// the node's network (no Service, no namespaced sysctl); valid Kubernetes. On its own targets the
+/// scenario is unsupported (the node as an endpoint is not deployed on Kubernetes).
+#[test]
+fn host_network_pods_show_their_namespaces_pod_security_label() {
+    let yaml = dry_run(&[
+        "run",
+        "host-network-pods",
+        "--backend",
+        "kube",
+        "--dry-run",
+        "--target",
+        "pod-ip",
+    ]);
+    let label = yaml
+        .find("(label pod-security.kubernetes.io/enforce=privileged, for host-network pods)")
+        .expect("the namespace is labelled");
+    let pod = yaml.find("hostNetwork: true").expect("a host-network pod");
+    assert!(label < pod, "{yaml}");
+    assert!(
+        yaml.contains("    pod-security.kubernetes.io/enforce: privileged\n"),
+        "{yaml}"
+    );
+    assert!(!yaml.contains("# create Service polygraph-"), "{yaml}");
+    validate("host-network", &yaml);
+    let own = dry_run(&["run", "host-network-pods", "--backend", "kube", "--dry-run"]);
+    assert!(own.contains("# unsupported, not run: "), "{own}");
+}
+
 #[test]
 fn names_need_services_and_touch_nothing_of_the_clusters_dns() {
     let yaml = dry_run(&["run", "seed-dns-egress", "--dry-run"]);

@@ -52,6 +52,13 @@ struct State {
     broken: BTreeMap<String, String>,
     /// Namespace creations to refuse with 403.
     forbid_namespace: Option<String>,
+    /// Pod Security's `baseline` level where a namespace is not labelled `privileged`: a
+    /// host-network pod is refused with 403.
+    pod_security: bool,
+    /// The Pod Security label cannot be set (an admission policy pins it): 403.
+    pod_security_pinned: bool,
+    /// Every pod the server admitted, as created, and its namespace's labels then.
+    admitted: Vec<(Value, Value)>,
     /// What `GET /api/v1/nodes` lists.
     nodes: Vec<Value>,
     /// Policies by (namespace, name).
@@ -292,6 +299,11 @@ fn handle(
         },
         ("PATCH", ["api", "v1", "namespaces", name]) => {
             let name = name.to_string();
+            if s.pod_security_pinned
+                && body["metadata"]["labels"]["pod-security.kubernetes.io/enforce"].is_string()
+            {
+                return status(403, "Forbidden");
+            }
             // Heartbeats (annotations only) are not changes a dry run shows.
             if body["metadata"]["labels"].is_object() {
                 s.calls.push(format!("patch Namespace {name}"));
@@ -322,6 +334,18 @@ fn handle(
                 .as_str()
                 .unwrap_or_default()
                 .to_string();
+            let host_network = body["spec"]["hostNetwork"] == json!(true);
+            let privileged = s.namespaces.get(*ns).is_some_and(|n| {
+                n["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == json!("privileged")
+            });
+            if host_network && s.pod_security && !privileged {
+                return status(403, "Forbidden");
+            }
+            let labels = s
+                .namespaces
+                .get(*ns)
+                .map_or(Value::Null, |n| n["metadata"]["labels"].clone());
+            s.admitted.push((body.clone(), labels));
             let mut pod = body.clone();
             // The scheduler's part: honour a hostname affinity, else pick "solo".
             let pinned = &body["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
@@ -333,6 +357,15 @@ fn handle(
                     json!({"phase": "Pending", "conditions": [{"type": "Ready", "status": "False", "reason": "ContainersNotReady", "message": "containers with unready status: [agent]"}],
                                        "containerStatuses": [{"name": "agent", "ready": false, "restartCount": 0, "image": "x", "imageID": "",
                                                               "state": {"waiting": {"reason": reason, "message": "Back-off pulling image"}}}]})
+                }
+                // A host-network pod is at its node's address.
+                None if host_network => {
+                    let v4 = "172.18.0.9".to_string();
+                    let mut ips = vec![json!({"ip": v4})];
+                    if s.dual_stack {
+                        ips.push(json!({"ip": "fd00:18::9"}));
+                    }
+                    json!({"phase": "Running", "podIP": v4, "podIPs": ips, "conditions": [{"type": "Ready", "status": "True"}]})
                 }
                 None => {
                     let v4 = format!("10.9.0.{index}");
@@ -2392,5 +2425,70 @@ async fn the_crd_channel_is_reported_and_standard_has_no_named_ports() {
             assert!(named.unsupported.is_none(), "{:?}", named.unsupported);
         }
         assert!(result.scenarios[1].unsupported.is_none());
+    }
+}
+
+/// A host-network pod on Kubernetes: its namespace is labelled privileged for Pod Security before
+/// the pod is created (so a `baseline` cluster admits it), the pod has `hostNetwork: true` and no
+/// Service, and the run passes at the node's address. Where the cluster will not let the label
+/// be set, the scenario is unsupported, with the refusal as the reason, and nothing of it is
+/// left behind.
+#[tokio::test]
+async fn host_network_pods_get_a_privileged_namespace_and_a_refusal_is_unsupported() {
+    let scenarios = library(&["host-network-pods"]);
+    let options = RunOptions {
+        targets: vec![polygraph::model::ProbeTarget::PodIp],
+        ..run_options()
+    };
+    for pinned in [false, true] {
+        let state = Arc::new(Mutex::new(State {
+            pod_security: true,
+            pod_security_pinned: pinned,
+            ..State::default()
+        }));
+        let mut cluster = FakeCluster::new(&state).await;
+        let result = polygraph::run::run_in_parallel(
+            std::slice::from_mut(&mut cluster),
+            &scenarios,
+            &options,
+            &mut |_| {},
+        )
+        .await;
+        let scenario = &result.scenarios[0];
+        if pinned {
+            let reason = scenario.unsupported.as_deref().expect("unsupported");
+            assert!(
+                reason.contains("the cluster refused")
+                    && reason.contains("pod-security.kubernetes.io/enforce=privileged"),
+                "{reason}"
+            );
+            assert!(scenario.error.is_none(), "{:?}", scenario.error);
+        } else {
+            assert!(
+                scenario.passed(),
+                "{:?} {:?}",
+                scenario.error,
+                scenario.unsupported
+            );
+            let s = state.lock().expect("state");
+            let (pod, labels) = s
+                .admitted
+                .iter()
+                .find(|(pod, _)| pod["metadata"]["name"] == json!("host"))
+                .expect("the host-network pod");
+            assert_eq!(pod["spec"]["hostNetwork"], json!(true));
+            assert!(pod["spec"]["securityContext"]["sysctls"].is_null());
+            assert_eq!(
+                labels["pod-security.kubernetes.io/enforce"],
+                json!("privileged")
+            );
+            assert!(
+                !s.calls
+                    .iter()
+                    .any(|c| c.starts_with("create Service") && c.ends_with("/host"))
+            );
+        }
+        cluster.cleanup().await.expect("cleanup");
+        assert!(state.lock().expect("state").pods.is_empty());
     }
 }

@@ -66,6 +66,7 @@ proptest! {
                 labels: Default::default(),
                 ip: IpAddr::from([10, 244, *third, *last]),
                 ports: cluster.pods()[0].ports.clone(),
+                host_network: false,
             })
             .chain([Pod {
                 namespace: String::new(),
@@ -73,6 +74,7 @@ proptest! {
                 labels: Default::default(),
                 ip: IpAddr::from([203, 0, 113, 10]),
                 ports: cluster.pods()[0].ports.clone(),
+                host_network: false,
             }])
             .collect();
         let cluster = cluster.with_outside(&hosts);

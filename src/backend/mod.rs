@@ -49,6 +49,10 @@ pub enum BackendError {
     },
     #[error("probing from {pod}: {message}")]
     Probe { pod: PodRef, message: String },
+    /// The cluster refuses what the scenario needs (a host-network pod under Pod Security):
+    /// the scenario is unsupported there, not failed.
+    #[error("the cluster refused {what}: {reason}")]
+    Refused { what: String, reason: String },
     /// A Kubernetes API call failed (after retries, when the failure was transient).
     #[error("{what}")]
     Kube {

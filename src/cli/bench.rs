@@ -13,9 +13,7 @@ use polygraph::bench::{
 };
 use polygraph::model::default_model;
 use polygraph::policy::parse_policies;
-use polygraph::run::{
-    Deadlines, PathPlan, ProbeDesign, namespace_names, probe_matrix_with, reconcile,
-};
+use polygraph::run::{Deadlines, PathPlan, ProbeDesign, probe_matrix_with, reconcile};
 use polygraph::world::World;
 
 use super::session::session;
@@ -165,7 +163,7 @@ fn probe(args: ProbeBenchArgs) -> Result<ExitCode, CliError> {
             backend,
             &args.paths.targets,
             analysis.table.port_protocols(),
-            &namespace_names(&analysis),
+            &[&analysis.cluster],
         )
         .await
         .map_err(CliError::Usage)?;

@@ -11,7 +11,7 @@ use super::{CliError, EXIT_WRONG, OutputFormat, use_color};
 use polygraph::backend::Backend;
 use polygraph::report::probe;
 use polygraph::run::converge::{ConvergeOptions, Convergence, observe_until_converged};
-use polygraph::run::{PathPlan, namespace_names, reconcile};
+use polygraph::run::{PathPlan, reconcile};
 use polygraph::world::World;
 
 #[derive(Debug, Args)]
@@ -66,7 +66,7 @@ pub fn run(args: ProbeArgs) -> Result<ExitCode, CliError> {
                 backend,
                 &args.paths.targets,
                 analysis.table.port_protocols(),
-                &namespace_names(&analysis),
+                &[&analysis.cluster],
             )
             .await
             .map_err(CliError::Usage)?;

@@ -332,6 +332,13 @@ pub const CATALOGUE: &[FaultInfo] = &[
         provenance: "kube-network-policies #283",
     },
     FaultInfo {
+        name: "host-network-as-pod",
+        fault: Some(Fault::HostNetworkAsPod),
+        features: &["host-network"],
+        imitates: "a host-network pod's address, the node's, is taken for that pod in selectors: traffic to the node, on any of its ports, matches the rules whose selectors pick the pod",
+        provenance: "kube-network-policies #380",
+    },
+    FaultInfo {
         name: "service-hairpin-exempt",
         fault: Some(Fault::ServiceHairpinExempt),
         features: &["cnp-hairpin"],

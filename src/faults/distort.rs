@@ -21,6 +21,9 @@ impl Faults {
                 }
             }
         }
+        if self.has(Fault::HostNetworkAsPod) {
+            distorted = host_network_as_pod(distorted, cluster);
+        }
         if self.misresolves_names() {
             for policy in &mut distorted {
                 for ports in policy.rules_mut().filter_map(|r| r.ports.as_mut()) {
@@ -333,4 +336,35 @@ pub(super) fn as_ranges<T>(
         .into_iter()
         .map(|(number, protocol)| range(protocol, number))
         .collect()
+}
+
+/// `host-network-as-pod`: a selector peer that would match a host-network pod if it were a pod
+/// holds that pod's address, the node's (both families), as a CNI's address set built from pod
+/// IPs does.
+fn host_network_as_pod(mut policies: Vec<Policy>, cluster: &crate::model::Cluster) -> Vec<Policy> {
+    let hosts: Vec<crate::model::PodId> = cluster.host_network().collect();
+    if hosts.is_empty() {
+        return policies;
+    }
+    let as_pods = cluster.with_host_network_as_pods();
+    for policy in &mut policies {
+        let namespace = policy.namespace.clone();
+        for peers in policy.rules_mut().filter_map(|r| r.peers.as_mut()) {
+            let node: BTreeSet<std::net::IpAddr> = hosts
+                .iter()
+                .map(|&id| as_pods.pod(id))
+                .filter(|pod| {
+                    peers.iter().any(|peer| {
+                        matches!(peer, Peer::Pods { .. }) && peer.matches(&as_pods, &namespace, pod)
+                    })
+                })
+                .flat_map(|pod| crate::model::IpFamilies::Dual.addresses(pod.ip))
+                .collect();
+            peers.extend(node.into_iter().map(|ip| Peer::IpBlock {
+                cidr: ipnet::IpNet::from(ip),
+                except: Vec::new(),
+            }));
+        }
+    }
+    policies
 }

@@ -67,6 +67,7 @@ pub enum Fault {
     Ipv6SetsFrozen,
     ServiceNamedTargetportBypass,
     NodeEgressUnfiltered,
+    HostNetworkAsPod,
     ServiceHairpinExempt,
 }
 

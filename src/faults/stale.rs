@@ -87,6 +87,7 @@ mod tests {
             labels: Labels::from([("pod".into(), "d".into())]),
             ip: Some(xa.ip.to_string()),
             ports: Vec::new(),
+            host_network: false,
         });
         let mut stale = StaleIdentities::default();
         let seen = stale.update(&full);

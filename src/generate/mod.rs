@@ -305,6 +305,16 @@ impl<'a> Draw<'a> {
             }
             4 => {
                 self.features.insert("node");
+                // With a host-network pod first, labelled like one of the pods: the node's
+                // address is never that pod to a selector.
+                self.features.insert("host-network");
+                let (host, label) = self.host_network_pod();
+                let (to_host, said) = self.egress_by_label(label);
+                steps.splice(0..0, [host, to_host]);
+                words.insert(
+                    0,
+                    format!("with a host-network pod y/host (pod={label}); {said}"),
+                );
                 Some(vec!["pod-ip", "node"])
             }
             _ => None,
@@ -462,6 +472,62 @@ impl<'a> Draw<'a> {
     /// again as it was (as a StatefulSet's pod is, on whatever address the cluster gives it), or
     /// replaced by a pod with other labels on its address (the model's pods are 10.244.1.1-9 in
     /// order), which a dataplane keyed by address must not take for the old one.
+    /// A step creating `y/host`, a host-network pod serving 8080 (TCP and UDP) at the node's
+    /// address, labelled `pod=` one of the pods' names, so selectors of pods pick it.
+    fn host_network_pod(&mut self) -> (StepDoc, &'static str) {
+        let label = PODS[self.rng.usize(..PODS.len())];
+        let step = StepDoc {
+            name: format!("create the host-network pod y/host (pod={label})"),
+            create_pod: Some(crate::model::PodDescription {
+                namespace: "y".into(),
+                name: "host".into(),
+                labels: [("pod".to_string(), label.to_string())].into(),
+                ip: None,
+                ports: [crate::model::Protocol::Tcp, crate::model::Protocol::Udp]
+                    .iter()
+                    .map(|p| crate::model::PortDescription {
+                        name: None,
+                        port: 8080,
+                        protocol: Some(p.as_str().into()),
+                    })
+                    .collect(),
+                host_network: true,
+            }),
+            ..StepDoc::default()
+        };
+        (step, label)
+    }
+
+    /// A step applying `<namespace>/to-pod-<label>`: the pods of x or z may send only to the pods
+    /// of y labelled `pod=<label>`, on every port. A host-network pod so labelled is the node to
+    /// a dataplane: the node's own ports stay closed to them.
+    fn egress_by_label(&mut self, label: &str) -> (StepDoc, String) {
+        let namespace = ["x", "z"][self.rng.usize(..2)];
+        let name = format!("to-pod-{label}");
+        let said = format!(
+            "{namespace}/{name} (Egress) selects all pods: egress to pods pod={label} of namespace y"
+        );
+        let manifest = serde_json::json!({
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {
+                "podSelector": {},
+                "policyTypes": ["Egress"],
+                "egress": [{"to": [{
+                    "namespaceSelector": {"matchLabels": {"ns": "y"}},
+                    "podSelector": {"matchLabels": {"pod": label}},
+                }]}],
+            },
+        });
+        let step = StepDoc {
+            name: format!("apply {namespace}/{name}"),
+            apply: Some(vec![manifest]),
+            ..StepDoc::default()
+        };
+        (step, said)
+    }
+
     fn replace_pod(&mut self, namespace: usize, name: usize) -> (Vec<StepDoc>, String) {
         self.features.insert("pod-churn");
         let ns = NAMESPACES[namespace];
@@ -481,6 +547,7 @@ impl<'a> Draw<'a> {
                     labels: [("pod".to_string(), PODS[name].to_string())].into(),
                     ip: None,
                     ports: Vec::new(),
+                    host_network: false,
                 }),
                 ..StepDoc::default()
             };
@@ -502,6 +569,7 @@ impl<'a> Draw<'a> {
                 labels: [("pod".to_string(), "new".to_string())].into(),
                 ip: Some(ip),
                 ports: Vec::new(),
+                host_network: false,
             }),
             ..StepDoc::default()
         };

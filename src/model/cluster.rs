@@ -48,6 +48,11 @@ pub struct Pod {
     pub labels: Labels,
     pub ip: IpAddr,
     pub ports: Vec<ContainerPort>,
+    /// In the node's network namespace, at the node's address (`hostNetwork: true`). Its traffic
+    /// is the node's: no policy selects it and no pod or namespace selector matches it, only
+    /// address peers and `nodes` peers do (what a dataplane sees; the spec leaves selectors over
+    /// it undefined, see `Cluster::with_host_network_as_pods`).
+    pub host_network: bool,
 }
 
 impl Pod {
@@ -113,6 +118,15 @@ pub const OUTSIDE_NAMESPACE: &str = "(outside)";
 /// match the node; the analysis adds what is the node's alone (a pod's own node may always reach
 /// it).
 pub const NODE_NAMESPACE: &str = "(node)";
+
+/// The labels of a model's node (and the embedded local cluster's), as a kubelet registers them:
+/// `nodes` peers of cluster policies select by them.
+pub fn node_labels() -> Labels {
+    Labels::from([
+        ("kubernetes.io/hostname".to_string(), "node".to_string()),
+        ("kubernetes.io/os".to_string(), "linux".to_string()),
+    ])
+}
 
 /// The cluster's DNS as a name-resolving path's analysis needs it: the namespace its servers run
 /// in (with its labels, `kubernetes.io/metadata.name` included) and the servers, as pods with
@@ -224,6 +238,27 @@ impl Cluster {
     /// Whether the pod at `id` is the pods' node.
     pub fn is_node(&self, id: PodId) -> bool {
         self.pods[id].namespace == NODE_NAMESPACE
+    }
+
+    /// The host-network pods.
+    pub fn host_network(&self) -> impl Iterator<Item = PodId> + '_ {
+        (0..self.pods.len()).filter(|&id| self.pods[id].host_network)
+    }
+
+    /// The cluster with its host-network pods taken for the pods their labels describe: selected
+    /// by policies, matched by selectors. Not what NetworkPolicy's selectors do (they never match
+    /// a host-network pod, whose traffic is the node's: `Pod::host_network`), but what some
+    /// implementations do, and the spec leaves open.
+    pub fn with_host_network_as_pods(&self) -> Cluster {
+        let pods = self
+            .pods
+            .iter()
+            .map(|p| Pod {
+                host_network: false,
+                ..p.clone()
+            })
+            .collect();
+        Cluster::from_parts(self.namespaces.clone(), pods)
     }
 
     /// The cluster as a description again, every pod with its IP: to rebuild it with changes.

@@ -37,6 +37,14 @@ pub struct PodDescription {
     pub ip: Option<String>,
     #[serde(default)]
     pub ports: Vec<PortDescription>,
+    /// In the node's network namespace (`hostNetwork: true`): at the node's address, serving on
+    /// the node's ports. NetworkPolicy leaves what selects it undefined.
+    #[serde(
+        default,
+        rename = "hostNetwork",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub host_network: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -56,7 +64,8 @@ impl From<&Pod> for PodDescription {
             namespace: pod.namespace.clone(),
             name: pod.name.clone(),
             labels: pod.labels.clone(),
-            ip: Some(pod.ip.to_string()),
+            ip: (!pod.host_network).then(|| pod.ip.to_string()),
+            host_network: pod.host_network,
             ports: pod
                 .ports
                 .iter()
@@ -78,6 +87,13 @@ impl From<&Namespace> for NamespaceDescription {
         }
     }
 }
+
+/// The node's address in a model (the embedded local cluster's node has it too): the address of
+/// every host-network pod. Outside the pod CIDR.
+pub const NODE_ADDRESS: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 2);
+/// The node's IPv6 address, on a cluster with IPv6.
+pub const NODE_ADDRESS_V6: std::net::Ipv6Addr =
+    std::net::Ipv6Addr::new(0xfd00, 0x18, 0, 0, 0, 0, 0, 2);
 
 /// Pods without an `ip` get one from here, in order, skipping addresses already taken.
 /// It is the pod CIDR of the embedded local cluster too.
@@ -121,6 +137,7 @@ pub fn default_model() -> ClusterDescription {
                     labels: BTreeMap::from([("pod".to_string(), pod.to_string())]),
                     ip: None,
                     ports: ports.clone(),
+                    host_network: false,
                 })
             })
             .collect(),
@@ -226,6 +243,8 @@ impl ClusterDescription {
         }
 
         let mut taken_ips: HashMap<IpAddr, String> = HashMap::new();
+        let mut node_ports: HashMap<(u16, Protocol), String> = HashMap::new();
+        let mut node_ip: Option<(IpAddr, String)> = None;
         let mut seen_pods = HashSet::new();
         let mut pods = Vec::with_capacity(self.pods.len());
         let mut unassigned = Vec::new();
@@ -245,6 +264,58 @@ impl ClusterDescription {
             }
             check_labels(&pod.labels).map_err(|(f, m)| invalid(field(&f), m))?;
             let ports = check_ports(&pod.ports).map_err(|(f, m)| invalid(field(&f), m))?;
+            if pod.host_network {
+                // They share the node's network stack: one socket per port and protocol.
+                for (j, port) in ports.iter().enumerate() {
+                    if port.port < 1024 {
+                        return Err(invalid(
+                            field(&format!("ports[{j}].port")),
+                            format!(
+                                "{} is a privileged port of the node: a host-network pod serves on 1024 or above (away from the node's own services)",
+                                port.port
+                            ),
+                        ));
+                    }
+                    let served = (port.port, port.protocol);
+                    if let Some(other) = node_ports.insert(served, key.clone()) {
+                        return Err(invalid(
+                            field(&format!("ports[{j}].port")),
+                            format!(
+                                "{}/{} is already served on the node by the host-network pod {other}",
+                                port.port, port.protocol
+                            ),
+                        ));
+                    }
+                }
+                // The node's address: the model's, or the one a cluster reports for them all.
+                let ip = match &pod.ip {
+                    None => IpAddr::V4(NODE_ADDRESS),
+                    Some(text) => text.parse().map_err(|_| {
+                        invalid(field("ip"), format!("{text:?} is not an IP address"))
+                    })?,
+                };
+                match node_ip {
+                    Some((other_ip, ref other)) if other_ip != ip => {
+                        return Err(invalid(
+                            field("ip"),
+                            format!(
+                                "{ip} is not the node's address {other_ip} (of the host-network pod {other})"
+                            ),
+                        ));
+                    }
+                    Some(_) => {}
+                    None => node_ip = Some((ip, key.clone())),
+                }
+                pods.push(Pod {
+                    namespace: pod.namespace.clone(),
+                    name: pod.name.clone(),
+                    labels: pod.labels.clone(),
+                    ip,
+                    ports,
+                    host_network: true,
+                });
+                continue;
+            }
             let ip = match &pod.ip {
                 Some(text) => {
                     let ip: IpAddr = text.parse().map_err(|_| {
@@ -269,9 +340,23 @@ impl ClusterDescription {
                 labels: pod.labels.clone(),
                 ip,
                 ports,
+                host_network: false,
             });
         }
 
+        // Only host-network pods are at the node's address.
+        let node = node_ip.map_or(IpAddr::V4(NODE_ADDRESS), |(ip, _)| ip);
+        if let Some((i, _)) = self
+            .pods
+            .iter()
+            .enumerate()
+            .find(|(i, p)| !p.host_network && pods[*i].ip == node)
+        {
+            return Err(invalid(
+                format!("pods[{i}].ip"),
+                format!("{node} is the node's address (only host-network pods have it)"),
+            ));
+        }
         let mut next = u32::from(POD_CIDR_BASE);
         for i in unassigned {
             let ip = loop {
@@ -368,6 +453,51 @@ mod tests {
         );
         let ips: HashSet<_> = cluster.pods().iter().map(|p| p.ip).collect();
         assert_eq!(ips.len(), 9);
+    }
+
+    fn with_host(extra: &str) -> Result<Cluster, ModelError> {
+        let text = format!(
+            "namespaces: [{{name: x}}]\npods:\n  - {{namespace: x, name: a, ports: [{{port: 80}}]}}\n  - {{namespace: x, name: h, hostNetwork: true, ports: [{{port: 8080}}]}}\n{extra}"
+        );
+        ClusterDescription::parse("c.yaml", &text).and_then(|d| d.build("c.yaml"))
+    }
+
+    #[test]
+    fn host_network_pods_share_the_nodes_address_and_not_its_ports() {
+        let cluster = with_host("").unwrap();
+        let host = &cluster.pods()[1];
+        assert!(host.host_network);
+        assert_eq!(host.ip, IpAddr::V4(NODE_ADDRESS));
+        assert_ne!(cluster.pods()[0].ip, host.ip);
+        // A second one at the same address, on other ports.
+        let two =
+            with_host("  - {namespace: x, name: g, hostNetwork: true, ports: [{port: 9090}]}")
+                .unwrap();
+        assert_eq!(two.pods()[2].ip, two.pods()[1].ip);
+        let clash = |extra: &str| with_host(extra).unwrap_err().to_string();
+        let same_port =
+            clash("  - {namespace: x, name: g, hostNetwork: true, ports: [{port: 8080}]}");
+        assert!(
+            same_port.contains("pods[2].ports[0].port")
+                && same_port.contains("already served on the node by the host-network pod x/h"),
+            "{same_port}"
+        );
+        let privileged =
+            clash("  - {namespace: x, name: g, hostNetwork: true, ports: [{port: 80}]}");
+        assert!(
+            privileged.contains("pods[2].ports[0].port") && privileged.contains("1024"),
+            "{privileged}"
+        );
+        let node_ip = clash("  - {namespace: x, name: g, ip: 172.18.0.2}");
+        assert!(
+            node_ip.contains("pods[2].ip") && node_ip.contains("the node's address"),
+            "{node_ip}"
+        );
+        // Rebuilt with the address a cluster reports, all of them at one address.
+        let moved = clash(
+            "  - {namespace: x, name: g, hostNetwork: true, ip: 10.0.0.1, ports: [{port: 9090}]}",
+        );
+        assert!(moved.contains("is not the node's address"), "{moved}");
     }
 
     #[test]

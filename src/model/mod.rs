@@ -12,11 +12,11 @@ pub mod syntax;
 
 pub use cluster::{
     Cluster, ClusterDns, ContainerPort, DNS_PORT, Labels, NODE_NAMESPACE, Namespace,
-    OUTSIDE_NAMESPACE, Pod, PodId, PodRef,
+    OUTSIDE_NAMESPACE, Pod, PodId, PodRef, node_labels,
 };
 pub use description::{
-    ClusterDescription, MIXED_PORT_NAME, NamespaceDescription, PodDescription, PortDescription,
-    default_model, mixed_ports_model,
+    ClusterDescription, MIXED_PORT_NAME, NODE_ADDRESS, NODE_ADDRESS_V6, NamespaceDescription,
+    PodDescription, PortDescription, default_model, mixed_ports_model,
 };
 pub use error::{ModelError, Problem};
 pub use path::{Family, IpFamilies, ProbePath, ProbeTarget, ServiceHairpin, embed_v4};

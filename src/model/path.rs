@@ -212,12 +212,15 @@ impl IpFamilies {
     /// A model address that is already IPv6 stays the pod's only one: nothing derives an IPv4
     /// address from it.
     pub fn addresses(self, model: IpAddr) -> Vec<IpAddr> {
+        // The node's (a host-network pod's) IPv6 address is the node's, not a pod's.
+        let v6 = |v4: Ipv4Addr| match v4 == super::NODE_ADDRESS {
+            true => super::NODE_ADDRESS_V6,
+            false => embed_v4(POD_V6_PREFIX, v4),
+        };
         match (self, model) {
             (IpFamilies::Ipv4, ip) | (_, ip @ IpAddr::V6(_)) => vec![ip],
-            (IpFamilies::Ipv6, IpAddr::V4(v4)) => vec![IpAddr::V6(embed_v4(POD_V6_PREFIX, v4))],
-            (IpFamilies::Dual, IpAddr::V4(v4)) => {
-                vec![IpAddr::V4(v4), IpAddr::V6(embed_v4(POD_V6_PREFIX, v4))]
-            }
+            (IpFamilies::Ipv6, IpAddr::V4(v4)) => vec![IpAddr::V6(v6(v4))],
+            (IpFamilies::Dual, IpAddr::V4(v4)) => vec![IpAddr::V4(v4), IpAddr::V6(v6(v4))],
         }
     }
 }

@@ -84,9 +84,13 @@ impl Policy {
             .flat_map(|rules| rules.iter_mut())
     }
 
-    /// Whether this policy applies to `pod` (same namespace, selector matches).
+    /// Whether this policy applies to `pod` (same namespace, selector matches). Never to a
+    /// host-network pod: its traffic is the node's (what selects it is undefined in the spec,
+    /// and the analysis says so: `analyze::host_network_cells`).
     pub fn selects(&self, pod: &Pod) -> bool {
-        pod.namespace == self.namespace && self.pod_selector.matches(&pod.labels)
+        !pod.host_network
+            && pod.namespace == self.namespace
+            && self.pod_selector.matches(&pod.labels)
     }
 }
 
@@ -157,7 +161,8 @@ impl Peer {
     pub fn matches(&self, cluster: &Cluster, policy_namespace: &str, pod: &Pod) -> bool {
         match self {
             Peer::Pods { pods, .. } => {
-                self.selects_namespace(cluster, policy_namespace, &pod.namespace)
+                !pod.host_network
+                    && self.selects_namespace(cluster, policy_namespace, &pod.namespace)
                     && pods.matches(&pod.labels)
             }
             Peer::IpBlock { cidr, except } => {

@@ -115,8 +115,13 @@ impl<'a> Oracle<'a> {
         cluster_policies: &'a [ClusterPolicy],
     ) -> Self {
         let n = cluster.pods().len();
+        // What selectors can pick, by namespace: never a host-network pod, whose traffic is the
+        // node's (`Pod::host_network`; address peers still match it, over every pod).
         let mut pods_by_namespace: HashMap<&str, Vec<PodId>> = HashMap::new();
         for (id, pod) in cluster.pods().iter().enumerate() {
+            if pod.host_network {
+                continue;
+            }
             pods_by_namespace
                 .entry(&pod.namespace)
                 .or_default()

@@ -28,7 +28,7 @@ pub mod timing;
 pub use deadline::Deadlines;
 pub use pace::{PaceOptions, PaceReport, Pacer};
 pub use parallel::run_in_parallel;
-pub use paths::{PathPlan, namespace_names, pod_address};
+pub use paths::{PathPlan, pod_address};
 pub use result::{RunOptions, RunResult, ScenarioResult, Status, StepResult, Verdict};
 pub use scenarios::{Event, run_scenarios};
 pub use summary::{RunTotals, ScenarioTotals, TagCounts};

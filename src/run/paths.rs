@@ -10,7 +10,8 @@ use crate::analyze::{Analysis, analyze};
 use crate::backend::{Backend, BackendError};
 use crate::matrix::Cell;
 use crate::model::{
-    ClusterDns, DNS_PORT, Family, Pod, PodId, PortProtocol, ProbePath, ProbeTarget, Protocol,
+    Cluster, ClusterDns, DNS_PORT, Family, Pod, PodId, PortProtocol, ProbePath, ProbeTarget,
+    Protocol,
 };
 use crate::policy::Oracle;
 
@@ -55,11 +56,33 @@ impl PathPlan {
         backend: &mut B,
         targets: &[ProbeTarget],
         port_protocols: &[PortProtocol],
-        namespaces: &[&str],
+        clusters: &[&Cluster],
     ) -> Result<PathPlan, String> {
+        let mut namespaces: Vec<&str> = clusters
+            .iter()
+            .flat_map(|c| c.namespaces().iter().map(|n| n.name.as_str()))
+            .collect();
+        namespaces.sort_unstable();
+        namespaces.dedup();
+        // The node serves none of the ports a host-network pod of the scenario does: there the
+        // pod answers.
+        let host_network: Vec<PortProtocol> = clusters
+            .iter()
+            .flat_map(|c| c.host_network().map(|id| c.pod(id)))
+            .flat_map(|p| {
+                p.ports
+                    .iter()
+                    .map(|c| PortProtocol::new(c.port, c.protocol))
+            })
+            .collect();
         let mut plan = PathPlan::of(targets);
         for &target in targets.iter().filter(|t| t.needs_outside()) {
-            let hosts = backend.outside(target, port_protocols).await?;
+            let served: Vec<PortProtocol> = port_protocols
+                .iter()
+                .filter(|pp| target != ProbeTarget::Node || !host_network.contains(pp))
+                .copied()
+                .collect();
+            let hosts = backend.outside(target, &served).await?;
             plan.outside.push((target, hosts));
         }
         if targets.iter().any(|t| t.needs_dns()) {
@@ -261,16 +284,6 @@ pub fn own_node_exempt(analysis: &mut Analysis) {
             }
         }
     }
-}
-
-/// The namespaces of an analysis's cluster, by name (for `PathPlan::prepare`).
-pub fn namespace_names(analysis: &Analysis) -> Vec<&str> {
-    analysis
-        .cluster
-        .namespaces()
-        .iter()
-        .map(|n| n.name.as_str())
-        .collect()
 }
 
 /// A pod's address in `family`, where the backend put it (Kubernetes assigns its own; the local

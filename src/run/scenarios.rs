@@ -11,7 +11,7 @@ use super::step::run_step;
 use super::summary::{RunTotals, ScenarioTotals};
 use super::{Deadlines, PathPlan, probe_matrix, reconcile};
 use crate::analyze::Analysis;
-use crate::backend::Backend;
+use crate::backend::{Backend, BackendError};
 use crate::matrix::Judgement;
 use crate::policy::ClusterKind;
 use crate::scenario::Scenario;
@@ -175,6 +175,17 @@ pub async fn run_scenarios<B: Backend>(
                         await_baseline(&*backend, &initial, &plan, options, &mut deadlines).await
                     }
                 },
+                // The cluster refuses what the scenario needs (a host-network pod under Pod
+                // Security): unsupported here, with the refusal as the reason.
+                Err(e @ BackendError::Refused { .. }) => {
+                    result.unsupported = Some(e.to_string());
+                    result.elapsed = scenario_start.elapsed();
+                    let _ = reconcile(backend, &scenario.initial, &World::empty()).await;
+                    deployed = World::empty();
+                    on_event(Event::ScenarioFinished { result: &result });
+                    results.push((index, result));
+                    continue;
+                }
                 Err(e) => Err(e.to_string()),
             };
             match set_up {
@@ -292,14 +303,10 @@ async fn prepare<B: Backend>(
     } else {
         &options.targets
     };
-    let mut namespaces: Vec<&str> = std::iter::once(scenario.initial.cluster())
+    let clusters: Vec<&crate::model::Cluster> = std::iter::once(scenario.initial.cluster())
         .chain(scenario.steps.iter().map(|s| &s.analysis.cluster))
-        .flat_map(|c| c.namespaces().iter().map(|n| n.name.as_str()))
         .collect();
-    namespaces.sort_unstable();
-    namespaces.dedup();
-    let mut plan =
-        PathPlan::prepare(backend, targets, &scenario.port_protocols, &namespaces).await?;
+    let mut plan = PathPlan::prepare(backend, targets, &scenario.port_protocols, &clusters).await?;
     plan.families = scenario
         .families
         .or(options.families)

@@ -14,7 +14,8 @@ use super::{Scenario, ScenarioError, Step, library};
 use crate::analyze::{Analysis, analyze};
 use crate::input::{self, Document, InputError, Origin};
 use crate::model::{
-    Cluster, Labels, NAMESPACE_NAME_LABEL, Namespace, PodRef, PortProtocol, Protocol, default_model,
+    Cluster, Labels, NAMESPACE_NAME_LABEL, Namespace, PodRef, PortProtocol, ProbeTarget, Protocol,
+    default_model,
 };
 use crate::policy::{AnyPolicy, ClusterKind, compile_document};
 use crate::world::World;
@@ -135,6 +136,23 @@ pub fn parse(source: &str, text: &str, base_dir: Option<&Path>) -> Result<Scenar
             pinned: spanned.value.expect.is_some(),
             analysis,
         });
+    }
+    // A host-network pod has no Service of polygraph's (its ports are the node's): it is probed
+    // at the node's address, on the pod-IP and node paths.
+    let host_network = std::iter::once(initial.cluster())
+        .chain(steps.iter().map(|s| &s.analysis.cluster))
+        .any(|c| c.host_network().next().is_some());
+    if let Some(other) = targets
+        .iter()
+        .find(|t| !matches!(t, ProbeTarget::PodIp | ProbeTarget::Node))
+        .filter(|_| host_network)
+    {
+        return Err(error(
+            source,
+            format!(
+                "target: {other} cannot reach a host-network pod (it has no Service): probe pod-ip and node"
+            ),
+        ));
     }
     Ok(Scenario {
         name: doc.name,

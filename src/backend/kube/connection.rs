@@ -110,6 +110,21 @@ pub(super) fn is_not_found(error: &kube::Error) -> bool {
     matches!(error, kube::Error::Api(status) if status.code == 404)
 }
 
+/// Whether the API server refused an object by policy (admission: Pod Security, an admission
+/// webhook, a forbidden field) rather than failed to take it.
+pub(super) fn is_refusal(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status) if status.code == 403 || status.code == 422)
+}
+
+/// A refusal (`is_refusal`) as the reason a scenario is unsupported: the API server's own words.
+pub(super) fn refusal(what: String, error: &kube::Error) -> BackendError {
+    let reason = match error {
+        kube::Error::Api(status) => format!("{} ({})", status.message, status.code),
+        other => other.to_string(),
+    };
+    BackendError::Refused { what, reason }
+}
+
 /// A failed API call, naming what it was for.
 pub(super) fn api_error(what: impl Into<String>) -> impl FnOnce(kube::Error) -> BackendError {
     let what = what.into();

@@ -104,6 +104,23 @@ impl Recorder {
             }
             // Node affinity is chosen at run time, from the cluster's nodes.
             Mutation::CreatePod(pod) => {
+                if let Some(namespace) = cluster
+                    .namespace(&pod.namespace)
+                    .filter(|_| pod.host_network)
+                {
+                    let (key, value) = manifests::POD_SECURITY_LABEL;
+                    let mut labels = namespace.labels.clone();
+                    labels.insert(key.into(), value.into());
+                    self.transcript
+                        .comment("the namespace's labels become (Pod Security, for hostNetwork):");
+                    self.transcript.object(&manifests::namespace(
+                        &self.names,
+                        &Namespace {
+                            name: namespace.name.clone(),
+                            labels,
+                        },
+                    ))?;
+                }
                 self.transcript
                     .object(&manifests::pod(&self.names, &self.options, pod, None))?;
                 match manifests::service(&self.names, pod).filter(|_| self.options.services) {

@@ -142,6 +142,11 @@ pub fn namespace(names: &RunNames, namespace: &Namespace) -> KubeNamespace {
     }
 }
 
+/// The Pod Security label a namespace needs for host-network pods: the `baseline` and
+/// `restricted` levels forbid `hostNetwork`. Set on a namespace of the run's own when its first
+/// host-network pod is created.
+pub const POD_SECURITY_LABEL: (&str, &str) = ("pod-security.kubernetes.io/enforce", "privileged");
+
 /// The name of a pod's own Service: the pod's name when it is a DNS-1035 label (as Service names
 /// must be: lowercase, starting with a letter, at most 63 characters), otherwise `svc-` and a hash
 /// of it, so every pod name has one.
@@ -166,7 +171,8 @@ pub fn service_name(pod: &str) -> String {
 /// `<protocol>-<port>`), to the same port number, selecting that pod alone; both families where
 /// the cluster has them. Pods serving nothing get none (a ClusterIP Service needs a port).
 pub fn service(names: &RunNames, pod: &Pod) -> Option<Service> {
-    if pod.ports.is_empty() {
+    // A host-network pod is probed at the node's address only (`scenario` validation).
+    if pod.ports.is_empty() || pod.host_network {
         return None;
     }
     let mut used = BTreeSet::new();
@@ -309,12 +315,17 @@ pub fn pod(
                 empty_dir: Some(EmptyDirVolumeSource::default()),
                 ..Volume::default()
             }]),
+            // In the node's network namespace: the node's address and ports. Namespaced sysctls
+            // are refused there (host-network pods serve on 1024 and up, `ClusterDescription`).
+            host_network: pod.host_network.then_some(true),
             security_context: Some(PodSecurityContext {
                 // A safe sysctl: lets the non-root agent serve ports below 1024 (80, 81).
-                sysctls: Some(vec![Sysctl {
-                    name: "net.ipv4.ip_unprivileged_port_start".into(),
-                    value: "0".into(),
-                }]),
+                sysctls: (!pod.host_network).then(|| {
+                    vec![Sysctl {
+                        name: "net.ipv4.ip_unprivileged_port_start".into(),
+                        value: "0".into(),
+                    }]
+                }),
                 seccomp_profile: Some(SeccompProfile {
                     type_: "RuntimeDefault".into(),
                     ..SeccompProfile::default()

@@ -40,7 +40,7 @@ pub fn connection_is_transient(error: &::kube::Error) -> bool {
 }
 pub use gc::{HEARTBEAT_EVERY, KubeGcReport, STALE_AFTER, gc};
 
-use self::connection::{await_deletion, call, delete_namespace};
+use self::connection::{await_deletion, call, delete_namespace, is_refusal, refusal};
 use self::gc::Heartbeat;
 use self::manifests::{BASE_NAME_LABEL, KubeOptions, OWNER, OWNER_LABEL, RUN_LABEL, RunNames};
 use self::placement::Spread;
@@ -66,6 +66,18 @@ pub struct BadOption(pub String);
 pub fn api_calls(names: &RunNames, options: &KubeOptions, mutation: &Mutation) -> Vec<String> {
     let ns = |base: &str| names.namespace(base);
     match mutation {
+        // A host-network pod's namespace is labelled for it first (`allow_host_network`); it
+        // has no Service.
+        Mutation::CreatePod(p) if p.host_network => {
+            let (key, value) = manifests::POD_SECURITY_LABEL;
+            vec![
+                format!(
+                    "patch Namespace {} (label {key}={value}, for host-network pods)",
+                    ns(&p.namespace)
+                ),
+                format!("create Pod {}/{}", ns(&p.namespace), p.name),
+            ]
+        }
         // With Services: each pod that serves a port gets its own, created after it and deleted
         // before it (a pod of the same name may come back).
         Mutation::CreatePod(p) if options.services && !p.ports.is_empty() => vec![
@@ -175,6 +187,7 @@ pub fn cluster_dns(
                     .collect(),
                 ip,
                 ports,
+                host_network: false,
             })
         })
         .collect();
@@ -222,6 +235,7 @@ pub fn outside_hosts(
                 labels: Labels::new(),
                 ip: target.ip(),
                 ports: vec![port],
+                host_network: false,
             }),
         }
     }
@@ -235,6 +249,8 @@ pub struct KubeBackend {
     context: String,
     cni: Option<String>,
     namespaces: BTreeSet<String>,
+    /// The run's namespaces labelled for host-network pods (`allow_host_network`).
+    privileged: BTreeSet<String>,
     pods: BTreeSet<PodRef>,
     addresses: BTreeMap<PodRef, Vec<IpAddr>>,
     /// The ClusterIPs of each pod's own Service (with `KubeOptions::services`).
@@ -282,6 +298,7 @@ impl KubeBackend {
             context,
             cni: None,
             namespaces: BTreeSet::new(),
+            privileged: BTreeSet::new(),
             pods: BTreeSet::new(),
             addresses: BTreeMap::new(),
             services: BTreeMap::new(),
@@ -513,6 +530,7 @@ impl KubeBackend {
     /// Asks for the deletion and returns: `wait_ready` (which every reset and step ends with)
     /// waits for all deletions in flight together.
     async fn delete_namespace(&mut self, name: &str) -> Result<(), BackendError> {
+        self.privileged.remove(name);
         let api = self.namespaces_api();
         let real = self.names.namespace(name);
         call(&format!("deleting namespace {real}"), || async {
@@ -529,6 +547,34 @@ impl KubeBackend {
         Ok(())
     }
 
+    /// Labels a namespace of the run's own for host-network pods (`manifests::POD_SECURITY_LABEL`),
+    /// once; a later relabelling keeps it.
+    async fn allow_host_network(&mut self, name: &str) -> Result<(), BackendError> {
+        if !self.privileged.insert(name.to_string()) {
+            return Ok(());
+        }
+        let api = self.namespaces_api();
+        let real = self.names.namespace(name);
+        let (key, value) = manifests::POD_SECURITY_LABEL;
+        let patch = serde_json::json!({"metadata": {"labels": {key: value}}});
+        call(
+            &format!("labelling namespace {real} for host-network pods"),
+            || async {
+                api.patch(&real, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+            },
+        )
+        .await
+        .map_err(|e| match e {
+            BackendError::Kube { source, .. } if is_refusal(&source) => refusal(
+                format!("the label {key}={value} on namespace {real}"),
+                &source,
+            ),
+            e => e,
+        })?;
+        Ok(())
+    }
+
     async fn set_namespace_labels(
         &mut self,
         name: &str,
@@ -540,11 +586,15 @@ impl KubeBackend {
             api.get(&real).await
         })
         .await?;
-        let own = BTreeMap::from([
+        let mut own = BTreeMap::from([
             (OWNER_LABEL.to_string(), OWNER.to_string()),
             (RUN_LABEL.to_string(), self.names.run_id.clone()),
             (BASE_NAME_LABEL.to_string(), name.to_string()),
         ]);
+        if self.privileged.contains(name) {
+            let (key, value) = manifests::POD_SECURITY_LABEL;
+            own.insert(key.to_string(), value.to_string());
+        }
         let patch = Self::label_patch(&current.metadata.labels.unwrap_or_default(), labels, &own);
         call(&format!("relabelling namespace {real}"), || async {
             api.patch(&real, &PatchParams::default(), &Patch::Merge(&patch))
@@ -555,13 +605,22 @@ impl KubeBackend {
     }
 
     async fn create_pod(&mut self, pod: &Pod) -> Result<(), BackendError> {
+        if pod.host_network {
+            self.allow_host_network(&pod.namespace).await?;
+        }
         let api = self.pods_api(&pod.namespace);
         let affinity = self.spread.next_affinity();
         let manifest = manifests::pod(&self.names, &self.options, pod, affinity);
         call(&format!("creating pod {}", pod.key()), || async {
             api.create(&PostParams::default(), &manifest).await
         })
-        .await?;
+        .await
+        .map_err(|e| match e {
+            BackendError::Kube { source, .. } if pod.host_network && is_refusal(&source) => {
+                refusal(format!("the host-network pod {}", pod.key()), &source)
+            }
+            e => e,
+        })?;
         self.pods.insert(pod.key());
         if !self.options.services {
             return Ok(());

@@ -128,6 +128,7 @@ pub(crate) fn dns_pod() -> Pod {
                 protocol,
             })
             .collect(),
+        host_network: false,
     }
 }
 
@@ -142,12 +143,7 @@ pub(crate) fn dns_namespace() -> Namespace {
 /// The fully qualified name of `pod`'s Service in a cluster with `domain`, as the Kubernetes DNS
 /// specification names it.
 /// The local node's labels, as a kubelet registers them (`nodes` peers select by them).
-pub fn node_labels() -> Labels {
-    Labels::from([
-        ("kubernetes.io/hostname".to_string(), "node".to_string()),
-        ("kubernetes.io/os".to_string(), "linux".to_string()),
-    ])
-}
+pub use crate::model::node_labels;
 
 /// The node as an endpoint: `model::NODE_NAMESPACE`, named `node`, with the node's labels, at its
 /// first address, serving `port_protocols` (the local cluster's and the simulation's alike).
@@ -161,6 +157,7 @@ pub fn node_host(addresses: &[IpAddr], port_protocols: &[PortProtocol]) -> Pod {
             .copied()
             .unwrap_or(IpAddr::V4(proxy::NODE_V4)),
         ports: ContainerPort::serving(port_protocols),
+        host_network: false,
     }
 }
 
@@ -340,6 +337,7 @@ impl LocalBackend {
         let backends = self
             .pods
             .values()
+            .filter(|p| !p.pod.host_network)
             .map(|p| proxy::Backend {
                 slot: p.slot,
                 pod: &p.pod,
@@ -371,7 +369,7 @@ impl LocalBackend {
                 .map(|ip| proxy::cluster_ip(slot, Family::of(*ip)))
                 .collect()
         };
-        for local in self.pods.values() {
+        for local in self.pods.values().filter(|p| !p.pod.host_network) {
             let key = local.pod.key();
             records.push(DnsRecord {
                 name: service_fqdn(&key, CLUSTER_DOMAIN),
@@ -609,10 +607,14 @@ impl LocalBackend {
         if self.pods.contains_key(&key) {
             return Err(fail("already exists".into()));
         }
+        if pod.host_network {
+            return self.create_host_network_pod(pod).await;
+        }
         let addresses = self.options.families.addresses(pod.ip);
         let taken = self
             .pods
             .values()
+            .filter(|p| !p.pod.host_network)
             .map(|p| (&p.pod, &p.addresses))
             .chain(self.dns.iter().map(|d| (&d.pod, &d.addresses)));
         for (other, used) in taken {
@@ -670,12 +672,80 @@ impl LocalBackend {
         }
     }
 
+    /// A host-network pod: an agent in the node's namespace, serving the pod's ports at the
+    /// node's addresses under the pod's name. No link, no Service, no chain of its own: its
+    /// traffic is the node's.
+    async fn create_host_network_pod(&mut self, pod: &Pod) -> Result<(), BackendError> {
+        let key = pod.key();
+        let shares_a_port = |other: &Pod| {
+            pod.ports.iter().any(|p| {
+                other
+                    .ports
+                    .iter()
+                    .any(|o| (o.port, o.protocol) == (p.port, p.protocol))
+            })
+        };
+        let taken = self
+            .pods
+            .values()
+            .filter(|p| p.pod.host_network)
+            .map(|p| &p.pod);
+        for other in taken {
+            if let Some(port) = pod.ports.iter().find(|p| {
+                other
+                    .ports
+                    .iter()
+                    .any(|o| (o.port, o.protocol) == (p.port, p.protocol))
+            }) {
+                return Err(BackendError::Pod {
+                    pod: key,
+                    message: format!(
+                        "{}/{} is already served on the node by {}",
+                        port.port,
+                        port.protocol,
+                        other.key()
+                    ),
+                });
+            }
+        }
+        // The node's own agent gives up the pod's ports (`ensure_node_host` restarts it with
+        // the others on its next use).
+        if self
+            .node_host
+            .as_ref()
+            .is_some_and(|(host, _)| shares_a_port(host))
+        {
+            if let Some((_, Some(agent))) = &mut self.node_host {
+                agent.stop().await;
+            }
+            self.node_host = None;
+        }
+        let slot = self.next_slot;
+        self.next_slot += 1;
+        let agent = Agent::serve(&self.options.agent, &self.names.node(), pod)?;
+        self.pods.insert(
+            key,
+            LocalPod {
+                slot,
+                pod: pod.clone(),
+                addresses: proxy::node_addresses(self.options.families),
+                node_ports: Vec::new(),
+                created: tokio::time::Instant::now(),
+                agent,
+            },
+        );
+        self.sync().await
+    }
+
     async fn delete_pod(&mut self, pod: &PodRef) -> Result<(), BackendError> {
         let mut local = self.pods.remove(pod).ok_or_else(|| no_pod(pod))?;
         // Its session lives in its namespace: ended first, or it would keep the namespace alive.
         self.sessions.forget(pod);
         if let Some(agent) = &mut local.agent {
             agent.stop().await;
+        }
+        if local.pod.host_network {
+            return self.sync().await;
         }
         host::netns_delete_now(&self.names.pod(local.slot));
         self.sync_services().await?;
@@ -735,6 +805,7 @@ impl LocalBackend {
                         labels: Labels::new(),
                         ip: addresses[0],
                         ports: Vec::new(),
+                        host_network: false,
                     },
                     addresses,
                     agent: None,
@@ -769,10 +840,24 @@ impl LocalBackend {
         &mut self,
         port_protocols: &[PortProtocol],
     ) -> Result<Pod, BackendError> {
-        let wanted = node_host(
-            &proxy::node_addresses(self.options.families),
-            port_protocols,
-        );
+        // What host-network pods serve, they answer: the node's own agent serves the rest.
+        let taken: Vec<PortProtocol> = self
+            .pods
+            .values()
+            .filter(|p| p.pod.host_network)
+            .flat_map(|p| {
+                p.pod
+                    .ports
+                    .iter()
+                    .map(|c| PortProtocol::new(c.port, c.protocol))
+            })
+            .collect();
+        let free: Vec<PortProtocol> = port_protocols
+            .iter()
+            .filter(|pp| !taken.contains(pp))
+            .copied()
+            .collect();
+        let wanted = node_host(&proxy::node_addresses(self.options.families), &free);
         if let Some((host, _)) = &self.node_host
             && host.ports == wanted.ports
         {
@@ -812,6 +897,9 @@ impl LocalBackend {
             pod: pod.clone(),
             message: "no such pod".into(),
         })?;
+        if local.pod.host_network {
+            return Ok(self.names.node());
+        }
         Ok(self.names.pod(local.slot))
     }
 }

@@ -27,8 +27,8 @@ pub const NAT_TABLE: &str = "inet polygraph-nat";
 
 /// The node's own addresses (on its loopback): the source of masqueraded hairpin traffic. Outside
 /// every pod and Service range, like a kind node's address on its Docker network.
-pub const NODE_V4: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 2);
-pub const NODE_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x18, 0, 0, 0, 0, 0, 2);
+pub const NODE_V4: Ipv4Addr = crate::model::NODE_ADDRESS;
+pub const NODE_V6: Ipv6Addr = crate::model::NODE_ADDRESS_V6;
 
 /// The Service ranges, as kind's defaults.
 pub const SERVICE_RANGES: [&str; 2] = ["10.96.0.0/16", "fd00:10:96::/112"];

@@ -368,9 +368,18 @@ impl Judge<'_> {
                 .node_ports
                 .iter()
                 .find_map(|(pod, ports)| ports.iter().any(|(_, p)| *p == port).then_some(pod));
-            // The node's own ports, where it serves as an endpoint (`--target node`).
+            // A host-network pod's ports, then the node's own, where it serves as an endpoint
+            // (`--target node`).
             let Some(pod) = node_port else {
-                return self.node.map(|(node, _)| (node, Route::plain(family)));
+                let host_network = self
+                    .world
+                    .cluster()
+                    .pods()
+                    .iter()
+                    .find(|p| p.host_network && p.ports.iter().any(|c| c.port == port));
+                return host_network
+                    .or(self.node.map(|(node, _)| node))
+                    .map(|pod| (pod, Route::plain(family)));
             };
             let pod = self.world.pod(pod)?;
             return Some((
@@ -526,9 +535,12 @@ impl Judge<'_> {
             {
                 (Outcome::Connected, Some(dst.key()))
             }
-            // The node's own traffic leaves by its output path, where no policy filters it: a
-            // pod's own node may always reach it (the local cluster's kernel does the same).
-            Some((dst, _)) if self.is_node(from) => (Outcome::Connected, Some(dst.key())),
+            // The node's own traffic (a host-network pod's too) leaves by its output path, where
+            // no policy filters it: a pod's own node may always reach it (the local cluster's
+            // kernel does the same).
+            Some((dst, _)) if self.is_node(from) || self.is_host_network(from) => {
+                (Outcome::Connected, Some(dst.key()))
+            }
             // `node-egress-unfiltered`: traffic to the node skips the pods' egress (and the node
             // has no ingress policy).
             Some((dst, _))
@@ -605,6 +617,14 @@ impl Judge<'_> {
     /// Whether `pod` is the pods' node.
     fn is_node(&self, pod: &PodRef) -> bool {
         self.node.is_some_and(|(node, _)| node.key() == *pod)
+    }
+
+    /// Whether `pod` is a host-network pod: its traffic is the node's.
+    fn is_host_network(&self, pod: &PodRef) -> bool {
+        let cluster = self.world.cluster();
+        cluster
+            .find_pod(pod)
+            .is_some_and(|id| cluster.pod(id).host_network)
     }
 
     /// Whether the policies deny a new connection's first packet (not its replies): what a

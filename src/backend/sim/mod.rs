@@ -149,6 +149,7 @@ impl Backend for SimBackend {
             labels: Default::default(),
             ip: addresses[0],
             ports: ContainerPort::serving(port_protocols),
+            host_network: false,
         };
         dataplane.outside = Some((host.clone(), addresses));
         dataplane.record();

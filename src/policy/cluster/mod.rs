@@ -163,9 +163,9 @@ impl ClusterPolicy {
         }
     }
 
-    /// Whether `pod` is a subject. Host-networked pods never are; the model has none.
+    /// Whether `pod` is a subject. Host-network pods never are (their traffic is the node's).
     pub fn selects(&self, cluster: &Cluster, pod: &Pod) -> bool {
-        self.subject.matches(cluster, pod)
+        !pod.host_network && self.subject.matches(cluster, pod)
     }
 }
 
@@ -279,12 +279,18 @@ impl ClusterPeer {
                 .is_some_and(|ns| selector.matches(&ns.labels))
         };
         match self {
+            // A host-network pod is the node to selectors of pods: they never match it.
+            ClusterPeer::Namespaces(_) | ClusterPeer::Pods { .. } if remote.host_network => false,
             ClusterPeer::Namespaces(namespaces) => namespace_matches(namespaces),
             ClusterPeer::Pods { namespaces, pods } => {
                 namespace_matches(namespaces) && pods.matches(&remote.labels)
             }
             // A CIDR matches only addresses of its own family.
             ClusterPeer::Networks(nets) => nets.iter().any(|n| n.contains(&remote.ip)),
+            // A host-network pod is at the node's address: the node's peers match it.
+            ClusterPeer::Nodes(nodes) if remote.host_network => {
+                nodes.matches(&crate::model::node_labels())
+            }
             ClusterPeer::Nodes(nodes) => {
                 remote.namespace == crate::model::NODE_NAMESPACE && nodes.matches(&remote.labels)
             }
