@@ -39,6 +39,24 @@ fn the_whole_library_passes_on_the_simulation_in_seconds() {
     assert_eq!(report["summary"]["unsupported"], 0);
     assert!(report["summary"]["totals"]["established"]["held"].as_u64() > Some(1000));
     common::validate_junit(&junit);
+    // Each step's test case points at its line in the scenario's file, for CI annotations.
+    let xml = std::fs::read_to_string(&junit).expect("junit");
+    let library = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+    let located = xml.matches(r#" file="scenarios/"#).count();
+    assert!(located as u64 >= scenarios, "{located} located test cases");
+    let text = std::fs::read_to_string(library.join("deny-all-ingress.yaml")).expect("scenario");
+    let at = xml
+        .split(r#"file="scenarios/deny-all-ingress.yaml" line=""#)
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .and_then(|n| n.parse::<usize>().ok())
+        .expect("deny-all-ingress's step located");
+    assert!(
+        text.lines()
+            .nth(at - 1)
+            .is_some_and(|l| l.contains("- name:")),
+        "line {at} of deny-all-ingress.yaml is not a step"
+    );
     // Informational: a debug build on 2 cores takes about a second.
     println!(
         "whole library on sim: {:.2} s",

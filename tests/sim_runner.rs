@@ -289,60 +289,6 @@ async fn smoke_tells_enforcing_not_enforcing_and_partial_apart() {
     assert_eq!(classify_with(&["stateless"]).await, SmokeVerdict::Partial);
 }
 
-/// A backend that answers one destination with somebody else's identity: the probe reached the
-/// wrong pod, which is an error, never a pass.
-struct WrongPeer {
-    sim: SimBackend,
-    /// Probes to this host come back from another pod.
-    host: String,
-}
-
-impl Backend for WrongPeer {
-    fn describe(&self) -> String {
-        self.sim.describe()
-    }
-    fn cleanup_message(&self) -> String {
-        self.sim.cleanup_message()
-    }
-    async fn apply(
-        &mut self,
-        mutation: &polygraph::world::Mutation,
-    ) -> Result<(), polygraph::backend::BackendError> {
-        self.sim.apply(mutation).await
-    }
-    async fn wait_ready(
-        &mut self,
-        timeout: Duration,
-    ) -> Result<(), polygraph::backend::BackendError> {
-        self.sim.wait_ready(timeout).await
-    }
-    async fn probe(
-        &self,
-        from: &polygraph::model::PodRef,
-        targets: &[polygraph_agent::wire::Target],
-        timing: polygraph::backend::ProbeTiming,
-    ) -> Result<Vec<polygraph_agent::wire::ProbeResult>, polygraph::backend::BackendError> {
-        let mut results = self.sim.probe(from, targets, timing).await?;
-        for result in &mut results {
-            if result.host == self.host && result.peer.is_some() {
-                result.peer = Some("elsewhere/impostor".into());
-            }
-        }
-        Ok(results)
-    }
-    async fn hold(
-        &self,
-        from: &polygraph::model::PodRef,
-        targets: &[polygraph_agent::wire::Target],
-        timeout: Duration,
-    ) -> Result<polygraph::backend::Held, polygraph::backend::BackendError> {
-        self.sim.hold(from, targets, timeout).await
-    }
-    async fn cleanup(&mut self) -> Result<(), polygraph::backend::BackendError> {
-        self.sim.cleanup().await
-    }
-}
-
 /// What a `Distorted` backend knows of a probe: the source, the batch's size, the round's
 /// timing, and how many policies were applied so far.
 struct Seen<'a> {
@@ -560,27 +506,17 @@ steps:
     )
     .expect("scenario");
     let b_ip = scenario.initial.cluster().pods()[1].ip.to_string();
+    // A backend that answers one destination with somebody else's identity: the probe reached
+    // the wrong pod, which is an error, never a pass.
     let run_with = |host: String| {
         let scenario = scenario.clone();
         async move {
-            let mut backend = WrongPeer {
-                sim: SimBackend::new(SimOptions {
-                    faults: Faults::default(),
-                    sctp: true,
-                    ..SimOptions::default()
-                }),
-                host,
-            };
-            run_scenarios(
-                &mut backend,
-                std::slice::from_ref(&scenario),
-                &RunOptions {
-                    step_deadline: Duration::from_secs(2),
-                    ..options()
-                },
-                &mut |_| {},
-            )
-            .await
+            let wrong_peer: Distortion = Box::new(move |_, result| {
+                if result.host == host && result.peer.is_some() {
+                    result.peer = Some("elsewhere/impostor".into());
+                }
+            });
+            run_distorted(&scenario, wrong_peer).await
         }
     };
     let clean = run_with("nobody".into()).await;

@@ -307,12 +307,8 @@ impl ClusterDescription {
                     None => node_ip = Some((ip, key.clone())),
                 }
                 pods.push(Pod {
-                    namespace: pod.namespace.clone(),
-                    name: pod.name.clone(),
-                    labels: pod.labels.clone(),
                     ip,
-                    ports,
-                    host_network: true,
+                    ..Pod::from_description(pod, ports)
                 });
                 continue;
             }
@@ -335,12 +331,8 @@ impl ClusterDescription {
                 }
             };
             pods.push(Pod {
-                namespace: pod.namespace.clone(),
-                name: pod.name.clone(),
-                labels: pod.labels.clone(),
                 ip,
-                ports,
-                host_network: false,
+                ..Pod::from_description(pod, ports)
             });
         }
 
@@ -377,6 +369,20 @@ impl ClusterDescription {
         }
 
         Ok(Cluster::from_parts(namespaces, pods))
+    }
+}
+
+impl Pod {
+    /// The pod `description` describes, with its checked `ports`, at no address yet.
+    fn from_description(description: &PodDescription, ports: Vec<ContainerPort>) -> Pod {
+        Pod {
+            namespace: description.namespace.clone(),
+            name: description.name.clone(),
+            labels: description.labels.clone(),
+            ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            ports,
+            host_network: description.host_network,
+        }
     }
 }
 

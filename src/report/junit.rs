@@ -108,6 +108,12 @@ pub fn report(result: &RunResult) -> Report {
             let mut case = TestCase::new(step.title().as_str(), status);
             case.set_classname(scenario.scenario.name.as_str());
             case.set_time(step.elapsed);
+            // Where the step is written: CI annotators (dorny/test-reporter,
+            // mikepenz/action-junit-report) put a failure on that line.
+            if let Some((file, line)) = location(&step.origin) {
+                case.extra.insert("file".into(), file.into());
+                case.extra.insert("line".into(), line.to_string().into());
+            }
             // The Surefire schema has no properties on a testcase: details go to its output.
             case.set_system_out(format!(
                 "step: {}\nprobe rounds: {}\ncells: {} pass, {} fail, {} late, {} flapping, {} unsupported, {} errors\ntiming: {}",
@@ -128,7 +134,22 @@ pub fn report(result: &RunResult) -> Report {
     report
 }
 
-/// The report as XML valid against the Surefire/Jenkins JUnit schema (`tests/schemas/junit-10.xsd`).
+/// Where a step (`StepResult::origin`, `SOURCE:LINE`) is written: its scenario file, a built-in
+/// one's in polygraph's repository, and its line. A generated case has no file.
+fn location(origin: &str) -> Option<(String, u32)> {
+    let (source, line) = origin.rsplit_once(':')?;
+    let line = line.parse().ok()?;
+    let file = match source.strip_prefix("built-in:") {
+        Some(name) if name.starts_with("smoke") => format!("src/scenario/{name}.yaml"),
+        Some(name) => format!("scenarios/{name}.yaml"),
+        None if source.starts_with("generated:") => return None,
+        None => source.to_string(),
+    };
+    Some((file, line))
+}
+
+/// The report as XML valid against the Surefire/Jenkins JUnit schema (`tests/schemas/junit-10.xsd`,
+/// with the `file` and `line` testcase attributes pytest's and the CI annotators' readers take).
 /// quick-junit writes `skipped` on the root `<testsuites>`, which that schema does not allow; the
 /// suites carry their own counts (unsupported steps are skipped test cases), so it is left out.
 pub fn to_xml(result: &RunResult) -> Result<String, quick_junit::SerializeError> {
@@ -145,4 +166,27 @@ pub fn to_xml(result: &RunResult) -> Result<String, quick_junit::SerializeError>
         root.replace_range(at..value_end, "");
     }
     Ok(format!("{}{root}{}", &xml[..start], &xml[end..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::location;
+
+    #[test]
+    fn a_step_is_located_in_its_scenario_file() {
+        assert_eq!(
+            location("built-in:deny-all-ingress:5"),
+            Some(("scenarios/deny-all-ingress.yaml".into(), 5))
+        );
+        assert_eq!(
+            location("built-in:smoke-cnp:12"),
+            Some(("src/scenario/smoke-cnp.yaml".into(), 12))
+        );
+        assert_eq!(
+            location("ci/my scenarios/a:b.yaml:40"),
+            Some(("ci/my scenarios/a:b.yaml".into(), 40))
+        );
+        assert_eq!(location("generated:seed=1:case=176:51"), None);
+        assert_eq!(location("nowhere"), None);
+    }
 }
