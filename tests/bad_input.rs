@@ -362,3 +362,66 @@ fn bad_flags_are_usage_errors() {
     let output = common::polygraph(&["analyze", "--protocol", "ICMP"], "");
     assert_eq!(output.status.code(), Some(2));
 }
+
+/// A run that fails before its first scenario (here: a kubeconfig whose current context is not
+/// in it) still writes its JUnit and JSON: one `setup` test case in error, valid against the
+/// schema, and the failure in the JSON's `setup_error`. A CI dashboard never sees "no report".
+#[test]
+fn a_run_that_cannot_reach_its_cluster_still_writes_its_reports() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        r#"apiVersion: v1
+kind: Config
+current-context: vanished
+clusters:
+  - name: gone
+    cluster: {server: "https://127.0.0.1:1", insecure-skip-tls-verify: true}
+contexts:
+  - name: gone
+    context: {cluster: gone, user: admin}
+users:
+  - name: admin
+    user: {token: not-a-real-token}
+"#,
+    )
+    .expect("write");
+    let (junit, json) = (dir.path().join("junit.xml"), dir.path().join("run.json"));
+    let output = common::polygraph(
+        &[
+            "run",
+            "deny-all-ingress",
+            "--backend",
+            "kube",
+            "--kubeconfig",
+            &kubeconfig.display().to_string(),
+            "--junit",
+            &junit.display().to_string(),
+            "--json",
+            &json.display().to_string(),
+        ],
+        "",
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_ne!(output.status.code(), Some(0), "{stderr}");
+    let xml = std::fs::read_to_string(&junit).expect("a JUnit report");
+    common::validate_junit(&junit);
+    assert!(
+        xml.contains(r#"<testcase name="setup" classname="setup""#),
+        "{xml}"
+    );
+    assert!(xml.contains(r#"type="setup""#), "{xml}");
+    let text = std::fs::read_to_string(&json).expect("a JSON report");
+    let _: common::schema::RunJson = serde_json::from_str(&text).expect("the documented JSON");
+    let report: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+    assert_eq!(report["passed"], false);
+    assert_eq!(report["scenarios"].as_array().map(Vec::len), Some(0));
+    let error = report["setup_error"].as_str().expect("setup_error");
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.contains(error.lines().next().unwrap_or(error))),
+        "the JSON's error is the one printed: {error} / {stderr}"
+    );
+}

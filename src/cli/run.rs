@@ -197,16 +197,26 @@ pub fn run(args: RunArgs) -> Result<ExitCode, CliError> {
         service_hairpin: args.service_hairpin,
     };
     let color = use_color();
+    let lanes = lanes(args.parallel_scenarios, &args.target)?;
+    let started = std::time::Instant::now();
+    let finished = execute(&scenarios, &options, &args.target, lanes, args.verbose);
     let Finished {
         value: result,
         transcript,
-    } = execute(
-        &scenarios,
-        &options,
-        &args.target,
-        lanes(args.parallel_scenarios, &args.target)?,
-        args.verbose,
-    )?;
+    } = match finished {
+        Ok(finished) => finished,
+        // A bad kubeconfig, no root for the local cluster, a missing tool: the reports still say
+        // so, as one `setup` test case in error, so a CI dashboard never sees "no report".
+        Err(error) => {
+            let result = RunResult::not_started(
+                format!("{:?}", args.target.kind()).to_lowercase(),
+                &options,
+                started.elapsed(),
+            );
+            write_setup_reports(&args, &result, &error.to_string())?;
+            return Err(error);
+        }
+    };
     let mut out = std::io::stdout().lock();
     if let Some(transcript) = transcript {
         write!(out, "{}", transcript.text())?;
@@ -234,6 +244,28 @@ pub fn run(args: RunArgs) -> Result<ExitCode, CliError> {
     } else {
         ExitCode::from(EXIT_WRONG)
     })
+}
+
+/// The JUnit and JSON reports (and the done file) of a run that failed before its first
+/// scenario.
+fn write_setup_reports(args: &RunArgs, result: &RunResult, error: &str) -> Result<(), CliError> {
+    if let Some(path) = &args.junit {
+        let xml = junit::setup_failure_xml(result, error)
+            .map_err(|e| CliError::Usage(format!("JUnit report: {e}")))?;
+        write_file(path, xml)?;
+    }
+    if let Some(path) = &args.json {
+        write_file(
+            path,
+            serde_json::to_string_pretty(&run_json::setup_failure(result, error))?,
+        )?;
+    }
+    if let (Some(done), Some(report)) =
+        (&args.done_file, args.junit.as_ref().or(args.json.as_ref()))
+    {
+        write_file(done, report.display().to_string())?;
+    }
+    Ok(())
 }
 
 /// How many lanes `--parallel-scenarios` asks for, or the default: on the local backend two per

@@ -134,6 +134,25 @@ pub fn report(result: &RunResult) -> Report {
     report
 }
 
+/// The report of a run that failed before its first scenario: one `setup` test case in error,
+/// with the failure, so a CI dashboard always has a report to show.
+pub fn setup_failure(result: &RunResult, error: &str) -> Report {
+    let mut report = Report::new("polygraph");
+    report.set_time(result.elapsed);
+    let mut suite = TestSuite::new("setup");
+    suite.set_time(result.elapsed);
+    suite.add_property(Property::new("backend", result.backend.as_str()));
+    let mut status = TestCaseStatus::non_success(NonSuccessKind::Error);
+    status.set_type("setup");
+    status.set_message(error);
+    let mut case = TestCase::new("setup", status);
+    case.set_classname("setup");
+    case.set_time(result.elapsed);
+    suite.add_test_case(case);
+    report.add_test_suite(suite);
+    report
+}
+
 /// Where a step (`StepResult::origin`, `SOURCE:LINE`) is written: its scenario file, a built-in
 /// one's in polygraph's repository, and its line. A generated case has no file.
 fn location(origin: &str) -> Option<(String, u32)> {
@@ -153,7 +172,19 @@ fn location(origin: &str) -> Option<(String, u32)> {
 /// quick-junit writes `skipped` on the root `<testsuites>`, which that schema does not allow; the
 /// suites carry their own counts (unsupported steps are skipped test cases), so it is left out.
 pub fn to_xml(result: &RunResult) -> Result<String, quick_junit::SerializeError> {
-    let xml = report(result).to_string()?;
+    schema_valid(report(result))
+}
+
+/// `setup_failure` as XML, valid like `to_xml`'s.
+pub fn setup_failure_xml(
+    result: &RunResult,
+    error: &str,
+) -> Result<String, quick_junit::SerializeError> {
+    schema_valid(setup_failure(result, error))
+}
+
+fn schema_valid(report: Report) -> Result<String, quick_junit::SerializeError> {
+    let xml = report.to_string()?;
     let Some(start) = xml.find("<testsuites") else {
         return Ok(xml);
     };

@@ -20,6 +20,10 @@ pub struct RunJson {
     /// Kubernetes); absent when it did not run.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub apis: Vec<crate::run::precheck::ApiCheck>,
+    /// Why the run never reached its first scenario (no cluster, a bad kubeconfig, RBAC); then
+    /// `scenarios` is empty and `passed` false.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub setup_error: Option<String>,
     pub scenarios: Vec<ScenarioJson>,
 }
 
@@ -207,6 +211,16 @@ impl CellSelection {
     }
 }
 
+/// The report of a run that failed before its first scenario (`RunResult::not_started`): the
+/// failure in `setup_error`, not passed.
+pub fn setup_failure(result: &RunResult, error: &str) -> RunJson {
+    RunJson {
+        passed: false,
+        setup_error: Some(error.to_string()),
+        ..report(result, CellSelection::None)
+    }
+}
+
 pub fn report(result: &RunResult, selection: CellSelection) -> RunJson {
     let mut total = CountsJson::default();
     let scenarios = result
@@ -296,6 +310,7 @@ pub fn report(result: &RunResult, selection: CellSelection) -> RunJson {
         passed: result.passed(),
         elapsed_ms: ms(result.elapsed),
         apis: result.apis.clone(),
+        setup_error: None,
         options: OptionsJson {
             probe_timeout_ms: ms(result.options.probe_timeout),
             step_deadline_ms: ms(result.options.step_deadline),

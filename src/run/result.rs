@@ -266,6 +266,21 @@ pub struct RunResult {
 }
 
 impl RunResult {
+    /// A run that never reached its first scenario (no cluster, a bad kubeconfig, RBAC): no
+    /// scenario, and the reports say why (`setup_error`).
+    pub fn not_started(backend: String, options: &RunOptions, elapsed: Duration) -> RunResult {
+        RunResult {
+            backend,
+            scenarios: Vec::new(),
+            elapsed,
+            options: options.clone(),
+            totals: RunTotals::of(&[]),
+            sessions_broken: 0,
+            pace: options.pacer.report(),
+            apis: Vec::new(),
+        }
+    }
+
     /// No scenario failed (unsupported ones don't fail a run).
     pub fn passed(&self) -> bool {
         self.scenarios.iter().all(|s| s.status() != Status::Failed)

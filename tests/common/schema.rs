@@ -17,6 +17,9 @@ pub struct RunJson {
     /// Only when the precheck ran.
     #[serde(default)]
     pub apis: Vec<ApiCheck>,
+    /// Only when the run failed before its first scenario.
+    #[serde(default)]
+    pub setup_error: Option<String>,
     pub scenarios: Vec<ScenarioJson>,
 }
 
