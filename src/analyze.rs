@@ -181,12 +181,7 @@ fn host_network_cells(
                 }
                 let mut node = table.get(k, from, to);
                 if is_host(from) && !cluster.is_outside(to) && !is_host(to) {
-                    // Its pods' own node: "the only allowed connections into the pod are those
-                    // from the pod's node and those allowed by ..." (a cluster Deny: undefined).
-                    node.undefined |= node.drop;
-                    node.drop = false;
-                    node.egress = true;
-                    node.ingress = true;
+                    node = node.from_own_node();
                 }
                 let pod = pod_table.get(k, from, to);
                 if pod.allowed() != node.allowed() && !node.undefined {

@@ -48,6 +48,20 @@ impl Decision {
         }
     }
 
+    /// The cell from a pod's own node into it: "the only allowed connections into the pod are
+    /// those from the pod's node and those allowed by the ingress list" (NetworkPolicy), so
+    /// allowed; where a cluster policy's Deny would block it, undefined (the cluster-scoped API
+    /// says nothing of a pod's own node).
+    pub fn from_own_node(self) -> Self {
+        Decision {
+            undefined: self.undefined || self.drop,
+            drop: false,
+            egress: true,
+            ingress: true,
+            ..self
+        }
+    }
+
     /// A connection gets through: both directions allow it, and the name (if any) resolves.
     pub fn allowed(self) -> bool {
         self.egress && self.ingress && !self.no_dns

@@ -275,11 +275,7 @@ pub fn own_node_exempt(analysis: &mut Analysis) {
     for k in 0..analysis.table.port_protocols().len() {
         for &node in &nodes {
             for &pod in &pods {
-                let mut decision = analysis.table.get(k, node, pod);
-                decision.undefined |= decision.drop;
-                decision.drop = false;
-                decision.egress = true;
-                decision.ingress = true;
+                let decision = analysis.table.get(k, node, pod).from_own_node();
                 analysis.table.set(k, node, pod, decision);
             }
         }

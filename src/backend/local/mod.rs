@@ -677,8 +677,9 @@ impl LocalBackend {
     /// traffic is the node's.
     async fn create_host_network_pod(&mut self, pod: &Pod) -> Result<(), BackendError> {
         let key = pod.key();
-        let shares_a_port = |other: &Pod| {
-            pod.ports.iter().any(|p| {
+        // The first of the pod's ports `other` serves too (they share the node's sockets).
+        let shared = |other: &Pod| {
+            pod.ports.iter().find(|p| {
                 other
                     .ports
                     .iter()
@@ -691,12 +692,7 @@ impl LocalBackend {
             .filter(|p| p.pod.host_network)
             .map(|p| &p.pod);
         for other in taken {
-            if let Some(port) = pod.ports.iter().find(|p| {
-                other
-                    .ports
-                    .iter()
-                    .any(|o| (o.port, o.protocol) == (p.port, p.protocol))
-            }) {
+            if let Some(port) = shared(other) {
                 return Err(BackendError::Pod {
                     pod: key,
                     message: format!(
@@ -713,7 +709,7 @@ impl LocalBackend {
         if self
             .node_host
             .as_ref()
-            .is_some_and(|(host, _)| shares_a_port(host))
+            .is_some_and(|(host, _)| shared(host).is_some())
         {
             if let Some((_, Some(agent))) = &mut self.node_host {
                 agent.stop().await;
