@@ -353,9 +353,10 @@ pub(super) struct Judge<'a> {
 }
 
 impl Judge<'_> {
-    /// The pod of the current world at `host` and `port` (one of its addresses, its Service's, a
-    /// NodePort of its node, or the outside host's address), and how traffic to it travels.
-    pub fn pod_at(&self, host: &str, port: u16) -> Option<(&Pod, Route)> {
+    /// The pod of the current world at `host`, `port` and `protocol` (one of its addresses, its
+    /// Service's, a NodePort of its node, a host-network pod's socket at the node's address, or
+    /// the outside host's address), and how traffic to it travels.
+    pub fn pod_at(&self, host: &str, port: u16, protocol: Protocol) -> Option<(&Pod, Route)> {
         let ip: IpAddr = host.parse().ok()?;
         let family = Family::of(ip);
         if let Some((outside, addresses)) = self.outside
@@ -371,12 +372,12 @@ impl Judge<'_> {
             // A host-network pod's ports, then the node's own, where it serves as an endpoint
             // (`--target node`).
             let Some(pod) = node_port else {
-                let host_network = self
-                    .world
-                    .cluster()
-                    .pods()
-                    .iter()
-                    .find(|p| p.host_network && p.ports.iter().any(|c| c.port == port));
+                let host_network = self.world.cluster().pods().iter().find(|p| {
+                    p.host_network
+                        && p.ports
+                            .iter()
+                            .any(|c| (c.port, c.protocol) == (port, protocol))
+                });
                 return host_network
                     .or(self.node.map(|(node, _)| node))
                     .map(|pod| (pod, Route::plain(family)));
@@ -520,7 +521,7 @@ impl Judge<'_> {
             };
         }
         let found = self
-            .pod_at(&target.host, target.port)
+            .pod_at(&target.host, target.port, target.protocol)
             .map(|(dst, route)| (dst, route, self.served_port(dst, target, route)));
         let pp = found.map_or(PortProtocol::new(target.port, target.protocol), |f| f.2);
         let (outcome, peer) = match found.map(|(dst, route, _)| (dst, route)) {

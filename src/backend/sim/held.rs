@@ -136,7 +136,9 @@ fn check(
             let alive = open.outcome == Outcome::Connected
                 && (!stateless || {
                     let to = open.peer.as_deref().and_then(|p| p.parse().ok());
-                    let route = judge.pod_at(&open.host, open.port).map(|(_, route)| route);
+                    let route = judge
+                        .pod_at(&open.host, open.port, open.protocol)
+                        .map(|(_, route)| route);
                     to.zip(route).is_some_and(|(to, route)| {
                         let pp = PortProtocol::new(open.port, open.protocol);
                         judge.passes(from, &to, pp, route)
