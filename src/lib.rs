@@ -6,6 +6,7 @@
 pub mod analyze;
 pub mod backend;
 pub mod bench;
+pub mod certify;
 pub mod faults;
 pub mod generate;
 pub mod input;

@@ -178,6 +178,27 @@ impl std::fmt::Display for CrdBundle {
     }
 }
 
+/// What a run learned of the cluster it ran on, for the reports (a conformance report names the
+/// cluster it certifies). Every field is what the cluster said; unknown stays empty.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ClusterInfo {
+    /// The API server's version (`v1.36.0`); none where there is no API server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_version: Option<String>,
+    /// Nodes listed (0: not listable).
+    #[serde(default)]
+    pub nodes: usize,
+    /// The nodes' kernels, each once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kernels: Vec<String>,
+    /// The CNI recognised (`Calico`, `kindnet`), or polygraph's own dataplane.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cni: Option<String>,
+    /// The images of the CNI's DaemonSets, each once: the version a vendor certifies.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cni_images: Vec<String>,
+}
+
 /// What the runner needs from a cluster: carry out mutations, wait for pods, probe from a pod (one
 /// batch, all targets concurrently), hold connections, and clean up.
 // Backends are driven from a single task, so their futures need not be `Send`.
@@ -280,6 +301,11 @@ pub trait Backend {
     fn sessions_broken(&self) -> u64 {
         0
     }
+    /// What the cluster says of itself (server version, nodes, kernels, CNI), for the reports;
+    /// asked once per run, and never a reason to fail it.
+    async fn cluster_info(&mut self) -> ClusterInfo {
+        ClusterInfo::default()
+    }
     /// The CRD annotations of a cluster-scoped kind, once `cluster_policy_support` has asked for
     /// it (`None`: not known; polygraph's own clusters have no CRDs).
     fn cluster_policy_bundle(&self, _kind: crate::policy::ClusterKind) -> Option<CrdBundle> {
@@ -334,6 +360,9 @@ impl Backend for AnyBackend {
     }
     fn sessions_broken(&self) -> u64 {
         delegate!(self, b => b.sessions_broken())
+    }
+    async fn cluster_info(&mut self) -> ClusterInfo {
+        delegate!(self, b => b.cluster_info().await)
     }
     fn cleanup_message(&self) -> String {
         delegate!(self, b => b.cleanup_message())

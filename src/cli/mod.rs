@@ -20,12 +20,15 @@ macro_rules! out_inline {
 mod analyze;
 mod backend_args;
 mod bench;
+mod certify;
+mod diff;
 mod enforcer;
 mod gc;
 mod generated;
 mod model_args;
 mod pace_args;
 mod probe;
+mod reports;
 pub mod run;
 mod scenarios;
 mod session;
@@ -63,6 +66,12 @@ enum Command {
     Probe(probe::ProbeArgs),
     /// Run scenarios (default: the built-in library) and report verdicts, JUnit and JSON.
     Run(run::RunArgs),
+    /// Certify a cluster against conformance profiles (NetworkPolicy, ClusterNetworkPolicy,
+    /// Timing): a conformance report, HTML, a Markdown summary, JUnit and JSON in one directory.
+    Certify(certify::CertifyArgs),
+    /// What changed between two runs' JSON reports (a CNI upgrade): verdicts that regressed or
+    /// were fixed, cells, latency; exit 1 on a regression.
+    Diff(diff::DiffArgs),
     /// Does this cluster enforce NetworkPolicy at all? ENFORCING, NOT ENFORCING or PARTIAL, in seconds.
     Smoke(smoke::SmokeArgs),
     /// The built-in scenario library.
@@ -169,6 +178,8 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Analyze(args) => analyze::run(args),
         Command::Probe(args) => probe::run(args),
         Command::Run(args) => run::run(args),
+        Command::Certify(args) => certify::run(args),
+        Command::Diff(args) => diff::run(args),
         Command::Scenarios(command) => scenarios::run(command),
         Command::Generate(args) => generated::generate(args),
         Command::Smoke(args) => smoke::run(args),

@@ -8,13 +8,14 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::backend_args::{BackendArgs, BackendKind};
+use super::reports::{self, Outputs};
 use super::session::{Finished, session_many};
-use super::{CliError, EXIT_WRONG, use_color, write_file};
+use super::{CliError, EXIT_WRONG, use_color};
 use polygraph::backend::{AnyBackend, Backend};
 use polygraph::faults;
 use polygraph::model::ProbeTarget;
 use polygraph::report::run_json::CellSelection;
-use polygraph::report::{junit, run_json, run_terminal};
+use polygraph::report::run_terminal;
 use polygraph::run::parallel::lanes_description;
 use polygraph::run::{Event, RunOptions, RunResult, run_in_parallel};
 use polygraph::scenario::{self, Scenario, library};
@@ -39,6 +40,13 @@ pub struct RunArgs {
     /// connections) or none; counts and timing always cover every cell.
     #[arg(long, value_enum, default_value = "all")]
     json_cells: CellSelection,
+    /// Write a self-contained HTML report here (no script, nothing fetched).
+    #[arg(long, value_name = "FILE")]
+    html: Option<PathBuf>,
+    /// Write a GitHub-flavoured Markdown summary here (under GitHub's 1024 KiB step-summary
+    /// limit); on GitHub Actions it is also appended to $GITHUB_STEP_SUMMARY.
+    #[arg(long, value_name = "FILE")]
+    summary_md: Option<PathBuf>,
     /// After the reports are written, write the JUnit (or JSON) report's path here: Sonobuoy's
     /// `done` file protocol.
     #[arg(long, value_name = "FILE")]
@@ -176,8 +184,15 @@ pub fn run(args: RunArgs) -> Result<ExitCode, CliError> {
             "--probe-timeout must be more than zero".into(),
         ));
     }
-    let done_report = args.junit.as_ref().or(args.json.as_ref());
-    if args.done_file.is_some() && done_report.is_none() {
+    let outputs = Outputs {
+        junit: args.junit.clone(),
+        json: args.json.clone(),
+        json_cells: args.json_cells,
+        html: args.html.clone(),
+        summary_md: args.summary_md.clone(),
+        done_file: args.done_file.clone(),
+    };
+    if args.done_file.is_some() && args.junit.is_none() && args.json.is_none() {
         return Err(CliError::Usage(
             "--done-file names the report: give --junit or --json too".into(),
         ));
@@ -213,7 +228,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode, CliError> {
                 &options,
                 started.elapsed(),
             );
-            write_setup_reports(&args, &result, &error.to_string())?;
+            reports::write_setup_failure(&outputs, &result, &error.to_string())?;
             return Err(error);
         }
     };
@@ -223,18 +238,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode, CliError> {
         return Ok(ExitCode::SUCCESS);
     }
     // Reports first: they must exist even when the terminal's reader went away.
-    if let Some(path) = &args.junit {
-        let xml =
-            junit::to_xml(&result).map_err(|e| CliError::Usage(format!("JUnit report: {e}")))?;
-        write_file(path, xml)?;
-    }
-    if let Some(path) = &args.json {
-        let json = serde_json::to_string_pretty(&run_json::report(&result, args.json_cells))?;
-        write_file(path, json)?;
-    }
-    if let (Some(done), Some(report)) = (&args.done_file, done_report) {
-        write_file(done, report.display().to_string())?;
-    }
+    reports::write(&outputs, &result, None)?;
     write!(out, "{}", run_terminal::render(&result, color))?;
     for rerun in super::generated::reruns(&result) {
         writeln!(out, "rerun: {rerun}")?;
@@ -244,28 +248,6 @@ pub fn run(args: RunArgs) -> Result<ExitCode, CliError> {
     } else {
         ExitCode::from(EXIT_WRONG)
     })
-}
-
-/// The JUnit and JSON reports (and the done file) of a run that failed before its first
-/// scenario.
-fn write_setup_reports(args: &RunArgs, result: &RunResult, error: &str) -> Result<(), CliError> {
-    if let Some(path) = &args.junit {
-        let xml = junit::setup_failure_xml(result, error)
-            .map_err(|e| CliError::Usage(format!("JUnit report: {e}")))?;
-        write_file(path, xml)?;
-    }
-    if let Some(path) = &args.json {
-        write_file(
-            path,
-            serde_json::to_string_pretty(&run_json::setup_failure(result, error))?,
-        )?;
-    }
-    if let (Some(done), Some(report)) =
-        (&args.done_file, args.junit.as_ref().or(args.json.as_ref()))
-    {
-        write_file(done, report.display().to_string())?;
-    }
-    Ok(())
 }
 
 /// How many lanes `--parallel-scenarios` asks for, or the default: on the local backend two per

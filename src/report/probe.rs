@@ -87,7 +87,8 @@ pub fn summarize(analysis: &Analysis, observed: &ObservedTable) -> ProbeSummary 
     s
 }
 
-fn glyph(outcome: Outcome) -> &'static str {
+/// The glyph for an observed outcome (the terminal's and the HTML report's).
+pub fn glyph(outcome: Outcome) -> &'static str {
     match outcome {
         Outcome::Connected => "✓",
         Outcome::Timeout => "✗",

@@ -15,6 +15,8 @@ pub struct RunJson {
     pub passed: bool,
     pub elapsed_ms: f64,
     pub options: OptionsJson,
+    /// What the cluster said of itself: server version, nodes, kernels, the CNI and its images.
+    pub cluster: crate::backend::ClusterInfo,
     pub summary: SummaryJson,
     /// The precheck's verdict per policy API the scenarios use (`run --precheck`, the default on
     /// Kubernetes); absent when it did not run.
@@ -98,6 +100,8 @@ pub struct ScenarioJson {
     pub description: String,
     pub tags: Vec<String>,
     pub source: String,
+    /// The SHA-256 of the scenario's YAML (hex): a rerun can check it ran the same scenario.
+    pub digest: String,
     pub passed: bool,
     /// passed, failed or unsupported (no cell could be judged).
     pub status: Status,
@@ -231,6 +235,7 @@ pub fn report(result: &RunResult, selection: CellSelection) -> RunJson {
             description: scenario.scenario.description.clone(),
             tags: scenario.scenario.tags.clone(),
             source: scenario.scenario.source.clone(),
+            digest: scenario.scenario.digest.clone(),
             passed: scenario.passed(),
             status: scenario.status(),
             elapsed_ms: ms(scenario.elapsed),
@@ -310,6 +315,7 @@ pub fn report(result: &RunResult, selection: CellSelection) -> RunJson {
         passed: result.passed(),
         elapsed_ms: ms(result.elapsed),
         apis: result.apis.clone(),
+        cluster: result.cluster.clone(),
         setup_error: None,
         options: OptionsJson {
             probe_timeout_ms: ms(result.options.probe_timeout),

@@ -40,6 +40,10 @@ pub async fn run_in_parallel<B: Backend>(
     on_event: &mut dyn FnMut(Event<'_>),
 ) -> RunResult {
     let started = Instant::now();
+    let cluster = match backends.first_mut() {
+        Some(first) => first.cluster_info().await,
+        None => Default::default(),
+    };
     let apis = match backends.first_mut() {
         Some(first) if options.precheck => precheck(first, scenarios, options).await,
         _ => Vec::new(),
@@ -114,6 +118,7 @@ pub async fn run_in_parallel<B: Backend>(
         pace: options.pacer.report(),
         options: options.clone(),
         apis,
+        cluster,
     }
 }
 

@@ -263,6 +263,8 @@ pub struct RunResult {
     pub pace: super::PaceReport,
     /// The precheck's verdict per policy API, when it ran.
     pub apis: Vec<super::precheck::ApiCheck>,
+    /// What the cluster said of itself (`Backend::cluster_info`).
+    pub cluster: crate::backend::ClusterInfo,
 }
 
 impl RunResult {
@@ -278,6 +280,7 @@ impl RunResult {
             sessions_broken: 0,
             pace: options.pacer.report(),
             apis: Vec::new(),
+            cluster: Default::default(),
         }
     }
 

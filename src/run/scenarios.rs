@@ -260,6 +260,8 @@ pub async fn run_scenarios<B: Backend>(
         pace: options.pacer.report(),
         options: options.clone(),
         apis: Vec::new(),
+        // A lane's result: `run_in_parallel` asks the cluster once for the run.
+        cluster: Default::default(),
     }
 }
 

@@ -205,12 +205,13 @@ pub fn changes(before: &TruthTable, after: &TruthTable) -> Grid<Change> {
     grid
 }
 
-/// p50 / p90 / max of some latencies, by nearest rank.
+/// p50 / p90 / p99 / max of some latencies, by nearest rank.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct LatencyStats {
     pub cells: usize,
     pub p50_ms: Option<f64>,
     pub p90_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
     pub max_ms: Option<f64>,
 }
 
@@ -228,6 +229,7 @@ impl LatencyStats {
             cells: values.len(),
             p50_ms: rank(0.5),
             p90_ms: rank(0.9),
+            p99_ms: rank(0.99),
             max_ms: values.last().copied(),
         }
     }

@@ -166,7 +166,17 @@ pub fn parse(source: &str, text: &str, base_dir: Option<&Path>) -> Result<Scenar
         families: doc.ip_family,
         chosen_addresses,
         steps,
+        digest: digest(text),
     })
+}
+
+/// The SHA-256 of a scenario's text, in hex: what a conformance report names it by.
+fn digest(text: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
 }
 
 fn probe_selection(

@@ -67,6 +67,8 @@ pub struct Scenario {
     /// pod addresses (`Backend::chooses_addresses`) runs it.
     pub chosen_addresses: Vec<String>,
     pub steps: Vec<Step>,
+    /// The SHA-256 of its YAML text (hex): a reproduction checks it ran the same scenario.
+    pub digest: String,
 }
 
 #[derive(Debug, Clone)]

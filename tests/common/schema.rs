@@ -13,6 +13,7 @@ pub struct RunJson {
     pub passed: bool,
     pub elapsed_ms: f64,
     pub options: Options,
+    pub cluster: ClusterJson,
     pub summary: Summary,
     /// Only when the precheck ran.
     #[serde(default)]
@@ -37,6 +38,21 @@ pub struct ApiCheck {
     /// The CRD's network-policy-api annotations, on Kubernetes where readable.
     #[serde(default)]
     pub crd: Option<CrdJson>,
+}
+
+/// What the cluster said of itself; every field but `nodes` only when known.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterJson {
+    #[serde(default)]
+    pub server_version: Option<String>,
+    pub nodes: usize,
+    #[serde(default)]
+    pub kernels: Vec<String>,
+    #[serde(default)]
+    pub cni: Option<String>,
+    #[serde(default)]
+    pub cni_images: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -154,6 +170,7 @@ pub struct ScenarioJson {
     pub description: String,
     pub tags: Vec<String>,
     pub source: String,
+    pub digest: String,
     pub passed: bool,
     pub status: String,
     pub elapsed_ms: f64,
@@ -215,6 +232,7 @@ pub struct Stats {
     pub cells: usize,
     p50_ms: Option<f64>,
     p90_ms: Option<f64>,
+    p99_ms: Option<f64>,
     pub max_ms: Option<f64>,
 }
 

@@ -17,6 +17,30 @@ const KNOWN: [(&str, &str); 13] = [
     ("azure-cns", "Azure CNI"),
 ];
 
+/// The images of the DaemonSets a CNI is recognised by, each once, sorted: the version a
+/// conformance report names.
+pub fn images(daemonsets: &[k8s_openapi::api::apps::v1::DaemonSet]) -> Vec<String> {
+    let mut images: Vec<String> = daemonsets
+        .iter()
+        .filter(|ds| {
+            ds.metadata
+                .name
+                .as_deref()
+                .is_some_and(|name| KNOWN.iter().any(|(fragment, _)| name.contains(fragment)))
+        })
+        .filter_map(|ds| ds.spec.as_ref()?.template.spec.as_ref())
+        .flat_map(|pod| {
+            pod.containers
+                .iter()
+                .chain(pod.init_containers.iter().flatten())
+        })
+        .filter_map(|container| container.image.clone())
+        .collect();
+    images.sort();
+    images.dedup();
+    images
+}
+
 /// The CNI(s) a set of DaemonSet names points to, e.g. `Calico`, `Flannel`, or `Canal` for
 /// Flannel with Calico's policy engine. `None` when nothing is recognised.
 pub fn recognise<S: AsRef<str>>(daemonsets: &[S]) -> Option<String> {

@@ -14,6 +14,7 @@ mod connection;
 pub mod dry_run;
 mod exec;
 mod gc;
+mod info;
 pub mod manifests;
 pub mod placement;
 mod readiness;
@@ -751,6 +752,9 @@ impl KubeBackend {
 }
 
 impl Backend for KubeBackend {
+    async fn cluster_info(&mut self) -> crate::backend::ClusterInfo {
+        info::read(&self.client, self.cni.clone()).await
+    }
     fn describe(&self) -> String {
         let placement = match self.spread.nodes().len() {
             0 => "no schedulable node listed: placed by the scheduler".to_string(),

@@ -915,6 +915,27 @@ fn no_namespace(name: &str) -> BackendError {
 }
 
 impl Backend for LocalBackend {
+    /// One node (the host's kernel) and polygraph's own dataplane, faults named.
+    async fn cluster_info(&mut self) -> super::ClusterInfo {
+        let dataplane = match self.options.dataplane {
+            Dataplane::Nftables => "polygraph reference dataplane (nftables)",
+            Dataplane::None => "none (policies ignored)",
+        };
+        let faults = &self.options.faults;
+        super::ClusterInfo {
+            server_version: None,
+            nodes: 1,
+            kernels: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .map(|release| vec![release.trim().to_string()])
+                .unwrap_or_default(),
+            cni: Some(if faults.is_empty() {
+                dataplane.to_string()
+            } else {
+                format!("{dataplane}, injected faults: {faults}")
+            }),
+            cni_images: Vec::new(),
+        }
+    }
     fn describe(&self) -> String {
         let dataplane = match self.options.dataplane {
             Dataplane::Nftables => "nftables dataplane",

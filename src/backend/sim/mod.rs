@@ -20,7 +20,7 @@ use polygraph_agent::wire::{ProbeResult, Target};
 use tokio::time::Instant;
 
 use super::session::hold_request;
-use super::{Backend, BackendError, Held, ProbeTiming, Sessions};
+use super::{Backend, BackendError, ClusterInfo, Held, ProbeTiming, Sessions};
 use crate::faults::{Fault, Faults};
 use std::net::IpAddr;
 
@@ -73,6 +73,20 @@ fn lock(dataplane: &Mutex<Dataplane>) -> MutexGuard<'_, Dataplane> {
 }
 
 impl Backend for SimBackend {
+    async fn cluster_info(&mut self) -> ClusterInfo {
+        ClusterInfo {
+            cni: Some(if self.faults.is_empty() {
+                "simulation (the oracle's answers)".to_string()
+            } else {
+                format!(
+                    "simulation (the oracle's answers), injected faults: {}",
+                    self.faults
+                )
+            }),
+            nodes: 1,
+            ..ClusterInfo::default()
+        }
+    }
     fn describe(&self) -> String {
         if self.faults.is_empty() {
             format!("sim (oracle answers, run {})", self.run_id)
