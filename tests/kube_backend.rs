@@ -52,6 +52,8 @@ struct State {
     broken: BTreeMap<String, String>,
     /// Namespace creations to refuse with 403.
     forbid_namespace: Option<String>,
+    /// Refuse every namespace creation, dry runs too, with 403 (RBAC without `create namespaces`).
+    forbid_namespaces: bool,
     /// Pod Security's `baseline` level where a namespace is not labelled `privileged`: a
     /// host-network pod is refused with 403.
     pod_security: bool,
@@ -193,6 +195,10 @@ fn handle(
             ],
         ),
         ("GET", ["api", "v1", "nodes"]) => list("NodeList", s.nodes.clone()),
+        ("GET", ["version"]) => json_response(
+            StatusCode::OK,
+            json!({"major": "1", "minor": "36", "gitVersion": "v1.36.0-fake", "gitCommit": "", "gitTreeState": "", "buildDate": "", "goVersion": "", "compiler": "", "platform": "linux/amd64"}),
+        ),
         (
             "GET",
             [
@@ -267,8 +273,12 @@ fn handle(
                 .as_str()
                 .unwrap_or_default()
                 .to_string();
-            if s.forbid_namespace.as_deref() == Some(name.as_str()) {
+            if s.forbid_namespaces || s.forbid_namespace.as_deref() == Some(name.as_str()) {
                 return status(403, "Forbidden");
+            }
+            // A server-side dry run: judged, never stored.
+            if query.split('&').any(|q| q == "dryRun=All") {
+                return json_response(StatusCode::CREATED, body);
             }
             s.calls.push(format!("create Namespace {name}"));
             s.namespaces.insert(name, body.clone());
@@ -2491,4 +2501,201 @@ async fn host_network_pods_get_a_privileged_namespace_and_a_refusal_is_unsupport
         cluster.cleanup().await.expect("cleanup");
         assert!(state.lock().expect("state").pods.is_empty());
     }
+}
+
+/// The fake API server over real HTTP on localhost (for the binary, which reads a kubeconfig):
+/// its URL. Serves until the test's runtime ends.
+async fn serve_over_http(state: Arc<Mutex<State>>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("address"));
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let state = state.clone();
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+                        let state = state.clone();
+                        async move {
+                            let (parts, body) = request.into_parts();
+                            let bytes = body
+                                .collect()
+                                .await
+                                .map(|c| c.to_bytes())
+                                .unwrap_or_default();
+                            let value: Value =
+                                serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                            Ok::<_, Infallible>(handle(
+                                &state,
+                                parts.method.as_str(),
+                                parts.uri.path(),
+                                parts.uri.query().unwrap_or_default(),
+                                value,
+                            ))
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    url
+}
+
+/// A kubeconfig for `server`, written into `dir`.
+fn kubeconfig_for(dir: &std::path::Path, server: &str) -> std::path::PathBuf {
+    let path = dir.join("kubeconfig");
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: fake\nclusters:\n  - name: fake\n    cluster: {{server: \"{server}\"}}\ncontexts:\n  - name: fake\n    context: {{cluster: fake, user: tester}}\nusers:\n  - name: tester\n    user: {{token: not-a-real-token}}\n"
+        ),
+    )
+    .expect("write kubeconfig");
+    path
+}
+
+/// `polygraph run --backend kube` against `kubeconfig`, in a thread (the test's runtime keeps
+/// serving meanwhile): exit code, stderr, the JUnit and JSON reports.
+async fn run_binary(
+    dir: &std::path::Path,
+    kubeconfig: &std::path::Path,
+) -> (Option<i32>, String, String, Value, Duration) {
+    let (junit, json) = (dir.join("junit.xml"), dir.join("run.json"));
+    let args: Vec<String> = [
+        "run",
+        "deny-all-ingress",
+        "--backend",
+        "kube",
+        "--kubeconfig",
+        &kubeconfig.display().to_string(),
+        "--junit",
+        &junit.display().to_string(),
+        "--json",
+        &json.display().to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let started = std::time::Instant::now();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_polygraph"))
+            .args(&args)
+            .output()
+            .expect("polygraph runs")
+    })
+    .await
+    .expect("the binary's thread");
+    let elapsed = started.elapsed();
+    let xml = std::fs::read_to_string(&junit).unwrap_or_default();
+    let report = std::fs::read_to_string(&json)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or(Value::Null);
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+        xml,
+        report,
+        elapsed,
+    )
+}
+
+/// RBAC without `create namespaces`: the preflight's dry run is refused, and the run fails at once
+/// as a setup failure, with its JUnit and JSON saying why, and nothing created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forbidden_namespace_creation_fails_the_run_at_setup_with_its_reports() {
+    let state = Arc::new(Mutex::new(State {
+        forbid_namespaces: true,
+        ..State::default()
+    }));
+    let url = serve_over_http(state.clone()).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let kubeconfig = kubeconfig_for(dir.path(), &url);
+    let (code, stderr, xml, report, _) = run_binary(dir.path(), &kubeconfig).await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("creating namespaces (dry run of polygraph-"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("403") || stderr.contains("Forbidden"),
+        "{stderr}"
+    );
+    assert!(xml.contains(r#"<testcase name="setup""#), "{xml}");
+    assert!(xml.contains("creating namespaces"), "{xml}");
+    assert!(
+        report["setup_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("creating namespaces")),
+        "{report}"
+    );
+    assert_eq!(report["scenarios"], json!([]));
+    let s = state.lock().expect("state");
+    assert!(
+        s.namespaces.is_empty(),
+        "nothing may be created: {:?}",
+        s.namespaces.keys()
+    );
+    assert!(
+        s.log
+            .iter()
+            .any(|r| r.starts_with("POST /api/v1/namespaces?") && r.contains("dryRun=All")),
+        "{:?}",
+        s.log
+    );
+}
+
+/// No API server where the kubeconfig points: a setup failure within the preflight's budget (not
+/// each scenario's set-up failing after its retries, then clean-up retrying for two minutes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_api_server_fails_the_run_at_setup_with_its_reports() {
+    // A port that was just free: connections are refused.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let kubeconfig = kubeconfig_for(dir.path(), &format!("http://{closed}"));
+    let (code, stderr, xml, report, elapsed) = run_binary(dir.path(), &kubeconfig).await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("reaching the API server of context fake"),
+        "{stderr}"
+    );
+    assert!(xml.contains(r#"<testcase name="setup""#), "{xml}");
+    assert!(report["setup_error"].is_string(), "{report}");
+    assert!(
+        elapsed < Duration::from_secs(40),
+        "took {elapsed:?}: the preflight's budget is 30 s"
+    );
+}
+
+/// The preflight reads the server's version, and the run's JSON carries it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reachable_api_server_is_named_with_its_version() {
+    let state = Arc::new(Mutex::new(State::default()));
+    let url = serve_over_http(state.clone()).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let kubeconfig = kubeconfig_for(dir.path(), &url);
+    let (_, stderr, _, report, _) = run_binary(dir.path(), &kubeconfig).await;
+    assert_eq!(
+        report["cluster"]["server_version"], "v1.36.0-fake",
+        "{stderr}\n{report}"
+    );
+    // Past the preflight: the scenario was set up (this fake cannot exec, so it fails there).
+    assert_eq!(
+        report["scenarios"][0]["name"], "deny-all-ingress",
+        "{report}"
+    );
+    assert!(
+        state
+            .lock()
+            .expect("state")
+            .log
+            .iter()
+            .any(|r| r.starts_with("POST /api/v1/namespaces?") && !r.contains("dryRun")),
+        "the run's namespaces were created"
+    );
 }

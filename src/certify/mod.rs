@@ -221,7 +221,7 @@ fn judge(result: &RunResult, profile: &'static Profile, bounds: Bounds) -> Profi
                             .iter()
                             .any(|t| s.scenario.tags.contains(&t.to_string()))
                     })
-                    .map(|s| scenario_test(s))
+                    .map(|s| feature_test(s, feature))
                     .collect();
                 let status = if mine.iter().any(|t| t.status == TestStatus::Failed) {
                     FeatureStatus::Failed
@@ -304,6 +304,26 @@ fn scenario_test(s: &ScenarioResult) -> TestResult {
         status,
         reason,
     }
+}
+
+/// A scenario as a test of an optional feature: as `scenario_test`, except that a passed
+/// scenario judged no cell of the feature's protocol is skipped (it showed nothing of it).
+fn feature_test(s: &ScenarioResult, feature: &Feature) -> TestResult {
+    let mut test = scenario_test(s);
+    if let (TestStatus::Passed, Some(protocol)) = (test.status, feature.protocol) {
+        let judged = s.steps.iter().any(|step| {
+            step.verdicts.cells().any(|(_, cell, verdict)| {
+                cell.port_protocol.protocol == protocol && verdict.judged()
+            })
+        });
+        if !judged {
+            test.status = TestStatus::Skipped;
+            test.reason = Some(format!(
+                "no {protocol} cell could be probed here (unsupported: e.g. no {protocol} in the nodes' kernel)"
+            ));
+        }
+    }
+    test
 }
 
 /// The first thing that went wrong in a failed scenario, in a line.

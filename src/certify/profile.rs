@@ -7,6 +7,7 @@
 //! the core (or standard) level. So a scenario using `endPort` tests `EndPort`, never the core: a
 //! CNI without `endPort` support still passes the core, as the API's own conformance says it may.
 
+use crate::model::Protocol;
 use crate::scenario::Scenario;
 
 /// One of the profiles `polygraph certify` knows.
@@ -57,6 +58,9 @@ pub struct Feature {
     pub description: &'static str,
     pub tags: &'static [&'static str],
     pub criterion: Criterion,
+    /// A feature about one protocol is supported only where a cell of it was judged: a scenario
+    /// passing on its TCP cells while its SCTP ones were unsupported does not show SCTP works.
+    pub protocol: Option<Protocol>,
 }
 
 /// Which scenarios a profile draws from.
@@ -147,6 +151,20 @@ const fn cells(
         description,
         tags,
         criterion: Criterion::Cells,
+        protocol: None,
+    }
+}
+
+/// A feature about one protocol (`Feature::protocol`).
+const fn protocol_cells(
+    name: &'static str,
+    description: &'static str,
+    tags: &'static [&'static str],
+    protocol: Protocol,
+) -> Feature {
+    Feature {
+        protocol: Some(protocol),
+        ..cells(name, description, tags)
     }
 }
 
@@ -157,7 +175,7 @@ pub static NETWORK_POLICY: Profile = Profile {
     scope: Scope::NetworkPolicy,
     core: &[],
     extended: &[
-        cells("SCTP", "rules on SCTP ports", &["sctp"]),
+        protocol_cells("SCTP", "rules on SCTP ports", &["sctp"], Protocol::Sctp),
         cells("EndPort", "port ranges (endPort)", &["end-port"]),
         cells(
             "NamedPorts",
@@ -231,10 +249,11 @@ pub static CLUSTER_NETWORK_POLICY: Profile = Profile {
             "a pod's traffic to itself through its Service, subject to cluster policies",
             &["cnp-hairpin"],
         ),
-        cells(
-            "ClusterNetworkPolicyProtocols",
-            "rules on UDP and SCTP ports",
+        protocol_cells(
+            "ClusterNetworkPolicySCTP",
+            "rules on SCTP ports in cluster policies (UDP is in every scenario's cells)",
             &["cnp-protocols"],
+            Protocol::Sctp,
         ),
         cells(
             "AdminNetworkPolicyV1Alpha1",
@@ -255,18 +274,21 @@ pub static TIMING: Profile = Profile {
             description: "every cell a change affects converges within the latency bound",
             tags: &[],
             criterion: Criterion::Latency,
+            protocol: None,
         },
         Feature {
             name: "NewPodProtection",
             description: "a new pod is protected from its first packet: no forbidden traffic after it was created",
             tags: &[],
             criterion: Criterion::NewPodProtected,
+            protocol: None,
         },
         Feature {
             name: "Stability",
             description: "no cell changes its answer within the stability window after it converged",
             tags: &[],
             criterion: Criterion::Stable,
+            protocol: None,
         },
     ],
     extended: &[],

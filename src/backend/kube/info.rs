@@ -11,12 +11,20 @@ use super::cni;
 use super::connection::call;
 use crate::backend::ClusterInfo;
 
-pub(super) async fn read(client: &Client, cni: Option<String>) -> ClusterInfo {
-    let server_version = client
-        .apiserver_version()
-        .await
-        .ok()
-        .map(|info| info.git_version);
+/// `server_version`: as the preflight read it, if it did (else asked here).
+pub(super) async fn read(
+    client: &Client,
+    cni: Option<String>,
+    server_version: Option<String>,
+) -> ClusterInfo {
+    let server_version = match server_version {
+        Some(version) => Some(version),
+        None => client
+            .apiserver_version()
+            .await
+            .ok()
+            .map(|info| info.git_version),
+    };
     let nodes: Api<Node> = Api::all(client.clone());
     let nodes = call("listing nodes", || async {
         nodes.list(&ListParams::default()).await

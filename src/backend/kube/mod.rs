@@ -17,6 +17,7 @@ mod gc;
 mod info;
 pub mod manifests;
 pub mod placement;
+mod preflight;
 mod readiness;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -249,6 +250,8 @@ pub struct KubeBackend {
     options: KubeOptions,
     context: String,
     cni: Option<String>,
+    /// The API server's version, as the preflight read it.
+    server_version: Option<String>,
     namespaces: BTreeSet<String>,
     /// The run's namespaces labelled for host-network pods (`allow_host_network`).
     privileged: BTreeSet<String>,
@@ -281,7 +284,10 @@ impl KubeBackend {
         names: RunNames,
     ) -> Result<Self, BackendError> {
         let (client, context) = connection.client().await?;
-        Ok(Self::with_client(client, options, names, context).await)
+        let server_version = preflight::check(&client, &context, &names).await?;
+        let mut backend = Self::with_client(client, options, names, context).await;
+        backend.server_version = Some(server_version);
+        Ok(backend)
     }
 
     /// A backend over an existing client (the tests give it a fake API server).
@@ -298,6 +304,7 @@ impl KubeBackend {
             options,
             context,
             cni: None,
+            server_version: None,
             namespaces: BTreeSet::new(),
             privileged: BTreeSet::new(),
             pods: BTreeSet::new(),
@@ -753,7 +760,7 @@ impl KubeBackend {
 
 impl Backend for KubeBackend {
     async fn cluster_info(&mut self) -> crate::backend::ClusterInfo {
-        info::read(&self.client, self.cni.clone()).await
+        info::read(&self.client, self.cni.clone(), self.server_version.clone()).await
     }
     fn describe(&self) -> String {
         let placement = match self.spread.nodes().len() {
