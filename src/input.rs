@@ -161,7 +161,7 @@ pub fn parse_documents(source: &str, text: &str) -> Result<Vec<Document>, InputE
 }
 
 /// `file:line:col: not valid YAML: message`, on one line, without the library's source snippet.
-pub(crate) fn yaml_error(source: &str, error: &serde_saphyr::Error) -> InputError {
+pub fn yaml_error(source: &str, error: &serde_saphyr::Error) -> InputError {
     let message = error.render_with_options(serde_saphyr::render_options! {
         formatter: &serde_saphyr::UserMessageFormatter,
         snippets: serde_saphyr::SnippetMode::Off,

@@ -425,3 +425,37 @@ users:
         "the JSON's error is the one printed: {error} / {stderr}"
     );
 }
+
+#[test]
+fn a_bad_implementation_file_is_named_with_its_line_before_anything_runs() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("vendor.yaml");
+    std::fs::write(
+        &file,
+        "organization: ACME\nproject: acme-cni\nwebsite: https://example.com\n",
+    )
+    .expect("write");
+    let out = dir.path().join("certification");
+    let path = file.display().to_string();
+    assert_rejected(
+        "unknown implementation field",
+        &[
+            "certify",
+            "--backend",
+            "sim",
+            "--implementation",
+            &path,
+            "--output-dir",
+            &out.display().to_string(),
+        ],
+        "",
+        &[
+            &format!("{path}:3:1: implementation:"),
+            "unknown field `website`",
+        ],
+    );
+    assert!(
+        !out.exists(),
+        "nothing written before the input is known good"
+    );
+}

@@ -220,6 +220,12 @@ fn chromium(args: &[&str], page: &Path) -> String {
 
 #[test]
 fn a_slow_dataplane_fails_timing_alone() {
+    let vendor = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(
+        vendor.path(),
+        "organization: ACME\nproject: acme-cni\nurl: https://example.com/cni\nversion: v1.2.3\ncontact: [netpol@example.com]\n",
+    )
+    .expect("write");
     let (code, stdout, dir) = certify(&[
         "--inject",
         "delay=1500ms",
@@ -227,6 +233,10 @@ fn a_slow_dataplane_fails_timing_alone() {
         "1s",
         "--profile",
         "Timing,NetworkPolicy",
+        "--implementation",
+        &vendor.path().display().to_string(),
+        "--mode",
+        "ebpf",
     ]);
     assert_eq!(code, Some(1), "{stdout}");
     let report = validated_report(dir.path());
@@ -254,6 +264,14 @@ fn a_slow_dataplane_fails_timing_alone() {
     );
     assert!(report["polygraph"]["timing"]["lateDeny"].as_u64() > Some(0));
     assert_eq!(report["profiles"].as_array().map(Vec::len), Some(2));
+    // Who was certified, as the implementation file says, and how it was set up.
+    assert_eq!(report["implementation"]["project"], "acme-cni");
+    assert_eq!(
+        report["implementation"]["contact"],
+        serde_json::json!(["netpol@example.com"])
+    );
+    assert_eq!(report["implementation"]["additionalInformation"], "");
+    assert_eq!(report["mode"], "ebpf");
 }
 
 #[test]
@@ -329,7 +347,29 @@ fn diff_names_what_a_cni_upgrade_broke_and_exits_one() {
         json
     };
     let before = run("before.json", &[]);
-    let after = run("after.json", &["--inject", "ingress-ignored"]);
+    let (html, md) = (dir.path().join("after.html"), dir.path().join("after.md"));
+    let (html_arg, md_arg) = (html.display().to_string(), md.display().to_string());
+    let after = run(
+        "after.json",
+        &[
+            "--inject",
+            "ingress-ignored",
+            "--html",
+            &html_arg,
+            "--summary-md",
+            &md_arg,
+        ],
+    );
+    // `run` writes the page and the summary too (no certification: no profile table).
+    let page = std::fs::read_to_string(&html).expect("run --html");
+    assert!(page.contains("<h1 class=\"fail\">polygraph: FAILED</h1>"));
+    assert!(!page.contains("Conformance profiles"));
+    let summary = std::fs::read_to_string(&md).expect("run --summary-md");
+    assert!(
+        summary
+            .starts_with("## ❌ polygraph: 0 of 2 scenarios passed (enforcement not prechecked)"),
+        "{summary}"
+    );
     let diff = |old: &Path, new: &Path, format: &str| {
         let output = common::polygraph(
             &[

@@ -56,7 +56,7 @@ pub struct CertifyArgs {
     step_deadline: Duration,
     #[command(flatten)]
     pace: super::pace_args::PaceArgs,
-    /// How many scenarios run at once (as `polygraph run`).
+    /// How many scenarios run at once (as `polygraph run`; on the simulation 4 by default).
     #[arg(long, value_name = "N")]
     parallel_scenarios: Option<usize>,
     /// A line for every step even on a terminal.
@@ -121,7 +121,12 @@ pub fn run(args: CertifyArgs) -> Result<ExitCode, CliError> {
         summary_md: Some(args.output_dir.join(SUMMARY_FILE)),
         done_file: None,
     };
-    let lanes = super::run::lanes(args.parallel_scenarios, &args.target)?;
+    // The simulation has nothing to overload: four lanes by default, so the stability window
+    // (a second per step) costs seconds, not minutes.
+    let asked = args
+        .parallel_scenarios
+        .or((args.target.kind() == BackendKind::Sim).then_some(4));
+    let lanes = super::run::lanes(asked, &args.target)?;
     let started = std::time::Instant::now();
     let bounds = Bounds {
         max_latency: args.max_latency,
@@ -181,11 +186,12 @@ fn read_implementation(path: &Path) -> Result<Implementation, CliError> {
         ))
     })?;
     serde_saphyr::from_str(&text).map_err(|e| {
-        CliError::Usage(format!(
-            "{}: {}",
-            path.display(),
-            polygraph::input::one_line(&e.to_string())
-        ))
+        match polygraph::input::yaml_error(&path.display().to_string(), &e) {
+            polygraph::input::InputError::Yaml { origin, message } => {
+                CliError::Usage(format!("{origin}: implementation: {message}"))
+            }
+            other => CliError::Usage(other.to_string()),
+        }
     })
 }
 
