@@ -409,3 +409,28 @@ fn diff_names_what_a_cni_upgrade_broke_and_exits_one() {
         "{markdown}"
     );
 }
+
+#[test]
+fn without_a_dataplane_every_profiles_core_fails() {
+    let (code, stdout, dir) = certify(&["--dataplane", "none"]);
+    assert_eq!(code, Some(1), "{stdout}");
+    let report = validated_report(dir.path());
+    for (name, level) in [
+        ("NetworkPolicy", "core"),
+        ("ClusterNetworkPolicy", "standard"),
+        ("Timing", "core"),
+    ] {
+        let status = &profile(&report, name)[level];
+        assert_eq!(status["result"], "failure", "{name}: {status}");
+        assert_eq!(status["statistics"]["Passed"], 0, "{name}: {status}");
+    }
+    let summary = std::fs::read_to_string(dir.path().join("summary.md")).expect("summary.md");
+    assert!(
+        summary.starts_with("## ❌ Policies are NOT enforced here: NetworkPolicy (networking.k8s.io/v1) NOT ENFORCING"),
+        "{summary}"
+    );
+    assert_eq!(
+        report["polygraph"]["cluster"]["cni"], "none (policies ignored)",
+        "{report}"
+    );
+}

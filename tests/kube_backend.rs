@@ -908,6 +908,7 @@ impl FakeCluster {
                 } else {
                     IpFamilies::Ipv4
                 },
+                no_dataplane: false,
             }),
             model_ips: BTreeMap::new(),
             probed: Mutex::new(Vec::new()),

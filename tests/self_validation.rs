@@ -123,6 +123,7 @@ fn simulated_failures(fault: &str, scope: &[&str]) -> BTreeSet<String> {
             // Like this kernel: no SCTP.
             sctp: false,
             families,
+            no_dataplane: false,
         });
         let options = RunOptions {
             probe_timeout: std::time::Duration::from_millis(500),

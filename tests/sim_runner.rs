@@ -37,6 +37,7 @@ async fn default_run(faults: &[&str]) -> RunResult {
         faults: Faults::parse(faults).expect("faults parse"),
         sctp: true,
         families,
+        no_dataplane: false,
     });
     let options = RunOptions {
         families: Some(IpFamilies::Ipv4),
@@ -75,6 +76,7 @@ async fn run_in(
         faults,
         sctp: true,
         families,
+        no_dataplane: false,
     });
     let list = if names.is_empty() {
         library::load_all().expect("the library loads")
@@ -579,6 +581,7 @@ async fn the_generated_suite_catches_every_policy_fault() {
             faults: Faults::parse(faults).expect("faults parse"),
             sctp: true,
             families,
+            no_dataplane: false,
         });
         // A wrong cell stays wrong: a short deadline finds that as surely as a long one.
         let options = RunOptions {

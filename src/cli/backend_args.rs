@@ -59,7 +59,8 @@ pub struct BackendArgs {
     /// Where the pods run.
     #[arg(long, value_enum, default_value = "auto")]
     pub backend: BackendKind,
-    /// Local backend: `nftables` enforces policies; `none` forwards everything, like Flannel.
+    /// Local and simulated backends: `nftables` enforces policies; `none` forwards everything, like
+    /// Flannel.
     #[arg(long, default_value = "nftables")]
     pub dataplane: Dataplane,
     /// Kubernetes: the kubeconfig file (default: $KUBECONFIG, ~/.kube/config, in-cluster).
@@ -208,7 +209,7 @@ impl BackendArgs {
         let faults = Faults::parse(&self.inject).map_err(|e| CliError::Usage(error_line(&e)))?;
         if faults.breaks_policies()
             && self.dataplane == Dataplane::None
-            && self.kind() == BackendKind::Local
+            && matches!(self.kind(), BackendKind::Local | BackendKind::Sim)
         {
             return Err(CliError::Usage(
                 "--inject changes the nftables dataplane; --dataplane none has nothing to break"
@@ -296,6 +297,7 @@ impl BackendArgs {
                 faults: self.faults()?,
                 sctp: self.sim_sctp == SimSctp::Supported,
                 families,
+                no_dataplane: self.dataplane == Dataplane::None,
             })),
             BackendKind::Kube => {
                 let mut options = self.options()?;

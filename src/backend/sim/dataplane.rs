@@ -42,6 +42,8 @@ pub(super) struct Dataplane {
     pub faults: Faults,
     pub sctp: bool,
     pub families: IpFamilies,
+    /// False: nothing is enforced (`--dataplane none`): every recorded state has no policy.
+    pub enforcing: bool,
     /// Per pod, the slot its Service's ClusterIPs come from (the local cluster's plan).
     pub services: BTreeMap<PodRef, usize>,
     /// Per pod, the NodePort of each served (port, protocol), as the local cluster allocates them.
@@ -88,9 +90,11 @@ fn faults_burst(faults: &Faults) -> f64 {
 }
 
 impl Dataplane {
-    pub fn new(faults: Faults, sctp: bool, families: IpFamilies) -> Dataplane {
+    /// `enforcing: false`: a cluster with no dataplane, every policy ignored.
+    pub fn new(faults: Faults, sctp: bool, families: IpFamilies, enforcing: bool) -> Dataplane {
         let queue_tokens = faults_burst(&faults);
         Dataplane {
+            enforcing,
             lag: Lag::new(&faults, Instant::now()),
             faults,
             sctp,
@@ -235,10 +239,13 @@ impl Dataplane {
                 .faults
                 .has(Fault::NodePortAllowAllBroken)
                 .then(|| crate::faults::without_catch_all_blocks(&policies)),
-            policies,
-            cluster_policies: self
-                .faults
-                .distort_cluster(self.world.cluster_policies(), cluster),
+            cluster_policies: if self.enforcing {
+                self.faults
+                    .distort_cluster(self.world.cluster_policies(), cluster)
+            } else {
+                Vec::new()
+            },
+            policies: if self.enforcing { policies } else { Vec::new() },
             created: self.created.clone(),
         });
     }

@@ -39,11 +39,14 @@ pub struct SimOptions {
     pub sctp: bool,
     /// The pods' address families (`--ip-family`), as the local cluster gives them.
     pub families: IpFamilies,
+    /// `--dataplane none`: nothing enforces anything, as on a cluster whose CNI ignores policies.
+    pub no_dataplane: bool,
 }
 
 pub struct SimBackend {
     run_id: String,
     faults: String,
+    no_dataplane: bool,
     dataplane: Arc<Mutex<Dataplane>>,
     /// The simulated agent sessions that hold connections (`held`).
     sessions: Sessions,
@@ -54,10 +57,12 @@ impl SimBackend {
         SimBackend {
             run_id: format!("{:06x}", fastrand::u32(..0x0100_0000)),
             faults: options.faults.to_string(),
+            no_dataplane: options.no_dataplane,
             dataplane: Arc::new(Mutex::new(Dataplane::new(
                 options.faults,
                 options.sctp,
                 options.families,
+                !options.no_dataplane,
             ))),
             sessions: Sessions::default(),
         }
@@ -75,7 +80,9 @@ fn lock(dataplane: &Mutex<Dataplane>) -> MutexGuard<'_, Dataplane> {
 impl Backend for SimBackend {
     async fn cluster_info(&mut self) -> ClusterInfo {
         ClusterInfo {
-            cni: Some(if self.faults.is_empty() {
+            cni: Some(if self.no_dataplane {
+                "none (policies ignored)".to_string()
+            } else if self.faults.is_empty() {
                 "simulation (the oracle's answers)".to_string()
             } else {
                 format!(
@@ -88,7 +95,12 @@ impl Backend for SimBackend {
         }
     }
     fn describe(&self) -> String {
-        if self.faults.is_empty() {
+        if self.no_dataplane {
+            format!(
+                "sim (no dataplane: policies are ignored, run {})",
+                self.run_id
+            )
+        } else if self.faults.is_empty() {
             format!("sim (oracle answers, run {})", self.run_id)
         } else {
             format!(
@@ -312,7 +324,8 @@ impl Backend for SimBackend {
         let faults = dataplane.faults.clone();
         let sctp = dataplane.sctp;
         let families = dataplane.families;
-        *dataplane = Dataplane::new(faults, sctp, families);
+        let enforcing = dataplane.enforcing;
+        *dataplane = Dataplane::new(faults, sctp, families, enforcing);
         Ok(())
     }
 }
