@@ -387,22 +387,7 @@ users:
 "#,
     )
     .expect("write");
-    let (junit, json) = (dir.path().join("junit.xml"), dir.path().join("run.json"));
-    let output = common::polygraph(
-        &[
-            "run",
-            "deny-all-ingress",
-            "--backend",
-            "kube",
-            "--kubeconfig",
-            &kubeconfig.display().to_string(),
-            "--junit",
-            &junit.display().to_string(),
-            "--json",
-            &json.display().to_string(),
-        ],
-        "",
-    );
+    let (output, junit, json) = common::run_on_kubeconfig(&kubeconfig, dir.path());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_ne!(output.status.code(), Some(0), "{stderr}");
     let xml = std::fs::read_to_string(&junit).expect("a JUnit report");

@@ -2,6 +2,8 @@
 //! that stores namespaces and pods, reports pod status and events as scripted, records every request,
 //! and can throttle (429). No cluster is needed.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
@@ -557,26 +559,30 @@ fn handle(
     }
 }
 
+/// One request to the fake server, whatever carries it (kube's in-process client, or HTTP).
+async fn answer<B: hyper::body::Body>(
+    state: Arc<Mutex<State>>,
+    request: Request<B>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let (parts, body) = request.into_parts();
+    let bytes = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    Ok(handle(
+        &state,
+        parts.method.as_str(),
+        parts.uri.path(),
+        parts.uri.query().unwrap_or_default(),
+        value,
+    ))
+}
+
 fn fake_cluster(state: Arc<Mutex<State>>) -> Client {
     let service = tower::service_fn(move |request: Request<kube::client::Body>| {
-        let state = state.clone();
-        async move {
-            let (parts, body) = request.into_parts();
-            let bytes = body
-                .collect()
-                .await
-                .map(|c| c.to_bytes())
-                .unwrap_or_default();
-            let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-            let response = handle(
-                &state,
-                parts.method.as_str(),
-                parts.uri.path(),
-                parts.uri.query().unwrap_or_default(),
-                value,
-            );
-            Ok::<_, Infallible>(response)
-        }
+        answer(state.clone(), request)
     });
     Client::new(service, "default")
 }
@@ -2517,24 +2523,7 @@ async fn serve_over_http(state: Arc<Mutex<State>>) -> String {
             tokio::spawn(async move {
                 let service =
                     hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
-                        let state = state.clone();
-                        async move {
-                            let (parts, body) = request.into_parts();
-                            let bytes = body
-                                .collect()
-                                .await
-                                .map(|c| c.to_bytes())
-                                .unwrap_or_default();
-                            let value: Value =
-                                serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-                            Ok::<_, Infallible>(handle(
-                                &state,
-                                parts.method.as_str(),
-                                parts.uri.path(),
-                                parts.uri.query().unwrap_or_default(),
-                                value,
-                            ))
-                        }
+                        answer(state.clone(), request)
                     });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
@@ -2564,31 +2553,12 @@ async fn run_binary(
     dir: &std::path::Path,
     kubeconfig: &std::path::Path,
 ) -> (Option<i32>, String, String, Value, Duration) {
-    let (junit, json) = (dir.join("junit.xml"), dir.join("run.json"));
-    let args: Vec<String> = [
-        "run",
-        "deny-all-ingress",
-        "--backend",
-        "kube",
-        "--kubeconfig",
-        &kubeconfig.display().to_string(),
-        "--junit",
-        &junit.display().to_string(),
-        "--json",
-        &json.display().to_string(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let (dir, kubeconfig) = (dir.to_path_buf(), kubeconfig.to_path_buf());
     let started = std::time::Instant::now();
-    let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_polygraph"))
-            .args(&args)
-            .output()
-            .expect("polygraph runs")
-    })
-    .await
-    .expect("the binary's thread");
+    let (output, junit, json) =
+        tokio::task::spawn_blocking(move || common::run_on_kubeconfig(&kubeconfig, &dir))
+            .await
+            .expect("the binary's thread");
     let elapsed = started.elapsed();
     let xml = std::fs::read_to_string(&junit).unwrap_or_default();
     let report = std::fs::read_to_string(&json)

@@ -16,7 +16,7 @@ use polygraph::certify::report::{self as conformance, Context, Implementation};
 use polygraph::certify::{self, Bounds, Certification, ProfileName};
 use polygraph::report::run_json::CellSelection;
 use polygraph::report::run_terminal;
-use polygraph::run::{RunOptions, RunResult};
+use polygraph::run::RunOptions;
 use polygraph::scenario::library;
 
 /// The files a certification writes, by name in `--output-dir`.
@@ -135,13 +135,13 @@ pub fn run(args: CertifyArgs) -> Result<ExitCode, CliError> {
         match super::run::execute(&scenarios, &options, &args.target, lanes, args.verbose) {
             Ok(finished) => finished,
             Err(error) => {
-                let result = RunResult::not_started(
-                    format!("{:?}", args.target.kind()).to_lowercase(),
+                return Err(reports::setup_failed(
+                    &outputs,
+                    &args.target,
                     &options,
-                    started.elapsed(),
-                );
-                reports::write_setup_failure(&outputs, &result, &error.to_string())?;
-                return Err(error);
+                    started,
+                    error,
+                ));
             }
         };
     let certification = Certification::of(&result, &profiles, bounds);

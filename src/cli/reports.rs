@@ -4,12 +4,14 @@
 
 use std::io::Write as _;
 use std::path::PathBuf;
+use std::time::Instant;
 
+use super::backend_args::BackendArgs;
 use super::{CliError, write_file};
 use polygraph::certify::Certification;
 use polygraph::report::run_json::{self, CellSelection};
 use polygraph::report::{html, junit, markdown};
-use polygraph::run::RunResult;
+use polygraph::run::{RunOptions, RunResult};
 
 /// Where each report goes; `None`: not written.
 #[derive(Debug, Clone)]
@@ -56,13 +58,30 @@ pub fn write(
     done(outputs)
 }
 
+/// A run that failed before its first scenario (a bad kubeconfig, no root for the local cluster,
+/// an API server that does not answer, RBAC): its reports still say so, so that a CI dashboard
+/// never sees "no report"; then the error itself, to return.
+pub fn setup_failed(
+    outputs: &Outputs,
+    backend: &BackendArgs,
+    options: &RunOptions,
+    started: Instant,
+    error: CliError,
+) -> CliError {
+    let result = RunResult::not_started(
+        format!("{:?}", backend.kind()).to_lowercase(),
+        options,
+        started.elapsed(),
+    );
+    match write_setup_failure(outputs, &result, &error.to_string()) {
+        Ok(()) => error,
+        Err(writing) => writing,
+    }
+}
+
 /// The reports of a run that failed before its first scenario: JUnit with one `setup` test case
 /// in error, JSON with `setup_error`, and the Markdown summary saying why.
-pub fn write_setup_failure(
-    outputs: &Outputs,
-    result: &RunResult,
-    error: &str,
-) -> Result<(), CliError> {
+fn write_setup_failure(outputs: &Outputs, result: &RunResult, error: &str) -> Result<(), CliError> {
     if let Some(path) = &outputs.junit {
         let xml = junit::setup_failure_xml(result, error)
             .map_err(|e| CliError::Usage(format!("JUnit report: {e}")))?;

@@ -220,16 +220,14 @@ pub fn run(args: RunArgs) -> Result<ExitCode, CliError> {
         transcript,
     } = match finished {
         Ok(finished) => finished,
-        // A bad kubeconfig, no root for the local cluster, a missing tool: the reports still say
-        // so, as one `setup` test case in error, so a CI dashboard never sees "no report".
         Err(error) => {
-            let result = RunResult::not_started(
-                format!("{:?}", args.target.kind()).to_lowercase(),
+            return Err(reports::setup_failed(
+                &outputs,
+                &args.target,
                 &options,
-                started.elapsed(),
-            );
-            reports::write_setup_failure(&outputs, &result, &error.to_string())?;
-            return Err(error);
+                started,
+                error,
+            ));
         }
     };
     let mut out = std::io::stdout().lock();

@@ -67,6 +67,31 @@ pub fn polygraph(args: &[&str], stdin: &str) -> Output {
 /// `polygraph ARGS --json FILE`: the exit code, the report (`Null` when none was written) and
 /// stdout.
 #[allow(dead_code)] // Not every test binary that includes `common` uses it.
+/// `polygraph run deny-all-ingress --backend kube` against `kubeconfig`, its JUnit and JSON
+/// written into `dir`: the output, and the two reports' paths (written or not).
+pub fn run_on_kubeconfig(
+    kubeconfig: &std::path::Path,
+    dir: &std::path::Path,
+) -> (Output, std::path::PathBuf, std::path::PathBuf) {
+    let (junit, json) = (dir.join("junit.xml"), dir.join("run.json"));
+    let output = polygraph(
+        &[
+            "run",
+            "deny-all-ingress",
+            "--backend",
+            "kube",
+            "--kubeconfig",
+            &kubeconfig.display().to_string(),
+            "--junit",
+            &junit.display().to_string(),
+            "--json",
+            &json.display().to_string(),
+        ],
+        "",
+    );
+    (output, junit, json)
+}
+
 pub fn polygraph_json(args: &[&str]) -> (Option<i32>, serde_json::Value, String) {
     let dir = tempfile::tempdir().expect("temp dir");
     let json = dir.path().join("report.json");
