@@ -440,3 +440,103 @@ fn criterion_test(
         None => test(TestStatus::Passed, None),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn test(name: &str, status: TestStatus) -> TestResult {
+        TestResult {
+            name: name.into(),
+            status,
+            reason: None,
+        }
+    }
+
+    fn feature(name: &'static str, status: FeatureStatus, tests: &[&str]) -> FeatureResult {
+        FeatureResult {
+            name,
+            status,
+            tests: tests.iter().map(|t| t.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_mandatory_level_is_partial_when_any_test_was_skipped() {
+        use TestStatus::*;
+        let status = |tests| level("core", tests, Vec::new()).status;
+        assert_eq!(
+            status(vec![test("a", Passed), test("b", Passed)]),
+            LevelStatus::Success
+        );
+        assert_eq!(
+            status(vec![test("a", Passed), test("b", Skipped)]),
+            LevelStatus::Partial
+        );
+        assert_eq!(
+            status(vec![test("a", Skipped), test("b", Failed)]),
+            LevelStatus::Failure
+        );
+    }
+
+    #[test]
+    fn an_unsupported_features_skipped_tests_leave_an_optional_level_a_success() {
+        use TestStatus::*;
+        let tests = vec![test("end-port", Passed), test("sctp", Skipped)];
+        let features = vec![
+            feature("EndPort", FeatureStatus::Supported, &["end-port"]),
+            feature("SCTP", FeatureStatus::Unsupported, &["sctp"]),
+        ];
+        assert_eq!(
+            level("extended", tests.clone(), features).status,
+            LevelStatus::Success
+        );
+        // A supported feature with a test that could not run is only partly shown.
+        let mut more = tests;
+        more.push(test("end-port-two", Skipped));
+        let features = vec![feature(
+            "EndPort",
+            FeatureStatus::Supported,
+            &["end-port", "end-port-two"],
+        )];
+        assert_eq!(
+            level("extended", more, features).status,
+            LevelStatus::Partial
+        );
+    }
+
+    #[test]
+    fn a_profile_nothing_of_which_could_run_does_not_fail_the_certification() {
+        use TestStatus::*;
+        let unserved = ProfileResult {
+            profile: ProfileName::ClusterNetworkPolicy.profile(),
+            core: level("standard", vec![test("cnp-a", Skipped)], Vec::new()),
+            extended: Some(level(
+                "experimental",
+                vec![test("cnp-b", Skipped)],
+                vec![feature("X", FeatureStatus::Unsupported, &["cnp-b"])],
+            )),
+        };
+        assert!(unserved.unsupported());
+        assert_eq!(unserved.core.status, LevelStatus::Partial);
+        let passing = ProfileResult {
+            profile: ProfileName::NetworkPolicy.profile(),
+            core: level("core", vec![test("np", Passed)], Vec::new()),
+            extended: None,
+        };
+        let certification = |profiles| Certification {
+            profiles,
+            bounds: Bounds::default(),
+        };
+        assert!(certification(vec![unserved.clone(), passing.clone()]).passed());
+        let partial = ProfileResult {
+            core: level(
+                "core",
+                vec![test("np", Passed), test("np2", Skipped)],
+                Vec::new(),
+            ),
+            ..passing
+        };
+        assert!(!certification(vec![unserved, partial]).passed());
+    }
+}
