@@ -434,3 +434,16 @@ fn without_a_dataplane_every_profiles_core_fails() {
         "{report}"
     );
 }
+
+#[test]
+fn list_profiles_names_each_features_scenarios() {
+    let output = common::polygraph(&["certify", "--list-profiles"], "");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains("    EndPort: port ranges (endPort) (end-port-range, seed-api-policy)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("  standard (12 scenarios): "), "{stdout}");
+    assert!(stdout.contains("    Stability: "), "{stdout}");
+}

@@ -62,11 +62,17 @@ pub struct CertifyArgs {
     /// A line for every step even on a terminal.
     #[arg(short, long)]
     verbose: bool,
+    /// Print each profile's levels and features with the scenarios they run, and exit.
+    #[arg(long)]
+    list_profiles: bool,
     #[command(flatten)]
     target: BackendArgs,
 }
 
 pub fn run(args: CertifyArgs) -> Result<ExitCode, CliError> {
+    if args.list_profiles {
+        return list_profiles();
+    }
     if args.target.dry_run {
         return Err(CliError::Usage(
             "certify judges what a cluster does: a dry run sends nothing (use `polygraph run --dry-run`)".into(),
@@ -176,6 +182,57 @@ pub fn run(args: CertifyArgs) -> Result<ExitCode, CliError> {
     } else {
         ExitCode::from(EXIT_WRONG)
     })
+}
+
+/// Every profile, level and feature, with its scenarios: what a certification would run.
+fn list_profiles() -> Result<ExitCode, CliError> {
+    let library = library::load_all().map_err(CliError::Scenario)?;
+    for name in ProfileName::ALL {
+        let profile = name.profile();
+        out!("{}: {}", profile.name, profile.summary)?;
+        let in_scope: Vec<_> = library.iter().filter(|s| profile.in_scope(s)).collect();
+        if profile.core.is_empty() {
+            let core: Vec<&str> = in_scope
+                .iter()
+                .filter(|s| profile.is_core(s))
+                .map(|s| s.name.as_str())
+                .collect();
+            out!(
+                "  {} ({} scenarios): {}",
+                profile.levels.0,
+                core.len(),
+                core.join(", ")
+            )?;
+        } else {
+            let all: Vec<&str> = in_scope.iter().map(|s| s.name.as_str()).collect();
+            out!(
+                "  {} (on {} scenarios: {})",
+                profile.levels.0,
+                all.len(),
+                all.join(", ")
+            )?;
+            for feature in profile.core {
+                out!("    {}: {}", feature.name, feature.description)?;
+            }
+        }
+        if !profile.extended.is_empty() {
+            out!("  {}:", profile.levels.1)?;
+            for feature in profile.extended {
+                let scenarios: Vec<&str> = in_scope
+                    .iter()
+                    .filter(|s| feature.tags.iter().any(|t| s.tags.iter().any(|x| x == t)))
+                    .map(|s| s.name.as_str())
+                    .collect();
+                out!(
+                    "    {}: {} ({})",
+                    feature.name,
+                    feature.description,
+                    scenarios.join(", ")
+                )?;
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn read_implementation(path: &Path) -> Result<Implementation, CliError> {
