@@ -180,6 +180,8 @@ fn smoke_prints_every_wrong_cell_whatever_its_direction() {
 #[test]
 fn an_interrupt_names_what_the_backend_cleaned_up() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_polygraph"))
+        // Never into the summary of the CI job running these tests.
+        .env_remove("GITHUB_STEP_SUMMARY")
         .args([
             "run",
             "--backend",
@@ -217,6 +219,8 @@ fn an_interrupt_names_what_the_backend_cleaned_up() {
 #[test]
 fn a_closed_stdout_ends_quietly() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_polygraph"))
+        // Never into the summary of the CI job running these tests.
+        .env_remove("GITHUB_STEP_SUMMARY")
         .args(["run", "--backend", "sim"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
