@@ -2646,7 +2646,16 @@ async fn an_unreachable_api_server_fails_the_run_at_setup_with_its_reports() {
 /// The preflight reads the server's version, and the run's JSON carries it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reachable_api_server_is_named_with_its_version() {
-    let state = Arc::new(Mutex::new(State::default()));
+    let node = |name: &str, kernel: &str| {
+        json!({"metadata": {"name": name}, "status": {"nodeInfo": {
+            "architecture": "amd64", "bootID": "", "containerRuntimeVersion": "containerd://2.1",
+            "kernelVersion": kernel, "kubeProxyVersion": "", "kubeletVersion": "v1.36.0",
+            "machineID": "", "operatingSystem": "linux", "osImage": "Debian", "systemUUID": ""}}})
+    };
+    let state = Arc::new(Mutex::new(State {
+        nodes: vec![node("a", "6.1.0-40-amd64"), node("b", "6.1.0-40-amd64")],
+        ..State::default()
+    }));
     let url = serve_over_http(state.clone()).await;
     let dir = tempfile::tempdir().expect("temp dir");
     let kubeconfig = kubeconfig_for(dir.path(), &url);
@@ -2655,6 +2664,10 @@ async fn a_reachable_api_server_is_named_with_its_version() {
         report["cluster"]["server_version"], "v1.36.0-fake",
         "{stderr}\n{report}"
     );
+    // What the backend listed anyway (nodes to spread pods, DaemonSets to name the CNI).
+    assert_eq!(report["cluster"]["nodes"], 2, "{report}");
+    assert_eq!(report["cluster"]["kernels"], json!(["6.1.0-40-amd64"]));
+    assert_eq!(report["cluster"]["cni"], "kindnet");
     // Past the preflight: the scenario was set up (this fake cannot exec, so it fails there).
     assert_eq!(
         report["scenarios"][0]["name"], "deny-all-ingress",

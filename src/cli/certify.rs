@@ -138,18 +138,9 @@ pub fn run(args: CertifyArgs) -> Result<ExitCode, CliError> {
         max_latency: args.max_latency,
     };
     let Finished { value: result, .. } =
-        match super::run::execute(&scenarios, &options, &args.target, lanes, args.verbose) {
-            Ok(finished) => finished,
-            Err(error) => {
-                return Err(reports::setup_failed(
-                    &outputs,
-                    &args.target,
-                    &options,
-                    started,
-                    error,
-                ));
-            }
-        };
+        super::run::execute(&scenarios, &options, &args.target, lanes, args.verbose).map_err(
+            |error| reports::setup_failed(&outputs, &args.target, &options, started, error),
+        )?;
     let certification = Certification::of(&result, &profiles, bounds);
     let report = conformance::build(
         &result,

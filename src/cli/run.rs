@@ -214,22 +214,11 @@ pub fn run(args: RunArgs) -> Result<ExitCode, CliError> {
     let color = use_color();
     let lanes = lanes(args.parallel_scenarios, &args.target)?;
     let started = std::time::Instant::now();
-    let finished = execute(&scenarios, &options, &args.target, lanes, args.verbose);
     let Finished {
         value: result,
         transcript,
-    } = match finished {
-        Ok(finished) => finished,
-        Err(error) => {
-            return Err(reports::setup_failed(
-                &outputs,
-                &args.target,
-                &options,
-                started,
-                error,
-            ));
-        }
-    };
+    } = execute(&scenarios, &options, &args.target, lanes, args.verbose)
+        .map_err(|error| reports::setup_failed(&outputs, &args.target, &options, started, error))?;
     let mut out = std::io::stdout().lock();
     if let Some(transcript) = transcript {
         write!(out, "{}", transcript.text())?;

@@ -64,7 +64,31 @@ pub fn recognise<S: AsRef<str>>(daemonsets: &[S]) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::recognise;
+    use super::{images, recognise};
+
+    #[test]
+    fn images_are_the_cni_daemonsets_only_each_once() {
+        let ds = |name: &str, containers: &[&str], init: &[&str]| {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name},
+                "spec": {"selector": {}, "template": {"spec": {
+                    "containers": containers.iter().map(|i| serde_json::json!({"name": "c", "image": i})).collect::<Vec<_>>(),
+                    "initContainers": init.iter().map(|i| serde_json::json!({"name": "i", "image": i})).collect::<Vec<_>>(),
+                }}}
+            }))
+            .expect("a DaemonSet")
+        };
+        let list = [
+            ds(
+                "calico-node",
+                &["calico/node:v3.31.0"],
+                &["calico/cni:v3.31.0"],
+            ),
+            ds("kube-proxy", &["registry.k8s.io/kube-proxy:v1.36.0"], &[]),
+            ds("calico-node-windows", &["calico/node:v3.31.0"], &[]),
+        ];
+        assert_eq!(images(&list), ["calico/cni:v3.31.0", "calico/node:v3.31.0"]);
+    }
 
     #[test]
     fn common_clusters() {

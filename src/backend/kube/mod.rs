@@ -249,9 +249,9 @@ pub struct KubeBackend {
     names: RunNames,
     options: KubeOptions,
     context: String,
-    cni: Option<String>,
-    /// The API server's version, as the preflight read it.
-    server_version: Option<String>,
+    /// What the cluster said of itself: the CNI recognised and its images (from the DaemonSets),
+    /// the nodes and their kernels, the API server's version (the preflight's).
+    info: crate::backend::ClusterInfo,
     namespaces: BTreeSet<String>,
     /// The run's namespaces labelled for host-network pods (`allow_host_network`).
     privileged: BTreeSet<String>,
@@ -286,7 +286,7 @@ impl KubeBackend {
         let (client, context) = connection.client().await?;
         let server_version = preflight::check(&client, &context, &names).await?;
         let mut backend = Self::with_client(client, options, names, context).await;
-        backend.server_version = Some(server_version);
+        backend.info.server_version = Some(server_version);
         Ok(backend)
     }
 
@@ -303,8 +303,7 @@ impl KubeBackend {
             names,
             options,
             context,
-            cni: None,
-            server_version: None,
+            info: Default::default(),
             namespaces: BTreeSet::new(),
             privileged: BTreeSet::new(),
             pods: BTreeSet::new(),
@@ -321,8 +320,9 @@ impl KubeBackend {
             bundles: BTreeMap::new(),
             _heartbeat: heartbeat,
         };
-        backend.cni = backend.detect_cni().await;
-        backend.spread = Spread::new(backend.schedulable_nodes().await);
+        backend.read_daemonsets().await;
+        let schedulable = backend.read_nodes().await;
+        backend.spread = Spread::new(schedulable);
         backend
     }
 
@@ -334,37 +334,47 @@ impl KubeBackend {
     }
 
     pub fn cni(&self) -> Option<&str> {
-        self.cni.as_deref()
+        self.info.cni.as_deref()
     }
 
-    async fn detect_cni(&self) -> Option<String> {
+    /// The CNI recognised from the cluster's DaemonSets, and their images; nothing when they
+    /// can't be listed.
+    async fn read_daemonsets(&mut self) {
         let api: Api<DaemonSet> = Api::all(self.client.clone());
-        let list = call("listing DaemonSets", || async {
+        let Ok(list) = call("listing DaemonSets", || async {
             api.list(&ListParams::default()).await
         })
         .await
-        .ok()?;
+        else {
+            return;
+        };
         let names: Vec<String> = list
             .items
             .iter()
             .filter_map(|d| d.metadata.name.clone())
             .collect();
-        cni::recognise(&names)
+        self.info.cni = cni::recognise(&names);
+        self.info.cni_images = cni::images(&list.items);
     }
 
-    /// The nodes pods can be spread over; none (the scheduler decides) when nodes can't be listed.
-    async fn schedulable_nodes(&self) -> Vec<String> {
+    /// The nodes and their kernels, for the reports; returns those pods can be spread over (none:
+    /// the scheduler decides) when nodes can't be listed.
+    async fn read_nodes(&mut self) -> Vec<String> {
         let api: Api<Node> = Api::all(self.client.clone());
         match call("listing nodes", || async {
             api.list(&ListParams::default()).await
         })
         .await
         {
-            Ok(list) => placement::schedulable(
-                &list.items,
-                &self.options.node_selector,
-                &self.options.tolerations,
-            ),
+            Ok(list) => {
+                self.info.nodes = list.items.len();
+                self.info.kernels = info::kernels(&list.items);
+                placement::schedulable(
+                    &list.items,
+                    &self.options.node_selector,
+                    &self.options.tolerations,
+                )
+            }
             // Without node access (RBAC) the scheduler places pods; the header says so.
             Err(_) => Vec::new(),
         }
@@ -760,7 +770,7 @@ impl KubeBackend {
 
 impl Backend for KubeBackend {
     async fn cluster_info(&mut self) -> crate::backend::ClusterInfo {
-        info::read(&self.client, self.cni.clone(), self.server_version.clone()).await
+        self.info.clone()
     }
     fn describe(&self) -> String {
         let placement = match self.spread.nodes().len() {
@@ -771,7 +781,7 @@ impl Backend for KubeBackend {
         format!(
             "kube ({}, CNI: {}, {placement}, run {})",
             self.context,
-            self.cni.as_deref().unwrap_or("not recognised"),
+            self.info.cni.as_deref().unwrap_or("not recognised"),
             self.names.run_id
         )
     }
