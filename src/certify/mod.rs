@@ -215,12 +215,7 @@ fn judge(result: &RunResult, profile: &'static Profile, bounds: Bounds) -> Profi
             .map(|feature| {
                 let mine: Vec<TestResult> = in_scope
                     .iter()
-                    .filter(|s| {
-                        feature
-                            .tags
-                            .iter()
-                            .any(|t| s.scenario.tags.contains(&t.to_string()))
-                    })
+                    .filter(|s| feature.covers(&s.scenario))
                     .map(|s| feature_test(s, feature))
                     .collect();
                 let status = if mine.iter().any(|t| t.status == TestStatus::Failed) {
@@ -338,7 +333,7 @@ pub fn failure_reason(s: &ScenarioResult) -> String {
         Some(step) => match &step.error {
             Some(error) => format!("{}: {error}", step.title()),
             None => {
-                let wrong = step.verdicts.values().iter().filter(|v| v.fails()).count();
+                let wrong = step.failing_cells();
                 format!("{}: {wrong} wrong cells", step.title())
             }
         },

@@ -63,6 +63,13 @@ pub struct Feature {
     pub protocol: Option<Protocol>,
 }
 
+impl Feature {
+    /// Whether the scenario is one of this optional feature's (has one of its tags).
+    pub fn covers(&self, scenario: &Scenario) -> bool {
+        self.tags.iter().any(|t| has_tag(scenario, t))
+    }
+}
+
 /// Which scenarios a profile draws from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
@@ -115,7 +122,7 @@ impl Profile {
         profile
             .extended
             .iter()
-            .filter(|f| f.tags.iter().any(|t| has_tag(scenario, t)))
+            .filter(|f| f.covers(scenario))
             .collect()
     }
 
@@ -130,10 +137,6 @@ impl Profile {
     /// Whether the scenario is a test of the mandatory level.
     pub fn is_core(&'static self, scenario: &Scenario) -> bool {
         self.in_scope(scenario) && self.extended_features(scenario).is_empty()
-    }
-
-    pub fn feature(&self, name: &str) -> Option<&'static Feature> {
-        self.extended.iter().find(|f| f.name == name)
     }
 }
 

@@ -211,7 +211,7 @@ fn list_profiles() -> Result<ExitCode, CliError> {
             for feature in profile.extended {
                 let scenarios: Vec<&str> = in_scope
                     .iter()
-                    .filter(|s| feature.tags.iter().any(|t| s.tags.iter().any(|x| x == t)))
+                    .filter(|s| feature.covers(s))
                     .map(|s| s.name.as_str())
                     .collect();
                 out!(

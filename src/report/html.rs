@@ -43,7 +43,7 @@ pub fn render(result: &RunResult, certification: Option<&Certification>) -> Stri
         .scenarios
         .iter()
         .flat_map(|s| &s.steps)
-        .map(|step| step.verdicts.values().iter().filter(|v| v.fails()).count())
+        .map(StepResult::failing_cells)
         .sum();
     let passed = certification.map_or(result.passed(), Certification::passed);
     let mut page = String::new();
@@ -147,11 +147,7 @@ fn scenarios(page: &mut String, result: &RunResult) {
     for s in &result.scenarios {
         let status = s.status();
         let word = status_word(status);
-        let wrong: usize = s
-            .steps
-            .iter()
-            .map(|step| step.verdicts.values().iter().filter(|v| v.fails()).count())
-            .sum();
+        let wrong: usize = s.steps.iter().map(StepResult::failing_cells).sum();
         let why = match status {
             Status::Failed => certify::failure_reason(s),
             Status::Unsupported => s.unsupported.clone().unwrap_or_default(),
@@ -467,7 +463,8 @@ fn anchor(name: &str) -> String {
         .collect()
 }
 
-fn esc(text: &str) -> String {
+/// Text as HTML (the Markdown summary's HTML parts too).
+pub(super) fn esc(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")

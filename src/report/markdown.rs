@@ -6,6 +6,7 @@
 
 use std::fmt::Write;
 
+use super::html::esc;
 use super::probe::wrong_cells;
 use crate::certify::{self, Certification, FeatureStatus, TestStatus};
 use crate::run::precheck::ApiVerdict;
@@ -170,8 +171,8 @@ fn scenario_counts(result: &RunResult) -> String {
 fn failing_scenario(s: &crate::run::ScenarioResult) -> String {
     let mut text = format!(
         "\n<details><summary>❌ <b>{}</b>: {}</summary>\n\n",
-        html_escape(&s.scenario.name),
-        html_escape(&certify::failure_reason(s))
+        esc(&s.scenario.name),
+        esc(&certify::failure_reason(s))
     );
     let _ = writeln!(text, "`{}`\n", s.scenario.source);
     for step in s
@@ -201,10 +202,4 @@ fn failing_scenario(s: &crate::run::ScenarioResult) -> String {
 /// A table cell's text: pipes would end the cell.
 fn escape(text: &str) -> String {
     text.replace('|', "\\|").replace('\n', " ")
-}
-
-fn html_escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
 }

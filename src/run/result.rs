@@ -199,6 +199,11 @@ impl StepResult {
             .filter(|v| **v == verdict)
             .count()
     }
+
+    /// Cells whose verdict fails the step (wrong, flapping, fail-open, not dropped, errors).
+    pub fn failing_cells(&self) -> usize {
+        self.verdicts.values().iter().filter(|v| v.fails()).count()
+    }
 }
 
 #[derive(Debug, Clone)]
